@@ -1,0 +1,3 @@
+from rotelab.cli import main
+
+main()
