@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -29,7 +29,7 @@ out = Console()
 
 # ---------------------------------------------------------------- shared options
 ModelOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--model",
         "-m",
@@ -37,7 +37,7 @@ ModelOpt = Annotated[
     ),
 ]
 DataOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--data",
         "-d",
@@ -45,7 +45,7 @@ DataOpt = Annotated[
     ),
 ]
 OutOpt = Annotated[
-    Optional[Path], typer.Option("--out", "-o", help="Run directory (default runs/<command>-<time>).")
+    Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<command>-<time>).")
 ]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing --out directory.")]
@@ -105,26 +105,41 @@ def command(name: str | None = None, *, parent: typer.Typer | None = None, **kwa
 # Each command below parses its options and calls one API function. Register with @command(...).
 
 
+@command("organism")
+def organism_cmd(
+    profile: Annotated[str, typer.Option(help="tiny (seconds, for tests) or default (the demo's).")] = "default",
+    seed: SeedOpt = 0,
+    corpus_tokens: Annotated[
+        int | None, typer.Option(help="Background corpus size in tokens (dilution studies).")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Build here instead of the cache.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if it is cached.")] = False,
+    describe: Annotated[
+        bool, typer.Option("--describe", help="Print extraction by count, perplexities, probes.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build (or load from the cache) the organism: a small GPT with known memorized data."""
+    from rotelab.data.organism import format_description, organism_command
+
+    if profile not in ("tiny", "default"):
+        raise RotelabError(f"unknown profile {profile!r}; use tiny or default")
+    path, description = organism_command(profile, seed, corpus_tokens, out_dir, force, describe or as_json)
+    if as_json:
+        emit({"path": str(path), **(description or {})}, as_json=True, quiet=True)
+        return
+    if description is not None:
+        out.print(format_description(description), highlight=False)
+    out.print(str(path), highlight=False)
+
+
 def main() -> None:
-    """Console-script entry point: user errors become one line and exit code 2."""
+    """Console-script entry point (``rotelab`` and ``python -m rotelab``)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        app(standalone_mode=False)
-    except RotelabError as exc:
+        app()
+    except RotelabError as exc:  # raised outside a command body (e.g. while parsing)
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        console.print("[red]aborted[/red]")
-        sys.exit(130)
-    except KeyboardInterrupt:
-        console.print("[red]interrupted[/red]")
-        sys.exit(130)
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
-        raise
