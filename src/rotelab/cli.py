@@ -135,6 +135,18 @@ def organism_cmd(
     out.print(str(path), highlight=False)
 
 
+@command("report")
+def report_cmd(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A run directory (extract, mia, compare, demo).", show_default=False)
+    ],
+) -> None:
+    """Write a self-contained report.html (plots embedded, opens offline) for a run directory."""
+    from rotelab.report import write_report
+
+    out.print(str(write_report(run_dir)), highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point (``rotelab`` and ``python -m rotelab``)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
