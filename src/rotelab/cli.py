@@ -135,6 +135,276 @@ def organism_cmd(
     out.print(str(path), highlight=False)
 
 
+@command("extract")
+def extract_cmd(
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    prefix_len: Annotated[int, typer.Option(help="Prefix tokens per window (corpus mode).")] = 32,
+    suffix_len: Annotated[int, typer.Option(help="Suffix tokens per window (corpus mode).")] = 48,
+    stride: Annotated[
+        int | None, typer.Option(help="Tokens between window starts. Default: prefix+suffix.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 16,
+    verify: Annotated[
+        int, typer.Option(help="Re-check N random windows with real greedy decoding; fail on a mismatch.")
+    ] = 0,
+    free_running: Annotated[
+        bool, typer.Option("--free-running", help="Decode suffixes; add Levenshtein/ROUGE-L/BLEU/...")
+    ] = False,
+    sample: Annotated[
+        bool, typer.Option("--sample", help="Free-running text sampled (temperature/top-k), not greedy.")
+    ] = False,
+    temperature: Annotated[float, typer.Option(help="Sampler temperature for p_z and --sample.")] = 1.0,
+    top_k: Annotated[int, typer.Option("--top-k", help="Sampler top-k (0: whole vocabulary).")] = 40,
+    n: Annotated[int, typer.Option("--n", help="(n,p)-discoverable: number of samples n.")] = 100,
+    p: Annotated[float, typer.Option("--p", help="(n,p)-discoverable: probability p.")] = 0.5,
+    near_tie: Annotated[
+        float | None,
+        typer.Option(help="Logit margin flagged as a near-tie. Default: 0.01 fp32, 0.5 bf16."),
+    ] = None,
+    group_by: Annotated[
+        list[str] | None,
+        typer.Option(help="Metadata column to break rates down by (repeat; 'a+b' = joint)."),
+    ] = None,
+    ci: Annotated[str, typer.Option(help="Interval: wilson or clopper_pearson.")] = "wilson",
+    field: FieldOpt = "text",
+    errors: ErrorsOpt = "strict",
+    out_dir: OutOpt = None,
+    resume: ResumeOpt = False,
+    force: ForceOpt = False,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    allow_pickle: PickleOpt = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Which training text the model reproduces: exact greedy extraction from one forward pass."""
+    from rotelab.measure.extraction import ExtractConfig, extract, summary_table
+    from rotelab.measure.stats import CIMethod
+
+    if ci not in {m.value for m in CIMethod}:
+        raise RotelabError(f"unknown --ci {ci!r}; use wilson or clopper_pearson")
+    cfg = ExtractConfig(
+        prefix_len=prefix_len, suffix_len=suffix_len, stride=stride, batch_size=batch_size,
+        temperature=temperature, top_k=top_k, n=n, p=p, near_tie=near_tie,
+        free_running=free_running, sample=sample, verify=verify, group_by=tuple(group_by or ()),
+        seed=seed, ci=CIMethod(ci),
+    )  # fmt: skip
+    result = extract(
+        model, data, config=cfg, out=out_dir, resume=resume, force=force, device=device,
+        dtype=dtype, allow_pickle=allow_pickle, field=field, errors=errors, progress=not quiet,
+    )  # fmt: skip
+    if not result.is_main:
+        return
+    if not as_json and not quiet:
+        out.print(summary_table(result.summary))
+    emit(result.summary, as_json=as_json, quiet=quiet, run_dir=result.run_dir)
+
+
+@command("reconstruct")
+def reconstruct_cmd(
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    prefix_len: Annotated[int, typer.Option(help="True tokens given as the prompt.")] = 64,
+    chunk_len: Annotated[int, typer.Option(help="Tokens per chunk (per-chunk metrics, diff).")] = 32,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="Reconstruct at most this many tokens per document.")
+    ] = None,
+    max_docs: Annotated[int | None, typer.Option(help="At most this many documents.")] = None,
+    sample: Annotated[bool, typer.Option("--sample", help="Sample instead of greedy decoding.")] = False,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
+    top_k: Annotated[int, typer.Option("--top-k", help="Sampling top-k (0: whole vocabulary).")] = 0,
+    group_by: Annotated[
+        list[str] | None, typer.Option(help="Metadata column to group by (repeat).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Documents decoded together.")] = 16,
+    field: FieldOpt = "text",
+    errors: ErrorsOpt = "strict",
+    out_dir: OutOpt = None,
+    resume: ResumeOpt = False,
+    force: ForceOpt = False,
+    seed: SeedOpt = 0,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Rebuild whole documents from their first tokens (Ma et al.); similarity and a side-by-side diff."""
+    from rotelab.measure.reconstruction import ReconstructConfig, reconstruct
+
+    cfg = ReconstructConfig(
+        prefix_len=prefix_len, chunk_len=chunk_len, max_tokens=max_tokens, max_docs=max_docs,
+        sample=sample, temperature=temperature, top_k=top_k, seed=seed,
+    )  # fmt: skip
+    path, summary = reconstruct(
+        model, data, config=cfg, group_by=group_by or (), out=out_dir, resume=resume, force=force,
+        field=field, errors=errors, batch_size=batch_size,
+    )  # fmt: skip
+    emit(summary, as_json=as_json, quiet=quiet, run_dir=path)
+
+
+@command("mia")
+def mia_cmd(
+    model: ModelOpt = None,
+    members: Annotated[
+        Path | None,
+        typer.Option(help="Member texts (file or directory). Default: organism items, count >= 1."),
+    ] = None,
+    nonmembers: Annotated[
+        Path | None,
+        typer.Option(help="Non-member texts (file or directory). Default: same-kind count-0 items."),
+    ] = None,
+    reference_model: Annotated[
+        str | None, typer.Option(help="Reference model (same tokenizer) for the reference attack.")
+    ] = None,
+    recall_prefix: Annotated[
+        Path | None,
+        typer.Option(help="Non-member texts for the ReCaLL prefix. Default: organism held-out text."),
+    ] = None,
+    attacks: Annotated[
+        str | None,
+        typer.Option(help="Comma list: loss,zlib,min_k,min_k_pp,reference,neighbourhood,recall,grad_norm."),
+    ] = None,
+    k: Annotated[float, typer.Option("--k", help="Min-K% / Min-K%++ fraction of lowest tokens.")] = 0.2,
+    span: Annotated[
+        str, typer.Option(help="Organism items: auto (secret/bio span, whole passage), full, sensitive.")
+    ] = "auto",
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates for CIs (0: none).")] = 1000,
+    neighbours: Annotated[int, typer.Option(help="Neighbours per text (neighbourhood attack).")] = 8,
+    recall_prefix_tokens: Annotated[int, typer.Option(help="ReCaLL prefix length in tokens.")] = 32,
+    exposure: Annotated[
+        bool, typer.Option("--exposure/--no-exposure", help="Secret Sharer exposure of secrets.")
+    ] = True,
+    exposure_samples: Annotated[
+        int, typer.Option(help="Candidates sampled per secret when the space is too large.")
+    ] = 1000,
+    blind: Annotated[
+        bool, typer.Option("--blind/--no-blind", help="Model-free blind baseline on the split.")
+    ] = True,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 32,
+    field: FieldOpt = "text",
+    errors: ErrorsOpt = "strict",
+    out_dir: OutOpt = None,
+    resume: ResumeOpt = False,
+    force: ForceOpt = False,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    allow_pickle: PickleOpt = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Membership inference: attacks with AUC/TPR CIs by group, blind baseline, exposure."""
+    from rotelab.measure.mia import MIAConfig, format_table, mia
+
+    cfg = MIAConfig(
+        attacks=[a.strip() for a in attacks.split(",") if a.strip()] if attacks else None,
+        k=k, span=span, bootstrap=bootstrap, neighbours=neighbours,
+        recall_prefix_tokens=recall_prefix_tokens, exposure=exposure,
+        exposure_samples=exposure_samples, blind=blind, seed=seed, batch_size=batch_size,
+    )  # fmt: skip
+    path, summary = mia(
+        model, members=members, nonmembers=nonmembers, reference_model=reference_model,
+        recall_prefix_file=recall_prefix, config=cfg, out=out_dir, resume=resume, force=force,
+        device=device, dtype=dtype, allow_pickle=allow_pickle, field=field, errors=errors,
+        progress=not quiet,
+    )  # fmt: skip
+    if not as_json and not quiet:
+        out.print(format_table(summary), highlight=False)
+    emit(summary, as_json=as_json, quiet=quiet, run_dir=path)
+
+
+unlearn_app = typer.Typer(
+    help="Remove memorized data by learning from a forget set (BalancedSubnet).",
+    no_args_is_help=True,
+)
+app.add_typer(unlearn_app, name="unlearn")
+
+
+@command("balanced-subnet", parent=unlearn_app)
+def balanced_subnet_cmd(
+    model: ModelOpt = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="New model directory to write.")
+    ] = None,
+    forget: Annotated[
+        Path | None,
+        typer.Option(help="Corpus to forget. Default: organism items inserted >= --min-count times."),
+    ] = None,
+    retain: Annotated[
+        Path | None, typer.Option(help="Clean corpus to keep. Default: organism background text.")
+    ] = None,
+    min_count: Annotated[int, typer.Option(help="Default forget set: items inserted >= this.")] = 16,
+    retain_windows: Annotated[int, typer.Option(help="Default retain set: windows drawn.")] = 256,
+    ratio: Annotated[float, typer.Option(help="Fraction of each MLP matrix pruned.")] = 0.01,
+    w: Annotated[float, typer.Option("--w", help="Retain-loss weight; forget gets 1 - w.")] = 0.7,
+    lr: Annotated[float, typer.Option(help="SGD learning rate on the scores.")] = 0.3,
+    epochs: Annotated[int, typer.Option(help="Passes over the forget set.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Sequences per step (forget and retain).")] = 16,
+    layers: Annotated[
+        str | None, typer.Option(help="Glob/regex of layers to mask. Default: all MLP layers.")
+    ] = None,
+    seed: SeedOpt = 0,
+    force: ForceOpt = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """BalancedSubnet (Sakarvadia et al. 2024): learn a pruning mask; write the masked model."""
+    from rotelab.edit.balanced_subnet import balanced_subnet
+
+    path, summary = balanced_subnet(
+        model, out_dir, forget=forget, retain=retain, min_count=min_count,
+        retain_windows=retain_windows, ratio=ratio, w=w, lr=lr, epochs=epochs,
+        batch_size=batch_size, layers=layers, seed=seed, force=force, device=device, dtype=dtype,
+        progress=not quiet,
+    )  # fmt: skip
+    emit(summary, as_json=as_json, quiet=quiet, run_dir=path)
+
+
+@command("compare")
+def compare_cmd(
+    models: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--models",
+            help="Models to compare, the first is the baseline: dirs, LABEL=DIR or 'organism'. "
+            "`--models A B C` and `--models A --models B` both work. Default: the organism alone.",
+        ),
+    ] = None,
+    more_models: Annotated[
+        list[str] | None, typer.Argument(help="More models (after --models A).", show_default=False)
+    ] = None,
+    organism: Annotated[
+        Path | None,
+        typer.Option(help="Organism dir for items, probes, held-out text. Default: from the models."),
+    ] = None,
+    min_count: Annotated[int, typer.Option(help="Memorized = items inserted >= this.")] = 16,
+    heldout_tokens: Annotated[int, typer.Option(help="Held-out tokens for perplexity.")] = 20_000,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 32,
+    out_dir: OutOpt = None,
+    resume: ResumeOpt = False,
+    force: ForceOpt = False,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Measure models on the same windows: extraction, perplexity, task accuracy (+ plot)."""
+    from rotelab.pipelines.compare import compare, format_table
+
+    names = [*(models or []), *(more_models or [])] or ["organism"]
+    path, summary = compare(
+        names, out_dir, organism=organism, min_count=min_count, heldout_tokens=heldout_tokens,
+        batch_size=batch_size, seed=seed, resume=resume, force=force, device=device, dtype=dtype,
+        progress=not quiet,
+    )  # fmt: skip
+    if not as_json and not quiet:
+        out.print(format_table(summary), highlight=False)
+    emit(summary, as_json=as_json, quiet=quiet, run_dir=path)
+
+
 @command("report")
 def report_cmd(
     run_dir: Annotated[
@@ -145,6 +415,25 @@ def report_cmd(
     from rotelab.report import write_report
 
     out.print(str(write_report(run_dir)), highlight=False, soft_wrap=True)
+
+
+@command("demo")
+def demo_cmd(
+    out_dir: OutOpt = None,
+    profile: Annotated[
+        str, typer.Option(help="Organism profile: default (the demo's) or tiny (seconds, for tests).")
+    ] = "default",
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """The whole story on the organism: memorized, inferable, removed, at what cost; prints report.html."""
+    from rotelab.pipelines.demo import demo
+
+    out.print(
+        str(demo(out_dir, profile=profile, force=force, progress=not quiet)),
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def main() -> None:
