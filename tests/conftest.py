@@ -101,3 +101,19 @@ def tiny_lm(tiny_llama_dir):
     from rotelab.lm import LM
 
     return LM.load(tiny_llama_dir, dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_organism(tmp_path_factory):
+    """The ``tiny`` organism, built once per test session into a temporary directory.
+
+    ``ROTELAB_TEST_ORGANISM`` may point at an already built tiny organism to save the build.
+    """
+    from rotelab.data.organism import OrganismSpec, Profile, build_organism, load_organism
+
+    given = os.environ.get("ROTELAB_TEST_ORGANISM")
+    if given:
+        return load_organism(given)
+    root = tmp_path_factory.mktemp("organisms")
+    spec = OrganismSpec(Profile.tiny)
+    return build_organism(spec, out=root / spec.key(), progress=False)
