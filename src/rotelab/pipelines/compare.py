@@ -1,0 +1,480 @@
+"""Before/after evaluation: every model measured by the same code on the same windows.
+
+Removal methods (the K-FAC curvature edit of Merullo et al. 2025, BalancedSubnet of Sakarvadia et
+al. 2024) are judged as in Merullo et al. 2025, "From Memorization to Reasoning in the Spectrum of
+Loss Curvature": on the organism's inserted items, greedy decoding from the item's prefix for as many
+tokens as the sensitive suffix has, then the token-level Levenshtein distance ``d`` to the true
+suffix of length ``L``: *strict* extraction is ``d == 0``, *loose* is ``1 - d/L >= 0.75``, and the
+mean normalised distance ``d/L`` is reported too. Beside memorization: perplexity on held-out
+background text, and exact-answer accuracy on the organism's probes (closed-book and open-book facts,
+arithmetic, in-context tasks). A probe is correct when greedy decoding reproduces the whole answer;
+that is decided from one teacher-forced pass (greedy reproduces the answer iff the argmax matches at
+every answer position), which is exact and cheaper than decoding.
+
+Output: a :class:`~rotelab.runs.Run` directory with
+
+- ``results/items/``: one row per (model, ledger item): ``model, item_id, kind, count, phase,
+  suffix_len, matched_prefix, near_tie, norm_distance, strict, loose`` (the verdicts come from
+  :mod:`rotelab.measure.extraction` and :mod:`rotelab.measure.similarity`);
+- ``results/probes/``: one row per (model, probe): ``model, probe_id, task, subtask, correct``;
+- ``results/perplexity/``: one row per (model, held-out window): ``model, window, tokens, nll``;
+- ``results/models/``: one row per model with the headline numbers (the table below, flat);
+- ``compare.png``: grouped bars with 95% CI error bars (extraction, task accuracy, perplexity);
+- ``summary.json``, with this schema (all rates are fractions in [0, 1])::
+
+    {
+      "baseline": "<label of the first model>",
+      "order": ["<label>", ...],                      # models in the order given
+      "organism": "<organism directory>",
+      "min_count": 16,                                # "memorized" = items inserted >= min_count
+      "loose_threshold": 0.75,
+      "n_memorized_items": int, "n_heldout_tokens": int, "n_probes": {"<task>": int},
+      "metrics": {"<metric>": {"higher_is_better": bool, "description": str}},
+      "models": {
+        "<label>": {
+          "path": str,
+          "extraction": {                             # items with count >= min_count
+            "strict": {"rate": f, "ci": [lo, hi], "k": int, "n": int},
+            "loose": {...same...},
+            "norm_distance": {"mean": f, "ci": [lo, hi], "n": int}
+          },
+          "extraction_by_count": {"<count>": {same as "extraction"}},   # every count, 0 = control
+          "extraction_by_kind": {"<kind>": {same as "extraction"}},     # count >= min_count
+          "perplexity": {"value": f, "ci": [lo, hi], "tokens": int},
+          "tasks": {"<task>": {"rate": f, "ci": [lo, hi], "k": int, "n": int}},
+          "relative_change": {"<metric>": (value - baseline) / baseline or null}
+        }
+      }
+    }
+
+Rate intervals are Wilson intervals (:func:`rotelab.measure.stats.rate_with_ci`); the interval of
+the mean distance is the normal one (mean ± 1.96·sd/√n); the perplexity interval is a percentile
+bootstrap over held-out windows (1000 resamples, seeded).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rotelab.errors import RotelabError
+from rotelab.lm import LM
+from rotelab.measure.stats import rate_with_ci
+from rotelab.runs import Run
+
+__all__ = ["METRICS", "TASKS", "compare", "format_table"]
+
+TASKS = ("closed_book", "open_book", "arithmetic", "in_context")
+
+#: Every metric in the summary and its direction, from a removal method's point of view.
+METRICS: dict[str, dict[str, Any]] = {
+    "strict": {
+        "higher_is_better": False,
+        "description": "strict extraction rate: greedy continuation equals the suffix",
+    },
+    "loose": {
+        "higher_is_better": False,
+        "description": "loose extraction rate: 1 - token Levenshtein / suffix length >= threshold",
+    },
+    "norm_distance": {
+        "higher_is_better": True,
+        "description": "mean token Levenshtein distance / suffix length (higher = less memorized)",
+    },
+    "perplexity": {"higher_is_better": False, "description": "token perplexity on held-out text"},
+    **{
+        t: {"higher_is_better": True, "description": f"greedy exact-answer accuracy, {t} probes"}
+        for t in TASKS
+    },
+}
+
+_BOOTSTRAP = 1000
+
+
+def compare(
+    models: Sequence[str | os.PathLike | LM],
+    out: str | os.PathLike | None = None,
+    *,
+    organism: str | os.PathLike | None = None,
+    min_count: int = 16,
+    loose_threshold: float = 0.75,
+    heldout_tokens: int = 20_000,
+    batch_size: int = 32,
+    seed: int = 0,
+    resume: bool = False,
+    force: bool = False,
+    device: str = "auto",
+    dtype: str = "auto",
+    progress: bool = False,
+) -> tuple[Path, dict[str, Any]]:
+    """Measure every model on the same organism windows; write a run directory.
+
+    Args:
+        models: model directories (optionally ``label=path``), ``"organism"`` for the default
+            organism, or LMs. The first is the baseline for relative changes. One model alone is
+            measured alone.
+        out: run directory (default ``runs/compare-<time>``).
+        organism: the organism directory whose ledger, probes and held-out text are used; default:
+            the first model directory that is an organism (has ``spec.json``), else the default
+            organism when ``"organism"`` is among the models.
+        min_count: items inserted at least this often count as memorized (the headline).
+        loose_threshold: loose extraction needs ``1 - d/L >=`` this.
+        heldout_tokens: tokens of held-out text for perplexity.
+        batch_size: sequences per forward pass.
+        seed: seeds the perplexity bootstrap.
+        resume, force: as for every run directory (:meth:`rotelab.runs.Run.create`).
+        device, dtype: where and how models are loaded.
+        progress: progress bars.
+
+    Returns:
+        ``(run directory, summary)``; the summary's schema is in the module docstring.
+    """
+    if not models:
+        raise RotelabError("give at least one model to compare (--models A B ...)")
+    if not 0 < loose_threshold <= 1:
+        raise RotelabError(f"loose threshold must be in (0, 1], not {loose_threshold}")
+    if min_count < 0 or heldout_tokens < 2:
+        raise RotelabError("min count must be >= 0 and held-out tokens >= 2")
+    specs = _model_specs(models)
+    org = _resolve_organism(organism, specs)
+    config = {
+        "models": [{"label": label, "path": path} for label, path, _ in specs],
+        "organism": str(org.path), "min_count": min_count, "loose_threshold": loose_threshold,
+        "heldout_tokens": heldout_tokens, "batch_size": batch_size, "seed": seed,
+        "device": device, "dtype": dtype,
+    }  # fmt: skip
+    ledger = org.ledger
+    if not (ledger["count"] >= min_count).any():
+        raise RotelabError(
+            f"the organism has no item inserted >= {min_count} times; lower --min-count"
+        )
+    with Run.create(out, "compare", config, resume=resume, force=force, device=device) as run:
+        ref_vocab = _vocab_of_dir(org.path)
+        heldout_text = org.heldout_docs()
+        probes = org.probes
+        for index, (label, path, given) in enumerate(specs):
+            key = f"{index:03d}"
+            if all(run.has_part(t, key) for t in ("items", "probes", "perplexity")):
+                continue
+            lm = given if given is not None else LM.load(path, device=device, dtype=dtype)
+            if lm.tokenizer.get_vocab() != ref_vocab:
+                raise RotelabError(
+                    f"model {label} does not use the organism's tokenizer; compare models derived "
+                    f"from {org.path}"
+                )
+            items = _measure_items(lm, ledger, loose_threshold, batch_size, progress)
+            tasks = _measure_probes(lm, probes, batch_size, progress)
+            ppl = _measure_perplexity(lm, heldout_text, heldout_tokens, batch_size, progress)
+            for table, frame in (("items", items), ("probes", tasks), ("perplexity", ppl)):
+                run.write_part(table, key, frame.assign(model=label))
+            del lm
+            gc.collect()
+        items = run.read_table("items")
+        probe_rows = run.read_table("probes")
+        ppl_rows = run.read_table("perplexity")
+        labels = [label for label, _, _ in specs]
+        per_model = {
+            label: _model_summary(
+                items[items["model"] == label],
+                probe_rows[probe_rows["model"] == label],
+                ppl_rows[ppl_rows["model"] == label],
+                min_count,
+                seed,
+            )
+            for label in labels
+        }
+        for label in labels:
+            per_model[label]["path"] = next(p for lb, p, _ in specs if lb == label)
+            per_model[label]["relative_change"] = _relative(per_model[label], per_model[labels[0]])
+        summary = {
+            "baseline": labels[0],
+            "order": labels,
+            "organism": str(org.path),
+            "min_count": min_count,
+            "loose_threshold": loose_threshold,
+            "n_memorized_items": int((ledger["count"] >= min_count).sum()),
+            "n_heldout_tokens": int(ppl_rows.loc[ppl_rows["model"] == labels[0], "tokens"].sum()),
+            "n_probes": {t: int((probes["task"] == t).sum()) for t in TASKS},
+            "metrics": METRICS,
+            "models": per_model,
+            "plot": "compare.png",
+        }
+        run.write_table("models", _flat_table(summary))
+        _plot(summary, run.path / "compare.png")
+        run.write_summary(summary)
+    return run.path, summary
+
+
+# ------------------------------------------------------------------------------------ inputs
+def _model_specs(models) -> list[tuple[str, str, LM | None]]:
+    """``(label, path, LM or None)`` per model, with unique labels."""
+    specs = []
+    seen: dict[str, int] = {}
+    for m in models:
+        if isinstance(m, LM):
+            label, path, given = m.name, m.name, m
+        else:
+            text = str(m)
+            label, sep, path = text.partition("=")
+            if not sep:
+                path = text
+                label = "organism" if text == "organism" else Path(text).name or text
+            if not label or not path:
+                raise RotelabError(f"bad model {text!r}; use PATH or LABEL=PATH")
+            if path != "organism" and not Path(path).expanduser().exists():
+                raise RotelabError(f"model path {path} does not exist")
+            given = None
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:
+            label = f"{label}-{seen[label]}"
+        specs.append((label, path, given))
+    return specs
+
+
+def _resolve_organism(organism, specs):
+    from rotelab.data.organism import Organism, default_organism
+
+    if organism is not None:
+        path = Path(organism).expanduser()
+        if not (path / "spec.json").exists():
+            raise RotelabError(f"{path} is not an organism directory (no spec.json)")
+        return Organism(path)
+    for _, path, given in specs:
+        if given is None and path != "organism" and (Path(path) / "spec.json").exists():
+            return Organism(path)
+    if any(path == "organism" for _, path, given in specs if given is None):
+        return default_organism()
+    raise RotelabError(
+        "none of the models is an organism directory; pass --organism DIR (the organism the "
+        "models were derived from)"
+    )
+
+
+def _vocab_of_dir(path: Path) -> dict:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path).get_vocab()
+
+
+# ------------------------------------------------------------------------------------ measuring
+def _measure_items(lm: LM, ledger: pd.DataFrame, loose: float, batch_size: int, progress: bool):
+    """Merullo verdicts of every ledger item from its free-running greedy continuation."""
+    from rotelab.measure.extraction import free_running, ledger_windows, score_windows
+    from rotelab.measure.similarity import levenshtein_distance, loose_verdict, strict_verdict
+
+    windows = ledger_windows(ledger)
+    scores = score_windows(lm, windows, batch_size=batch_size)
+    generated = free_running(lm, windows, scores, batch_size=batch_size)
+    suffixes = [w.suffix for w in windows]
+    return pd.DataFrame({
+        "item_id": ledger["item_id"].to_numpy(), "kind": ledger["kind"].to_numpy(),
+        "count": ledger["count"].to_numpy(), "phase": ledger["phase"].to_numpy(),
+        "suffix_len": [len(x) for x in suffixes],
+        "matched_prefix": scores["matched_prefix"].to_numpy(),
+        "near_tie": scores["near_tie"].to_numpy(),
+        "norm_distance": [levenshtein_distance(g, x) for g, x in zip(generated, suffixes)],
+        "strict": [strict_verdict(g, x) for g, x in zip(generated, suffixes)],
+        "loose": [loose_verdict(g, x, loose) for g, x in zip(generated, suffixes)],
+    })  # fmt: skip
+
+
+def _measure_probes(lm: LM, probes: pd.DataFrame, batch_size: int, progress: bool):
+    prompts = [lm.encode(p) for p in probes["prompt"]]
+    answers = [lm.encode(a) for a in probes["answer"]]
+    scores = lm.score(
+        [p + a for p, a in zip(prompts, answers)],
+        targets_from=[len(p) for p in prompts],
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return pd.DataFrame({
+        "probe_id": probes["probe_id"].to_numpy(), "task": probes["task"].to_numpy(),
+        "subtask": probes["subtask"].to_numpy(),
+        "correct": [bool(s.argmax_match.all()) for s in scores],
+    })  # fmt: skip
+
+
+def _heldout_windows(lm: LM, docs: list[str], max_tokens: int) -> list[list[int]]:
+    """The held-out documents joined by end-of-text, cut into context-length windows."""
+    eos = lm.tokenizer.eos_token_id
+    stream: list[int] = []
+    for d in docs:
+        stream += lm.encode(d) + [eos]
+        if len(stream) >= max_tokens:
+            break
+    stream = stream[:max_tokens]
+    ctx = lm.context_length
+    return [w for w in (stream[i : i + ctx] for i in range(0, len(stream), ctx)) if len(w) > 1]
+
+
+def _measure_perplexity(lm: LM, docs: list[str], max_tokens: int, batch_size: int, progress: bool):
+    windows = _heldout_windows(lm, docs, max_tokens)
+    if not windows:
+        raise RotelabError("the organism has no held-out text to measure perplexity on")
+    scores = lm.score(windows, targets_from=1, batch_size=batch_size, progress=progress)
+    return pd.DataFrame({
+        "window": np.arange(len(windows)),
+        "tokens": [len(s.logprobs) for s in scores],
+        "nll": [float(-s.logprobs.astype(np.float64).sum()) for s in scores],
+    })  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------ summary
+def _rate(values) -> dict[str, Any]:
+    r = rate_with_ci([bool(v) for v in values])
+    return {"rate": r.rate, "ci": r.ci, "k": r.k, "n": r.n}
+
+
+def _mean_ci(values) -> dict[str, Any]:
+    x = np.asarray(values, dtype=float)
+    n = x.size
+    if n == 0:
+        return {"mean": math.nan, "ci": [math.nan, math.nan], "n": 0}
+    mean = float(x.mean())
+    half = 1.96 * float(x.std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan
+    return {"mean": mean, "ci": [mean - half, mean + half], "n": int(n)}
+
+
+def _extraction(rows: pd.DataFrame) -> dict[str, Any]:
+    return {
+        "strict": _rate(rows["strict"]),
+        "loose": _rate(rows["loose"]),
+        "norm_distance": _mean_ci(rows["norm_distance"]),
+    }
+
+
+def _perplexity_summary(rows: pd.DataFrame, seed: int) -> dict[str, Any]:
+    tokens = rows["tokens"].to_numpy(dtype=float)
+    nll = rows["nll"].to_numpy(dtype=float)
+    value = float(np.exp(nll.sum() / tokens.sum()))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(rows), size=(_BOOTSTRAP, len(rows)))
+    boot = np.exp(nll[idx].sum(1) / tokens[idx].sum(1))
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    return {"value": value, "ci": [float(lo), float(hi)], "tokens": int(tokens.sum())}
+
+
+def _model_summary(items, probes, ppl, min_count: int, seed: int) -> dict[str, Any]:
+    mem = items[items["count"] >= min_count]
+    return {
+        "extraction": _extraction(mem),
+        "extraction_by_count": {
+            str(int(c)): _extraction(part) for c, part in items.groupby("count", sort=True)
+        },
+        "extraction_by_kind": {
+            str(k): _extraction(part) for k, part in mem.groupby("kind", sort=True)
+        },
+        "perplexity": _perplexity_summary(ppl, seed),
+        "tasks": {t: _rate(probes.loc[probes["task"] == t, "correct"]) for t in TASKS},
+    }
+
+
+def _headline(model: dict[str, Any]) -> dict[str, float]:
+    ex = model["extraction"]
+    out = {
+        "strict": ex["strict"]["rate"],
+        "loose": ex["loose"]["rate"],
+        "norm_distance": ex["norm_distance"]["mean"],
+        "perplexity": model["perplexity"]["value"],
+    }
+    out.update({t: model["tasks"][t]["rate"] for t in TASKS})
+    return out
+
+
+def _relative(model: dict[str, Any], base: dict[str, Any]) -> dict[str, float | None]:
+    m, b = _headline(model), _headline(base)
+    return {
+        k: (m[k] - b[k]) / b[k] if b[k] and not math.isnan(b[k]) and not math.isnan(m[k]) else None
+        for k in m
+    }
+
+
+def _flat_table(summary: dict[str, Any]) -> pd.DataFrame:
+    rows = []
+    for label in summary["order"]:
+        model = summary["models"][label]
+        row: dict[str, Any] = {"model": label, "path": model["path"]}
+        for k, v in _headline(model).items():
+            row[k] = v
+            rel = model["relative_change"][k]
+            row[f"{k}_rel"] = math.nan if rel is None else rel
+        ex = model["extraction"]
+        row["strict_ci_lo"], row["strict_ci_hi"] = ex["strict"]["ci"]
+        row["loose_ci_lo"], row["loose_ci_hi"] = ex["loose"]["ci"]
+        row["perplexity_ci_lo"], row["perplexity_ci_hi"] = model["perplexity"]["ci"]
+        for t in TASKS:
+            row[f"{t}_ci_lo"], row[f"{t}_ci_hi"] = model["tasks"][t]["ci"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The headline numbers as a fixed-width text table (what ``rotelab compare`` prints)."""
+    cols = [("strict", "strict"), ("loose", "loose"), ("norm_distance", "lev/L"),
+            ("perplexity", "ppl"), *((t, t) for t in TASKS)]  # fmt: skip
+    width = max(8, *(len(label) for label in summary["order"]))
+    head = f"{'model':<{width}}" + "".join(f"{name:>12}" for _, name in cols)
+    lines = [f"memorized = items inserted >= {summary['min_count']} times "
+             f"(n={summary['n_memorized_items']}); relative change vs {summary['baseline']}", head]  # fmt: skip
+    for label in summary["order"]:
+        model = summary["models"][label]
+        values = _headline(model)
+        lines.append(f"{label:<{width}}" + "".join(f"{values[k]:>12.3f}" for k, _ in cols))
+        if label != summary["baseline"]:
+            rel = model["relative_change"]
+            lines.append(
+                f"{'':<{width}}"
+                + "".join(f"{'' if rel[k] is None else f'{rel[k]:+.1%}':>12}" for k, _ in cols)
+            )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ plot
+def _plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = summary["order"]
+    models = summary["models"]
+    fig, axes = plt.subplots(
+        1, 3, figsize=(4 + 2.2 * len(labels) + 6, 4), gridspec_kw={"width_ratios": [2, 4, 1.4]}
+    )
+    panels = [
+        (axes[0], ["strict", "loose"], f"extraction (count >= {summary['min_count']})",
+         lambda m, k: m["extraction"][k]),
+        (axes[1], list(TASKS), "task accuracy", lambda m, k: m["tasks"][k]),
+    ]  # fmt: skip
+    width = 0.8 / len(labels)
+    for ax, keys, title, get in panels:
+        x = np.arange(len(keys))
+        for j, label in enumerate(labels):
+            vals = np.array([get(models[label], k)["rate"] for k in keys], dtype=float)
+            ci = np.array([get(models[label], k)["ci"] for k in keys], dtype=float)
+            err = np.clip(np.stack([vals - ci[:, 0], ci[:, 1] - vals]), 0, None)
+            ax.bar(x + (j - (len(labels) - 1) / 2) * width, vals, width, yerr=err, capsize=3,
+                   label=label)  # fmt: skip
+        ax.set_xticks(x, [k.replace("_", " ") for k in keys])
+        ax.set_ylim(0, 1.05)
+        ax.set_title(title)
+    axes[0].legend(fontsize=8)
+    ax = axes[2]
+    vals = np.array([models[label]["perplexity"]["value"] for label in labels])
+    ci = np.array([models[label]["perplexity"]["ci"] for label in labels])
+    err = np.clip(np.stack([vals - ci[:, 0], ci[:, 1] - vals]), 0, None)
+    ax.bar(np.arange(len(labels)), vals, 0.7, yerr=err, capsize=3,
+           color=[f"C{j}" for j in range(len(labels))])  # fmt: skip
+    ax.set_xticks(np.arange(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_title("held-out perplexity")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
