@@ -73,14 +73,20 @@ def emit(summary: dict, *, as_json: bool, quiet: bool, run_dir: Path | None = No
         out.print(str(run_dir))
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    ctx: typer.Context,
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     if version:
         import rotelab
 
         out.print(rotelab.__version__)
+        raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        out.print(ctx.get_help())
         raise typer.Exit()
 
 
@@ -145,6 +151,9 @@ def extract_cmd(
         int | None, typer.Option(help="Tokens between window starts. Default: prefix+suffix.")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 16,
+    part_size: Annotated[
+        int, typer.Option(help="Windows per result part (unit of --resume and of torchrun sharding).")
+    ] = 1024,
     verify: Annotated[
         int, typer.Option(help="Re-check N random windows with real greedy decoding; fail on a mismatch.")
     ] = 0,
@@ -189,7 +198,7 @@ def extract_cmd(
         prefix_len=prefix_len, suffix_len=suffix_len, stride=stride, batch_size=batch_size,
         temperature=temperature, top_k=top_k, n=n, p=p, near_tie=near_tie,
         free_running=free_running, sample=sample, verify=verify, group_by=tuple(group_by or ()),
-        seed=seed, ci=CIMethod(ci),
+        part_size=part_size, seed=seed, ci=CIMethod(ci),
     )  # fmt: skip
     result = extract(
         model, data, config=cfg, out=out_dir, resume=resume, force=force, device=device,

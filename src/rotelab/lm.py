@@ -177,7 +177,9 @@ class LM:
         Safe by default: safetensors only unless ``allow_pickle``; no remote code.
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         source, gguf_file, name = _resolve_source(path_or_id)
