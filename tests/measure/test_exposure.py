@@ -1,0 +1,68 @@
+"""Secret Sharer exposure: exact enumeration vs brute force, sampled estimate vs exact."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rotelab.errors import RotelabError
+from rotelab.measure.exposure import exposure, exposure_table
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_lm):
+    prefix = tiny_lm.encode("the cat sat on")
+    alphabet = sorted({tiny_lm.encode(w)[0] for w in (" the", " mat", " dog", " park")})[:4]
+    return prefix, alphabet
+
+
+def _logppl(lm, prefix, cand):
+    ids = torch.tensor([list(prefix) + list(cand)])
+    with torch.no_grad():
+        logp = torch.log_softmax(lm.model(input_ids=ids).logits[0].double(), -1)
+    n = len(prefix)
+    return -sum(float(logp[n - 1 + j, c]) for j, c in enumerate(cand)) / math.log(2)
+
+
+def test_exact_rank_matches_brute_force(tiny_lm, setup):
+    prefix, alphabet = setup
+    cands = list(itertools.product(alphabet, repeat=3))
+    ppl = {c: _logppl(tiny_lm, prefix, c) for c in cands}
+    order = sorted(cands, key=ppl.get)
+    for secret in (order[0], order[5], order[-1]):
+        got = exposure(tiny_lm, prefix, list(secret), alphabet)
+        rank = 1 + sum(ppl[c] < ppl[secret] for c in cands if c != secret)
+        assert got["method"] == "exact"
+        assert got["rank"] == rank
+        assert got["exposure"] == pytest.approx(math.log2(len(cands)) - math.log2(rank))
+        assert got["secret_logppl"] == pytest.approx(ppl[secret], abs=1e-4)
+    assert exposure(tiny_lm, prefix, list(order[0]), alphabet)["exposure"] == pytest.approx(6.0)
+
+
+def test_sampled_estimate_brackets_exact(tiny_lm, setup):
+    prefix, alphabet = setup
+    secrets = [[alphabet[i % 4] for i in range(j, j + 5)] for j in range(4)]
+    exact = exposure_table(
+        tiny_lm, item_ids=list("abcd"), prefixes=[prefix] * 4, secrets=secrets,
+        alphabets=[alphabet] * 4, max_exact=4**5,
+    )  # fmt: skip
+    sampled = exposure_table(
+        tiny_lm, item_ids=list("abcd"), prefixes=[prefix] * 4, secrets=secrets,
+        alphabets=[alphabet] * 4, max_exact=10, n_samples=600, seed=1,
+    )  # fmt: skip
+    assert (exact["method"] == "exact").all() and (sampled["method"] == "sampled").all()
+    for e, s in zip(exact.itertuples(), sampled.itertuples()):
+        assert s.exposure_ci_low - 1e-9 <= e.exposure <= s.exposure_ci_high + 1e-9
+        assert abs(s.exposure - e.exposure) < 1.0
+        assert np.isfinite(s.exposure_skewnorm)
+
+
+def test_secret_outside_alphabet_is_refused(tiny_lm, setup):
+    prefix, alphabet = setup
+    outside = next(t for t in range(50) if t not in alphabet)
+    with pytest.raises(RotelabError, match="not in its alphabet"):
+        exposure(tiny_lm, prefix, [alphabet[0], outside], alphabet)
