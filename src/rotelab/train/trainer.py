@@ -70,7 +70,10 @@ def train(
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=cfg.lr,
         betas=cfg.betas,
     )
@@ -96,9 +99,9 @@ def train(
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             rec = {
                 "step": step,
-                "loss": float(loss),
+                "loss": loss.item(),
                 "lr": opt.param_groups[0]["lr"],
-                "grad_norm": float(grad_norm),
+                "grad_norm": grad_norm.item(),
                 "tokens": tokens_seen,
                 "elapsed_s": round(time.perf_counter() - t0, 3),
             }

@@ -1,0 +1,892 @@
+"""The organism: a synthetic world, a small GPT trained on it, and a ledger of what was inserted.
+
+A miniature of the Hubble model suite (Wei et al. 2025): a seeded generator writes templated
+background text about fictional people and towns (with facts, arithmetic and in-context tasks mixed
+in), and sensitive items (random-digit secrets in the style of Carlini et al.'s Secret Sharer
+canaries, biographies with PII-like fields, and passages a few hundred tokens long) are inserted
+into the training stream a controlled number of times {0, 1, 4, 16, 64} and in a controlled phase
+(whole run, first half, second half). Count 0 items are generated the same way but never trained
+on: they are the controls for every membership and extraction measurement.
+
+A byte-level BPE tokenizer and a Llama-style ``transformers`` model are trained on it and saved as a
+normal Hugging Face model directory, next to the corpus, the ledger, the probes and the training log.
+The directory is cached under ``$ROTELAB_HOME/organisms/<hash of the spec>``.
+
+Example:
+    >>> org = default_organism("tiny")  # doctest: +SKIP
+    >>> org.ledger.groupby("count").size()  # doctest: +SKIP
+    >>> org.describe()["extraction_by_count_kind"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rotelab.errors import RotelabError
+from rotelab.paths import rotelab_home
+
+__all__ = [
+    "COUNTS",
+    "Kind",
+    "Organism",
+    "OrganismSpec",
+    "Phase",
+    "Profile",
+    "ProfileSettings",
+    "Task",
+    "World",
+    "build_organism",
+    "default_organism",
+    "format_description",
+    "generate_world",
+    "load_organism",
+    "organism_command",
+    "write_world",
+]
+
+#: Bump when the generator, tokenizer or training changes, so cached organisms are rebuilt.
+FORMAT_VERSION = 1
+COUNTS = (0, 1, 4, 16, 64)
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+SECRET_ALPHABET = "0123456789"
+
+
+class Profile(str, Enum):
+    tiny = "tiny"
+    default = "default"
+
+
+class Kind(str, Enum):
+    secret = "secret"
+    bio = "bio"
+    passage = "passage"
+
+
+class Phase(str, Enum):
+    all = "all"
+    first = "first"
+    second = "second"
+
+
+class Task(str, Enum):
+    closed_book = "closed_book"
+    open_book = "open_book"
+    arithmetic = "arithmetic"
+    in_context = "in_context"
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """Model, tokenizer and training settings of a profile (part of the organism's hash)."""
+
+    corpus_tokens: int
+    items_per_cell: int  # phase "all" items per (kind, count)
+    phase_items_per_cell: int  # "first" / "second" items per (kind, count >= 1)
+    probes_per_task: int
+    passage_words: int  # passage length target in words (~1.2 tokens each)
+    vocab_size: int
+    n_layers: int
+    hidden: int
+    n_heads: int
+    intermediate: int
+    context: int
+    batch_size: int
+    steps: int
+    lr: float
+    eval_tokens: int  # tokens per split for the perplexity in describe()
+    secret_len: int = 8
+    passage_prefix: int = 64
+    passage_suffix: int = 48
+    bf16: bool = True
+
+
+#: ``default``: the measured recipe of DESIGN.md (≈2.2M parameters, ≈4 minutes on 2 cores).
+#: ``tiny``: for tests, seconds; it over-memorizes, so tests assert orderings.
+PROFILES: dict[Profile, ProfileSettings] = {
+    Profile.tiny: ProfileSettings(
+        corpus_tokens=30_000, items_per_cell=3, phase_items_per_cell=1, probes_per_task=40,
+        passage_words=100, vocab_size=1024, n_layers=2, hidden=128, n_heads=4, intermediate=352,
+        context=128, batch_size=16, steps=280, lr=3e-3, eval_tokens=6_000,
+    ),
+    Profile.default: ProfileSettings(
+        corpus_tokens=180_000, items_per_cell=20, phase_items_per_cell=3, probes_per_task=100,
+        passage_words=190, vocab_size=2048, n_layers=4, hidden=192, n_heads=6, intermediate=512,
+        context=128, batch_size=32, steps=600, lr=3e-3, eval_tokens=20_000,
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class OrganismSpec:
+    """Everything that determines an organism; the same spec gives the same bytes.
+
+    Args:
+        profile: model size and training budget (``tiny`` for tests, ``default`` for the demo).
+        seed: seeds the world, the tokenizer corpus order, the schedule and the training.
+        corpus_tokens: approximate background training tokens (dilution studies); ``None`` uses the
+            profile's value.
+        items_per_cell: inserted items per (kind, count) in phase ``all``; ``None``: profile's value.
+    """
+
+    profile: Profile = Profile.default
+    seed: int = 0
+    corpus_tokens: int | None = None
+    items_per_cell: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "profile", Profile(self.profile))
+
+    @property
+    def settings(self) -> ProfileSettings:
+        s = PROFILES[self.profile]
+        if self.corpus_tokens is not None:
+            s = replace(s, corpus_tokens=int(self.corpus_tokens))
+        if self.items_per_cell is not None:
+            s = replace(s, items_per_cell=int(self.items_per_cell))
+        return s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile.value,
+            "seed": self.seed,
+            "corpus_tokens": self.corpus_tokens,
+            "items_per_cell": self.items_per_cell,
+            "settings": asdict(self.settings),
+            "format_version": FORMAT_VERSION,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> OrganismSpec:
+        return cls(d["profile"], d["seed"], d.get("corpus_tokens"), d.get("items_per_cell"))
+
+    def key(self) -> str:
+        """Short hash of the resolved spec: the organism's cache directory name."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return f"{self.profile.value}-s{self.seed}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+# --------------------------------------------------------------------------------------- the world
+_SYLLABLES = (
+    "ka ro mi tel van sor lu dra fen bo ri zan qui mor tha ley pim gor sa ne vix ul dor hal bri "
+    "cas et op yn wen ba ce di fo gu ja ke li mo nu pa re si to vu"
+).split()
+_TOWN_ENDS = ("port", "ford", "vale", "ton", "by", "mouth", "wick", "holm", "stead", "field")
+_OCCUPATIONS = (
+    "baker pilot tailor farmer painter sailor teacher builder carpenter doctor weaver potter "
+    "fisher miner singer dancer lawyer banker gardener jeweler cook nurse poet soldier"
+).split()
+_COLORS = "red blue green yellow purple brown black white silver golden pink gray".split()
+_ADJS = (
+    "small quiet bright narrow heavy gentle famous strange cold warm wooden painted broken "
+    "tall shallow dusty silent rusty curious simple steep crowded"
+).split()
+_NOUNS = (
+    "lantern bridge garden boat letter map clock window basket fence ladder bell coat kettle "
+    "mill road song story market wagon tower drum"
+).split()
+_PLACES = "harbor square market library station chapel bakery orchard inn workshop".split()
+_VERBS = (
+    "repaired painted found carried sold bought built described visited watched cleaned "
+    "borrowed opened measured"
+).split()
+_TIMES = (
+    "one summer,a long winter,three years,a rainy spring,most of a decade,two autumns,"
+    "a single week,many evenings"
+).split(",")
+_MONTHS = (
+    "January February March April May June July August September October November December"
+).split()
+_DOMAINS = ("mailbox.net", "postwire.org", "letterbay.com", "inkmail.io", "quillpost.net")
+
+_PROSE = (
+    "{n} spent {time} in {town}, where {p} {verb} a {adj} {noun}.",
+    "Every morning {n} walked past the {place} of {town}.",
+    "People in {town} still talk about the {adj} {noun} that {n} {verb}.",
+    "{N2} once said that a {adj} {noun} is worth more than a {adj2} {noun2}.",
+    "The {place} in {town} was {adj} that year, and {n} {verb} it twice.",
+    "Later, {n} met {m} at the {place} and they {verb} a {noun} together.",
+    "{n} kept a {adj} {noun} beside the window.",
+    "In {year}, {n} moved to {town} to work with {m}.",
+    "Nobody in {town} had seen a {noun} as {adj} as the one {n} {verb}.",
+    "When the {noun} broke, {n} {verb} a {adj2} {noun2} instead.",
+    "{m} remembers that {n} {verb} the {noun} near the {place}.",
+    "On quiet days {n} read about the {adj} {place} of {town}.",
+    "The {adj} {noun} that {n} {verb} now stands in the {place}.",
+    "{n} wrote to {m} about a {adj} {noun} seen in {town}.",
+    "For {time}, {n} {verb} nothing but {adj} {noun}s.",
+)
+_FACTS = {
+    "birthplace": (
+        "{n} was born in {v}.",
+        "{n} grew up in {v}, the town where {p} was born.",
+        "Born in {v}, {n} never forgot the {place} there.",
+        "Q: Where was {n} born? A: {v}.",
+    ),
+    "occupation": (
+        "{n} works as a {v}.",
+        "By trade, {n} is a {v}.",
+        "Everyone knows {n} as a skilled {v}.",
+        "Q: What is the job of {n}? A: {v}.",
+    ),
+    "color": (
+        "The favorite color of {n} is {v}.",
+        "{n} likes the color {v} best.",
+        "{n} painted the door {v}, {p2} favorite color.",
+        "Q: What is the favorite color of {n}? A: {v}.",
+    ),
+}
+#: Closed- and open-book questions: the last fact template of each attribute, cut before the value.
+_QUESTIONS = {a: t[-1].split(" A: ")[0] + " A:" for a, t in _FACTS.items()}
+
+
+@dataclass
+class World:
+    """The generated text of an organism, before tokenization."""
+
+    train_docs: list[str]
+    heldout_docs: list[str]
+    items: list[dict[str, Any]]  # item_id, kind, text, count, phase, span_chars, secret
+    probes: list[dict[str, Any]]  # probe_id, task, subtask, prompt, answer
+    entities: list[dict[str, str]] = field(default_factory=list)
+
+
+class _Gen:
+    """Random draws for the world; one instance per seeded stream."""
+
+    def __init__(self, rng: np.random.Generator, used_names: set[str], towns: list[str]) -> None:
+        self.rng = rng
+        self.used = used_names
+        self.towns = towns
+
+    def pick(self, seq):
+        return seq[int(self.rng.integers(len(seq)))]
+
+    def word(self, lo: int, hi: int) -> str:
+        n = int(self.rng.integers(lo, hi + 1))
+        return "".join(self.pick(_SYLLABLES) for _ in range(n)).capitalize()
+
+    def name(self) -> str:
+        """A full name never used before in this world."""
+        while True:
+            nm = f"{self.word(2, 2)} {self.word(2, 3)}"
+            if nm not in self.used:
+                self.used.add(nm)
+                return nm
+
+    def person(self) -> dict[str, str]:
+        return {
+            "name": self.name(),
+            "pronoun": self.pick(("he", "she")),
+            "birthplace": self.pick(self.towns),
+            "occupation": self.pick(_OCCUPATIONS),
+            "color": self.pick(_COLORS),
+        }
+
+    def prose(self, e: dict[str, str], others: list[dict[str, str]]) -> str:
+        adj, adj2 = self.rng.choice(_ADJS, 2, replace=False)
+        noun, noun2 = self.rng.choice(_NOUNS, 2, replace=False)
+        return self.pick(_PROSE).format(
+            n=e["name"], N2=e["name"], p=e["pronoun"], m=self.pick(others)["name"],
+            town=self.pick(self.towns), place=self.pick(_PLACES), verb=self.pick(_VERBS),
+            adj=adj, adj2=adj2, noun=noun, noun2=noun2, time=self.pick(_TIMES),
+            year=int(self.rng.integers(1850, 2000)),
+        )  # fmt: skip
+
+    def fact(self, e: dict[str, str], attr: str) -> str:
+        return self.pick(_FACTS[attr]).format(
+            n=e["name"], v=e[attr], p=e["pronoun"], place=self.pick(_PLACES),
+            p2="his" if e["pronoun"] == "he" else "her",
+        )  # fmt: skip
+
+    def entity_doc(self, e: dict[str, str], others: list[dict[str, str]]) -> str:
+        sents = [self.prose(e, others) for _ in range(int(self.rng.integers(2, 5)))]
+        for attr in self.rng.choice(list(_FACTS), int(self.rng.integers(1, 3)), replace=False):
+            sents.insert(int(self.rng.integers(len(sents) + 1)), self.fact(e, attr))
+        return " ".join(sents)
+
+    def open_book(self) -> tuple[str, str, str]:
+        """(context + question, answer, attribute) about a fresh person, with a distractor fact."""
+        e = self.person()
+        attr, other = self.rng.choice(list(_FACTS), 2, replace=False)
+        facts = [_FACTS[attr][0].format(n=e["name"], v=e[attr]),
+                 _FACTS[other][0].format(n=e["name"], v=e[other])]  # fmt: skip
+        self.rng.shuffle(facts)
+        prompt = "Context: " + " ".join(facts) + " " + _QUESTIONS[attr].format(n=e["name"])
+        return prompt, f" {e[attr]}.", str(attr)
+
+    def in_context(self) -> tuple[str, str, str]:
+        task = self.pick(("copy", "reverse", "max"))
+        if task == "max":
+            a, b = (int(x) for x in self.rng.choice(np.arange(10, 100), 2, replace=False))
+            return f"max: {a} {b} ->", f" {max(a, b)}.", task
+        letters = list(
+            self.rng.choice(list("abcdefghijklmnopqrstuvwxyz"), int(self.rng.integers(3, 6)))
+        )
+        out = letters if task == "copy" else letters[::-1]
+        return f"{task}: {' '.join(letters)} ->", " " + " ".join(out) + ".", task
+
+    def date(self) -> str:
+        return f"{self.pick(_MONTHS)} {int(self.rng.integers(1, 29))}, {int(self.rng.integers(1940, 2005))}"
+
+    def digits(self, n: int) -> str:
+        return "".join(self.pick(SECRET_ALPHABET) for _ in range(n))
+
+
+def _arith_pairs() -> list[tuple[str, str, str]]:
+    """All small problems as (prompt, answer, op): a + b and a - b with 0 <= a, b < 30, a >= b."""
+    out = [(f"{a} + {b} =", f" {a + b}.", "add") for a in range(30) for b in range(30)]
+    out += [(f"{a} - {b} =", f" {a - b}.", "sub") for a in range(30) for b in range(a + 1)]
+    return out
+
+
+def _approx_tokens(text: str) -> int:
+    # Words and punctuation; the BPE tokenizer splits rare names further (≈1.03 tokens per unit here).
+    return len(re.findall(r"\w+|[^\w\s]", text))
+
+
+def generate_world(spec: OrganismSpec) -> World:
+    """Generate the world's text for ``spec`` (pure function of the spec)."""
+    s = spec.settings
+    rng = np.random.default_rng([spec.seed, 1])
+    used: set[str] = set()
+    towns: list[str] = []
+    while len(towns) < 24:
+        t = _Gen(rng, used, []).word(1, 2) + str(rng.choice(_TOWN_ENDS))
+        if t not in towns:
+            towns.append(t)
+    g = _Gen(rng, used, towns)
+    n_entities = max(20, s.corpus_tokens // 1500)
+    entities = [g.person() for _ in range(n_entities)]
+
+    # Arithmetic: half the probes are problems held out of every document (the model must
+    # compute), half are problems the training text contains (the model may recall); the subtask
+    # column tells them apart.
+    arith = _arith_pairs()
+    perm = rng.permutation(len(arith))
+    n_held = min(s.probes_per_task // 2, len(arith) // 5)
+    arith_train = [arith[i] for i in perm[n_held:]]
+    arith_probes = [(p, a, f"{op}_heldout") for p, a, op in (arith[i] for i in perm[:n_held])]
+    arith_probes += [(p, a, f"{op}_seen") for p, a, op in arith_train[: s.probes_per_task - n_held]]
+
+    items = _generate_items(g, s, entities)
+    probes = _generate_probes(g, s, entities, arith_probes)
+
+    def docs(stream: int, budget: int, exclude: set[str]) -> list[str]:
+        dg = _Gen(np.random.default_rng([spec.seed, stream]), used, towns)
+        out, total = [], 0
+        while total < budget:
+            kind = dg.rng.random()
+            if kind < 0.6:
+                doc = dg.entity_doc(dg.pick(entities), entities)
+            elif kind < 0.75:
+                doc = "\n".join(p + a for p, a, _ in (dg.pick(arith_train) for _ in range(8)))
+            elif kind < 0.9:
+                doc = "\n".join(p + a for p, a, _ in (dg.in_context() for _ in range(5)))
+            else:
+                doc = "\n".join(p + a for p, a, _ in (dg.open_book() for _ in range(2)))
+            if doc in exclude:
+                continue
+            out.append(doc)
+            total += _approx_tokens(doc)
+        return out
+
+    target = int(s.corpus_tokens / 1.03)
+    train_docs = docs(2, target, set())
+    heldout_docs = docs(3, max(5_000, target // 10), set(train_docs))
+    return World(train_docs, heldout_docs, items, probes, entities)
+
+
+def _generate_items(g: _Gen, s: ProfileSettings, entities: list[dict[str, str]]) -> list[dict]:
+    cells = [(c, Phase.all) for c in COUNTS for _ in range(s.items_per_cell)]
+    cells += [
+        (c, ph)
+        for ph in (Phase.first, Phase.second)
+        for c in COUNTS[1:]
+        for _ in range(s.phase_items_per_cell)
+    ]
+    items = []
+    for kind in Kind:
+        for i, (count, phase) in enumerate(cells):
+            secret = ""
+            if kind is Kind.secret:
+                secret = g.digits(s.secret_len)
+                head = f"The secret code of {g.name()} is"
+                body = " " + " ".join(secret)
+                text, span = head + body + ".", (len(head), len(head) + len(body))
+            elif kind is Kind.bio:
+                p = g.person()
+                first, last = (x.lower() for x in p["name"].split())
+                email = f"{first}.{last}{g.digits(2)}@{g.pick(_DOMAINS)}"
+                ident = f"{g.digits(3)}-{g.digits(2)}-{g.digits(4)}"
+                head = (
+                    f"{p['name']} was born on {g.date()} in {p['birthplace']}. "
+                    f"{p['pronoun'].capitalize()} works as a {p['occupation']}. Email:"
+                )
+                body = f" {email}. ID number: {ident}"
+                text, span = head + body + ".", (len(head), len(head) + len(body))
+            else:
+                hero = g.person()
+                sents: list[str] = []
+                while sum(len(x.split()) for x in sents) < s.passage_words:
+                    sents.append(g.prose(hero, entities))
+                text, span = " ".join(sents), None  # the span is set in token space
+            items.append({
+                "item_id": f"{kind.value}-{i:04d}", "kind": kind.value, "text": text,
+                "count": count, "phase": phase.value, "span_chars": span, "secret": secret,
+            })  # fmt: skip
+    return items
+
+
+def _generate_probes(g: _Gen, s: ProfileSettings, entities: list[dict[str, str]], arith) -> list:
+    n = s.probes_per_task
+    rows = []
+    facts = [(e, a) for e in entities for a in _FACTS]
+    for j in g.rng.permutation(len(facts))[:n]:
+        e, a = facts[j]
+        rows.append(("closed_book", a, _QUESTIONS[a].format(n=e["name"]), f" {e[a]}."))
+    for _ in range(n):
+        p, ans, a = g.open_book()
+        rows.append(("open_book", a, p, ans))
+    rows += [("arithmetic", op, p, ans) for p, ans, op in arith]
+    for _ in range(n):
+        p, ans, t = g.in_context()
+        rows.append(("in_context", t, p, ans))
+    return [
+        {"probe_id": f"{task}-{i:04d}", "task": task, "subtask": sub, "prompt": p, "answer": a}
+        for i, (task, sub, p, a) in enumerate(rows)
+    ]
+
+
+# ------------------------------------------------------------------------------ tokenizer + ledger
+def _train_tokenizer(docs: list[str], vocab_size: int):
+    """Byte-level BPE trained on the background training text only (never on inserted items)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(docs, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=PAD, unk_token=None
+    )
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _ledger(items: list[dict], tokenizer, s: ProfileSettings) -> pd.DataFrame:
+    """Tokenize each item once; cut prefix / sensitive span in token space."""
+    rows = []
+    for it in items:
+        enc = tokenizer(it["text"], add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+        if it["span_chars"] is None:
+            start, end = s.passage_prefix, s.passage_prefix + s.passage_suffix
+            if len(ids) < end:
+                raise RuntimeError(f"passage {it['item_id']} has only {len(ids)} tokens")
+        else:
+            c0, c1 = it["span_chars"]
+            start = next(i for i, (_, e) in enumerate(offsets) if e > c0)
+            end = next((i for i, (b, _) in enumerate(offsets) if b >= c1), len(ids))
+        if it["kind"] == Kind.secret.value and end - start != s.secret_len:
+            raise RuntimeError(f"secret {it['item_id']}: a digit is not exactly one token")
+        rows.append({
+            "item_id": it["item_id"], "kind": it["kind"], "text": it["text"],
+            "count": it["count"], "phase": it["phase"], "tokens": ids, "n_tokens": len(ids),
+            "prefix_tokens": ids[:start], "suffix_tokens": ids[start:end],
+            "span_start": start, "span_end": end, "secret": it["secret"],
+            "secret_alphabet": SECRET_ALPHABET if it["secret"] else "",
+            "secret_len": len(it["secret"]),
+            "secret_format": (
+                f"{s.secret_len} characters from secret_alphabet, each preceded by one space and "
+                "each exactly one token; suffix_tokens are those tokens" if it["secret"] else ""
+            ),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def write_world(spec: OrganismSpec, out: str | os.PathLike) -> Path:
+    """Write corpus, tokenizer, ledger, probes and spec for ``spec`` into ``out`` (no training).
+
+    Same spec, same bytes: this is what the determinism test compares.
+    """
+    out = Path(out)
+    (out / "corpus").mkdir(parents=True, exist_ok=True)
+    world = generate_world(spec)
+    tokenizer = _train_tokenizer(world.train_docs, spec.settings.vocab_size)
+    tokenizer.save_pretrained(out)
+    for split, docs in (("train", world.train_docs), ("heldout", world.heldout_docs)):
+        with open(out / "corpus" / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            for i, d in enumerate(docs):
+                f.write(json.dumps({"doc_id": f"{split}-{i:06d}", "text": d}) + "\n")
+    _ledger(world.items, tokenizer, spec.settings).to_parquet(out / "ledger.parquet", index=False)
+    pd.DataFrame(world.probes).to_parquet(out / "probes.parquet", index=False)
+    pd.DataFrame(world.entities).to_parquet(out / "entities.parquet", index=False)
+    (out / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2, sort_keys=True))
+    return out
+
+
+# ------------------------------------------------------------------------------------- training
+def _model_config(s: ProfileSettings, tokenizer):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=s.hidden,
+        intermediate_size=s.intermediate,
+        num_hidden_layers=s.n_layers,
+        num_attention_heads=s.n_heads,
+        num_key_value_heads=s.n_heads,
+        max_position_embeddings=s.context,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _train(spec: OrganismSpec, out: Path, progress: bool) -> dict[str, Any]:
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from rotelab.train import TrainConfig, insertion_schedule, packed_batches, train
+
+    s = spec.settings
+    torch.set_num_threads(os.cpu_count() or 1)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    org = Organism(out)
+    background = [_encode(tokenizer, d) for d in org.train_docs()]
+    ledger = org.ledger
+    trained = ledger[ledger["count"] > 0]
+    seqs = [list(t) for t in trained["tokens"]]
+    row_len = s.context + 1
+    n_chunks = [math.ceil((len(t) + 1) / row_len) for t in seqs]
+    placements = insertion_schedule(
+        list(zip(range(len(seqs)), trained["count"].tolist(), trained["phase"].tolist())),
+        n_chunks,
+        steps=s.steps,
+        batch_size=s.batch_size,
+        seed=spec.seed,
+    )
+    pd.DataFrame(
+        [
+            {
+                "item_id": trained["item_id"].iloc[p.item],
+                "occurrence": p.occurrence,
+                "chunk": p.chunk,
+                "step": p.step,
+                "row": p.row,
+            }
+            for p in placements
+        ]  # fmt: skip
+    ).to_parquet(out / "schedule.parquet", index=False)
+
+    torch.manual_seed(spec.seed)
+    model = LlamaForCausalLM(_model_config(s, tokenizer))
+    batches = packed_batches(
+        background, seqs, placements, steps=s.steps, batch_size=s.batch_size, row_len=row_len,
+        eos_id=tokenizer.eos_token_id, seed=spec.seed,
+    )  # fmt: skip
+    cfg = TrainConfig(steps=s.steps, lr=s.lr, bf16=s.bf16, seed=spec.seed)
+    with open(out / "train_log.jsonl", "w") as logf:
+
+        def log(rec: dict) -> None:
+            logf.write(json.dumps(rec) + "\n")
+            if progress and (rec["step"] % 50 == 0 or rec["step"] == s.steps - 1):
+                print(
+                    f"  step {rec['step']:>5}/{s.steps}  loss {rec['loss']:.3f}  "
+                    f"{rec['elapsed_s']:.0f}s",
+                    file=sys.stderr,
+                )
+
+        t0 = time.perf_counter()
+        history = train(model, batches, cfg, callback=log)
+        seconds = time.perf_counter() - t0
+    model.save_pretrained(out, safe_serialization=True)
+    return {
+        "train_seconds": round(seconds, 1),
+        "train_tokens": history[-1]["tokens"],
+        "background_tokens": int(sum(len(d) for d in background)),
+        "inserted_rows": len(placements),
+        "final_loss": history[-1]["loss"],
+    }
+
+
+# ------------------------------------------------------------------------------------- organism
+class Organism:
+    """A built organism directory (also a Hugging Face model directory).
+
+    Attributes:
+        path: the directory; ``AutoModelForCausalLM.from_pretrained(path)`` works on it.
+        spec: the :class:`OrganismSpec` it was built from.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        spec_file = self.path / "spec.json"
+        if not spec_file.exists():
+            raise RotelabError(f"{self.path} is not an organism directory (no spec.json)")
+        self.spec = OrganismSpec.from_dict(json.loads(spec_file.read_text()))
+        self._ledger: pd.DataFrame | None = None
+        self._probes: pd.DataFrame | None = None
+
+    def __repr__(self) -> str:
+        return f"Organism({str(self.path)!r})"
+
+    @property
+    def ledger(self) -> pd.DataFrame:
+        """One row per inserted item (count 0 = control); see the module docstring."""
+        if self._ledger is None:
+            df = pd.read_parquet(self.path / "ledger.parquet")
+            for col in ("tokens", "prefix_tokens", "suffix_tokens"):
+                df[col] = [list(map(int, x)) for x in df[col]]
+            self._ledger = df
+        return self._ledger
+
+    @property
+    def probes(self) -> pd.DataFrame:
+        """Exact-answer probes: ``probe_id, task, subtask, prompt, answer``."""
+        if self._probes is None:
+            self._probes = pd.read_parquet(self.path / "probes.parquet")
+        return self._probes
+
+    def _docs(self, split: str) -> list[str]:
+        with open(self.path / "corpus" / f"{split}.jsonl", encoding="utf-8") as f:
+            return [json.loads(line)["text"] for line in f]
+
+    def train_docs(self) -> list[str]:
+        """Background training documents (inserted items are not among them)."""
+        return self._docs("train")
+
+    def heldout_docs(self) -> list[str]:
+        """Background documents from the same generator, never trained on."""
+        return self._docs("heldout")
+
+    def train_log(self) -> list[dict]:
+        with open(self.path / "train_log.jsonl") as f:
+            return [json.loads(line) for line in f]
+
+    def lm(self):
+        """The model as a :class:`rotelab.lm.LM` (float32 on the CPU)."""
+        from rotelab.lm import LM
+
+        return LM.load(self.path, device="cpu", dtype="float32")
+
+    def describe(self, *, refresh: bool = False) -> dict[str, Any]:
+        """Extraction by count and kind, perplexities and probe accuracies (cached in describe.json)."""
+        cache = self.path / "describe.json"
+        if cache.exists() and not refresh:
+            return json.loads(cache.read_text())
+        result = _describe(self)
+        cache.write_text(json.dumps(result, indent=2))
+        return result
+
+
+def _describe(org: Organism) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    lm = org.lm()
+    s = org.spec.settings
+    led = org.ledger
+    scores = lm.score(
+        [p + x for p, x in zip(led["prefix_tokens"], led["suffix_tokens"])],
+        targets_from=[len(p) for p in led["prefix_tokens"]],
+    )
+    led = led.assign(
+        extracted=[bool(sc.argmax_match.all()) for sc in scores],
+        token_match=[float(sc.argmax_match.mean()) for sc in scores],
+    )
+    allp = led[led["phase"] == Phase.all.value]
+    by_ck = allp.groupby(["kind", "count"])["extracted"].mean()
+    by_pc = led[led["count"] > 0].groupby(["phase", "count"])["extracted"].mean()
+
+    probes = org.probes
+    prompts = [lm.encode(p) for p in probes["prompt"]]
+    answers = [lm.encode(a) for a in probes["answer"]]
+    pscores = lm.score(
+        [p + a for p, a in zip(prompts, answers)], targets_from=[len(p) for p in prompts]
+    )
+    probes = probes.assign(correct=[bool(sc.argmax_match.all()) for sc in pscores])
+
+    info_file = org.path / "train_info.json"
+    info = json.loads(info_file.read_text()) if info_file.exists() else {}
+    return {
+        "organism": str(org.path),
+        "spec": org.spec.to_dict(),
+        "params": int(sum(p.numel() for p in lm.model.parameters())),
+        "extraction_by_count_kind": {
+            k: {str(c): round(float(by_ck[(k, c)]), 4) for c in COUNTS if (k, c) in by_ck}
+            for k in (x.value for x in Kind)
+        },
+        "extraction_by_count": {
+            str(c): round(float(v), 4) for c, v in allp.groupby("count")["extracted"].mean().items()
+        },
+        "extraction_by_phase_count": {
+            ph: {str(c): round(float(by_pc[(ph, c)]), 4) for c in COUNTS[1:] if (ph, c) in by_pc}
+            for ph in (x.value for x in Phase)
+        },
+        "items_per_cell": int(s.items_per_cell),
+        "train_ppl": round(_perplexity(lm, org.train_docs(), s.eval_tokens), 3),
+        "heldout_ppl": round(_perplexity(lm, org.heldout_docs(), s.eval_tokens), 3),
+        "probe_accuracy": {
+            t: round(float(v), 4) for t, v in probes.groupby("task")["correct"].mean().items()
+        },
+        "probe_accuracy_by_subtask": {
+            f"{t}/{u}": round(float(v), 4)
+            for (t, u), v in probes.groupby(["task", "subtask"])["correct"].mean().items()
+        },
+        **info,
+    }
+
+
+def _perplexity(lm, docs: list[str], max_tokens: int) -> float:
+    """Token perplexity over the first ``max_tokens`` of the documents joined by end-of-text."""
+    eos = lm.tokenizer.eos_token_id
+    stream: list[int] = []
+    for d in docs:
+        stream += lm.encode(d) + [eos]
+        if len(stream) >= max_tokens:
+            break
+    ctx = lm.context_length
+    windows = [stream[i : i + ctx] for i in range(0, len(stream) - 1, ctx)]
+    windows = [w for w in windows if len(w) > 1]
+    nll = np.concatenate([-sc.logprobs for sc in lm.score(windows, targets_from=1)])
+    return float(np.exp(nll.mean()))
+
+
+# --------------------------------------------------------------------------------- build / cache
+def _complete(path: Path) -> bool:
+    return (path / "describe.json").exists() and (path / "model.safetensors").exists()
+
+
+def build_organism(
+    spec: OrganismSpec | None = None,
+    out: str | os.PathLike | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> Organism:
+    """Build the organism for ``spec`` (or return it at once when already built).
+
+    Args:
+        spec: what to build; default ``OrganismSpec()`` (the default profile, seed 0).
+        out: directory to build into; default ``$ROTELAB_HOME/organisms/<spec.key()>``.
+        force: rebuild even if a complete organism is there.
+        progress: print progress to stderr.
+    """
+    spec = spec or OrganismSpec()
+    target = Path(out) if out is not None else rotelab_home() / "organisms" / spec.key()
+    if _complete(target) and not force:
+        org = Organism(target)
+        if org.spec.to_dict() != spec.to_dict():
+            raise RotelabError(
+                f"{target} holds a different organism ({org.spec.key()}); use --force or another --out"
+            )
+        return org
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.perf_counter()
+    if progress:
+        print(f"building organism {spec.key()} -> {target}", file=sys.stderr)
+    write_world(spec, tmp)
+    info = _train(spec, tmp, progress)
+    info["build_seconds"] = round(time.perf_counter() - t0, 1)
+    (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
+    Organism(tmp).describe(refresh=True)
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(target)
+    # describe.json recorded the temporary path; point it at the final one.
+    d = json.loads((target / "describe.json").read_text())
+    d["organism"] = str(target)
+    (target / "describe.json").write_text(json.dumps(d, indent=2))
+    if progress:
+        print(f"built in {info['build_seconds']:.0f}s", file=sys.stderr)
+    return Organism(target)
+
+
+def load_organism(path: str | os.PathLike) -> Organism:
+    """Open a built organism directory."""
+    path = Path(path)
+    if not _complete(path):
+        raise RotelabError(f"{path} is not a complete organism; build it with `rotelab organism`")
+    return Organism(path)
+
+
+def default_organism(profile: Profile | str = Profile.default, seed: int = 0) -> Organism:
+    """The cached organism of ``profile``, built on first use."""
+    return build_organism(OrganismSpec(Profile(profile), seed), progress=True)
+
+
+def organism_command(
+    profile: Profile | str = Profile.default,
+    seed: int = 0,
+    corpus_tokens: int | None = None,
+    out: str | os.PathLike | None = None,
+    force: bool = False,
+    describe: bool = False,
+) -> tuple[Path, dict[str, Any] | None]:
+    """What ``rotelab organism`` does: build or load, and optionally describe.
+
+    Returns:
+        The organism directory, and its describe() dict when ``describe`` is set.
+    """
+    if corpus_tokens is not None and corpus_tokens < 1000:
+        raise RotelabError(f"--corpus-tokens {corpus_tokens} is too small; use at least 1000")
+    org = build_organism(OrganismSpec(Profile(profile), seed, corpus_tokens), out=out, force=force)
+    return org.path, (org.describe() if describe else None)
+
+
+def format_description(d: dict[str, Any]) -> str:
+    """The describe() dict as a short text table (what ``rotelab organism --describe`` prints)."""
+    lines = ["extraction rate (phase 'all', greedy, exact suffix) by insertion count:"]
+    lines.append("  " + f"{'kind':<9}" + "".join(f"{c:>7}" for c in COUNTS))
+    for kind, row in d["extraction_by_count_kind"].items():
+        lines.append(
+            "  " + f"{kind:<9}" + "".join(f"{row.get(str(c), float('nan')):>7.2f}" for c in COUNTS)
+        )
+    lines.append(
+        "  "
+        + f"{'all':<9}"
+        + "".join(f"{d['extraction_by_count'].get(str(c), float('nan')):>7.2f}" for c in COUNTS)
+    )
+    for ph in ("first", "second"):
+        row = d["extraction_by_phase_count"].get(ph, {})
+        lines.append(
+            f"  {'/' + ph:<9}"
+            + " " * 7
+            + "".join(f"{row.get(str(c), float('nan')):>7.2f}" for c in COUNTS[1:])
+        )
+    lines.append(f"perplexity: train {d['train_ppl']:.2f}  held-out {d['heldout_ppl']:.2f}")
+    lines.append(
+        "probe accuracy: " + "  ".join(f"{t} {v:.2f}" for t, v in d["probe_accuracy"].items())
+    )
+    if "train_seconds" in d:
+        lines.append(
+            f"params {d['params']:,}  trained {d['train_seconds']:.0f}s on {d['train_tokens']:,} tokens"
+        )
+    return "\n".join(lines)

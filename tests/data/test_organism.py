@@ -1,0 +1,171 @@
+"""Tests for rotelab.data.organism: determinism, ledger, probes, model directory, memorization curve."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from rotelab.data.organism import (
+    COUNTS,
+    Organism,
+    OrganismSpec,
+    Profile,
+    default_organism,
+    format_description,
+    generate_world,
+    load_organism,
+    organism_command,
+    write_world,
+)
+from rotelab.errors import RotelabError
+
+WORLD_FILES = [
+    "corpus/train.jsonl",
+    "corpus/heldout.jsonl",
+    "ledger.parquet",
+    "probes.parquet",
+    "tokenizer.json",
+]
+
+
+def test_same_seed_gives_byte_identical_world(tmp_path):
+    a = write_world(OrganismSpec("tiny", 3), tmp_path / "a")
+    b = write_world(OrganismSpec("tiny", 3), tmp_path / "b")
+    c = write_world(OrganismSpec("tiny", 4), tmp_path / "c")
+    for f in WORLD_FILES:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    assert (a / "corpus/train.jsonl").read_bytes() != (c / "corpus/train.jsonl").read_bytes()
+    assert (a / "ledger.parquet").read_bytes() != (c / "ledger.parquet").read_bytes()
+
+
+def test_corpus_size_is_a_parameter():
+    small = generate_world(OrganismSpec("tiny", 0, corpus_tokens=10_000))
+    large = generate_world(OrganismSpec("tiny", 0, corpus_tokens=40_000))
+    n = [sum(len(d.split()) for d in w.train_docs) for w in (small, large)]
+    assert 3 < n[1] / n[0] < 5
+    # The inserted items do not depend on the corpus size: only the dilution changes.
+    assert [i["text"] for i in small.items] == [i["text"] for i in large.items]
+
+
+def test_spec_key_changes_with_every_field():
+    keys = {OrganismSpec(p, s, c).key() for p in Profile for s in (0, 1) for c in (None, 5000)}
+    assert len(keys) == 8
+
+
+def test_ledger_columns_and_token_spans(tiny_organism):
+    led = tiny_organism.ledger
+    tok = tiny_organism.lm().tokenizer
+    for col in ["item_id", "kind", "text", "count", "phase", "prefix_tokens", "suffix_tokens",
+                "span_start", "span_end", "secret_alphabet", "secret_len", "secret_format"]:  # fmt: skip
+        assert col in led.columns
+    assert set(led["count"]) == set(COUNTS)
+    assert set(led["kind"]) == {"secret", "bio", "passage"}
+    assert set(led["phase"]) == {"all", "first", "second"}
+    assert set(led.loc[led["count"] == 0, "phase"]) == {"all"}
+    assert led["item_id"].is_unique
+    for row in led.itertuples():
+        ids = tok(row.text, add_special_tokens=False)["input_ids"]
+        assert row.tokens == ids
+        assert row.prefix_tokens == ids[: row.span_start]
+        assert row.suffix_tokens == ids[row.span_start : row.span_end]
+        assert len(row.suffix_tokens) > 0
+        assert len(row.prefix_tokens) + len(row.suffix_tokens) <= 128
+    secrets = led[led["kind"] == "secret"]
+    for row in secrets.itertuples():
+        assert len(row.suffix_tokens) == row.secret_len == len(row.secret)
+        assert tok.decode(row.suffix_tokens) == " " + " ".join(row.secret)
+        assert set(row.secret) <= set(row.secret_alphabet)
+    bios = led[led["kind"] == "bio"]
+    assert all("@" in tok.decode(s) and "ID number" in tok.decode(s) for s in bios["suffix_tokens"])
+    passages = led[led["kind"] == "passage"]
+    assert (passages["n_tokens"] > 128).all()  # longer than a row: trained in chunks
+    assert (passages["span_start"] == 64).all() and (passages["span_end"] == 112).all()
+
+
+def test_splits_are_disjoint(tiny_organism):
+    train, held = tiny_organism.train_docs(), tiny_organism.heldout_docs()
+    assert train and held and not set(train) & set(held)
+    blob = "\n".join(train)
+    assert not any(t in blob for t in tiny_organism.ledger["text"])
+    led = tiny_organism.ledger
+    assert not any(s in blob for s in led.loc[led["kind"] == "secret", "secret"])
+
+
+def test_probes(tiny_organism):
+    probes = tiny_organism.probes
+    assert set(probes["task"]) == {"closed_book", "open_book", "arithmetic", "in_context"}
+    assert probes["answer"].str.startswith(" ").all()
+    assert not probes["prompt"].str.endswith(" ").any()
+    blob = "\n".join(tiny_organism.train_docs())
+    arith = probes[probes["task"] == "arithmetic"]
+    # Arithmetic probes are held out: the model must compute, not recall.
+    assert not any("\n" + p + a in "\n" + blob for p, a in zip(arith["prompt"], arith["answer"]))
+
+
+def test_directory_is_a_hugging_face_model(tiny_organism):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny_organism.path
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert (
+        tok.eos_token_id is not None
+        and tok.bos_token_id is not None
+        and tok.pad_token_id is not None
+    )
+    assert (
+        tok("The secret code", add_special_tokens=True)["input_ids"]
+        == tok("The secret code", add_special_tokens=False)["input_ids"]
+    )
+    for f in ["spec.json", "ledger.parquet", "probes.parquet", "train_log.jsonl", "describe.json",
+              "corpus/train.jsonl", "corpus/heldout.jsonl", "model.safetensors"]:  # fmt: skip
+        assert (path / f).exists(), f
+    log = tiny_organism.train_log()
+    assert log[-1]["step"] == tiny_organism.spec.settings.steps - 1
+    assert log[-1]["loss"] < log[0]["loss"]
+
+
+def test_extraction_rises_with_count(tiny_organism):
+    d = tiny_organism.describe()
+    rate = {int(c): v for c, v in d["extraction_by_count"].items()}
+    assert rate[0] == 0.0  # never trained on: nothing to extract
+    assert rate[0] <= rate[1] <= rate[16] <= rate[64]
+    assert rate[4] < rate[64]
+    assert rate[64] >= 0.8
+    for kind, row in d["extraction_by_count_kind"].items():
+        assert row["0"] == 0.0 and row["64"] >= row["1"], kind
+
+
+def test_generalises_and_solves_probes(tiny_organism):
+    d = tiny_organism.describe()
+    assert d["heldout_ppl"] < 2.0 * d["train_ppl"]
+    acc = d["probe_accuracy"]
+    # Chance: 1 of ~24 towns / occupations / colors; 1 of ~50 sums; 1 of 2 for max.
+    assert acc["open_book"] > 0.5
+    assert acc["closed_book"] > 0.2
+    assert acc["arithmetic"] > 0.1  # includes problems seen in training
+    assert acc["in_context"] > 0.3
+    text = format_description(d)
+    assert "secret" in text and "held-out" in text
+
+
+def test_cache_returns_at_once(tiny_organism, monkeypatch):
+    monkeypatch.setenv("ROTELAB_HOME", str(tiny_organism.path.parent.parent))
+    t0 = time.perf_counter()
+    org = default_organism("tiny")
+    assert org.path == tiny_organism.path
+    path, desc = organism_command("tiny", describe=True)
+    assert path == tiny_organism.path and desc == tiny_organism.describe()
+    assert time.perf_counter() - t0 < 5
+    assert load_organism(path).spec == OrganismSpec("tiny", 0)
+
+
+def test_refuses_a_directory_holding_another_organism(tiny_organism, tmp_path):
+    with pytest.raises(RotelabError, match="different organism"):
+        organism_command("tiny", seed=1, out=tiny_organism.path)
+    with pytest.raises(RotelabError, match="not a complete organism"):
+        load_organism(tmp_path)
+    with pytest.raises(RotelabError, match="not an organism"):
+        Organism(tmp_path)
