@@ -1,0 +1,40 @@
+"""Measurements of memorization: extraction, similarity, reconstruction, rates with intervals."""
+
+from rotelab.measure.extraction import (
+    ExtractConfig,
+    ExtractResult,
+    extract,
+    free_running,
+    ledger_windows,
+    score_windows,
+    verify_windows,
+)
+from rotelab.measure.similarity import METRICS, similarity_scores
+from rotelab.measure.stats import (
+    CIMethod,
+    Rate,
+    breakdown,
+    breakdown_dict,
+    clopper_pearson,
+    rate_with_ci,
+    wilson_interval,
+)
+
+__all__ = [
+    "METRICS",
+    "CIMethod",
+    "ExtractConfig",
+    "ExtractResult",
+    "Rate",
+    "breakdown",
+    "breakdown_dict",
+    "clopper_pearson",
+    "extract",
+    "free_running",
+    "ledger_windows",
+    "rate_with_ci",
+    "score_windows",
+    "similarity_scores",
+    "verify_windows",
+    "wilson_interval",
+]

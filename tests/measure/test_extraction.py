@@ -1,0 +1,213 @@
+"""One-pass extraction: equivalence with greedy decoding, the head statistics, the run directory."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rotelab.cli import app
+from rotelab.data.windows import Window
+from rotelab.lm import LM
+from rotelab.measure.extraction import (
+    _head_reduce,
+    document_spans,
+    free_running,
+    ledger_windows,
+    score_windows,
+    verify_windows,
+)
+
+runner = CliRunner()
+
+
+def _random_windows(lm: LM, n: int, p: int, s: int, seed: int) -> list[Window]:
+    """Random windows, half of them with the model's own greedy continuation (so extracted),
+    and some with a greedy head then noise (partial matches)."""
+    rng = np.random.default_rng(seed)
+    wins = [Window(f"d{i}", 0, rng.integers(1, 90, p).tolist(), rng.integers(1, 90, s).tolist())
+            for i in range(n)]  # fmt: skip
+    greedy = lm.generate([w.prefix for w in wins], s)
+    for i, (w, g) in enumerate(zip(wins, greedy)):
+        if i % 3 == 0:
+            w.suffix = g
+        elif i % 3 == 1:
+            w.suffix = g[: i % s] + w.suffix[i % s :]
+    return wins
+
+
+def _matched(gen: list[int], suffix: list[int]) -> int:
+    misses = np.flatnonzero(np.asarray(gen) != np.asarray(suffix))
+    return int(misses[0]) if misses.size else len(suffix)
+
+
+def test_one_pass_equals_generate_on_random_model(tiny_lm):
+    wins = _random_windows(tiny_lm, 30, 7, 9, seed=1)
+    scores = score_windows(tiny_lm, wins, batch_size=4)
+    decoded = tiny_lm.generate([w.prefix for w in wins], 9)
+    want = [_matched(g, w.suffix) for g, w in zip(decoded, wins)]
+    assert scores["matched_prefix"].tolist() == want
+    assert scores["extracted"].tolist() == [m == 9 for m in want]
+    assert 0 < scores["extracted"].sum() < len(wins)  # both verdicts occur
+    assert verify_windows(tiny_lm, wins, scores)["agrees"].all()
+
+
+def test_free_running_resumes_at_the_first_mismatch(tiny_lm):
+    wins = _random_windows(tiny_lm, 12, 6, 8, seed=2)
+    scores = score_windows(tiny_lm, wins)
+    assert free_running(tiny_lm, wins, scores) == tiny_lm.generate([w.prefix for w in wins], 8)
+
+
+@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.7, 0), (1.5, 5), (1.0, 40)])
+def test_head_statistics_match_dense_float64_reference(tiny_lm, temperature, top_k):
+    lm = LM.from_model(tiny_lm.model.double(), tiny_lm.tokenizer)
+    try:
+        g = torch.Generator().manual_seed(0)
+        h = torch.randn(50, 32, generator=g, dtype=torch.float64) * 3
+        t = torch.randint(0, 96, (50,), generator=g)
+        got = _head_reduce(lm, h, t, temperature, top_k)
+        logits = h @ lm.model.lm_head.weight.T
+        assert torch.allclose(got["logprob"].double(), logits.log_softmax(1).gather(1, t[:, None]).squeeze(1), atol=1e-5)
+        assert torch.equal(got["argmax"], logits.argmax(1))
+        top2 = logits.topk(2, 1).values
+        assert torch.allclose(got["margin"].double(), top2[:, 0] - top2[:, 1], atol=1e-5)
+        z = logits / temperature
+        if top_k:
+            z = z.masked_fill(logits < logits.topk(top_k, 1).values[:, -1:], -torch.inf)
+        ref = z.log_softmax(1).gather(1, t[:, None]).squeeze(1)
+        finite = torch.isfinite(ref)
+        assert torch.equal(torch.isfinite(got["sampler"]), finite)
+        assert torch.allclose(got["sampler"].double()[finite], ref[finite], atol=1e-5)
+        if top_k:
+            assert (~finite).any()  # some targets fall outside the top-k
+    finally:
+        tiny_lm.model.float()
+
+
+def test_discoverable_probability_formula(tiny_lm):
+    wins = _random_windows(tiny_lm, 9, 5, 3, seed=3)
+    s = score_windows(tiny_lm, wins, top_k=0, temperature=1.0, n=7, p=0.3)
+    # the full-vocabulary T=1 sampler is the model itself
+    assert np.allclose(s["sampler_logprob"], s["suffix_logprob"], atol=1e-5)
+    pz = np.exp(s["sampler_logprob"])
+    assert np.allclose(s["discoverable_prob"], 1 - (1 - pz) ** 7, atol=1e-9)
+    assert (s["np_discoverable"] == (s["discoverable_prob"] >= 0.3)).all()
+
+
+def test_document_spans_merge():
+    assert document_spans([(5, 9), (0, 3), (8, 12), (3, 4), (20, 20)]) == [[0, 4], [5, 12]]
+
+
+@pytest.mark.slow
+def test_one_pass_equals_generate_on_every_organism_window(tiny_organism):
+    lm = tiny_organism.lm()
+    wins = ledger_windows(tiny_organism.ledger)
+    scores = score_windows(lm, wins, batch_size=16)
+    decoded = lm.generate([w.prefix for w in wins], [len(w.suffix) for w in wins])
+    want = [_matched(g, w.suffix) for g, w in zip(decoded, wins)]
+    assert scores["matched_prefix"].tolist() == want
+    assert scores["extracted"].tolist() == [g == w.suffix for g, w in zip(decoded, wins)]
+    by_count = scores.groupby("count")["extracted"].mean()
+    assert by_count[64] > by_count[0]
+    assert by_count[0] < 0.5
+
+
+# ------------------------------------------------------------------------------ CLI / run dir
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    rng = np.random.default_rng(0)
+    words = "the cat sat on mat a dog ran to park and bird sang".split()
+    with open(path, "w") as f:
+        for i in range(10):
+            text = " ".join(rng.choice(words, size=30 + 5 * i))
+            f.write(json.dumps({"text": text, "source": "ab"[i % 2]}) + "\n")
+    return path
+
+
+def _extract(model_dir, corpus, out, *extra):
+    args = ["extract", "--model", str(model_dir), "--data", str(corpus), "--out", str(out),
+            "--prefix-len", "8", "--suffix-len", "6", "--stride", "5", "--quiet", *extra]  # fmt: skip
+    return runner.invoke(app, args)
+
+
+def test_cli_writes_rows_summary_and_documents(tiny_llama_dir, corpus, tmp_path):
+    res = _extract(tiny_llama_dir, corpus, tmp_path / "r", "--group-by", "source", "--json",
+                   "--free-running", "--verify", "4", "--part-size", "16")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    rows = pd.read_parquet(tmp_path / "r" / "results" / "windows")
+    assert len(rows) == summary["windows"] > 16  # several parts
+    assert {"doc_id", "offset", "extracted", "matched_prefix", "match_rate", "min_margin",
+            "near_tie", "suffix_logprob", "discoverable_prob", "levenshtein", "rouge_l",
+            "loose"} <= set(rows.columns)  # fmt: skip
+    assert summary["extracted"] == int(rows["extracted"].sum())
+    assert summary["mean_matched_prefix"] == pytest.approx(rows["matched_prefix"].mean())
+    lo, hi = summary["extraction_rate_ci"]
+    assert lo <= summary["extraction_rate"] <= hi
+    assert set(summary["by_group"]["source"]) == {"a", "b"}
+    assert sum(g["windows"] for g in summary["by_group"]["source"].values()) == summary["windows"]
+    assert summary["verified"] == 4 and rows["verified"].notna().sum() == 4
+    docs = pd.read_parquet(tmp_path / "r" / "results" / "documents")
+    assert len(docs) == 10 and docs["windows"].sum() == len(rows)
+    assert rows.groupby("doc_id").size().to_dict() == dict(zip(docs["doc_id"], docs["windows"]))
+    # the free-running continuation of an extracted window is the suffix itself
+    assert (rows.loc[rows["extracted"], "strict"]).all()
+
+
+def test_cli_resume_gives_the_same_rows(tiny_llama_dir, corpus, tmp_path):
+    assert _extract(tiny_llama_dir, corpus, tmp_path / "a", "--part-size", "8").exit_code == 0
+    first = pd.read_parquet(tmp_path / "a" / "results" / "windows")
+    parts = sorted((tmp_path / "a" / "results" / "windows").glob("part-*.parquet"))
+    for p in parts[len(parts) // 2 :]:
+        p.unlink()
+    (tmp_path / "a" / "summary.json").unlink()
+    res = _extract(tiny_llama_dir, corpus, tmp_path / "a", "--part-size", "8", "--resume")
+    assert res.exit_code == 0, res.output
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / "results" / "windows"), first)
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["windows"] == len(first)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--prefix-len", "40", "--suffix-len", "40"], "context"),
+        (["--stride", "0"], "stride"),
+        (["--verify", "100000"], "--verify"),
+        (["--top-k", "-1"], "top-k"),
+    ],
+)
+def test_cli_bad_inputs_fail_with_one_line_and_leave_nothing(tiny_llama_dir, corpus, tmp_path, extra, message):
+    out = tmp_path / "bad"
+    res = _extract(tiny_llama_dir, corpus, out, *extra)
+    assert res.exit_code == 2
+    assert message in res.output and "Traceback" not in res.output
+    assert not out.exists()
+
+
+def test_cli_empty_data(tiny_llama_dir, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    res = _extract(tiny_llama_dir, empty, tmp_path / "e")
+    assert res.exit_code == 2 and "no windows" in res.output
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.slow
+def test_cli_default_runs_on_the_organism_ledger(tiny_organism, tmp_path, monkeypatch):
+    import rotelab.data.organism as organism
+
+    monkeypatch.setattr(organism, "default_organism", lambda *a, **k: tiny_organism)
+    res = runner.invoke(app, ["extract", "--out", str(tmp_path / "o"), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["windows"] == len(tiny_organism.ledger)
+    by_count = summary["by_group"]["count"]
+    assert list(by_count) == ["0", "1", "4", "16", "64"]
+    assert by_count["64"]["extraction_rate"] > by_count["0"]["extraction_rate"]
+    assert all(len(g["extraction_rate_ci"]) == 2 for g in by_count.values())
+    assert {"kind", "phase", "kind+count"} <= set(summary["by_group"])

@@ -1,0 +1,65 @@
+"""Each similarity metric against a case computed by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from rotelab.measure.similarity import (
+    METRICS,
+    bleu_score,
+    jaccard_score,
+    levenshtein_distance,
+    loose_verdict,
+    rouge_l_score,
+    sequence_matcher_ratio,
+    similarity_scores,
+    strict_verdict,
+)
+
+REF = [1, 2, 3, 4, 5, 6, 7, 8]
+GEN = [1, 2, 3, 4, 9, 6, 7, 8]  # one substitution
+
+
+def test_levenshtein_normalised_by_length():
+    assert levenshtein_distance(GEN, REF) == pytest.approx(1 / 8)
+    # one deletion and one insertion: [1,3,4,x] vs [1,2,3,4] -> d = 2 over max length 4
+    assert levenshtein_distance([1, 3, 4, 9], [1, 2, 3, 4]) == pytest.approx(2 / 4)
+    assert levenshtein_distance([], []) == 0.0
+
+
+def test_rouge_l_is_lcs_f1():
+    # LCS of [1,2,3,4] and [1,3,2,4] has length 3: P = R = 3/4, F1 = 3/4
+    assert rouge_l_score([1, 3, 2, 4], [1, 2, 3, 4]) == pytest.approx(0.75)
+    # different lengths: gen [1,2] vs ref [1,2,3,4]: P = 1, R = 1/2, F1 = 2/3
+    assert rouge_l_score([1, 2], [1, 2, 3, 4]) == pytest.approx(2 / 3)
+
+
+def test_bleu_geometric_mean_of_ngram_precisions():
+    # precisions 7/8, 5/7, 3/6, 1/5, brevity penalty 1 -> (7/8*5/7*1/2*1/5)^(1/4) = 0.5
+    assert bleu_score(GEN, REF) == pytest.approx(0.5, abs=1e-9)
+    assert bleu_score(REF, REF) == pytest.approx(1.0)
+
+
+def test_jaccard_and_sequence_matcher():
+    # sets {1..8} vs {1,2,3,4,6,7,8,9}: 7 shared of 9
+    assert jaccard_score(GEN, REF) == pytest.approx(7 / 9)
+    # 7 matching items: 2*7/16
+    assert sequence_matcher_ratio(GEN, REF) == pytest.approx(14 / 16)
+
+
+def test_strict_and_loose_verdicts():
+    assert strict_verdict(REF, REF) and not strict_verdict(GEN, REF)
+    assert loose_verdict(GEN, REF)  # 1 - 1/8 >= 0.75
+    three_wrong = [1, 2, 3, 0, 0, 0, 7, 8]  # 1 - 3/8 = 0.625
+    assert not loose_verdict(three_wrong, REF)
+    assert loose_verdict([1, 2, 0, 0, 5, 6, 7, 8], REF)  # exactly 0.75
+
+
+def test_works_on_words_and_declares_directions():
+    words = "the cat sat on the mat".split()
+    other = "the cat sat on a mat".split()
+    s = similarity_scores(other, words)
+    assert s["levenshtein"] == pytest.approx(1 / 6)
+    assert set(s) == set(METRICS)
+    assert METRICS["levenshtein"].higher_is_better is False
+    assert all(METRICS[m].higher_is_better for m in ("rouge_l", "bleu", "jaccard", "seq_ratio"))

@@ -1,0 +1,79 @@
+"""Binomial intervals against closed forms and scipy; breakdowns by group."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from scipy.stats import beta, binomtest
+
+from rotelab.errors import RotelabError
+from rotelab.measure.stats import (
+    breakdown,
+    breakdown_dict,
+    clopper_pearson,
+    rate_with_ci,
+    wilson_interval,
+)
+
+
+def test_wilson_matches_hand_computed_value():
+    # k=18, n=20, z=1.959964: centre = (0.9 + z^2/40) / (1 + z^2/20), half-width by hand.
+    z = 1.959963984540054
+    p, n = 0.9, 20
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    lo, hi = wilson_interval(18, 20)
+    assert lo == pytest.approx(centre - half, abs=1e-12)
+    assert hi == pytest.approx(centre + half, abs=1e-12)
+    assert lo == pytest.approx(0.69897, abs=1e-4)
+    # statsmodels-free cross-check: scipy's binomtest implements the Wilson interval too
+    ref = binomtest(18, 20).proportion_ci(method="wilson")
+    assert (lo, hi) == pytest.approx((ref.low, ref.high), abs=1e-12)
+
+
+def test_clopper_pearson_matches_beta_quantiles_and_edges():
+    lo, hi = clopper_pearson(3, 10, alpha=0.1)
+    assert lo == pytest.approx(beta.ppf(0.05, 3, 8))
+    assert hi == pytest.approx(beta.ppf(0.95, 4, 7))
+    assert clopper_pearson(0, 10)[0] == 0.0
+    assert clopper_pearson(10, 10)[1] == 1.0
+    # exact interval is wider than Wilson at small n
+    w = wilson_interval(3, 10)
+    c = clopper_pearson(3, 10)
+    assert c[0] < w[0] and c[1] > w[1]
+
+
+def test_empty_and_invalid_counts():
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))
+    r = rate_with_ci(0, 0)
+    assert math.isnan(r.rate) and r.n == 0
+    with pytest.raises(ValueError):
+        wilson_interval(5, 3)
+    with pytest.raises(RotelabError):
+        rate_with_ci(1, 2, method="bayes")
+
+
+def test_rate_from_booleans_drops_nan():
+    r = rate_with_ci([True, False, float("nan"), True])
+    assert (r.k, r.n, r.rate) == (2, 3, pytest.approx(2 / 3))
+    d = r.as_dict("extraction_rate", count="extracted", total="windows")
+    assert d["windows"] == 3 and d["extracted"] == 2 and d["extraction_rate_ci"] == r.ci
+
+
+def test_breakdown_by_single_and_joint_groups():
+    df = pd.DataFrame({
+        "count": [0, 0, 4, 4, 4, 64], "kind": ["a", "b", "a", "a", "b", "b"],
+        "hit": [False, False, True, False, True, True], "m": [0, 1, 2, 3, 4, 5],
+    })  # fmt: skip
+    t = breakdown(df, "count", rates=["hit"], means=["m"])
+    assert t["count"].tolist() == [0, 4, 64]
+    assert t["hit_k"].tolist() == [0, 2, 1] and t["n"].tolist() == [2, 3, 1]
+    assert t["m_mean"].tolist() == [0.5, 3.0, 5.0]
+    assert t.loc[1, "hit_ci_lo"] == pytest.approx(wilson_interval(2, 3)[0])
+    joint = breakdown_dict(df, ["kind+count"], lambda part: {"n": len(part)})
+    assert joint["kind+count"] == {"a|0": {"n": 1}, "a|4": {"n": 2}, "b|0": {"n": 1},
+                                   "b|4": {"n": 1}, "b|64": {"n": 1}}  # fmt: skip
+    with pytest.raises(RotelabError, match="no such column"):
+        breakdown(df, "source", rates=["hit"])
