@@ -1,0 +1,668 @@
+"""K-FAC factors of chosen linear layers: A = E[a aᵀ] over inputs, G = E[g gᵀ] over output gradients.
+
+The curvature that Merullo et al. 2025 ("From Memorization to Reasoning in the Spectrum of Loss
+Curvature") use to find, and remove, the weight directions memorized data lives in. Per token
+("expand" K-FAC, Martens & Grosse 2015; Eschenhagen et al. 2023), for a layer y = W a:
+
+    A = (1/N) Σ_t a_t a_tᵀ        (in x in)
+    G = (1/N) Σ_t g_t g_tᵀ        (out x out),  g_t = ∂L/∂y_t,  L = Σ_t CE(logits_t, label_t)
+
+where N counts the non-padding tokens. Labels are sampled from the model's own softmax by default
+(the true Fisher, as the paper uses) or taken from the data (the empirical Fisher, ``gold``).
+
+How the collection stays cheap:
+
+- No weight gradients: every parameter has ``requires_grad=False`` during collection, and the
+  autograd graph starts at the outputs of the lowest target layers (they are made leaves), so no
+  backward runs below them; ``torch.autograd.grad`` asks only for the target outputs.
+- Layers that read the same input tensor (``gate_proj``/``up_proj``) share one A, computed once.
+- A is accumulated in the forward hook, so no input is kept beyond what autograd keeps anyway.
+- Sums are fp32 whatever the model's dtype; padding is masked out of A and G.
+- Labels are sampled per sequence from a generator seeded by (seed, sequence index), so the factors
+  do not depend on the batch size or on how ``torchrun`` shards the data; under ``torchrun`` the
+  sums are all-reduced, giving the single-process result (up to float summation order).
+
+Example:
+    >>> kfac = KFAC(blocks=[2, 3]).fit(lm, sequences)  # doctest: +SKIP
+    >>> A, G = kfac.factors_["model.layers.3.mlp.up_proj"]  # doctest: +SKIP
+    >>> kfac.save("factors/")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rotelab.distributed import all_reduce_sum_, is_distributed, rank_world
+from rotelab.errors import RotelabError
+from rotelab.lm import LM, LinearLayer, block_index
+
+__all__ = [
+    "DEFAULT_TOKENS",
+    "FACTORS_FILE",
+    "KFAC",
+    "Labels",
+    "collect_factors",
+    "factor_data",
+    "model_fingerprint",
+    "packed_sequences",
+    "parse_blocks",
+    "select_layers",
+]
+
+#: File name of the factors inside a factors directory.
+FACTORS_FILE = "factors.safetensors"
+_FORMAT = "rotelab-kfac/1"
+
+
+class Labels(str, Enum):
+    """Where the labels of the loss come from."""
+
+    sampled = "sampled"  # drawn from the model's softmax: the true Fisher
+    gold = "gold"  # the next token of the data: the empirical Fisher
+
+
+# ------------------------------------------------------------------------------ layer selection
+def parse_blocks(blocks: str | Sequence[int] | None, num_layers: int) -> list[int] | None:
+    """``"2-3"``, ``"0,2"``, ``"-3:"`` (the last three) or a list of ints → sorted block indices."""
+    if blocks is None:
+        return None
+    if isinstance(blocks, str):
+        text = blocks.strip()
+        out: set[int] = set()
+        try:
+            if re.fullmatch(r"-\d+:", text):
+                k = int(text[1:-1])
+                out.update(range(max(0, num_layers - k), num_layers))
+            else:
+                for part in filter(None, (p.strip() for p in text.split(","))):
+                    if "-" in part[1:]:
+                        lo, hi = part.split("-", 1)
+                        out.update(range(int(lo), int(hi) + 1))
+                    else:
+                        out.add(int(part))
+        except ValueError as exc:
+            raise RotelabError(
+                f"cannot read blocks {blocks!r}; write a range like 2-3, a list like 0,2, "
+                "or -3: for the last three blocks"
+            ) from exc
+        chosen = sorted(out)
+    else:
+        chosen = sorted({int(b) for b in blocks})
+    bad = [b for b in chosen if not 0 <= b < num_layers]
+    if bad or not chosen:
+        raise RotelabError(
+            f"blocks {blocks!r} are outside this model's blocks 0..{num_layers - 1}"
+        )
+    return chosen
+
+
+def select_layers(
+    lm: LM, layers: str | Sequence[str] | None = None, blocks: str | Sequence[int] | None = None
+) -> list[LinearLayer]:
+    """The target layers: all MLP projections by default, else by name pattern and/or block range.
+
+    Args:
+        lm: the model.
+        layers: glob(s) or regex(es) over module names (``"*.mlp.up_proj"``); ``None`` = MLPs.
+        blocks: block indices or a range string (see :func:`parse_blocks`).
+    """
+    wanted = parse_blocks(blocks, lm.num_layers)
+    chosen = lm.mlp_layers() if layers is None else lm.linear_layers(layers)
+    if not chosen:
+        example = lm.mlp_layers()[:1] or lm.linear_layers()[:1]
+        hint = f" (names look like {example[0].name})" if example else ""
+        what = "no MLP layers" if layers is None else f"layer pattern {layers!r} matches no linear layer"
+        raise RotelabError(f"{what} in this model{hint}; give --layers a glob such as '*.mlp.*'")
+    if wanted is not None:
+        chosen = [layer for layer in chosen if block_index(layer.name) in set(wanted)]
+        if not chosen:
+            raise RotelabError(
+                f"layer pattern {layers!r} matches no linear layer in blocks {wanted}; "
+                "widen --layers or --blocks"
+            )
+    return chosen
+
+
+def model_fingerprint(lm: LM, layers: Sequence[LinearLayer]) -> dict[str, Any]:
+    """What identifies the model factors belong to: layer names, (out, in) shapes, a weight hash.
+
+    The hash is over the weights rounded to bfloat16, so the same model loaded in float32 or
+    bfloat16 has the same fingerprint, while any trained or edited copy has another.
+    """
+    digest = hashlib.sha256()
+    shapes = {}
+    for layer in layers:
+        w = layer.weight.detach()
+        shapes[layer.name] = [int(w.shape[0]), int(w.shape[1])]
+        digest.update(layer.name.encode())
+        bits = w.to(torch.bfloat16).contiguous().view(torch.int16).cpu().numpy()
+        digest.update(bits.tobytes())
+    return {"layers": shapes, "weights_sha256": digest.hexdigest()}
+
+
+# ------------------------------------------------------------------------------ collection
+class _Collector:
+    """Forward hooks that accumulate A and turn the lowest target outputs into autograd leaves."""
+
+    def __init__(self, layers: Sequence[LinearLayer], device: torch.device) -> None:
+        self.layers = list(layers)
+        self.device = device
+        self.a_sums: dict[str, torch.Tensor] = {}  # group leader name -> (in, in) fp32
+        self.g_sums: dict[str, torch.Tensor] = {}  # layer name -> (out, out) fp32
+        self.a_group: dict[str, str] = {}  # layer name -> group leader (shares its A)
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.mask: torch.Tensor | None = None  # (B, T) bool, set per batch
+        self._seen: dict[int, tuple[torch.Tensor, str]] = {}  # id(input) -> (input, leader)
+
+    def begin_batch(self, mask: torch.Tensor) -> None:
+        self.mask = mask
+        self.outputs = {}
+        self._seen = {}
+
+    def end_batch(self) -> None:
+        self.outputs = {}
+        self._seen = {}
+
+    def hook(self, name: str):
+        def fn(module: nn.Module, args: tuple, output: torch.Tensor):
+            x = args[0]
+            seen = self._seen.get(id(x))
+            if seen is not None and seen[0] is x:
+                leader = seen[1]
+            else:
+                leader = name
+                self._seen[id(x)] = (x, name)
+                rows = x.detach()[self.mask].float()  # (n, in): padding left out
+                acc = self.a_sums.get(name)
+                if acc is None:
+                    self.a_sums[name] = rows.T @ rows
+                else:
+                    acc.addmm_(rows.T, rows)
+            previous = self.a_group.setdefault(name, leader)
+            if previous != leader:
+                raise RuntimeError(f"layer {name} changed its input sharing between batches")
+            if not output.requires_grad:
+                # Nothing below needs a gradient: the graph starts here.
+                output = output.detach().requires_grad_(True)
+            self.outputs[name] = output
+            return output
+
+        return fn
+
+    def accumulate_g(self, logits: torch.Tensor, grad_logits: torch.Tensor) -> None:
+        names = list(self.outputs)
+        grads = torch.autograd.grad(
+            logits, [self.outputs[n] for n in names], grad_outputs=grad_logits, allow_unused=True
+        )
+        for name, g in zip(names, grads):
+            if g is None:  # the layer does not reach the loss
+                continue
+            rows = g[self.mask].float()  # (n, out)
+            acc = self.g_sums.get(name)
+            if acc is None:
+                self.g_sums[name] = rows.T @ rows
+            else:
+                acc.addmm_(rows.T, rows)
+
+
+@contextlib.contextmanager
+def _collecting(lm: LM, layers: Sequence[LinearLayer]) -> Iterator[_Collector]:
+    """Install the K-FAC hooks and freeze all parameters; both undone in ``finally``."""
+    collector = _Collector(layers, lm.device)
+    flags = [(p, p.requires_grad) for p in lm.model.parameters()]
+    handles = []
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        for layer in layers:
+            handles.append(layer.module.register_forward_hook(collector.hook(layer.name)))
+        yield collector
+    finally:
+        for handle in handles:
+            handle.remove()
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _sample_labels(probs: torch.Tensor, seed: int, index: int) -> torch.Tensor:
+    """Labels for one sequence drawn from its (T, V) softmax, seeded by (seed, sequence index)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + index)
+    return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(1).to(probs.device)
+
+
+def _as_sequences(data: Any) -> list[list[int]]:
+    """Token id lists from sequences, :class:`~rotelab.data.Window` objects or ``Windows``."""
+    seqs = []
+    for item in data:
+        tokens = getattr(item, "tokens", item)
+        if isinstance(tokens, torch.Tensor):
+            tokens = tokens.tolist()
+        seqs.append([int(t) for t in tokens])
+    return seqs
+
+
+def _batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    for j in range(0, len(order), batch_size):
+        yield order[j : j + batch_size]
+
+
+class KFAC:
+    """K-FAC factor collection, scikit-learn style: configure, then :meth:`fit`.
+
+    Args:
+        layers: glob(s)/regex(es) over module names; ``None`` = all MLP projections.
+        blocks: restrict to these blocks (list of ints or ``"2-3"``, ``"0,2"``, ``"-3:"``).
+        labels: ``sampled`` (true Fisher, default) or ``gold`` (empirical Fisher).
+        seed: seeds the label sampling (per sequence, so batching does not change the result).
+
+    Attributes (after :meth:`fit` or :meth:`load`):
+        factors_: layer name → (A (in, in), G (out, out)) fp32 tensors; layers reading the same
+            input hold the same A tensor.
+        a_groups_: layer name → name of the layer whose A it shares (itself if none).
+        tokens_: number of tokens the factors average over.
+        fingerprint_: :func:`model_fingerprint` of the model the factors were collected on.
+        kinds_: layer name → ``"linear"`` or ``"conv1d"``.
+    """
+
+    def __init__(
+        self,
+        layers: str | Sequence[str] | None = None,
+        *,
+        blocks: str | Sequence[int] | None = None,
+        labels: Labels | str = Labels.sampled,
+        seed: int = 0,
+    ) -> None:
+        self.layers = layers
+        self.blocks = blocks
+        try:
+            self.labels = Labels(labels)
+        except ValueError as exc:
+            raise RotelabError(f"labels must be sampled or gold, not {labels!r}") from exc
+        self.seed = seed
+
+    # ------------------------------------------------------------------ fitting
+    def fit(
+        self,
+        lm: LM,
+        data: Iterable,
+        *,
+        batch_size: int = 8,
+        max_tokens: int | None = None,
+        progress: bool = False,
+    ) -> KFAC:
+        """Accumulate A and G over ``data``.
+
+        Args:
+            lm: the model (any dtype; sums are fp32).
+            data: token id sequences, or windows (their prefix + suffix tokens). Each sequence of
+                length L contributes L - 1 tokens: positions 0..L-2, each predicting the next one.
+            batch_size: sequences per forward/backward pass (padded on the right, masked).
+            max_tokens: stop adding sequences once this many tokens are covered (``None``: all).
+            progress: show a progress bar.
+        """
+        if batch_size < 1:
+            raise RotelabError("batch size must be >= 1")
+        targets = select_layers(lm, self.layers, self.blocks)
+        seqs = _as_sequences(data)
+        ctx = lm.context_length
+        # A sequence longer than the context is cut: the factors describe the model in context.
+        seqs = [s[: ctx + 1] for s in seqs if len(s) >= 2]
+        if max_tokens is not None:
+            kept, total = [], 0
+            for s in seqs:
+                if total >= max_tokens:
+                    break
+                kept.append(s)
+                total += len(s) - 1
+            seqs = kept
+        if not seqs:
+            raise RotelabError("no sequence of at least 2 tokens to collect K-FAC factors on")
+        # Under torchrun each process takes every world-th sequence; the sums are all-reduced.
+        rank, world = rank_world() if is_distributed() else (0, 1)
+        mine = list(range(rank, len(seqs), world))
+
+        was_training = lm.model.training
+        lm.model.eval()  # no dropout: the Fisher of the deterministic model
+        n_tokens = torch.zeros((), dtype=torch.float64, device=lm.device)
+        try:
+            with _collecting(lm, targets) as col, _bar(progress, len(mine)) as advance:
+                for batch in _batches([len(seqs[i]) - 1 for i in mine], batch_size):
+                    indices = [mine[i] for i in batch]
+                    n_tokens += self._step(lm, col, seqs, indices)
+                    advance(len(indices))
+        finally:
+            lm.model.train(was_training)
+
+        for tensor in (*col.a_sums.values(), *col.g_sums.values(), n_tokens):
+            all_reduce_sum_(tensor)
+        n = float(n_tokens.item())
+        factors = {}
+        for layer in targets:
+            a = col.a_sums[col.a_group[layer.name]]
+            g = col.g_sums.get(layer.name)
+            if g is None:
+                g = torch.zeros(layer.out_features, layer.out_features, device=lm.device)
+            factors[layer.name] = (a, g)
+        for tensor in {id(t): t for pair in factors.values() for t in pair}.values():
+            tensor.div_(n)
+        self.a_groups_ = {layer.name: col.a_group[layer.name] for layer in targets}
+        self.factors_ = {k: (a.cpu(), g.cpu()) for k, (a, g) in factors.items()}
+        self._reshare()  # .cpu() copies each GPU tensor separately
+        self.tokens_ = int(n)
+        self.kinds_ = {layer.name: layer.kind for layer in targets}
+        self.fingerprint_ = model_fingerprint(lm, targets)
+        return self
+
+    def _step(self, lm: LM, col: _Collector, seqs: list[list[int]], indices: list[int]) -> int:
+        inputs = [seqs[i][:-1] for i in indices]
+        width = max(len(s) for s in inputs)
+        ids = torch.full((len(inputs), width), lm.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(inputs), width), dtype=torch.bool)
+        gold = torch.zeros((len(inputs), width), dtype=torch.long)
+        for row, (i, s) in enumerate(zip(indices, inputs)):
+            ids[row, : len(s)] = torch.tensor(s)
+            mask[row, : len(s)] = True
+            gold[row, : len(s)] = torch.tensor(seqs[i][1:])
+        ids, mask = ids.to(lm.device), mask.to(lm.device)
+        col.begin_batch(mask)
+        try:
+            with torch.enable_grad():
+                logits = lm.model(input_ids=ids, attention_mask=mask.long(), use_cache=False).logits
+                probs = torch.softmax(logits.detach().float(), dim=-1)  # (B, T, V)
+                if self.labels is Labels.gold:
+                    labels = gold.to(lm.device)
+                else:
+                    labels = torch.zeros_like(gold, device=lm.device)
+                    for row, i in enumerate(indices):
+                        n = len(inputs[row])
+                        labels[row, :n] = _sample_labels(probs[row, :n], self.seed, i)
+                # d/dlogits of Σ_t CE(logits_t, label_t) = softmax - onehot; zero on padding.
+                grad_logits = probs
+                grad_logits.scatter_add_(
+                    -1, labels[..., None], torch.full_like(labels[..., None], -1.0, dtype=probs.dtype)
+                )
+                grad_logits.mul_(mask[..., None])
+                col.accumulate_g(logits, grad_logits.to(logits.dtype))
+        finally:
+            col.end_batch()
+        return int(mask.sum().item())
+
+    def _reshare(self) -> None:
+        """Make layers that share an input hold the very same A tensor object."""
+        groups = getattr(self, "a_groups_", None)
+        if not groups:
+            return
+        self.factors_ = {
+            name: (self.factors_[groups[name]][0], g) for name, (_, g) in self.factors_.items()
+        }
+
+    # ------------------------------------------------------------------ checks
+    @property
+    def layer_names(self) -> list[str]:
+        self._check_fitted()
+        return list(self.factors_)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "factors_"):
+            raise RotelabError("K-FAC factors are not collected yet; call fit() or KFAC.load()")
+
+    def check_model(self, lm: LM) -> list[LinearLayer]:
+        """Refuse a model other than the one the factors were collected on; return its layers."""
+        self._check_fitted()
+        by_name = {layer.name: layer for layer in lm.linear_layers()}
+        source = getattr(self, "source_", None) or "these factors"
+        missing = [n for n in self.factors_ if n not in by_name]
+        if missing:
+            raise RotelabError(
+                f"{source} come from a different model: it has no layer {missing[0]}; "
+                "collect factors for this model with `rotelab kfac --model ...`"
+            )
+        layers = [by_name[n] for n in self.factors_]
+        for layer in layers:
+            want = self.fingerprint_["layers"][layer.name]
+            if [layer.out_features, layer.in_features] != list(want):
+                raise RotelabError(
+                    f"{source} come from a different model: {layer.name} is "
+                    f"{layer.out_features}x{layer.in_features} here but {want[0]}x{want[1]} there; "
+                    "collect factors for this model with `rotelab kfac --model ...`"
+                )
+        if model_fingerprint(lm, layers)["weights_sha256"] != self.fingerprint_["weights_sha256"]:
+            raise RotelabError(
+                f"{source} come from a different model (the weights differ); "
+                "collect factors for this model with `rotelab kfac --model ...`"
+            )
+        return layers
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the factors as safetensors (a directory gets ``factors.safetensors``)."""
+        from safetensors.torch import save_file
+
+        self._check_fitted()
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path.mkdir(parents=True, exist_ok=True)
+            path = path / FACTORS_FILE
+        tensors = {}
+        for name, (a, g) in self.factors_.items():
+            leader = self.a_groups_[name]
+            tensors.setdefault(f"A:{leader}", a.contiguous())
+            tensors[f"G:{name}"] = g.contiguous()
+        meta = {
+            "format": _FORMAT,
+            "labels": self.labels.value,
+            "seed": self.seed,
+            "tokens": self.tokens_,
+            "a_groups": self.a_groups_,
+            "kinds": self.kinds_,
+            "fingerprint": self.fingerprint_,
+            "layers_arg": self.layers,
+            "blocks_arg": self.blocks,
+        }
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(tensors, str(tmp), metadata={"rotelab_kfac": json.dumps(meta)})
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> KFAC:
+        """Read factors written by :meth:`save` (a file or a directory holding one)."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        file = path / FACTORS_FILE if path.is_dir() else path
+        if not file.is_file():
+            raise RotelabError(
+                f"no K-FAC factors at {path} (expected {FACTORS_FILE}); collect them with `rotelab kfac`"
+            )
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                meta_raw = (f.metadata() or {}).get("rotelab_kfac")
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # safetensors raises its own error types
+            raise RotelabError(f"{file} is not a readable safetensors file ({exc})") from exc
+        if meta_raw is None:
+            raise RotelabError(f"{file} holds no rotelab K-FAC factors (no metadata)")
+        meta = json.loads(meta_raw)
+        kfac = cls(meta.get("layers_arg"), blocks=meta.get("blocks_arg"), labels=meta["labels"],
+                   seed=meta["seed"])  # fmt: skip
+        kfac.a_groups_ = meta["a_groups"]
+        kfac.factors_ = {
+            name: (tensors[f"A:{leader}"], tensors[f"G:{name}"])
+            for name, leader in kfac.a_groups_.items()
+        }
+        kfac.tokens_ = int(meta["tokens"])
+        kfac.kinds_ = meta["kinds"]
+        kfac.fingerprint_ = meta["fingerprint"]
+        kfac.source_ = f"factors from {path}"
+        return kfac
+
+    def __repr__(self) -> str:
+        fitted = f", {len(self.factors_)} layers, {self.tokens_} tokens" if hasattr(self, "factors_") else ""
+        return f"KFAC(layers={self.layers!r}, blocks={self.blocks!r}, labels={self.labels.value}{fitted})"
+
+
+class _bar:
+    """A rich progress bar over sequences when asked for; ``with ... as advance``."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled, self.total = enabled, total
+        self._bar = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n=1: None
+        from rich.progress import Progress
+
+        self._bar = Progress(transient=True)
+        self._bar.start()
+        task = self._bar.add_task("K-FAC factors", total=self.total)
+        return lambda n=1: self._bar.advance(task, n)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+# ------------------------------------------------------------------------------ the command
+#: Tokens of factor data by default (the paper uses ~20M on a 7B model; the organism has ~180k).
+DEFAULT_TOKENS = 131_072
+
+
+def packed_sequences(lm: LM, texts: Iterable[str], *, seq_len: int, max_tokens: int) -> list[list[int]]:
+    """Documents joined by end-of-text and cut into ``seq_len + 1``-token sequences.
+
+    Each sequence gives ``seq_len`` K-FAC tokens (its last token is only a label); packing is how
+    the organism was trained, so the factors see text as the model saw it.
+    """
+    if seq_len < 1:
+        raise RotelabError(f"sequence length must be >= 1, got {seq_len}")
+    eos = lm.tokenizer.eos_token_id
+    stream: list[int] = []
+    need = max_tokens + max_tokens // seq_len + 1
+    for text in texts:
+        stream += lm.encode(text)
+        if eos is not None:
+            stream.append(int(eos))
+        if len(stream) >= need:
+            break
+    step = seq_len + 1
+    seqs = [stream[i : i + step] for i in range(0, len(stream), step)]
+    seqs = [s for s in seqs if len(s) >= 2]
+    out, total = [], 0
+    for s in seqs:
+        if total >= max_tokens:
+            break
+        out.append(s)
+        total += len(s) - 1
+    return out
+
+
+def factor_data(
+    lm: LM,
+    data: str | os.PathLike | None,
+    *,
+    tokens: int,
+    seq_len: int | None = None,
+    field: str = "text",
+    errors: str = "strict",
+) -> list[list[int]]:
+    """Sequences for factor collection: a corpus path, or the organism's training text."""
+    if tokens < 1:
+        raise RotelabError(f"--tokens must be >= 1, got {tokens}")
+    seq_len = seq_len or lm.context_length - 1
+    if seq_len >= lm.context_length:
+        raise RotelabError(
+            f"sequence length {seq_len} needs {seq_len + 1} tokens but the model's context is "
+            f"{lm.context_length}; use --seq-len {lm.context_length - 1} or less"
+        )
+    if data is None:
+        from rotelab.data.organism import default_organism
+
+        texts: Iterable[str] = default_organism().train_docs()
+    else:
+        from rotelab.data.corpus import read_corpus
+
+        texts = (doc.text for doc in read_corpus(data, field=field, errors=errors))
+    seqs = packed_sequences(lm, texts, seq_len=seq_len, max_tokens=tokens)
+    if not seqs:
+        raise RotelabError(f"{data or 'the organism'} holds no text to collect factors on")
+    return seqs
+
+
+def collect_factors(
+    model: LM | str | os.PathLike | None = None,
+    data: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    *,
+    layers: str | Sequence[str] | None = None,
+    blocks: str | Sequence[int] | None = None,
+    labels: Labels | str = Labels.sampled,
+    tokens: int = DEFAULT_TOKENS,
+    seq_len: int | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    field: str = "text",
+    errors: str = "strict",
+    device: str = "auto",
+    dtype: str = "auto",
+    force: bool = False,
+    progress: bool = False,
+) -> tuple[KFAC, Path]:
+    """Collect K-FAC factors and save them in a run directory (``rotelab kfac``).
+
+    Args:
+        model: an :class:`LM`, a model path, or ``None`` for the default organism.
+        data: a corpus path; ``None`` = the organism's training text.
+        out: run directory (default ``runs/kfac-<time>``); gets ``factors.safetensors``,
+            ``config.json`` and ``summary.json``.
+        layers, blocks, labels, seed: see :class:`KFAC`.
+        tokens: how many tokens to average over.
+        seq_len: tokens per sequence (default: the model's context - 1).
+        batch_size: sequences per pass.
+
+    Returns:
+        (the fitted :class:`KFAC`, the factors file).
+    """
+    import time
+
+    from rotelab.distributed import dist_context, is_main, local_device
+    from rotelab.runs import Run
+
+    kfac = KFAC(layers, blocks=blocks, labels=labels, seed=seed)
+    config = {
+        "model": model.name if isinstance(model, LM) else model, "data": data,
+        "layers": layers, "blocks": blocks, "labels": kfac.labels.value, "tokens": tokens,
+        "seq_len": seq_len, "batch_size": batch_size, "seed": seed,
+    }  # fmt: skip
+    if out is not None and Path(out).exists() and any(Path(out).iterdir()) and not force:
+        raise RotelabError(f"output directory {out} already exists; pass --force to replace it")
+    with dist_context():
+        lm = model if isinstance(model, LM) else LM.load(model, device=local_device(device), dtype=dtype)
+        select_layers(lm, layers, blocks)  # bad selections fail before any work
+        seqs = factor_data(lm, data, tokens=tokens, seq_len=seq_len, field=field, errors=errors)
+        t0 = time.perf_counter()
+        kfac.fit(lm, seqs, batch_size=batch_size, progress=progress and is_main())
+        seconds = time.perf_counter() - t0
+        if not is_main():  # rank 0 writes; the factors are the same on every rank
+            return kfac, Path(out or ".") / FACTORS_FILE
+        with Run.create(out, "kfac", config, force=force) as run:
+            path = kfac.save(run.path)
+            run.write_summary({
+                "factors": str(path), "layers": list(kfac.factors_), "tokens": kfac.tokens_,
+                "labels": kfac.labels.value, "seconds": round(seconds, 2),
+                "tokens_per_second": round(kfac.tokens_ / max(seconds, 1e-9), 1),
+            })  # fmt: skip
+    return kfac, path

@@ -1,0 +1,255 @@
+"""K-FAC factors against a dense float64 per-token reference; selection, persistence, refusals."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.util
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from rotelab.curvature import KFAC, parse_blocks, select_layers
+from rotelab.curvature.kfac import _sample_labels
+from rotelab.errors import RotelabError
+from rotelab.lm import LM
+
+LENGTHS = (9, 17, 5, 12, 2)  # unequal: batches are padded, and padding must be masked
+
+
+@functools.cache
+def _root():
+    """tests/conftest.py by path (other test folders have their own ``conftest`` module)."""
+    path = Path(__file__).resolve().parents[1] / "conftest.py"
+    spec = importlib.util.spec_from_file_location("_rotelab_tests_root", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@functools.cache
+def _tokenizer():
+    return _root()._tokenizer()
+
+
+def make_tiny_model(arch: str, seed: int = 0):
+    return _root().make_tiny_model(arch, seed=seed)
+
+
+def _lm(arch: str, seed: int = 0) -> LM:
+    return LM.from_model(make_tiny_model(arch, seed=seed), _tokenizer(), name=arch)
+
+
+def _seqs(seed: int = 0) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(1, 96, (n,), generator=gen).tolist() for n in LENGTHS]
+
+
+def _reference(lm: LM, seqs, names, labels: str, seed: int = 0):
+    """Dense float64 factors: one unpadded sequence at a time, plain autograd, a loop over tokens."""
+    model = copy.deepcopy(lm.model).double()
+    modules = dict(model.named_modules())
+    a_sum = {n: 0.0 for n in names}
+    g_sum = {n: 0.0 for n in names}
+    n_tokens = 0
+    for index, s in enumerate(seqs):
+        ids = torch.tensor([s[:-1]])
+        if labels == "gold":
+            target = torch.tensor(s[1:])
+        else:  # the same draws rotelab makes: from the float32 model's softmax, same seed
+            with torch.no_grad():
+                probs = torch.softmax(lm.model(input_ids=ids).logits[0].float(), dim=-1)
+            target = _sample_labels(probs, seed, index)
+        store = {}
+
+        def keep(name, store=store):
+            def fn(module, args, output):
+                output.retain_grad()
+                store[name] = (args[0], output)
+
+            return fn
+
+        handles = [modules[n].register_forward_hook(keep(n)) for n in names]
+        try:
+            logits = model(input_ids=ids).logits[0]
+            torch.nn.functional.cross_entropy(logits, target, reduction="sum").backward()
+        finally:
+            for h in handles:
+                h.remove()
+        for n in names:
+            a, y = store[n]
+            for t in range(ids.shape[1]):
+                a_sum[n] = a_sum[n] + torch.outer(a[0, t], a[0, t])
+                g_sum[n] = g_sum[n] + torch.outer(y.grad[0, t], y.grad[0, t])
+        n_tokens += ids.shape[1]
+    return {n: (a_sum[n] / n_tokens, g_sum[n] / n_tokens) for n in names}, n_tokens
+
+
+def _close(x: torch.Tensor, ref: torch.Tensor) -> bool:
+    return torch.allclose(x.double(), ref, rtol=1e-4, atol=1e-6 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "neox"])  # nn.Linear, Conv1D, Linear
+@pytest.mark.parametrize("labels", ["gold", "sampled"])
+def test_factors_equal_dense_float64_reference(arch, labels):
+    lm = _lm(arch)
+    seqs = _seqs()
+    kfac = KFAC(labels=labels, seed=3).fit(lm, seqs, batch_size=3)
+    ref, n = _reference(lm, seqs, list(kfac.factors_), labels, seed=3)
+    assert kfac.tokens_ == n == sum(LENGTHS) - len(LENGTHS)
+    assert set(kfac.factors_) == {layer.name for layer in lm.mlp_layers()}
+    for name, (a, g) in kfac.factors_.items():
+        assert a.dtype == g.dtype == torch.float32
+        assert _close(a, ref[name][0]), name
+        assert _close(g, ref[name][1]), name
+    if arch == "gpt2":
+        assert set(kfac.kinds_.values()) == {"conv1d"}
+
+
+def test_padding_is_masked_and_batching_does_not_matter():
+    lm = _lm("llama")
+    one = KFAC(seed=1).fit(lm, _seqs(), batch_size=1)  # no padding at all
+    padded = KFAC(seed=1).fit(lm, _seqs(), batch_size=5)  # every batch padded
+    for name in one.factors_:
+        for x, y in zip(one.factors_[name], padded.factors_[name]):
+            assert torch.allclose(x, y, rtol=1e-5, atol=1e-7)
+
+
+def test_gate_and_up_share_one_input_factor():
+    lm = _lm("llama")
+    kfac = KFAC().fit(lm, _seqs())
+    gate, up = "model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj"
+    assert kfac.factors_[gate][0] is kfac.factors_[up][0]
+    assert kfac.a_groups_[up] == gate
+    down = "model.layers.1.mlp.down_proj"
+    assert kfac.a_groups_[down] == down
+    assert kfac.factors_[down][0].shape == (64, 64)
+
+
+def test_no_weight_gradients_and_backward_stops_at_lowest_target():
+    lm = _lm("llama")
+    flags = {n: p.requires_grad for n, p in lm.model.named_parameters()}
+    seen = {}
+
+    def record(name):
+        def fn(module, args, output):
+            seen[name] = output[0].requires_grad if isinstance(output, tuple) else output.requires_grad
+
+        return fn
+
+    blocks = lm.model.model.layers
+    handles = [blocks[i].register_forward_hook(record(i)) for i in range(2)]
+    try:
+        KFAC(blocks="1").fit(lm, _seqs())
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen == {0: False, 1: True}  # no graph below block 1's MLP
+    assert all(p.grad is None for p in lm.model.parameters())
+    assert {n: p.requires_grad for n, p in lm.model.named_parameters()} == flags
+    assert not any(m._forward_hooks for m in lm.model.modules())
+
+
+def test_layer_selection_by_pattern_and_blocks():
+    lm = _lm("llama")
+    names = [layer.name for layer in select_layers(lm, "*up_proj", "1")]
+    assert names == ["model.layers.1.mlp.up_proj"]
+    assert len(select_layers(lm, None, [0])) == 3
+    assert parse_blocks("0-1", 2) == [0, 1]
+    assert parse_blocks("-1:", 2) == [1]
+    assert parse_blocks("1,0", 2) == [0, 1]
+    kfac = KFAC("*down_proj").fit(lm, _seqs())
+    assert list(kfac.factors_) == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+
+
+@pytest.mark.parametrize(
+    "layers, blocks, message",
+    [("*nothing_here*", None, "matches no linear layer"), (None, "5", "outside"),
+     (None, "a-b", "cannot read blocks")],
+)  # fmt: skip
+def test_bad_selection_is_a_one_line_error(layers, blocks, message):
+    with pytest.raises(RotelabError, match=message):
+        KFAC(layers, blocks=blocks).fit(_lm("llama"), _seqs())
+
+
+def test_bad_labels_and_empty_data():
+    with pytest.raises(RotelabError, match="sampled or gold"):
+        KFAC(labels="true")
+    with pytest.raises(RotelabError, match="at least 2 tokens"):
+        KFAC().fit(_lm("llama"), [[5]])
+
+
+def test_save_load_roundtrip_and_model_check(tmp_path):
+    lm = _lm("gpt2")
+    kfac = KFAC(labels="gold").fit(lm, _seqs())
+    path = kfac.save(tmp_path / "f")
+    assert path.name == "factors.safetensors"
+    back = KFAC.load(tmp_path / "f")
+    assert back.tokens_ == kfac.tokens_ and back.labels.value == "gold"
+    for name, (a, g) in kfac.factors_.items():
+        assert torch.equal(back.factors_[name][0], a) and torch.equal(back.factors_[name][1], g)
+    assert back.check_model(lm)  # same model: accepted
+    with pytest.raises(RotelabError, match="different model .*weights differ"):
+        back.check_model(_lm("gpt2", seed=1))
+    with pytest.raises(RotelabError, match="different model"):
+        back.check_model(_lm("llama"))
+    with pytest.raises(RotelabError, match="no K-FAC factors"):
+        KFAC.load(tmp_path / "missing")
+
+
+def test_fingerprint_ignores_dtype():
+    lm = _lm("llama")
+    kfac = KFAC().fit(lm, _seqs())
+    bf16 = LM.from_model(copy.deepcopy(lm.model).to(torch.bfloat16), lm.tokenizer)
+    kfac.check_model(bf16)  # same weights in another dtype are the same model
+    again = KFAC().fit(bf16, _seqs())  # and a bf16 model still gets fp32 sums
+    assert all(a.dtype == torch.float32 for a, _ in again.factors_.values())
+
+
+_TORCHRUN_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch
+    sys.path.insert(0, {tests!r})
+    from conftest import _tokenizer, make_tiny_model
+    from rotelab.curvature import KFAC
+    from rotelab.distributed import dist_context, is_main
+    from rotelab.lm import LM
+    torch.set_num_threads(1)
+    lm = LM.from_model(make_tiny_model("llama"), _tokenizer())
+    gen = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(1, 96, (n,), generator=gen).tolist() for n in {lengths!r}]
+    with dist_context() as (rank, world):
+        assert world == 2
+        kfac = KFAC(seed=2).fit(lm, seqs, batch_size=2)
+        if is_main():
+            kfac.save({out!r})
+    """
+)
+
+
+@pytest.mark.slow
+def test_torchrun_all_reduce_equals_one_process(tmp_path):
+    tests = str(Path(__file__).resolve().parents[1])
+    lengths = [9, 17, 5, 12, 2, 7, 11]
+    script = tmp_path / "run.py"
+    script.write_text(
+        _TORCHRUN_SCRIPT.format(tests=tests, lengths=lengths, out=str(tmp_path / "f"))
+    )
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node=2", str(script)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    multi = KFAC.load(tmp_path / "f")
+    gen = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(1, 96, (n,), generator=gen).tolist() for n in lengths]
+    single = KFAC(seed=2).fit(_lm("llama"), seqs, batch_size=2)
+    assert multi.tokens_ == single.tokens_
+    for name in single.factors_:
+        for x, y in zip(multi.factors_[name], single.factors_[name]):
+            assert torch.allclose(x, y, rtol=1e-5, atol=1e-7)
