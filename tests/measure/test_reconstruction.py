@@ -1,0 +1,75 @@
+"""Reconstruction: a memorized document comes back whole; chunks, diff, long documents."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from typer.testing import CliRunner
+
+from rotelab.cli import app
+from rotelab.measure.reconstruction import reconstruct_tokens
+
+runner = CliRunner()
+
+
+def test_memorized_document_is_reconstructed_exactly(tiny_lm):
+    from rotelab.measure.similarity import similarity_scores
+
+    rng = np.random.default_rng(0)
+    prefix = rng.integers(1, 90, 10).tolist()
+    # The model's own greedy continuation is, for this model, a perfectly memorized passage.
+    memorized = prefix + tiny_lm.generate([prefix], 40)[0]
+    corrupted = memorized[:30] + [(t + 1) % 90 for t in memorized[30:]]
+    gen = reconstruct_tokens(tiny_lm, [memorized[:10]], [len(memorized)])[0]
+    assert gen == memorized[10:]
+    good, bad = similarity_scores(gen, memorized[10:]), similarity_scores(gen, corrupted[10:])
+    assert good["strict"] and good["jaccard"] == 1.0 and good["levenshtein"] == 0.0
+    assert not bad["strict"] and bad["levenshtein"] == 0.5 and bad["rouge_l"] < 1.0
+
+
+def test_reconstruction_runs_past_the_context(tiny_lm):
+    ctx = tiny_lm.context_length  # 64
+    gen = reconstruct_tokens(tiny_lm, [[5, 6, 7]], [ctx * 2 + 5])[0]
+    assert len(gen) == ctx * 2 + 2
+
+
+def test_cli_reports_overall_and_per_chunk_similarity(tiny_llama_dir, tiny_lm, tmp_path):
+    texts = {"short": "the cat sat on the mat. a dog ran to the park and the bird sang.",
+             "long": "the bird sang and the dog ran to the park. " * 6}  # fmt: skip
+    data = tmp_path / "docs.jsonl"
+    with open(data, "w") as f:
+        for name, text in texts.items():
+            f.write(json.dumps({"text": text, "name": name}) + "\n")
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["reconstruct", "--model", str(tiny_llama_dir), "--data", str(data),
+                              "--prefix-len", "10", "--chunk-len", "8", "--group-by", "name",
+                              "--out", str(out), "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    docs = pd.read_parquet(out / "results" / "documents").set_index("name")
+    chunks = pd.read_parquet(out / "results" / "chunks")
+    for name, text in texts.items():
+        ids = tiny_lm.encode(text)
+        want = reconstruct_tokens(tiny_lm, [ids[:10]], [len(ids)])[0]
+        row = docs.loc[name]
+        assert list(row["generated"]) == want
+        mine = chunks[chunks["doc_id"] == row["doc_id"]]
+        assert len(mine) == -(-(len(ids) - 10) // 8)
+        # per-chunk strictness agrees with the token-by-token comparison
+        ref = ids[10:]
+        for c in mine.itertuples():
+            assert c.strict == (want[c.chunk * 8 : c.chunk * 8 + 8] == ref[c.chunk * 8 : c.chunk * 8 + 8])
+    assert summary["documents"] == 2 and set(summary["by_group"]["name"]) == {"long", "short"}
+    assert summary["strict"] == int(docs["strict"].sum())
+    assert len(list((out / "diffs").glob("*.html"))) == 2
+
+
+def test_cli_rejects_prefix_longer_than_every_document(tiny_llama_dir, tmp_path):
+    data = tmp_path / "d.txt"
+    data.write_text("the cat")
+    res = runner.invoke(app, ["reconstruct", "--model", str(tiny_llama_dir), "--data", str(data),
+                              "--prefix-len", "50", "--out", str(tmp_path / "x")])  # fmt: skip
+    assert res.exit_code == 2 and "prefix" in res.output
+    assert not (tmp_path / "x").exists()
