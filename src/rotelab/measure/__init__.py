@@ -9,6 +9,7 @@ from rotelab.measure.extraction import (
     score_windows,
     verify_windows,
 )
+from rotelab.measure.reconstruction import ReconstructConfig, reconstruct, reconstruct_tokens
 from rotelab.measure.similarity import METRICS, similarity_scores
 from rotelab.measure.stats import (
     CIMethod,
@@ -26,6 +27,7 @@ __all__ = [
     "ExtractConfig",
     "ExtractResult",
     "Rate",
+    "ReconstructConfig",
     "breakdown",
     "breakdown_dict",
     "clopper_pearson",
@@ -33,6 +35,8 @@ __all__ = [
     "free_running",
     "ledger_windows",
     "rate_with_ci",
+    "reconstruct",
+    "reconstruct_tokens",
     "score_windows",
     "similarity_scores",
     "verify_windows",
