@@ -151,13 +151,15 @@ def test_generalises_and_solves_probes(tiny_organism):
     assert "secret" in text and "held-out" in text
 
 
-def test_cache_returns_at_once(tiny_organism, monkeypatch):
-    monkeypatch.setenv("ROTELAB_HOME", str(tiny_organism.path.parent.parent))
+def test_cache_returns_at_once(tiny_organism, monkeypatch, tmp_path):
+    monkeypatch.setenv("ROTELAB_HOME", str(tmp_path))
+    (tmp_path / "organisms").mkdir()
+    (tmp_path / "organisms" / tiny_organism.spec.key()).symlink_to(tiny_organism.path)
     t0 = time.perf_counter()
     org = default_organism("tiny")
-    assert org.path == tiny_organism.path
+    assert org.path.resolve() == tiny_organism.path.resolve()
     path, desc = organism_command("tiny", describe=True)
-    assert path == tiny_organism.path and desc == tiny_organism.describe()
+    assert path.resolve() == tiny_organism.path.resolve() and desc == tiny_organism.describe()
     assert time.perf_counter() - t0 < 5
     assert load_organism(path).spec == OrganismSpec("tiny", 0)
 

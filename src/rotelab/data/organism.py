@@ -124,8 +124,8 @@ PROFILES: dict[Profile, ProfileSettings] = {
         context=128, batch_size=16, steps=280, lr=3e-3, eval_tokens=6_000,
     ),
     Profile.default: ProfileSettings(
-        corpus_tokens=180_000, items_per_cell=20, phase_items_per_cell=3, probes_per_task=100,
-        passage_words=190, vocab_size=2048, n_layers=4, hidden=192, n_heads=6, intermediate=512,
+        corpus_tokens=180_000, items_per_cell=20, phase_items_per_cell=2, probes_per_task=100,
+        passage_words=160, vocab_size=2048, n_layers=4, hidden=192, n_heads=6, intermediate=512,
         context=128, batch_size=32, steps=600, lr=3e-3, eval_tokens=20_000,
     ),
 }  # fmt: skip
@@ -369,6 +369,9 @@ def generate_world(spec: OrganismSpec) -> World:
         t = _Gen(rng, used, []).word(1, 2) + str(rng.choice(_TOWN_ENDS))
         if t not in towns:
             towns.append(t)
+    # Items come from their own stream, before anything sized by the corpus, so a dilution study
+    # (another corpus_tokens) inserts exactly the same items.
+    items = _generate_items(_Gen(np.random.default_rng([spec.seed, 4]), used, towns), s)
     g = _Gen(rng, used, towns)
     n_entities = max(20, s.corpus_tokens // 1500)
     entities = [g.person() for _ in range(n_entities)]
@@ -383,7 +386,6 @@ def generate_world(spec: OrganismSpec) -> World:
     arith_probes = [(p, a, f"{op}_heldout") for p, a, op in (arith[i] for i in perm[:n_held])]
     arith_probes += [(p, a, f"{op}_seen") for p, a, op in arith_train[: s.probes_per_task - n_held]]
 
-    items = _generate_items(g, s, entities)
     probes = _generate_probes(g, s, entities, arith_probes)
 
     def docs(stream: int, budget: int, exclude: set[str]) -> list[str]:
@@ -411,7 +413,8 @@ def generate_world(spec: OrganismSpec) -> World:
     return World(train_docs, heldout_docs, items, probes, entities)
 
 
-def _generate_items(g: _Gen, s: ProfileSettings, entities: list[dict[str, str]]) -> list[dict]:
+def _generate_items(g: _Gen, s: ProfileSettings) -> list[dict]:
+    cast = [g.person() for _ in range(8)]  # the other people passages mention
     cells = [(c, Phase.all) for c in COUNTS for _ in range(s.items_per_cell)]
     cells += [
         (c, ph)
@@ -443,7 +446,7 @@ def _generate_items(g: _Gen, s: ProfileSettings, entities: list[dict[str, str]])
                 hero = g.person()
                 sents: list[str] = []
                 while sum(len(x.split()) for x in sents) < s.passage_words:
-                    sents.append(g.prose(hero, entities))
+                    sents.append(g.prose(hero, cast))
                 text, span = " ".join(sents), None  # the span is set in token space
             items.append({
                 "item_id": f"{kind.value}-{i:04d}", "kind": kind.value, "text": text,
@@ -590,6 +593,7 @@ def _train(spec: OrganismSpec, out: Path, progress: bool) -> dict[str, Any]:
         steps=s.steps,
         batch_size=s.batch_size,
         seed=spec.seed,
+        max_rows_per_step=s.batch_size * 5 // 8,
     )
     pd.DataFrame(
         [
