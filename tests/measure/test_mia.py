@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import zlib
 
 import numpy as np
@@ -329,21 +328,7 @@ def test_cli_bad_input_one_line_exit_2(tiny_llama_dir, split_files, tmp_path, ca
 
 
 # ------------------------------------------------------------------------ organism (slow)
-@pytest.fixture(scope="session")
-def tiny_organism(tmp_path_factory):
-    """The tiny organism, built once into a temporary ROTELAB_HOME (or reused from
-    ``ROTELAB_TEST_ORGANISM`` when that points at a built one)."""
-    from rotelab.data.organism import OrganismSpec, Profile, build_organism, load_organism
-
-    given = os.environ.get("ROTELAB_TEST_ORGANISM")
-    if given:
-        return load_organism(given)
-    home = tmp_path_factory.mktemp("rotelab-home")
-    return build_organism(
-        OrganismSpec(Profile.tiny), out=home / "organisms" / "tiny", progress=False
-    )
-
-
+# tiny_organism comes from tests/measure/conftest.py (built once into the pytest cache).
 @pytest.fixture(scope="session")
 def organism_run(tiny_organism, tmp_path_factory):
     out = tmp_path_factory.mktemp("mia-org") / "run"

@@ -1,5 +1,7 @@
 """Measurements of memorization: extraction, similarity, reconstruction, rates with intervals."""
 
+from rotelab.measure.blind import BlindBaseline
+from rotelab.measure.exposure import exposure, exposure_table
 from rotelab.measure.extraction import (
     ExtractConfig,
     ExtractResult,
@@ -8,6 +10,16 @@ from rotelab.measure.extraction import (
     ledger_windows,
     score_windows,
     verify_windows,
+)
+from rotelab.measure.mia import (
+    Attack,
+    MIAConfig,
+    MIAText,
+    SpanMode,
+    WordSubstitution,
+    attack_metrics,
+    likelihood_scores,
+    mia,
 )
 from rotelab.measure.reconstruction import ReconstructConfig, reconstruct, reconstruct_tokens
 from rotelab.measure.similarity import METRICS, similarity_scores
@@ -22,6 +34,17 @@ from rotelab.measure.stats import (
 )
 
 __all__ = [
+    "Attack",
+    "BlindBaseline",
+    "MIAConfig",
+    "MIAText",
+    "SpanMode",
+    "WordSubstitution",
+    "attack_metrics",
+    "exposure",
+    "exposure_table",
+    "likelihood_scores",
+    "mia",
     "METRICS",
     "CIMethod",
     "ExtractConfig",

@@ -1042,7 +1042,8 @@ def mia(
         if cfg.blind:
             # The blind baseline reads the whole text: a shift anywhere in it biases the split.
             blind_texts = [raw_texts.get(it.text_id, lm.decode(it.tokens)) for it in items]
-            bb = BlindBaseline(n_boot=cfg.bootstrap, seed=cfg.seed).fit(blind_texts, y)
+            strata = frame["kind"].tolist() if "kind" in frame.columns else None
+            bb = BlindBaseline(n_boot=cfg.bootstrap, seed=cfg.seed).fit(blind_texts, y, strata)
             run.write_table(
                 "blind", pd.DataFrame({"text_id": ids, "member": y, "score": bb.oof_scores_})
             )
