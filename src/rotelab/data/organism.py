@@ -119,9 +119,9 @@ class ProfileSettings:
 #: ``tiny``: for tests, seconds; it over-memorizes, so tests assert orderings.
 PROFILES: dict[Profile, ProfileSettings] = {
     Profile.tiny: ProfileSettings(
-        corpus_tokens=30_000, items_per_cell=3, phase_items_per_cell=1, probes_per_task=40,
+        corpus_tokens=30_000, items_per_cell=4, phase_items_per_cell=1, probes_per_task=40,
         passage_words=100, vocab_size=1024, n_layers=2, hidden=128, n_heads=4, intermediate=352,
-        context=128, batch_size=16, steps=280, lr=3e-3, eval_tokens=6_000,
+        context=128, batch_size=16, steps=320, lr=3e-3, eval_tokens=6_000,
     ),
     Profile.default: ProfileSettings(
         corpus_tokens=180_000, items_per_cell=20, phase_items_per_cell=2, probes_per_task=100,
@@ -619,6 +619,7 @@ def _train(spec: OrganismSpec, out: Path, progress: bool) -> dict[str, Any]:
 
         def log(rec: dict) -> None:
             logf.write(json.dumps(rec) + "\n")
+            logf.flush()  # so a long build can be watched
             if progress and (rec["step"] % 50 == 0 or rec["step"] == s.steps - 1):
                 print(
                     f"  step {rec['step']:>5}/{s.steps}  loss {rec['loss']:.3f}  "
