@@ -344,11 +344,11 @@ def balanced_subnet_cmd(
     ] = None,
     min_count: Annotated[int, typer.Option(help="Default forget set: items inserted >= this.")] = 16,
     retain_windows: Annotated[int, typer.Option(help="Default retain set: windows drawn.")] = 256,
-    ratio: Annotated[float, typer.Option(help="Fraction of each MLP matrix pruned.")] = 0.01,
-    w: Annotated[float, typer.Option("--w", help="Retain-loss weight; forget gets 1 - w.")] = 0.7,
+    ratio: Annotated[float, typer.Option(help="Fraction of each MLP matrix pruned.")] = 0.03,
+    w: Annotated[float, typer.Option("--w", help="Retain-loss weight; forget gets 1 - w.")] = 0.5,
     lr: Annotated[float, typer.Option(help="SGD learning rate on the scores.")] = 0.3,
-    epochs: Annotated[int, typer.Option(help="Passes over the forget set.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Sequences per step (forget and retain).")] = 16,
+    epochs: Annotated[int, typer.Option(help="Passes over the forget set.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Sequences per step (forget and retain).")] = 8,
     layers: Annotated[
         str | None, typer.Option(help="Glob/regex of layers to mask. Default: all MLP layers.")
     ] = None,

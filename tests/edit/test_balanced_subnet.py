@@ -21,17 +21,6 @@ from rotelab.errors import RotelabError
 from rotelab.lm import LM
 
 
-@pytest.fixture(scope="session")
-def tiny_organism(request, tmp_path_factory):
-    """The ``tiny`` organism, built once into pytest's cache (keyed by its spec hash)."""
-    from rotelab.data.organism import OrganismSpec, build_organism
-
-    spec = OrganismSpec(profile="tiny")
-    cache = getattr(request.config, "cache", None)
-    root = cache.mkdir("rotelab-organisms") if cache else tmp_path_factory.mktemp("organisms")
-    return build_organism(spec, out=root / spec.key(), progress=False)
-
-
 def _random_seqs(n: int, length: int, seed: int, vocab: int = 96) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(1, vocab, (n, length), generator=g).tolist()
@@ -62,7 +51,8 @@ def test_hard_mask_prunes_lowest_abs_scores_and_ste_passes_gradient():
     assert torch.equal(ste.detach(), mask)
     upstream = torch.arange(6.0).view(2, 3)
     (ste * upstream).sum().backward()
-    assert torch.equal(scores.grad, upstream)  # identity: gradient reaches pruned entries too
+    # straight through |s|: the upstream gradient times sign(s), pruned entries included
+    assert torch.equal(scores.grad, upstream * scores.detach().sign())
 
 
 def test_fit_and_apply_leave_the_source_untouched(tiny_lm):
@@ -121,14 +111,15 @@ def _extraction_and_nll(lm: LM, led, heldout: list[list[int]]) -> tuple[float, f
 @pytest.mark.slow
 def test_unlearning_lowers_forget_extraction_more_than_it_hurts_heldout(tiny_organism):
     lm = tiny_organism.lm()
-    forget, retain = organism_forget_retain(tiny_organism, lm, min_count=16, retain_windows=64)
+    # The tiny organism reliably memorizes only its 64x items; forget exactly those.
+    forget, retain = organism_forget_retain(tiny_organism, lm, min_count=64, retain_windows=128)
     led = tiny_organism.ledger
-    mem = led[led["count"] >= 16]
+    mem = led[led["count"] >= 64]
     stream = sum((lm.encode(d) for d in tiny_organism.heldout_docs()[:40]), [])
     heldout = [stream[i : i + 128] for i in range(0, min(len(stream), 2048) - 128, 128)]
     strict0, acc0, nll0 = _extraction_and_nll(lm, mem, heldout)
     assert strict0 > 0.5  # the tiny organism memorizes these items: there is something to remove
-    bsn = BalancedSubnet(ratio=0.01, w=0.7, lr=0.3, epochs=10, seed=0).fit(lm, forget, retain)
+    bsn = BalancedSubnet(seed=0).fit(lm, forget, retain)  # the defaults
     strict1, acc1, nll1 = _extraction_and_nll(bsn.apply(lm), mem, heldout)
     assert strict1 < strict0
     assert acc1 < acc0

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from rotelab.errors import RotelabError
 from rotelab.pipelines.compare import (
     TASKS,
+    _greedy_ragged,
     _model_specs,
     _perplexity_summary,
     compare,
@@ -21,19 +22,8 @@ from rotelab.pipelines.compare import (
 
 
 @pytest.fixture(scope="session")
-def tiny_organism(request, tmp_path_factory):
-    """The ``tiny`` organism, built once into pytest's cache (keyed by its spec hash)."""
-    from rotelab.data.organism import OrganismSpec, build_organism
-
-    spec = OrganismSpec(profile="tiny")
-    cache = getattr(request.config, "cache", None)
-    root = cache.mkdir("rotelab-organisms") if cache else tmp_path_factory.mktemp("organisms")
-    return build_organism(spec, out=root / spec.key(), progress=False)
-
-
-@pytest.fixture(scope="session")
 def damaged_model(tiny_organism, tmp_path_factory):
-    """The organism with every second-block MLP down projection zeroed: a model that forgot."""
+    """The organism with every MLP down projection zeroed: a model that lost much of its memory."""
     lm = tiny_organism.lm()
     for layer in lm.mlp_layers():
         if layer.name.endswith("down_proj"):
@@ -41,12 +31,23 @@ def damaged_model(tiny_organism, tmp_path_factory):
     return lm.save(tmp_path_factory.mktemp("damaged"))
 
 
+def test_ragged_greedy_decoding_equals_unbatched_generate(tiny_lm):
+    rng = np.random.default_rng(0)
+    prefixes = [rng.integers(1, 96, size=n).tolist() for n in (3, 9, 5, 17, 9, 1, 30)]
+    budgets = [6, 2, 11, 4, 7, 9, 3]
+    got = _greedy_ragged(tiny_lm, prefixes, budgets, batch_size=4, progress=False)
+    want = [tiny_lm.generate([p], k, batch_size=1)[0] for p, k in zip(prefixes, budgets)]
+    assert got == want
+    assert [len(g) for g in got] == budgets
+
+
 def test_perplexity_pools_tokens_and_brackets_the_value():
     rows = pd.DataFrame({"tokens": [10, 30], "nll": [10 * 1.0, 30 * 2.0]})
     s = _perplexity_summary(rows, seed=0)
-    assert s["value"] == pytest.approx(math.exp(70 / 40))
-    assert s["ci"][0] <= s["value"] <= s["ci"][1]
-    assert s["ci"][0] >= math.exp(1.0) - 1e-9 and s["ci"][1] <= math.exp(2.0) + 1e-9
+    value, (lo, hi) = s["perplexity"], s["perplexity_ci"]
+    assert value == pytest.approx(math.exp(70 / 40)) and s["heldout_tokens"] == 40
+    assert lo <= value <= hi
+    assert lo >= math.exp(1.0) - 1e-9 and hi <= math.exp(2.0) + 1e-9
 
 
 def test_model_labels_are_unique_and_bad_paths_fail(tmp_path):
@@ -80,19 +81,22 @@ def test_compare_two_models_same_windows_schema_plot_and_resume(
         ex = m["extraction"]
         assert ex["strict"]["n"] == summary["n_memorized_items"]
         assert ex["strict"]["rate"] <= ex["loose"]["rate"]  # strict implies loose
-        for r in (ex["strict"], ex["loose"], *m["tasks"].values()):
+        for r in (ex["strict"], ex["loose"]):
             assert r["ci"][0] <= r["rate"] <= r["ci"][1]
+        for r in m["tasks"].values():
+            assert r["ci"][0] <= r["accuracy"] <= r["ci"][1]
+        assert m["extraction_rate"] == ex["strict"]["rate"]
         assert set(m["tasks"]) == set(TASKS)
         assert set(m["extraction_by_count"]) == {"0", "1", "4", "16", "64"}
-        assert m["perplexity"]["ci"][0] <= m["perplexity"]["value"] <= m["perplexity"]["ci"][1]
+        assert m["perplexity_ci"][0] <= m["perplexity"] <= m["perplexity_ci"][1]
     base, dmg = summary["models"]["base"], summary["models"]["damaged"]
     # The organism memorized its 16x/64x items far above its never-seen controls.
     assert base["extraction"]["strict"]["rate"] > base["extraction_by_count"]["0"]["strict"]["rate"]
     assert dmg["extraction"]["strict"]["rate"] < base["extraction"]["strict"]["rate"]
-    assert dmg["perplexity"]["value"] > base["perplexity"]["value"]
+    assert dmg["perplexity"] > base["perplexity"]
     assert all(v in (0.0, None) for v in base["relative_change"].values())
     rel = dmg["relative_change"]["perplexity"]
-    assert rel == pytest.approx(dmg["perplexity"]["value"] / base["perplexity"]["value"] - 1)
+    assert rel == pytest.approx(dmg["perplexity"] / base["perplexity"] - 1)
     table = pd.read_parquet(out / "results" / "models")
     assert table["model"].tolist() == ["base", "damaged"]
     assert "damaged" in format_table(summary)
@@ -119,7 +123,7 @@ def test_cli_models_a_b_and_single_model_and_bad_path(tiny_organism, tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output)
     assert summary["order"] == [tiny_organism.path.name]
-    assert np.isfinite(summary["models"][tiny_organism.path.name]["perplexity"]["value"])
+    assert np.isfinite(summary["models"][tiny_organism.path.name]["perplexity"])
 
     bad = tmp_path / "bad"
     res = runner.invoke(

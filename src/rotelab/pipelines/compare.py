@@ -14,8 +14,8 @@ every answer position), which is exact and cheaper than decoding.
 Output: a :class:`~rotelab.runs.Run` directory with
 
 - ``results/items/``: one row per (model, ledger item): ``model, item_id, kind, count, phase,
-  suffix_len, matched_prefix, near_tie, norm_distance, strict, loose`` (the verdicts come from
-  :mod:`rotelab.measure.extraction` and :mod:`rotelab.measure.similarity`);
+  suffix_len, matched_prefix, norm_distance, strict, loose`` (windows from
+  :func:`rotelab.measure.extraction.ledger_windows`, verdicts from :mod:`rotelab.measure.similarity`);
 - ``results/probes/``: one row per (model, probe): ``model, probe_id, task, subtask, correct``;
 - ``results/perplexity/``: one row per (model, held-out window): ``model, window, tokens, nll``;
 - ``results/models/``: one row per model with the headline numbers (the table below, flat);
@@ -23,7 +23,7 @@ Output: a :class:`~rotelab.runs.Run` directory with
 - ``summary.json``, with this schema (all rates are fractions in [0, 1])::
 
     {
-      "baseline": "<label of the first model>",
+      "baseline": "<label of the first model>", "base": "<same>",
       "order": ["<label>", ...],                      # models in the order given
       "organism": "<organism directory>",
       "min_count": 16,                                # "memorized" = items inserted >= min_count
@@ -33,6 +33,7 @@ Output: a :class:`~rotelab.runs.Run` directory with
       "models": {
         "<label>": {
           "path": str,
+          "extraction_rate": f, "extraction_rate_ci": [lo, hi],   # = extraction.strict, flat
           "extraction": {                             # items with count >= min_count
             "strict": {"rate": f, "ci": [lo, hi], "k": int, "n": int},
             "loose": {...same...},
@@ -40,8 +41,8 @@ Output: a :class:`~rotelab.runs.Run` directory with
           },
           "extraction_by_count": {"<count>": {same as "extraction"}},   # every count, 0 = control
           "extraction_by_kind": {"<kind>": {same as "extraction"}},     # count >= min_count
-          "perplexity": {"value": f, "ci": [lo, hi], "tokens": int},
-          "tasks": {"<task>": {"rate": f, "ci": [lo, hi], "k": int, "n": int}},
+          "perplexity": f, "perplexity_ci": [lo, hi], "heldout_tokens": int,
+          "tasks": {"<task>": {"accuracy": f, "ci": [lo, hi], "k": int, "n": int}},
           "relative_change": {"<metric>": (value - baseline) / baseline or null}
         }
       }
@@ -194,12 +195,13 @@ def compare(
             per_model[label]["relative_change"] = _relative(per_model[label], per_model[labels[0]])
         summary = {
             "baseline": labels[0],
+            "base": labels[0],
             "order": labels,
             "organism": str(org.path),
             "min_count": min_count,
             "loose_threshold": loose_threshold,
             "n_memorized_items": int((ledger["count"] >= min_count).sum()),
-            "n_heldout_tokens": int(ppl_rows.loc[ppl_rows["model"] == labels[0], "tokens"].sum()),
+            "n_heldout_tokens": per_model[labels[0]]["heldout_tokens"],
             "n_probes": {t: int((probes["task"] == t).sum()) for t in TASKS},
             "metrics": METRICS,
             "models": per_model,
@@ -265,23 +267,83 @@ def _vocab_of_dir(path: Path) -> dict:
 # ------------------------------------------------------------------------------------ measuring
 def _measure_items(lm: LM, ledger: pd.DataFrame, loose: float, batch_size: int, progress: bool):
     """Merullo verdicts of every ledger item from its free-running greedy continuation."""
-    from rotelab.measure.extraction import free_running, ledger_windows, score_windows
+    from rotelab.measure.extraction import ledger_windows
     from rotelab.measure.similarity import levenshtein_distance, loose_verdict, strict_verdict
 
     windows = ledger_windows(ledger)
-    scores = score_windows(lm, windows, batch_size=batch_size)
-    generated = free_running(lm, windows, scores, batch_size=batch_size)
     suffixes = [w.suffix for w in windows]
+    generated = _greedy_ragged(
+        lm, [w.prefix for w in windows], [len(x) for x in suffixes], batch_size, progress
+    )
+    matched = [
+        next((i for i, (g, x) in enumerate(zip(gen, suf)) if g != x), len(suf))
+        for gen, suf in zip(generated, suffixes)
+    ]
     return pd.DataFrame({
         "item_id": ledger["item_id"].to_numpy(), "kind": ledger["kind"].to_numpy(),
         "count": ledger["count"].to_numpy(), "phase": ledger["phase"].to_numpy(),
-        "suffix_len": [len(x) for x in suffixes],
-        "matched_prefix": scores["matched_prefix"].to_numpy(),
-        "near_tie": scores["near_tie"].to_numpy(),
+        "suffix_len": [len(x) for x in suffixes], "matched_prefix": matched,
         "norm_distance": [levenshtein_distance(g, x) for g, x in zip(generated, suffixes)],
         "strict": [strict_verdict(g, x) for g, x in zip(generated, suffixes)],
         "loose": [loose_verdict(g, x, loose) for g, x in zip(generated, suffixes)],
     })  # fmt: skip
+
+
+def _greedy_ragged(
+    lm: LM, prefixes: list[list[int]], budgets: list[int], batch_size: int, progress: bool
+) -> list[list[int]]:
+    """Greedy continuations of prefixes of any lengths: left padding, attention mask, KV cache.
+
+    :meth:`LM.generate` batches only prefixes of one exact length, so the organism's ledger (whose
+    prefixes vary) would decode almost one item per batch. Here each batch is left-padded, padded
+    positions are masked out of attention and positions are counted from each row's first real
+    token, so every row sees exactly its own prefix; the tokens equal those of unbatched greedy
+    decoding up to float near-ties (checked against :meth:`LM.generate` in the tests).
+    """
+    import inspect
+
+    import torch
+
+    from rotelab.lm import _progress
+
+    key = (
+        "cache" if "cache" in inspect.signature(lm.model.forward).parameters else "past_key_values"
+    )
+    out: list[list[int]] = [[] for _ in prefixes]
+    order = sorted(range(len(prefixes)), key=lambda i: (-budgets[i], -len(prefixes[i])))
+    chunks = [order[j : j + batch_size] for j in range(0, len(order), batch_size)]
+    with _progress(progress, len(chunks), "decoding") as advance, torch.inference_mode():
+        for chunk in chunks:
+            steps = max(budgets[i] for i in chunk)
+            width = max(len(prefixes[i]) for i in chunk)
+            ids = torch.full((len(chunk), width), lm.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for r, i in enumerate(chunk):
+                ids[r, width - len(prefixes[i]) :] = torch.as_tensor(prefixes[i])
+                mask[r, width - len(prefixes[i]) :] = 1
+            ids, mask = ids.to(lm.device), mask.to(lm.device)
+            pos = (mask.cumsum(1) - 1).clamp(min=0)  # (B, T): 0 at each row's first real token
+            res = lm.model(
+                input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                logits_to_keep=1,
+            )  # fmt: skip
+            chosen = []
+            for step in range(steps):
+                nxt = res.logits[:, -1, :].float().argmax(-1)  # (B,)
+                chosen.append(nxt)
+                if step == steps - 1:
+                    break
+                mask = torch.cat([mask, mask.new_ones((len(chunk), 1))], dim=1)
+                pos = pos[:, -1:] + 1
+                res = lm.model(
+                    input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, use_cache=True,
+                    **{key: getattr(res, key)},
+                )  # fmt: skip
+            new = torch.stack(chosen, dim=1).cpu()  # (B, steps)
+            for r, i in enumerate(chunk):
+                out[i] = new[r, : budgets[i]].tolist()
+            advance()
+    return out
 
 
 def _measure_probes(lm: LM, probes: pd.DataFrame, batch_size: int, progress: bool):
@@ -326,9 +388,9 @@ def _measure_perplexity(lm: LM, docs: list[str], max_tokens: int, batch_size: in
 
 
 # ------------------------------------------------------------------------------------ summary
-def _rate(values) -> dict[str, Any]:
+def _rate(values, name: str = "rate") -> dict[str, Any]:
     r = rate_with_ci([bool(v) for v in values])
-    return {"rate": r.rate, "ci": r.ci, "k": r.k, "n": r.n}
+    return {name: r.rate, "ci": r.ci, "k": r.k, "n": r.n}
 
 
 def _mean_ci(values) -> dict[str, Any]:
@@ -357,21 +419,25 @@ def _perplexity_summary(rows: pd.DataFrame, seed: int) -> dict[str, Any]:
     idx = rng.integers(0, len(rows), size=(_BOOTSTRAP, len(rows)))
     boot = np.exp(nll[idx].sum(1) / tokens[idx].sum(1))
     lo, hi = np.quantile(boot, [0.025, 0.975])
-    return {"value": value, "ci": [float(lo), float(hi)], "tokens": int(tokens.sum())}
+    return {"perplexity": value, "perplexity_ci": [float(lo), float(hi)],
+            "heldout_tokens": int(tokens.sum())}  # fmt: skip
 
 
 def _model_summary(items, probes, ppl, min_count: int, seed: int) -> dict[str, Any]:
     mem = items[items["count"] >= min_count]
+    extraction = _extraction(mem)
     return {
-        "extraction": _extraction(mem),
+        "extraction_rate": extraction["strict"]["rate"],
+        "extraction_rate_ci": extraction["strict"]["ci"],
+        "extraction": extraction,
         "extraction_by_count": {
             str(int(c)): _extraction(part) for c, part in items.groupby("count", sort=True)
         },
         "extraction_by_kind": {
             str(k): _extraction(part) for k, part in mem.groupby("kind", sort=True)
         },
-        "perplexity": _perplexity_summary(ppl, seed),
-        "tasks": {t: _rate(probes.loc[probes["task"] == t, "correct"]) for t in TASKS},
+        **_perplexity_summary(ppl, seed),
+        "tasks": {t: _rate(probes.loc[probes["task"] == t, "correct"], "accuracy") for t in TASKS},
     }
 
 
@@ -381,9 +447,9 @@ def _headline(model: dict[str, Any]) -> dict[str, float]:
         "strict": ex["strict"]["rate"],
         "loose": ex["loose"]["rate"],
         "norm_distance": ex["norm_distance"]["mean"],
-        "perplexity": model["perplexity"]["value"],
+        "perplexity": model["perplexity"],
     }
-    out.update({t: model["tasks"][t]["rate"] for t in TASKS})
+    out.update({t: model["tasks"][t]["accuracy"] for t in TASKS})
     return out
 
 
@@ -407,7 +473,7 @@ def _flat_table(summary: dict[str, Any]) -> pd.DataFrame:
         ex = model["extraction"]
         row["strict_ci_lo"], row["strict_ci_hi"] = ex["strict"]["ci"]
         row["loose_ci_lo"], row["loose_ci_hi"] = ex["loose"]["ci"]
-        row["perplexity_ci_lo"], row["perplexity_ci_hi"] = model["perplexity"]["ci"]
+        row["perplexity_ci_lo"], row["perplexity_ci_hi"] = model["perplexity_ci"]
         for t in TASKS:
             row[f"{t}_ci_lo"], row[f"{t}_ci_hi"] = model["tasks"][t]["ci"]
         rows.append(row)
@@ -449,15 +515,16 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     )
     panels = [
         (axes[0], ["strict", "loose"], f"extraction (count >= {summary['min_count']})",
-         lambda m, k: m["extraction"][k]),
-        (axes[1], list(TASKS), "task accuracy", lambda m, k: m["tasks"][k]),
+         lambda m, k: (m["extraction"][k]["rate"], m["extraction"][k]["ci"])),
+        (axes[1], list(TASKS), "task accuracy",
+         lambda m, k: (m["tasks"][k]["accuracy"], m["tasks"][k]["ci"])),
     ]  # fmt: skip
     width = 0.8 / len(labels)
     for ax, keys, title, get in panels:
         x = np.arange(len(keys))
         for j, label in enumerate(labels):
-            vals = np.array([get(models[label], k)["rate"] for k in keys], dtype=float)
-            ci = np.array([get(models[label], k)["ci"] for k in keys], dtype=float)
+            vals = np.array([get(models[label], k)[0] for k in keys], dtype=float)
+            ci = np.array([get(models[label], k)[1] for k in keys], dtype=float)
             err = np.clip(np.stack([vals - ci[:, 0], ci[:, 1] - vals]), 0, None)
             ax.bar(x + (j - (len(labels) - 1) / 2) * width, vals, width, yerr=err, capsize=3,
                    label=label)  # fmt: skip
@@ -466,8 +533,8 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
         ax.set_title(title)
     axes[0].legend(fontsize=8)
     ax = axes[2]
-    vals = np.array([models[label]["perplexity"]["value"] for label in labels])
-    ci = np.array([models[label]["perplexity"]["ci"] for label in labels])
+    vals = np.array([models[label]["perplexity"] for label in labels])
+    ci = np.array([models[label]["perplexity_ci"] for label in labels])
     err = np.clip(np.stack([vals - ci[:, 0], ci[:, 1] - vals]), 0, None)
     ax.bar(np.arange(len(labels)), vals, 0.7, yerr=err, capsize=3,
            color=[f"C{j}" for j in range(len(labels))])  # fmt: skip
