@@ -410,7 +410,7 @@ def compare_cmd(
         progress=not quiet,
     )  # fmt: skip
     if not as_json and not quiet:
-        out.print(format_table(summary), highlight=False)
+        out.print(format_table(summary), highlight=False, soft_wrap=True)
     emit(summary, as_json=as_json, quiet=quiet, run_dir=path)
 
 
