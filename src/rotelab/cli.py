@@ -322,6 +322,93 @@ def mia_cmd(
     emit(summary, as_json=as_json, quiet=quiet, run_dir=path)
 
 
+LayersOpt = Annotated[
+    str | None,
+    typer.Option(help="Glob/regex of linear layers, e.g. '*.mlp.up_proj'. Default: all MLP layers."),
+]
+BlocksOpt = Annotated[
+    str | None, typer.Option(help="Only these blocks: 2-3, 0,2 or -3: (the last three).")
+]
+LabelsOpt = Annotated[
+    str, typer.Option(help="sampled (from the model: true Fisher) or gold (the data's next token).")
+]
+FactorTokensOpt = Annotated[int, typer.Option("--tokens", help="Tokens to average the factors over.")]
+
+
+@command("kfac")
+def kfac_cmd(
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    layers: LayersOpt = None,
+    blocks: BlocksOpt = None,
+    labels: LabelsOpt = "sampled",
+    tokens: FactorTokensOpt = 131_072,
+    seq_len: Annotated[
+        int | None, typer.Option(help="Tokens per sequence. Default: the model's context - 1.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward/backward pass.")] = 8,
+    field: FieldOpt = "text",
+    errors: ErrorsOpt = "strict",
+    seed: SeedOpt = 0,
+    out_dir: OutOpt = None,
+    force: ForceOpt = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Collect K-FAC factors (A = E[aaᵀ], G = E[ggᵀ]) of linear layers; save them (safetensors)."""
+    from rotelab.curvature.kfac import collect_factors
+
+    kfac, path = collect_factors(
+        model, data, out_dir, layers=layers, blocks=blocks, labels=labels, tokens=tokens,
+        seq_len=seq_len, batch_size=batch_size, seed=seed, field=field, errors=errors,
+        device=device, dtype=dtype, force=force, progress=not quiet,
+    )  # fmt: skip
+    summary = {"factors": path, "layers": list(kfac.factors_), "tokens": kfac.tokens_}
+    emit(summary, as_json=as_json, quiet=quiet, run_dir=path.parent)
+
+
+@command("edit")
+def edit_cmd(
+    model: ModelOpt = None,
+    factors: Annotated[
+        Path | None,
+        typer.Option(help="Factors from `rotelab kfac`. Default: collect for the model (cached)."),
+    ] = None,
+    rho: Annotated[
+        str, typer.Option(help="Curvature mass kept per layer, in (0, 1]; '0.5,0.6,0.8' sweeps.")
+    ] = "0.6",
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="New model dir (one rho) or parent of rho-<x> dirs."),
+    ] = None,
+    layers: LayersOpt = None,
+    blocks: BlocksOpt = None,
+    labels: LabelsOpt = "sampled",
+    tokens: FactorTokensOpt = 131_072,
+    seed: SeedOpt = 0,
+    force: ForceOpt = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """K-FAC curvature edit (Merullo et al. 2025): drop low-curvature weight components."""
+    from rotelab.edit.curvature_edit import kfac_edit
+
+    result = kfac_edit(
+        model, factors, rho, out_dir, layers=layers, blocks=blocks, labels=labels, tokens=tokens,
+        seed=seed, force=force, device=device, dtype=dtype, progress=not quiet,
+    )  # fmt: skip
+    paths = result if isinstance(result, dict) else {None: result}
+    if as_json:
+        emit({"models": {str(k): v for k, v in paths.items()}}, as_json=True, quiet=quiet)
+    else:
+        for path in paths.values():
+            out.print(str(path), highlight=False, soft_wrap=True)
+
+
 unlearn_app = typer.Typer(
     help="Remove memorized data by learning from a forget set (BalancedSubnet).",
     no_args_is_help=True,

@@ -579,7 +579,11 @@ def factor_data(
     field: str = "text",
     errors: str = "strict",
 ) -> list[list[int]]:
-    """Sequences for factor collection: a corpus path, or the organism's training text."""
+    """Sequences for factor collection: a corpus path, or the organism's training text.
+
+    With ``data=None`` the text is the training text of the organism ``lm`` was loaded from, or
+    of the default organism.
+    """
     if tokens < 1:
         raise RotelabError(f"--tokens must be >= 1, got {tokens}")
     seq_len = seq_len or lm.context_length - 1
@@ -589,9 +593,12 @@ def factor_data(
             f"{lm.context_length}; use --seq-len {lm.context_length - 1} or less"
         )
     if data is None:
-        from rotelab.data.organism import default_organism
+        from rotelab.data.organism import Organism, default_organism
 
-        texts: Iterable[str] = default_organism().train_docs()
+        # an organism directory brings its own training text; any other model gets the default's
+        own = Path(str(lm.name))
+        org = Organism(own) if (own / "spec.json").is_file() else default_organism()
+        texts: Iterable[str] = org.train_docs()
     else:
         from rotelab.data.corpus import read_corpus
 

@@ -1,0 +1,273 @@
+"""Benchmark: K-FAC factor collection against a plain forward+backward and against curvlinops.
+
+Two modes:
+
+``timing`` (default): on a Llama-style model (4 layers, hidden 256, intermediate 688, vocab 2048,
+random weights, seeded) and the same 16k tokens (128 sequences of 128 predicted tokens), time
+
+- a plain forward+backward with every weight gradient (``loss.backward()``, gold labels);
+- rotelab's :class:`~rotelab.curvature.KFAC` (sampled labels: the true Fisher);
+- curvlinops' ``KFACLinearOperator`` (Monte Carlo Fisher, 1 sample, "expand");
+
+for all MLP layers and for the MLP layers of the top 3 blocks, and check factor agreement with
+curvlinops on the same labels (gold labels vs curvlinops' empirical Fisher).
+
+``organism``: on the default organism, collect factors and sweep ρ: strict extraction of inserted
+items by count (teacher-forced argmax on the ledger's prefix/suffix) and held-out perplexity.
+
+curvlinops is a bench-only dependency: ``pip install torch==<same> curvlinops-for-pytorch`` then
+``pip uninstall -y torchvision``. Run: ``python bench/kfac.py [timing|organism] [--repeats N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from rotelab.curvature import KFAC  # noqa: E402
+from rotelab.lm import LM  # noqa: E402
+
+
+def bench_model(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=2048, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+        bos_token_id=0, eos_token_id=0, pad_token_id=0,
+    )  # fmt: skip
+    return LlamaForCausalLM(cfg).eval()
+
+
+class _Tok:
+    """Just enough of a tokenizer for :class:`LM` (the bench feeds token ids)."""
+
+    pad_token_id = 0
+    eos_token_id = 0
+    bos_token_id = 0
+
+
+def _measure(fn) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call; CPU time is steadier on a shared machine."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def _interleaved(methods: dict, repeats: int) -> dict:
+    """Median wall and CPU time per method, runs interleaved so load changes hit all alike."""
+    for fn in methods.values():
+        fn()  # warm-up (allocator, kernels)
+    samples: dict = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, fn in methods.items():
+            samples[name].append(_measure(fn))
+    return {
+        name: {"wall_s": statistics.median(w for w, _ in xs), "cpu_s": statistics.median(c for _, c in xs),
+               "raw": xs}
+        for name, xs in samples.items()
+    }  # fmt: skip
+
+
+def plain_fwd_bwd(model, batches):
+    for p in model.parameters():
+        p.requires_grad_(True)
+    for x, y in batches:
+        logits = model(input_ids=x, use_cache=False).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum")
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+class _Logits(torch.nn.Module):
+    """curvlinops wants (batch, classes, positions) outputs for CrossEntropyLoss."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(input_ids=x, use_cache=False).logits.permute(0, 2, 1)
+
+
+def curvlinops_factors(model, batches, layer_names, fisher_type: str):
+    from curvlinops import KFACLinearOperator
+
+    for p in model.parameters():
+        p.requires_grad_(True)
+    wrapped = _Logits(model)
+    params = [model.get_submodule(n).weight for n in layer_names]
+    op = KFACLinearOperator(
+        wrapped, torch.nn.CrossEntropyLoss(), params, batches, check_deterministic=False,
+        fisher_type=fisher_type, mc_samples=1, kfac_approx="expand",
+        num_data=sum(x.shape[0] for x, _ in batches),
+        num_per_example_loss_terms=batches[0][0].shape[1],
+    )  # fmt: skip
+    op.compute_kronecker_factors()
+    out = {}
+    for n in layer_names:
+        key = f"model.{n}"  # names inside the wrapper
+        out[n] = (op._input_covariances[key], op._gradient_covariances[key])
+    return out
+
+
+def timing(args) -> dict:
+    torch.set_num_threads(args.threads)
+    model = bench_model()
+    lm = LM.from_model(model, _Tok(), name="bench-llama")
+    gen = torch.Generator().manual_seed(1)
+    n_seq, seq_len, bs = args.tokens // 128, 128, args.batch_size
+    seqs = torch.randint(1, 2048, (n_seq, seq_len + 1), generator=gen)
+    batches = [(seqs[i : i + bs, :-1], seqs[i : i + bs, 1:]) for i in range(0, n_seq, bs)]
+    seq_lists = seqs.tolist()
+    results = {"config": {
+        "model": "Llama 4 layers, hidden 256, intermediate 688, vocab 2048, 4 heads (random init)",
+        "tokens": n_seq * seq_len, "batch": f"{bs} x {seq_len}", "threads": args.threads,
+        "repeats": args.repeats, "torch": torch.__version__,
+    }}  # fmt: skip
+    try:
+        import curvlinops
+
+        results["config"]["curvlinops"] = getattr(curvlinops, "__version__", "installed")
+        have_curv = True
+    except ImportError:
+        have_curv = False
+    scopes = {"all MLP layers": None, "top 3 blocks": "1-3"}
+    names = {}
+    for label, blocks in scopes.items():
+        names[label] = [layer.name for layer in lm.mlp_layers()]
+        if blocks:
+            names[label] = [n for n in names[label] if int(n.split(".")[2]) in (1, 2, 3)]
+    methods = {"plain": lambda: plain_fwd_bwd(model, batches)}
+    for label, blocks in scopes.items():
+        methods[f"rotelab/{label}"] = lambda b=blocks: KFAC(blocks=b, labels="sampled").fit(
+            lm, seq_lists, batch_size=bs
+        )
+        if have_curv:
+            methods[f"curvlinops/{label}"] = lambda n=names[label]: curvlinops_factors(
+                model, batches, n, "mc"
+            )
+    times = _interleaved(methods, args.repeats)
+    results["times"] = times
+    plain = times["plain"]
+    for label, blocks in scopes.items():
+        ours = times[f"rotelab/{label}"]
+        row: dict = {"layers": len(names[label])}
+        for clock in ("wall_s", "cpu_s"):
+            row[f"rotelab_vs_plain_{clock[:-2]}"] = ours[clock] / plain[clock]
+        if have_curv:
+            theirs = times[f"curvlinops/{label}"]
+            for clock in ("wall_s", "cpu_s"):
+                row[f"curvlinops_vs_plain_{clock[:-2]}"] = theirs[clock] / plain[clock]
+                row[f"speedup_vs_curvlinops_{clock[:-2]}"] = theirs[clock] / ours[clock]
+            # agreement on the same labels: gold vs curvlinops' empirical Fisher
+            ours_f = KFAC(blocks=blocks, labels="gold").fit(lm, seq_lists, batch_size=bs).factors_
+            ref = curvlinops_factors(model, batches, names[label], "empirical")
+            row["max_rel_err_A"] = max(_rel(ours_f[n][0], ref[n][0]) for n in names[label])
+            row["max_rel_err_G"] = max(_rel(ours_f[n][1], ref[n][1]) for n in names[label])
+        results[label] = row
+    return results
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm())
+
+
+# ------------------------------------------------------------------------------ organism sweep
+def extraction_and_ppl(lm: LM, org, max_ppl_tokens: int = 20_000) -> dict:
+    led = org.ledger
+    led = led[led["phase"] == "all"]
+    scores = lm.score(
+        [p + s for p, s in zip(led["prefix_tokens"], led["suffix_tokens"])],
+        targets_from=[len(p) for p in led["prefix_tokens"]],
+    )
+    extracted = np.array([bool(sc.argmax_match.all()) for sc in scores])
+    by_count = {
+        int(c): float(extracted[(led["count"] == c).to_numpy()].mean()) for c in sorted(led["count"].unique())
+    }
+    hi = (led["count"] >= 16).to_numpy()
+    eos = lm.tokenizer.eos_token_id
+    stream: list[int] = []
+    for d in org.heldout_docs():
+        stream += lm.encode(d) + [eos]
+        if len(stream) >= max_ppl_tokens:
+            break
+    ctx = lm.context_length
+    windows = [stream[i : i + ctx] for i in range(0, len(stream) - 1, ctx)]
+    windows = [w for w in windows if len(w) > 1]
+    nll = np.concatenate([-sc.logprobs for sc in lm.score(windows, targets_from=1)])
+    return {"strict_by_count": by_count, "strict_ge16": float(extracted[hi].mean()),
+            "heldout_ppl": float(np.exp(nll.mean()))}  # fmt: skip
+
+
+def organism(args) -> dict:
+    from rotelab.curvature import CurvatureEdit, factor_data
+    from rotelab.data.organism import default_organism
+
+    torch.set_num_threads(args.threads)
+    org = default_organism(args.profile)
+    lm = LM.load(org.path, device="cpu", dtype="float32")
+    base = extraction_and_ppl(lm, org)
+    print("base", json.dumps(base), file=sys.stderr)
+    out = {"organism": str(org.path), "base": base, "runs": []}
+    rhos = [float(r) for r in args.rhos.split(",")]
+    for variant in args.variants.split(";"):
+        spec = dict(kv.split("=") for kv in variant.split(",") if kv)
+        layers = spec.get("layers")
+        blocks = spec.get("blocks")
+        labels = spec.get("labels", "sampled")
+        tokens = int(spec.get("tokens", args.factor_tokens))
+        t0 = time.perf_counter()
+        seqs = factor_data(lm, None, tokens=tokens)
+        kfac = KFAC(layers, blocks=blocks, labels=labels).fit(lm, seqs, batch_size=16)
+        t_fit = time.perf_counter() - t0
+        edit = CurvatureEdit().fit(kfac)
+        for rho in rhos:
+            edited = edit.apply(lm, rho)
+            m = extraction_and_ppl(edited, org)
+            row = {"variant": variant or "default", "rho": rho, "fit_s": round(t_fit, 1),
+                   "factor_tokens": kfac.tokens_, **m,
+                   "strict_ge16_rel_cut": 1 - m["strict_ge16"] / max(base["strict_ge16"], 1e-9),
+                   "ppl_rise": m["heldout_ppl"] / base["heldout_ppl"] - 1}  # fmt: skip
+            out["runs"].append(row)
+            print(json.dumps(row), file=sys.stderr)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("mode", nargs="?", default="timing", choices=["timing", "organism"])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=16_384)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--rhos", default="0.3,0.5,0.7,0.9")
+    ap.add_argument("--factor-tokens", type=int, default=131_072)
+    ap.add_argument(
+        "--variants", default="",
+        help="';'-separated collection variants, each 'blocks=2-3,layers=*gate_proj,labels=gold,tokens=N'",
+    )  # fmt: skip
+    ap.add_argument("--json-out", default=None)
+    args = ap.parse_args()
+    result = timing(args) if args.mode == "timing" else organism(args)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
