@@ -23,6 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # docstrings hold formulas like E[a a^T]; show them as written
 )
 console = Console(stderr=True)
 out = Console()
