@@ -59,18 +59,26 @@ def mia_summary() -> dict:
     return {"attacks": attacks, "members": 80, "nonmembers": 20}
 
 
-def compare_summary() -> dict:
+def _model_block(strict: float, ppl: float, tasks: dict) -> dict:
     return {
-        "base": "base",
+        "extraction": {"strict": {"rate": strict, "ci": [max(0, strict - 0.1), strict + 0.1]}},
+        "perplexity": {"value": ppl, "ci": [ppl - 0.2, ppl + 0.2]},
+        "tasks": {t: {"rate": r, "ci": [r - 0.1, r + 0.1]} for t, r in tasks.items()},
+    }
+
+
+def compare_summary() -> dict:
+    """The schema of rotelab.pipelines.compare (the parts the report reads)."""
+    return {
+        "baseline": "base",
+        "order": ["base", "kfac", "balanced_subnet"],
+        "min_count": 16,
         "models": {
-            "base": {"extraction_rate": 0.46, "perplexity": 6.5,
-                     "tasks": {"closed_book": 0.8, "arithmetic": 0.6}},
-            "kfac": {"extraction_rate": 0.05, "perplexity": 7.25,
-                     "tasks": {"closed_book": 0.7, "arithmetic": 0.4}},
-            "balanced_subnet": {"extraction_rate": 0.12, "perplexity": 6.9,
-                                "tasks": {"closed_book": 0.75, "arithmetic": 0.55}},
+            "base": _model_block(0.96, 6.5, {"closed_book": 0.8, "arithmetic": 0.6}),
+            "kfac": _model_block(0.05, 7.25, {"closed_book": 0.7, "arithmetic": 0.4}),
+            "balanced_subnet": _model_block(0.12, 6.9, {"closed_book": 0.75, "arithmetic": 0.55}),
         },
-    }  # fmt: skip
+    }
 
 
 def _roc_table() -> pd.DataFrame:
@@ -95,8 +103,10 @@ def _examples() -> pd.DataFrame:
     )
 
 
-def make_run(root, command: str, summary: dict, tables: dict | None = None):
-    run = Run.create(root / command, command, {"model": "organism", "seed": 0})
+def make_run(
+    root, command: str, summary: dict, tables: dict | None = None, name: str | None = None
+):
+    run = Run.create(root / (name or command), command, {"model": "organism", "seed": 0})
     for name, frame in (tables or {}).items():
         run.write_table(name, frame)
     run.write_summary(summary)

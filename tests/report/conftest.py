@@ -29,7 +29,8 @@ def demo_run(tmp_path):
     root = tmp_path / "demo"
     kfac = {
         "rho": 0.6,
-        "base": {"extraction_rate": 0.46, "perplexity": 6.5},
+        "base": {"extraction_rate": 0.96, "perplexity": 6.5},
+        "chosen": {"extraction_rate": 0.1, "perplexity": 7.2},
     }
     summary = {
         "organism": {"params": 2_200_000, "heldout_ppl": 6.5, "train_ppl": 3.5,
@@ -45,7 +46,7 @@ def demo_run(tmp_path):
     make_run(root, "extract", extract_summary(), {"examples": _examples()})
     make_run(root, "mia", mia_summary(), {"roc": _roc_table()})
     make_run(root, "compare", compare_summary())
-    k = make_run(root, "kfac", kfac)
+    k = make_run(root, "kfac_sweep", kfac, name="kfac")
     sweep = pd.DataFrame(
         {"rho": [0.9, 0.6, 0.3], "extraction_rate": [0.4, 0.1, 0.0], "perplexity": [6.6, 7.2, 9.5]}
     )

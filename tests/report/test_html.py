@@ -125,7 +125,7 @@ def test_mia_page(mia_run):
 def test_compare_page(compare_run):
     page = _check_page(compare_run)
     assert page.plots == ["before_after_kfac", "before_after_balanced_subnet"]
-    assert "models.kfac.extraction_rate" in {n["key"] for n in page.nums}
+    assert "models.kfac.extraction.strict.rate" in {n["key"] for n in page.nums}
     rows = before_after_rows(compare_summary()).set_index(["method", "metric"])
     assert rows.loc[("kfac", "perplexity"), "before"] == 6.5
     assert rows.loc[("kfac", "perplexity"), "after"] == 7.25
@@ -141,6 +141,7 @@ def test_demo_page_has_every_plot(demo_run):
     }  # fmt: skip
     keys = {n["key"] for n in page.nums}
     assert {"extraction.extraction_rate", "mia.attacks.loss.auc", "kfac.rho"} <= keys
+    assert {"kfac.chosen.extraction_rate", "compare.models.kfac.perplexity.value"} <= keys
     assert "organism.heldout_ppl" in keys
     text = (demo_run / "report.html").read_text()
     assert 'id="config"' in text and 'id="environment"' in text and "&quot;torch&quot;" in text

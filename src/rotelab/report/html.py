@@ -226,10 +226,11 @@ def _group_rows(by_group: Any) -> list[dict]:
             groups = dict(kv.split("=", 1) for kv in str(key).split(","))
             rows.append({**groups, **val})
         elif val and all(isinstance(v, dict) for v in val.values()):
-            # joint groups are named "kind+count" with levels "secret|16" (measure.stats)
-            names = str(key).split("+")
+            # joint groups: "kind+count" / "secret|16" (extraction), "kind,count" / "bio,4" (mia)
+            sep_name, sep_level = ("+", "|") if "+" in str(key) else (",", ",")
+            names = str(key).split(sep_name)
             for level, metrics in val.items():
-                levels = str(level).split("|")
+                levels = str(level).split(sep_level)
                 if len(levels) == len(names):
                     rows.append({**dict(zip(names, levels, strict=True)), **metrics})
     return rows
@@ -327,6 +328,8 @@ def mia_roc(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     roc = _read_table(run, "roc")
     if roc.empty or not {"attack", "fpr", "tpr"} <= set(roc.columns):
         return {}
+    if "group" in roc.columns:  # per-group curves are in summary.json's by_group AUCs
+        roc = roc[roc["group"] == "all"]
     return {
         str(a): (d["fpr"].to_numpy(float), d["tpr"].to_numpy(float))
         for a, d in roc.groupby("attack", sort=False)
@@ -379,71 +382,87 @@ def mia_section(run: Path, summary: dict, prefix: str = "") -> Section:
 
 
 # ------------------------------------------------------------------------------ page: compare
+#: Compare-summary metrics shown per model: (label, candidate paths in the model block, higher
+#: is better). The first path is the current schema (flat); the second an older nested form.
+_COMPARE_METRICS: list[tuple[str, tuple[str, ...], bool]] = [
+    ("extraction", ("extraction_rate", "extraction.strict.rate"), False),
+    ("perplexity", ("perplexity", "perplexity.value"), False),
+]
+
+
+def _first_number(block: dict, paths: Sequence[str]) -> tuple[str, float] | None:
+    """The first of ``paths`` (dotted) that holds a number in ``block``, and that number."""
+    for path in paths:
+        value = _get(block, path)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return path, float(value)
+    return None
+
+
+def _model_metrics(block: dict) -> list[tuple[str, tuple[str, ...], bool]]:
+    tasks = [
+        (str(t), (f"tasks.{t}.accuracy", f"tasks.{t}.rate"), True)
+        for t in (block.get("tasks") or {})
+    ]
+    return [*_COMPARE_METRICS, *tasks]
+
+
 def before_after_rows(summary: dict) -> pd.DataFrame:
     """Rows ``method, metric, before, after, higher_is_better`` from a compare summary.
 
-    A compare summary holds one block per model under ``models`` (or at top level), each with
-    ``extraction_rate``, ``perplexity`` and ``tasks`` (task -> accuracy); the first model (or the
-    one named ``base``) is the reference.
+    The compare summary (:mod:`rotelab.pipelines.compare`) holds one block per model under
+    ``models``, in ``order``, the first (``baseline``) being the model before any removal; each
+    block has ``extraction_rate`` (strict extraction of the items inserted >= ``min_count``
+    times), ``perplexity`` and ``tasks.<task>.accuracy``.
     """
-    models = summary.get("models", {k: v for k, v in summary.items() if isinstance(v, dict)})
+    cols = ["method", "metric", "before", "after", "higher_is_better"]
+    models = summary.get("models")
     if not isinstance(models, dict) or len(models) < 2:
-        return pd.DataFrame(columns=["method", "metric", "before", "after", "higher_is_better"])
-    names = list(models)
-    base_name = summary.get("base", "base" if "base" in models else names[0])
+        return pd.DataFrame(columns=cols)
+    order = [m for m in summary.get("order", list(models)) if m in models]
+    base_name = summary.get("baseline", order[0])
     base = models[base_name]
-
-    def metrics(block: dict) -> dict[str, tuple[float, bool]]:
-        out: dict[str, tuple[float, bool]] = {}
-        if block.get("extraction_rate") is not None:
-            out["extraction"] = (float(block["extraction_rate"]), False)
-        ppl = block.get("perplexity", block.get("heldout_ppl"))
-        if ppl is not None:
-            out["perplexity"] = (float(ppl), False)
-        for task, acc in (block.get("tasks") or {}).items():
-            val = acc.get("accuracy") if isinstance(acc, dict) else acc
-            if val is not None:
-                out[str(task)] = (float(val), True)
-        return out
-
-    b = metrics(base)
     recs = []
-    for name in names:
+    for name in order:
         if name == base_name:
             continue
-        a = metrics(models[name])
-        for metric, (before, hib) in b.items():
-            if metric in a:
+        for metric, paths, hib in _model_metrics(base):
+            before, after = _first_number(base, paths), _first_number(models[name], paths)
+            if before is not None and after is not None:
+                before, after = before[1], after[1]
                 recs.append(
-                    {
-                        "method": name,
-                        "metric": metric,
-                        "before": before,
-                        "after": a[metric][0],
-                        "higher_is_better": hib,
-                    }
-                )
-    return pd.DataFrame(recs, columns=["method", "metric", "before", "after", "higher_is_better"])
+                    {"method": name, "metric": metric, "before": before, "after": after,
+                     "higher_is_better": hib}
+                )  # fmt: skip
+    return pd.DataFrame(recs, columns=cols)
 
 
 def compare_section(run: Path, summary: dict, prefix: str = "") -> Section:
+    min_count = summary.get("min_count")
     sec = Section(
         "What each removal costs",
-        "Every model is measured by the same code on the same windows: extraction (lower is "
-        "better), held-out perplexity (lower is better) and exact-answer accuracy on each task "
-        "(higher is better). A good removal drops extraction while leaving the rest alone.",
+        "Every model is measured by the same code on the same items: extraction of the items "
+        f"inserted at least {html.escape(str(min_count))} times (greedy continuation equals the "
+        "true suffix; lower is better), held-out perplexity (lower is better) and exact-answer "
+        "accuracy on each task (higher is better). A good removal drops extraction and leaves the "
+        "rest alone.",
     )
     rows = before_after_rows(summary)
-    models_key = "models." if "models" in summary else ""
-    for method in dict.fromkeys(rows["method"]):
-        for metric, key in (("extraction", "extraction_rate"), ("perplexity", "perplexity")):
-            value = _get(summary, f"{models_key}{method}.{key}")
-            if value is not None:
+    models = summary.get("models") or {}
+    for name in [m for m in summary.get("order", list(models)) if m in models]:
+        for metric, paths, hib in _COMPARE_METRICS:
+            found = _first_number(models[name], paths)
+            if found is not None:
+                path = found[0]
                 sec.headlines.append(
                     Headline(
-                        f"{method}: {metric}", f"{prefix}{models_key}{method}.{key}", value, False
+                        f"{name}: {metric}",
+                        f"{prefix}models.{name}.{path}",
+                        _get(models[name], path),
+                        hib,
                     )
                 )
+    for method in dict.fromkeys(rows["method"]):
         d = rows[rows["method"] == method]
         sec.figure(
             f"before_after_{_slug(method)}",
@@ -486,11 +505,24 @@ def kfac_section(run: Path, summary: dict, prefix: str = "") -> Section:
             "Each point is one edit. Down is less memorization, left is a better language model.",
         )
         sec.tables.append(_table(sweep))
-    if summary.get("rho") is not None:
-        sec.headlines.append(Headline("chosen ρ", f"{prefix}rho", summary["rho"], None))
+    sec.headlines = _headlines(
+        summary,
+        prefix,
+        [
+            ("chosen ρ", "rho", None),
+            ("extraction before", "base.extraction_rate", False),
+            ("extraction after", "chosen.extraction_rate", False),
+            ("perplexity before", "base.perplexity", False),
+            ("perplexity after", "chosen.perplexity", False),
+        ],
+    )
+    if summary.get("rule"):
+        sec.intro += f" The demo picks ρ by this rule: {html.escape(str(summary['rule']))}."
     bands = _read_table(run, "bands")
     if bands.empty and isinstance(summary.get("bands"), list):
         bands = pd.DataFrame(summary["bands"])
+    if "dataset" in bands.columns:  # band_ratios rows: keep the memorized-vs-reference ratios
+        bands = bands[bands["dataset"] == summary.get("band_dataset", "memorized")]
     if not bands.empty and {"band", "ratio"} <= set(bands.columns):
         sec.figure(
             "band_ratios",
@@ -558,7 +590,7 @@ _PAGES: dict[str, Callable[[Path, dict], list[Section]]] = {
     "extract": lambda run, s: [extract_section(run, s)],
     "mia": lambda run, s: [mia_section(run, s)],
     "compare": lambda run, s: [compare_section(run, s)],
-    "kfac": lambda run, s: [kfac_section(run, s)],
+    "kfac_sweep": lambda run, s: [kfac_section(run, s)],
     "demo": demo_sections,
 }
 
@@ -593,7 +625,7 @@ _TITLES = {
     "extract": "Extraction",
     "mia": "Membership inference",
     "compare": "Removal methods compared",
-    "kfac": "K-FAC curvature edit",
+    "kfac_sweep": "K-FAC curvature edit: the ρ sweep",
     "demo": "rotelab demo: memorization, measured and removed",
 }
 
