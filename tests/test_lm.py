@@ -143,7 +143,8 @@ def test_save_then_load_gives_same_scores(tiny_lm, tmp_path):
     np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-6)
 
 
-def test_gguf_model_loads_when_available(tmp_path):
+@pytest.mark.slow
+def test_gguf_model_loads_when_available(tmp_path, monkeypatch):
     pytest.importorskip("gguf")
     from rotelab import lm as lm_mod
 
@@ -156,3 +157,8 @@ def test_gguf_model_loads_when_available(tmp_path):
     out = lm.generate([ids], 3)[0]
     assert len(out) == 3
     assert lm.num_parameters() > 100_000_000
+    # The named model converts once into a plain safetensors directory with the same weights.
+    monkeypatch.setenv("ROTELAB_HOME", str(tmp_path))
+    named = LM.load("smollm2")
+    assert (tmp_path / "models" / "smollm2" / "model.safetensors").exists()
+    assert named.generate([ids], 3)[0] == out

@@ -731,11 +731,18 @@ def _named_model_dir(name: str) -> Path:
 
     tmp = target.with_name(target.name + ".tmp")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
+    loaded = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
     )
+    # A GGUF-loaded model is marked quantized and refuses save_pretrained; its weights are
+    # already de-quantized to fp32, so copy them into a plain model of the same config.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
     tmp.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if target.exists():
         import shutil
