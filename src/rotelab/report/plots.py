@@ -230,6 +230,6 @@ def band_ratios(bands: pd.DataFrame) -> Figure:
     ax.set_ylabel("strength ratio memorized / clean")
     ax.grid(alpha=0.3, axis="y")
     if len(layers) > 1:
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     fig.tight_layout()
     return fig
