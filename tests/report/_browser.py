@@ -156,12 +156,16 @@ class Browser:
                 out.append("log: " + p["entry"].get("text", "") + " " + p["entry"].get("url", ""))
         return out
 
-    def screenshot(self, out: str | Path, *, full_page: bool = True) -> Path:
+    def screenshot(
+        self, out: str | Path, *, full_page: bool = True, max_height: int | None = None
+    ) -> Path:
         import base64
 
         params: dict = {"format": "png", "captureBeyondViewport": full_page}
         if full_page:
             size = self.call("Page.getLayoutMetrics", session=True)["cssContentSize"]
+            if max_height is not None:
+                size["height"] = min(size["height"], max_height)
             params["clip"] = {
                 "x": 0,
                 "y": 0,
@@ -172,3 +176,18 @@ class Browser:
         data = self.call("Page.captureScreenshot", session=True, **params)["data"]
         Path(out).write_bytes(base64.b64decode(data))
         return Path(out)
+
+
+if __name__ == "__main__":
+    # python tests/report/_browser.py REPORT.html OUT.png [MAX_HEIGHT]: the README screenshot
+    import sys
+
+    binary = find_chromium()
+    if binary is None:
+        sys.exit("chromium is not installed (apt-get install -y chromium)")
+    with Browser(binary, width=1100) as browser:
+        browser.open(sys.argv[1])
+        if browser.errors():
+            sys.exit(f"the page has errors: {browser.errors()}")
+        height = int(sys.argv[3]) if len(sys.argv) > 3 else None
+        print(browser.screenshot(sys.argv[2], max_height=height))

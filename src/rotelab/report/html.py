@@ -549,6 +549,7 @@ def demo_sections(run: Path, summary: dict) -> list[Section]:
         summary,
         "",
         [
+            ("profile", "profile", None),
             ("parameters", "organism.params", None),
             ("held-out perplexity", "organism.heldout_ppl", False),
             ("train perplexity", "organism.train_ppl", False),
