@@ -216,7 +216,12 @@ def organism(args) -> dict:
     from rotelab.data.organism import default_organism
 
     torch.set_num_threads(args.threads)
-    org = default_organism(args.profile)
+    if args.organism_dir:
+        from rotelab.data.organism import load_organism
+
+        org = load_organism(args.organism_dir)
+    else:
+        org = default_organism(args.profile)
     lm = LM.load(org.path, device="cpu", dtype="float32")
     base = extraction_and_ppl(lm, org)
     print("base", json.dumps(base), file=sys.stderr)
@@ -253,6 +258,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--profile", default="default")
+    ap.add_argument("--organism-dir", default=None, help="A built organism (instead of --profile).")
     ap.add_argument("--rhos", default="0.3,0.5,0.7,0.9")
     ap.add_argument("--factor-tokens", type=int, default=131_072)
     ap.add_argument(
