@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rotelab.data import Document, Windows, iter_windows, window_offsets
+from rotelab.data import Document, Windows, iter_windows, stream_chunks, window_offsets
 from rotelab.errors import RotelabError
 
 
@@ -70,3 +70,9 @@ def test_empty_corpus_and_too_short_documents():
         Windows.from_documents([], _encode, 2, 2)
     with pytest.raises(RotelabError, match="shorter than prefix\\+suffix"):
         Windows.from_documents([Document("d", "abc")], _encode, 2, 2)
+
+
+def test_stream_chunks_pack_documents_with_separator_and_cap():
+    chunks = stream_chunks(["ab", "cde", "fgh"], _encode, 0, max_tokens=7, length=3)
+    assert chunks == [[97, 98, 0], [99, 100, 101], [0]][:2]
+    assert stream_chunks(["abcd"], _encode, None, max_tokens=100, length=3) == [[97, 98, 99]]

@@ -17,7 +17,14 @@ from rotelab.data.organism import (
     organism_command,
     write_world,
 )
-from rotelab.data.windows import Window, Windows, check_window_shape, iter_windows, window_offsets
+from rotelab.data.windows import (
+    Window,
+    Windows,
+    check_window_shape,
+    iter_windows,
+    stream_chunks,
+    window_offsets,
+)
 
 __all__ = [
     "COUNTS",
@@ -40,6 +47,7 @@ __all__ = [
     "load_organism",
     "organism_command",
     "read_corpus",
+    "stream_chunks",
     "window_offsets",
     "write_world",
 ]

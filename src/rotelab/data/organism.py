@@ -770,15 +770,11 @@ def _describe(org: Organism) -> dict[str, Any]:
 
 def _perplexity(lm, docs: list[str], max_tokens: int) -> float:
     """Token perplexity over the first ``max_tokens`` of the documents joined by end-of-text."""
-    eos = lm.tokenizer.eos_token_id
-    stream: list[int] = []
-    for d in docs:
-        stream += lm.encode(d) + [eos]
-        if len(stream) >= max_tokens:
-            break
-    ctx = lm.context_length
-    windows = [stream[i : i + ctx] for i in range(0, len(stream) - 1, ctx)]
-    windows = [w for w in windows if len(w) > 1]
+    from rotelab.data.windows import stream_chunks
+
+    windows = stream_chunks(
+        docs, lm.encode, lm.tokenizer.eos_token_id, max_tokens=max_tokens, length=lm.context_length
+    )
     nll = np.concatenate([-sc.logprobs for sc in lm.score(windows, targets_from=1)])
     return float(np.exp(nll.mean()))
 

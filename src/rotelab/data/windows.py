@@ -15,7 +15,14 @@ import pandas as pd
 from rotelab.data.corpus import Document
 from rotelab.errors import RotelabError
 
-__all__ = ["Window", "Windows", "check_window_shape", "iter_windows", "window_offsets"]
+__all__ = [
+    "Window",
+    "Windows",
+    "check_window_shape",
+    "iter_windows",
+    "stream_chunks",
+    "window_offsets",
+]
 
 
 @dataclass
@@ -139,3 +146,28 @@ class Windows(Sequence[Window]):
             for w in self._items
         ]
         return pd.DataFrame(rows)
+
+
+def stream_chunks(
+    docs: Iterable[str],
+    encode: Callable[[str], list[int]],
+    separator: int | None,
+    *,
+    max_tokens: int,
+    length: int,
+) -> list[list[int]]:
+    """Documents joined by ``separator`` (end-of-text), cut at ``max_tokens``, in ``length`` chunks.
+
+    This is the token stream perplexity is measured on: documents are packed as in training,
+    so every token is predicted from real context. Chunks of a single token are dropped.
+    """
+    stream: list[int] = []
+    for doc in docs:
+        stream += encode(doc)
+        if separator is not None:
+            stream.append(separator)
+        if len(stream) >= max_tokens:
+            break
+    stream = stream[:max_tokens]
+    chunks = (stream[i : i + length] for i in range(0, len(stream), length))
+    return [c for c in chunks if len(c) > 1]

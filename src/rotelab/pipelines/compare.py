@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rotelab.data.windows import stream_chunks
 from rotelab.errors import RotelabError
 from rotelab.lm import LM
 from rotelab.measure.stats import rate_with_ci
@@ -362,21 +363,10 @@ def _measure_probes(lm: LM, probes: pd.DataFrame, batch_size: int, progress: boo
     })  # fmt: skip
 
 
-def _heldout_windows(lm: LM, docs: list[str], max_tokens: int) -> list[list[int]]:
-    """The held-out documents joined by end-of-text, cut into context-length windows."""
-    eos = lm.tokenizer.eos_token_id
-    stream: list[int] = []
-    for d in docs:
-        stream += lm.encode(d) + [eos]
-        if len(stream) >= max_tokens:
-            break
-    stream = stream[:max_tokens]
-    ctx = lm.context_length
-    return [w for w in (stream[i : i + ctx] for i in range(0, len(stream), ctx)) if len(w) > 1]
-
-
 def _measure_perplexity(lm: LM, docs: list[str], max_tokens: int, batch_size: int, progress: bool):
-    windows = _heldout_windows(lm, docs, max_tokens)
+    windows = stream_chunks(
+        docs, lm.encode, lm.tokenizer.eos_token_id, max_tokens=max_tokens, length=lm.context_length
+    )
     if not windows:
         raise RotelabError("the organism has no held-out text to measure perplexity on")
     scores = lm.score(windows, targets_from=1, batch_size=batch_size, progress=progress)
