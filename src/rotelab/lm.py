@@ -34,6 +34,7 @@ from rotelab.paths import rotelab_home
 __all__ = [
     "LM",
     "LinearLayer",
+    "progress_bar",
     "TokenScores",
     "NAMED_MODELS",
     "resolve_dtype",
@@ -328,7 +329,7 @@ class LM:
             if not 1 <= start <= len(seq):
                 raise ValueError(f"targets_from={start} out of range for sequence {i}")
         batches = list(_length_buckets([len(s) for s in sequences], batch_size))
-        with _progress(progress, len(batches), "scoring") as advance:
+        with progress_bar(progress, len(batches), "scoring") as advance:
             for batch in batches:
                 yield from self._score_batch(
                     [sequences[i] for i in batch],
@@ -512,7 +513,7 @@ class LM:
             for j in range(0, len(members), batch_size)
         ]
         gen = torch.Generator(device="cpu").manual_seed(seed)
-        with _progress(progress, len(chunks), "decoding") as advance:
+        with progress_bar(progress, len(chunks), "decoding") as advance:
             for chunk in chunks:
                 k = budgets[chunk[0]]
                 ids = torch.tensor([list(prefixes[i]) for i in chunk], device=self.device)
@@ -652,7 +653,7 @@ def _length_buckets(lengths: Sequence[int], batch_size: int) -> Iterator[list[in
         yield order[j : j + batch_size]
 
 
-class _progress:
+class progress_bar:  # noqa: N801 - used like a function: ``with progress_bar(...) as advance``
     """A rich progress bar when asked for, else a no-op; used as ``with ... as advance``."""
 
     def __init__(self, enabled: bool, total: int, label: str) -> None:

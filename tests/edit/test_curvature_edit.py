@@ -154,25 +154,15 @@ def _token_match(lm: LM, ledger) -> np.ndarray:
     return np.array([float(sc.argmax_match.mean()) for sc in scores])
 
 
-@pytest.fixture(scope="module")
-def tiny_org(request):
-    """The tiny organism, built once into pytest's cache (keyed by its spec hash)."""
-    from rotelab.data.organism import OrganismSpec, build_organism
-
-    spec = OrganismSpec(profile="tiny")
-    root = request.config.cache.mkdir("rotelab-organisms")
-    return build_organism(spec, out=root / spec.key(), progress=False)
-
-
 @pytest.mark.slow
-def test_edit_lowers_extraction_of_high_count_items_on_tiny_organism(tiny_org, tmp_path, monkeypatch):
+def test_edit_lowers_extraction_of_high_count_items_on_tiny_organism(tiny_organism, tmp_path, monkeypatch):
     monkeypatch.setenv("ROTELAB_HOME", str(tmp_path / "home"))  # the factor cache
-    lm = LM.load(tiny_org.path, device="cpu", dtype="float32")
-    ledger = tiny_org.ledger
+    lm = LM.load(tiny_organism.path, device="cpu", dtype="float32")
+    ledger = tiny_organism.ledger
     high = ledger[(ledger["count"] >= 16) & (ledger["phase"] == "all")]
     base = _token_match(lm, high)
     # factors collected on the fly from the organism's own training text, then cached
-    path = kfac_edit(str(tiny_org.path), None, 0.3, tmp_path / "edited", tokens=8_192)
+    path = kfac_edit(str(tiny_organism.path), None, 0.3, tmp_path / "edited", tokens=8_192)
     assert any((tmp_path / "home" / "kfac").iterdir())
     edited = _token_match(LM.load(path, device="cpu", dtype="float32"), high)
     # memorized suffixes lose more of their greedy matches than they keep

@@ -593,11 +593,10 @@ def factor_data(
             f"{lm.context_length}; use --seq-len {lm.context_length - 1} or less"
         )
     if data is None:
-        from rotelab.data.organism import Organism, default_organism
+        from rotelab.data.organism import default_organism, organism_of
 
         # an organism directory brings its own training text; any other model gets the default's
-        own = Path(str(lm.name))
-        org = Organism(own) if (own / "spec.json").is_file() else default_organism()
+        org = organism_of(lm.name) or default_organism()
         texts: Iterable[str] = org.train_docs()
     else:
         from rotelab.data.corpus import read_corpus

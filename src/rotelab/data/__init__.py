@@ -15,6 +15,7 @@ from rotelab.data.organism import (
     generate_world,
     load_organism,
     organism_command,
+    organism_of,
     write_world,
 )
 from rotelab.data.windows import (
@@ -46,6 +47,7 @@ __all__ = [
     "iter_windows",
     "load_organism",
     "organism_command",
+    "organism_of",
     "read_corpus",
     "stream_chunks",
     "window_offsets",

@@ -838,6 +838,20 @@ def load_organism(path: str | os.PathLike) -> Organism:
     return Organism(path)
 
 
+def organism_of(model: str | os.PathLike | None) -> Organism | None:
+    """The organism a ``--model`` argument stands for, if any.
+
+    ``None`` or ``"organism"`` is the default organism; a directory holding an organism
+    (``spec.json`` and ``ledger.parquet``) is that organism; anything else is ``None``.
+    """
+    if model is None or str(model) == "organism":
+        return default_organism()
+    path = Path(model)
+    if (path / "spec.json").is_file() and (path / "ledger.parquet").is_file():
+        return Organism(path)
+    return None
+
+
 def default_organism(profile: Profile | str = Profile.default, seed: int = 0) -> Organism:
     """The cached organism of ``profile``, built on first use."""
     return build_organism(OrganismSpec(Profile(profile), seed), progress=True)

@@ -169,12 +169,12 @@ class BalancedSubnet:
         history: list[dict[str, float]] = []
         n_batches = math.ceil(len(forget) / self.batch_size)
         was_training = model.training
-        from rotelab.lm import _progress
+        from rotelab.lm import progress_bar
 
         try:
             # eval(): no dropout, so the only stochasticity is the seeded data order.
             model.eval()
-            with _progress(self.progress, self.epochs * n_batches, "balanced subnet") as advance:
+            with progress_bar(self.progress, self.epochs * n_batches, "balanced subnet") as advance:
                 for epoch in range(self.epochs):
                     order = rng.permutation(len(forget))
                     for b in range(n_batches):

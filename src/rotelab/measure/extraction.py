@@ -629,14 +629,14 @@ def _load(model, device: str, dtype: str, allow_pickle: bool):
 def _window_source(model, data, cfg: ExtractConfig, device, dtype, allow_pickle, field_, errors):
     """(lm, a fresh window iterator factory, group columns, data description)."""
     if data is None:
-        if model is not None:
+        from rotelab.data.organism import organism_of
+
+        org = organism_of(model)
+        if org is None:
             raise RotelabError(
-                "--model without --data: the organism's windows only fit the organism's "
+                f"{model} is not an organism, and the organism's windows only fit its own "
                 "tokenizer; give --data (a corpus) to audit another model"
             )
-        from rotelab.data.organism import default_organism
-
-        org = default_organism()
         lm = _load(org.path, device, dtype, allow_pickle)
         wins = ledger_windows(org.ledger)
         groups = cfg.group_by or ("count", "kind", "phase", "kind+count")
@@ -823,7 +823,7 @@ class _Bar:
 
     def __init__(self, enabled: bool, label: str) -> None:
         self.enabled, self.label = enabled, label
-        self._progress = None
+        self.progress_bar = None
         self._task = None
 
     def __enter__(self) -> _Bar:
@@ -831,15 +831,15 @@ class _Bar:
             from rich.console import Console
             from rich.progress import Progress
 
-            self._progress = Progress(transient=True, console=Console(stderr=True))
-            self._progress.start()
-            self._task = self._progress.add_task(self.label, total=None)
+            self.progress_bar = Progress(transient=True, console=Console(stderr=True))
+            self.progress_bar.start()
+            self._task = self.progress_bar.add_task(self.label, total=None)
         return self
 
     def advance(self, n: int) -> None:
-        if self._progress is not None:
-            self._progress.advance(self._task, n)
+        if self.progress_bar is not None:
+            self.progress_bar.advance(self._task, n)
 
     def __exit__(self, *exc) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+        if self.progress_bar is not None:
+            self.progress_bar.stop()

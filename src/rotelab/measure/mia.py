@@ -439,7 +439,7 @@ def grad_norm_scores(lm: LM, items: Sequence[MIAText], *, progress: bool = False
     per-sample-gradient machinery); gradients are taken with ``torch.autograd.grad`` so the
     model's ``.grad`` buffers are never touched.
     """
-    from rotelab.lm import _progress
+    from rotelab.lm import progress_bar
 
     params = [p for p in lm.model.parameters() if p.requires_grad]
     if not params:
@@ -448,7 +448,7 @@ def grad_norm_scores(lm: LM, items: Sequence[MIAText], *, progress: bool = False
     with (
         torch.inference_mode(False),
         torch.enable_grad(),
-        _progress(progress, len(items), "grad norm") as advance,
+        progress_bar(progress, len(items), "grad norm") as advance,
     ):
         for i, it in enumerate(items):
             start, end = it.span
@@ -1137,13 +1137,11 @@ def _choose_attacks(
 
 
 def _organism_for(model):
-    from rotelab.data.organism import Organism, default_organism
+    from rotelab.data.organism import organism_of
 
-    if model is None or str(model) == "organism":
-        return default_organism()
-    path = Path(model)
-    if (path / "spec.json").exists() and (path / "ledger.parquet").exists():
-        return Organism(path)
+    org = organism_of(model)
+    if org is not None:
+        return org
     raise RotelabError(
         f"{model} is not an organism (no ledger), so give --members and --nonmembers texts"
     )

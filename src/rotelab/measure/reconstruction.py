@@ -120,13 +120,13 @@ def _documents(model, data, field, errors, cfg):
     from rotelab.lm import LM
 
     if data is None:
-        if model is not None:
-            raise RotelabError(
-                "--model without --data: give --data (a corpus) to reconstruct with another model"
-            )
-        from rotelab.data.organism import default_organism
+        from rotelab.data.organism import organism_of
 
-        org = default_organism()
+        org = organism_of(model)
+        if org is None:
+            raise RotelabError(
+                f"{model} is not an organism; give --data (a corpus) to reconstruct with it"
+            )
         lm = LM.load(org.path)
         led = org.ledger
         led = led[led["kind"] == "passage"]

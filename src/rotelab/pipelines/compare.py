@@ -305,7 +305,7 @@ def _greedy_ragged(
 
     import torch
 
-    from rotelab.lm import _progress
+    from rotelab.lm import progress_bar
 
     key = (
         "cache" if "cache" in inspect.signature(lm.model.forward).parameters else "past_key_values"
@@ -313,7 +313,7 @@ def _greedy_ragged(
     out: list[list[int]] = [[] for _ in prefixes]
     order = sorted(range(len(prefixes)), key=lambda i: (-budgets[i], -len(prefixes[i])))
     chunks = [order[j : j + batch_size] for j in range(0, len(order), batch_size)]
-    with _progress(progress, len(chunks), "decoding") as advance, torch.inference_mode():
+    with progress_bar(progress, len(chunks), "decoding") as advance, torch.inference_mode():
         for chunk in chunks:
             steps = max(budgets[i] for i in chunk)
             width = max(len(prefixes[i]) for i in chunk)
