@@ -69,7 +69,7 @@ def test_missing_model_path(tmp_path, corpus):
 
 
 def test_pickle_only_checkpoint_needs_allow_pickle(tmp_path, corpus, tiny_tokenizer):
-    from conftest import make_tiny_model
+    from tiny_models import make_tiny_model
 
     model_dir = tmp_path / "pickled"
     model = make_tiny_model("llama")

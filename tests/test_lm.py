@@ -112,7 +112,7 @@ def test_hidden_states_shapes_and_pooling(tiny_lm):
 
 
 def test_pickle_checkpoint_refused_unless_allowed(tmp_path, tiny_tokenizer):
-    from conftest import make_tiny_model
+    from tiny_models import make_tiny_model
 
     model = make_tiny_model("llama")
     model.config.save_pretrained(tmp_path)

@@ -214,7 +214,7 @@ _TORCHRUN_SCRIPT = textwrap.dedent(
     """
     import sys, torch
     sys.path.insert(0, {tests!r})
-    from conftest import _tokenizer, make_tiny_model
+    from tiny_models import _tokenizer, make_tiny_model
     from rotelab.curvature import KFAC
     from rotelab.distributed import dist_context, is_main
     from rotelab.lm import LM

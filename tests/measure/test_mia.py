@@ -86,7 +86,7 @@ def test_span_restricts_scoring(tiny_lm, items):
 
 
 def test_reference_attack_matches_direct(tiny_lm, items, tiny_tokenizer):
-    from conftest import make_tiny_model
+    from tiny_models import make_tiny_model
 
     ref = LM.from_model(make_tiny_model("llama", seed=1), tiny_tokenizer, name="ref")
     got = M.reference_scores(tiny_lm, ref, items)
@@ -96,7 +96,7 @@ def test_reference_attack_matches_direct(tiny_lm, items, tiny_tokenizer):
 
 
 def test_reference_with_other_tokenizer_is_refused(tiny_lm, items):
-    from conftest import make_tiny_model
+    from tiny_models import make_tiny_model
 
     other = LM.from_model(make_tiny_model("llama", seed=1), _other_tokenizer(), name="other")
     with pytest.raises(RotelabError, match="different tokenizer"):
@@ -292,7 +292,7 @@ def test_cli_on_files_writes_summary_and_parts(tiny_llama_dir, split_files, tmp_
     ],
 )
 def test_cli_bad_input_one_line_exit_2(tiny_llama_dir, split_files, tmp_path, case, match):
-    from conftest import make_tiny_model
+    from tiny_models import make_tiny_model
 
     from rotelab.cli import app
 

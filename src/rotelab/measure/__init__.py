@@ -1,7 +1,11 @@
-"""Measurements of memorization: extraction, similarity, reconstruction, rates with intervals."""
+"""Measurements of memorization: extraction, similarity, reconstruction, rates with intervals.
+
+The run-level functions whose names equal their modules (``mia``, ``exposure``) are imported from
+those modules (``from rotelab.measure.mia import mia``), so ``rotelab.measure.mia`` stays the module.
+"""
 
 from rotelab.measure.blind import BlindBaseline
-from rotelab.measure.exposure import exposure, exposure_table
+from rotelab.measure.exposure import exposure_table
 from rotelab.measure.extraction import (
     ExtractConfig,
     ExtractResult,
@@ -19,7 +23,6 @@ from rotelab.measure.mia import (
     WordSubstitution,
     attack_metrics,
     likelihood_scores,
-    mia,
 )
 from rotelab.measure.reconstruction import ReconstructConfig, reconstruct, reconstruct_tokens
 from rotelab.measure.similarity import METRICS, similarity_scores
@@ -41,10 +44,8 @@ __all__ = [
     "SpanMode",
     "WordSubstitution",
     "attack_metrics",
-    "exposure",
     "exposure_table",
     "likelihood_scores",
-    "mia",
     "METRICS",
     "CIMethod",
     "ExtractConfig",

@@ -1,6 +1,10 @@
-"""Pipelines: methods composed into one run (before/after comparison, the demo, ...)."""
+"""Pipelines: methods composed into one run (before/after comparison, the demo, ...).
 
-from rotelab.pipelines.compare import METRICS, TASKS, compare, format_table
-from rotelab.pipelines.demo import DemoConfig, demo
+The run functions are imported from their modules (``from rotelab.pipelines.compare import
+compare``, ``from rotelab.pipelines.demo import demo``), so the package attributes stay modules.
+"""
 
-__all__ = ["METRICS", "TASKS", "DemoConfig", "compare", "demo", "format_table"]
+from rotelab.pipelines.compare import METRICS, TASKS, format_table
+from rotelab.pipelines.demo import DemoConfig
+
+__all__ = ["METRICS", "TASKS", "DemoConfig", "format_table"]
