@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from tiny_models import make_tiny_model, make_tokenizer
 
 import rotelab.curvature.eigen as eigen_mod
 from rotelab.curvature import (
@@ -25,17 +22,8 @@ from rotelab.errors import RotelabError
 from rotelab.lm import LM
 
 
-@functools.cache
-def _root():
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_rotelab_tests_root", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _lm(arch: str = "llama", seed: int = 0) -> LM:
-    return LM.from_model(_root().make_tiny_model(arch, seed=seed), _root()._tokenizer(), name=arch)
+    return LM.from_model(make_tiny_model(arch, seed=seed), make_tokenizer(), name=arch)
 
 
 def _seqs(n: int = 6, seed: int = 0) -> list[list[int]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib.util
 import subprocess
 import sys
 import textwrap
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import make_tiny_model, make_tokenizer
 
 from rotelab.curvature import KFAC, parse_blocks, select_layers
 from rotelab.curvature.kfac import _sample_labels
@@ -22,22 +22,8 @@ LENGTHS = (9, 17, 5, 12, 2)  # unequal: batches are padded, and padding must be 
 
 
 @functools.cache
-def _root():
-    """tests/conftest.py by path (other test folders have their own ``conftest`` module)."""
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_rotelab_tests_root", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@functools.cache
 def _tokenizer():
-    return _root()._tokenizer()
-
-
-def make_tiny_model(arch: str, seed: int = 0):
-    return _root().make_tiny_model(arch, seed=seed)
+    return make_tokenizer()
 
 
 def _lm(arch: str, seed: int = 0) -> LM:
@@ -214,12 +200,12 @@ _TORCHRUN_SCRIPT = textwrap.dedent(
     """
     import sys, torch
     sys.path.insert(0, {tests!r})
-    from tiny_models import _tokenizer, make_tiny_model
+    from tiny_models import make_tiny_model, make_tokenizer
     from rotelab.curvature import KFAC
     from rotelab.distributed import dist_context, is_main
     from rotelab.lm import LM
     torch.set_num_threads(1)
-    lm = LM.from_model(make_tiny_model("llama"), _tokenizer())
+    lm = LM.from_model(make_tiny_model("llama"), make_tokenizer())
     gen = torch.Generator().manual_seed(0)
     seqs = [torch.randint(1, 96, (n,), generator=gen).tolist() for n in {lengths!r}]
     with dist_context() as (rank, world):

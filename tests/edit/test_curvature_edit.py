@@ -100,16 +100,10 @@ def test_bad_input_leaves_nothing_behind(tiny_llama_dir, factors_dir, tmp_path, 
     with pytest.raises(RotelabError, match="rho must be in"):
         kfac_edit(str(tiny_llama_dir), factors_dir, 1.5, tmp_path / "x")
     # factors from a different model (another seed: same names and shapes, other weights)
-    import importlib.util
-    from pathlib import Path
+    from tiny_models import make_tiny_model
 
-    spec = importlib.util.spec_from_file_location(
-        "_rotelab_tests_root", Path(__file__).resolve().parents[1] / "conftest.py"
-    )
-    root = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(root)
     other = tmp_path / "other"
-    root.make_tiny_model("llama", seed=1).save_pretrained(other)
+    make_tiny_model("llama", seed=1).save_pretrained(other)
     tiny_tokenizer.save_pretrained(other)
     with pytest.raises(RotelabError, match="different model"):
         kfac_edit(str(other), factors_dir, 0.5, tmp_path / "y")
