@@ -43,16 +43,7 @@ def load(name: str, dtype: str) -> tuple[LM, list[str]]:
         org = default_organism()
         return LM.load(org.path, dtype=dtype, device="cpu"), org.train_docs()
     if name == "smollm2":
-        from rotelab.errors import RotelabError
-
-        try:
-            lm = LM.load("smollm2", dtype=dtype, device="cpu")
-        except (RotelabError, ValueError):
-            from rotelab.lm import (
-                _find_smollm2_gguf,  # the cached conversion fails on transformers 5
-            )
-
-            lm = LM.load(str(_find_smollm2_gguf()), dtype=dtype, device="cpu")
+        lm = LM.load("smollm2", dtype=dtype, device="cpu")
         # Real English-ish text available offline: the standard library's documentation strings.
         import email
         import json as _json
@@ -84,9 +75,12 @@ def hf_generate_protocol(lm: LM, wins: list[Window], batch: int) -> list[int]:
         ids = torch.tensor([w.prefix for w in chunk])
         out = lm.model.generate(
             input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=s,
-            min_new_tokens=s, do_sample=False, pad_token_id=lm.pad_id,
+            do_sample=False, pad_token_id=lm.pad_id,
         )  # fmt: skip
         for w, row in zip(chunk, out[:, ids.shape[1] :].tolist()):
+            # generate stops at end-of-text; what it did not produce cannot match the suffix.
+            # (min_new_tokens would instead mask the end-of-text logit and change greedy output.)
+            row = row + [-1] * (s - len(row))
             miss = np.flatnonzero(np.asarray(row) != np.asarray(w.suffix))
             matched.append(int(miss[0]) if miss.size else s)
     return matched

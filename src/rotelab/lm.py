@@ -99,6 +99,7 @@ class TokenScores:
     margin: np.ndarray  # (n,) float32: top-1 minus top-2 logit
     mu: np.ndarray | None = None  # (n,) float32: E_p[log p] over the vocabulary
     sigma2: np.ndarray | None = None  # (n,) float32: Var_p[log p] over the vocabulary
+    sampler_logprobs: np.ndarray | None = None  # (n,) float32: log P_sampler(true token)
 
 
 @dataclass
@@ -279,6 +280,7 @@ class LM:
         targets_from: int | Sequence[int] = 1,
         batch_size: int = 32,
         moments: bool = False,
+        sampler: tuple[float, int] | None = None,
         vocab_chunk: int | None = None,
         progress: bool = False,
     ) -> list[TokenScores]:
@@ -289,6 +291,8 @@ class LM:
             targets_from: index of the first token to score, per sequence or for all (>= 1).
             batch_size: sequences per forward pass (sequences are bucketed by length).
             moments: also compute E_p[log p] and Var_p[log p] over the vocabulary.
+            sampler: ``(temperature, top_k)``: also log P(true token) under sampling at that
+                temperature from the top-k logits (``top_k=0``: the whole vocabulary).
             vocab_chunk: vocabulary columns per chunk of the softmax (default: bounded memory).
             progress: show a progress bar.
         """
@@ -298,6 +302,7 @@ class LM:
             targets_from=targets_from,
             batch_size=batch_size,
             moments=moments,
+            sampler=sampler,
             vocab_chunk=vocab_chunk,
             progress=progress,
         ):
@@ -311,6 +316,7 @@ class LM:
         targets_from: int | Sequence[int] = 1,
         batch_size: int = 32,
         moments: bool = False,
+        sampler: tuple[float, int] | None = None,
         vocab_chunk: int | None = None,
         progress: bool = False,
     ) -> Iterator[tuple[int, TokenScores]]:
@@ -336,6 +342,7 @@ class LM:
                     [starts[i] for i in batch],
                     batch,
                     moments=moments,
+                    sampler=sampler,
                     vocab_chunk=vocab_chunk,
                 )
                 advance()
@@ -347,7 +354,7 @@ class LM:
         return out.last_hidden_state
 
     @torch.inference_mode()
-    def _score_batch(self, seqs, starts, indices, *, moments, vocab_chunk):
+    def _score_batch(self, seqs, starts, indices, *, moments, sampler, vocab_chunk):
         lengths = [len(s) for s in seqs]
         ids, mask = self._pad_right(seqs)
         hidden = self.final_hidden(ids, mask)  # (B, T, D)
@@ -360,7 +367,9 @@ class LM:
         cols_t = torch.tensor(cols, dtype=torch.long, device=hidden.device)
         h = hidden[rows_t, cols_t]  # (N, D)
         targets = ids[rows_t, cols_t + 1]  # (N,)
-        stats = self.head_stats(h, targets, moments=moments, vocab_chunk=vocab_chunk)
+        stats = self.head_stats(
+            h, targets, moments=moments, sampler=sampler, vocab_chunk=vocab_chunk
+        )
         stats = {k: v.cpu().numpy() for k, v in stats.items()}
         offset = 0
         for b, index in enumerate(indices):
@@ -376,6 +385,7 @@ class LM:
                     margin=stats["margin"][sl],
                     mu=stats["mu"][sl] if moments else None,
                     sigma2=stats["sigma2"][sl] if moments else None,
+                    sampler_logprobs=stats["sampler"][sl] if sampler is not None else None,
                 ),
             )
 
@@ -385,13 +395,16 @@ class LM:
         targets: torch.Tensor,
         *,
         moments: bool = False,
+        sampler: tuple[float, int] | None = None,
         vocab_chunk: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Softmax statistics of the LM head at hidden states ``h`` (N, D), chunked over the vocab.
 
-        Keeps a running max/sum (log-sum-exp), top-2 logits, the target logit and, with
-        ``moments``, the mean and variance of the logits under the softmax, merged chunk by chunk
-        with the parallel-variance formula so nothing cancels catastrophically.
+        Keeps a running max/sum (log-sum-exp), the top-k logits (k >= 2), the target logit and,
+        with ``moments``, the mean and variance of the logits under the softmax, merged chunk by
+        chunk with the parallel-variance formula so nothing cancels catastrophically. With
+        ``sampler=(temperature, top_k)`` it also gives log P_sampler(target): like
+        :meth:`generate`, every token whose logit reaches the k-th largest stays in the pool.
         """
         head = self.model.get_output_embeddings()
         weight, bias = head.weight, getattr(head, "bias", None)
@@ -400,21 +413,28 @@ class LM:
         if vocab_chunk is None:
             # Keep one (N x chunk) fp32 block near 32 MiB.
             vocab_chunk = max(256, min(vocab, (8 << 20) // max(n, 1)))
+        temperature, top_k = sampler if sampler is not None else (1.0, 0)
+        if temperature <= 0:
+            raise RotelabError("the sampler's temperature must be > 0")
+        if top_k < 0:
+            raise RotelabError("the sampler's top-k must be >= 0 (0: the whole vocabulary)")
+        keep = max(2, top_k)
+        full_temp = sampler is not None and top_k == 0 and temperature != 1.0
         dev = h.device
         f32 = torch.float32
         run_max = torch.full((n,), -math.inf, device=dev, dtype=f32)
         run_sum = torch.zeros(n, device=dev, dtype=f32)
         run_mean = torch.zeros(n, device=dev, dtype=f32)
         run_var = torch.zeros(n, device=dev, dtype=f32)
-        top1 = torch.full((n,), -math.inf, device=dev, dtype=f32)
-        top2 = torch.full((n,), -math.inf, device=dev, dtype=f32)
-        arg1 = torch.zeros(n, dtype=torch.long, device=dev)
+        t_max, t_sum = run_max.clone(), run_sum.clone()
+        top_v = torch.full((n, 0), -math.inf, device=dev, dtype=f32)
+        top_i = torch.zeros((n, 0), dtype=torch.long, device=dev)
         target_logit = torch.zeros(n, device=dev, dtype=f32)
         softcap = getattr(self.model.config, "final_logit_softcapping", None)
         scale = getattr(self.model.config, "logit_scale", None)
         for lo in range(0, vocab, vocab_chunk):
             hi = min(vocab, lo + vocab_chunk)
-            logits = h @ weight[lo:hi].T
+            logits = h @ weight[lo:hi].T  # (N, chunk)
             if bias is not None:
                 logits = logits + bias[lo:hi]
             logits = logits.to(f32)
@@ -422,14 +442,11 @@ class LM:
                 logits = logits * scale
             if softcap:
                 logits = torch.tanh(logits / softcap) * softcap
-            # top-2 over (running top-2 + chunk top-2)
-            k = min(2, hi - lo)
-            cv, ci = logits.topk(k, dim=1)
-            cand_v = torch.cat([top1[:, None], top2[:, None], cv], dim=1)
-            cand_i = torch.cat([arg1[:, None], arg1[:, None], ci + lo], dim=1)
-            best_v, best_pos = cand_v.topk(2, dim=1)
-            arg1 = cand_i.gather(1, best_pos[:, :1]).squeeze(1)
-            top1, top2 = best_v[:, 0], best_v[:, 1]
+            # top-k over (running top-k + this chunk's top-k)
+            cv, ci = logits.topk(min(keep, hi - lo), dim=1)
+            width = min(keep, top_v.shape[1] + cv.shape[1])
+            top_v, pos = torch.cat([top_v, cv], 1).topk(width, dim=1)
+            top_i = torch.cat([top_i, ci + lo], 1).gather(1, pos)
             in_chunk = (targets >= lo) & (targets < hi)
             if in_chunk.any():
                 local = (targets - lo).clamp(0, hi - lo - 1)
@@ -450,16 +467,34 @@ class LM:
                 run_mean = run_mean + delta * fb
                 run_var = fa * run_var + fb * chunk_var + delta.square() * fa * fb
             run_sum, run_max = total, new_max
+            if full_temp:
+                new_t = torch.maximum(t_max, chunk_max / temperature)
+                scaled = torch.exp(logits / temperature - new_t[:, None]).sum(1)
+                t_sum = t_sum * torch.exp(t_max - new_t) + scaled
+                t_max = new_t
         lse = run_max + torch.log(run_sum)
+        second = top_v[:, 1] if top_v.shape[1] > 1 else torch.full_like(run_max, -math.inf)
         out = {
             "logprob": target_logit - lse,
-            "argmax": arg1,
+            "argmax": top_i[:, 0],
             "target": targets,
-            "margin": top1 - top2,
+            "margin": top_v[:, 0] - second,
         }
         if moments:
             out["mu"] = run_mean - lse
             out["sigma2"] = run_var
+        if sampler is not None:
+            if top_k:
+                kth = top_v[:, min(top_k, top_v.shape[1]) - 1]
+                pool = torch.logsumexp(top_v[:, :top_k] / temperature, dim=1)
+                sampled = torch.where(
+                    target_logit >= kth, target_logit / temperature - pool, -math.inf
+                )
+            elif full_temp:
+                sampled = target_logit / temperature - (t_max + torch.log(t_sum))
+            else:
+                sampled = out["logprob"]
+            out["sampler"] = sampled
         return out
 
     def _pad_right(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:

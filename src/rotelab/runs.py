@@ -28,7 +28,15 @@ import pandas as pd
 
 from rotelab.errors import RotelabError
 
-__all__ = ["Run", "atomic_write_bytes", "atomic_write_json", "environment", "to_jsonable"]
+__all__ = [
+    "Run",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "environment",
+    "read_json",
+    "read_table",
+    "to_jsonable",
+]
 
 _IGNORED_CONFIG_KEYS = {"resume", "force", "quiet", "json", "json_out", "progress"}
 
@@ -162,7 +170,7 @@ class Run:
             if not path.is_dir():
                 raise RotelabError(f"{path} exists and is not a directory; choose another --out")
             if resume:
-                old = _read_json(path / "config.json")
+                old = read_json(path / "config.json")
                 if old is None:
                     raise RotelabError(f"{path} is not a rotelab run (no config.json); cannot resume")
                 if old.get("command") != command or old.get("arguments") != args:
@@ -218,10 +226,7 @@ class Run:
 
     def read_table(self, table: str) -> pd.DataFrame:
         """All parts of a table, concatenated in part-key order."""
-        parts = sorted((self.path / "results" / table).glob("part-*.parquet"))
-        if not parts:
-            return pd.DataFrame()
-        return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+        return read_table(self.path, table)
 
     def write_table(self, table: str, frame: pd.DataFrame) -> Path:
         """Write a whole table as a single part."""
@@ -236,13 +241,24 @@ class Run:
         return self.write_json("summary.json", summary)
 
     def summary(self) -> dict | None:
-        return _read_json(self.path / "summary.json")
+        return read_json(self.path / "summary.json")
 
 
-def _read_json(path: Path) -> dict | None:
+def read_table(run_dir: str | os.PathLike, table: str) -> pd.DataFrame:
+    """All parts of a run directory's results table, in part-key order (empty if none)."""
+    parts = sorted((Path(run_dir) / "results" / table).glob("part-*.parquet"))
+    if not parts:
+        return pd.DataFrame()
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+
+
+def read_json(path: Path) -> dict | None:
+    """A run file's JSON, ``None`` when the file is missing; a clear error when it is corrupt."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except json.JSONDecodeError as exc:
-        raise RotelabError(f"{path} is not valid JSON ({exc})") from exc
+        raise RotelabError(
+            f"{path} is not valid JSON ({exc}); rerun the command that wrote it"
+        ) from exc

@@ -179,101 +179,6 @@ def corpus_windows(
 
 
 # ------------------------------------------------------------------------ one pass
-def _head_reduce(lm, h: torch.Tensor, targets: torch.Tensor, temperature: float, top_k: int):
-    """LM-head statistics at hidden states ``h`` (N, D), chunked over the vocabulary.
-
-    One pass over the vocabulary gives, per row: log p(target), the argmax, the top-1/top-2
-    margin and log P_sampler(target) for temperature/top-k sampling, so (N x vocab) is never held.
-    """
-    head = lm.model.get_output_embeddings()
-    weight, bias = head.weight, getattr(head, "bias", None)
-    cfg = lm.model.config
-    softcap = getattr(cfg, "final_logit_softcapping", None)
-    scale = getattr(cfg, "logit_scale", None)
-    vocab, n = weight.shape[0], h.shape[0]
-    chunk = max(256, min(vocab, (8 << 20) // max(n, 1)))  # one (N x chunk) fp32 block ~32 MiB
-    k = max(2, top_k)
-    full_temp = top_k == 0 and temperature != 1.0
-    f32, dev = torch.float32, h.device
-    run_max = torch.full((n,), -math.inf, device=dev, dtype=f32)
-    run_sum = torch.zeros(n, device=dev, dtype=f32)
-    t_max, t_sum = run_max.clone(), run_sum.clone()
-    top_v = torch.full((n, 0), -math.inf, device=dev, dtype=f32)
-    top_i = torch.zeros((n, 0), dtype=torch.long, device=dev)
-    target_logit = torch.zeros(n, device=dev, dtype=f32)
-    for lo in range(0, vocab, chunk):
-        hi = min(vocab, lo + chunk)
-        logits = h @ weight[lo:hi].T  # (N, chunk)
-        if bias is not None:
-            logits = logits + bias[lo:hi]
-        logits = logits.to(f32)
-        if scale:
-            logits = logits * scale
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        cv, ci = logits.topk(min(k, hi - lo), dim=1)
-        top_v, pos = torch.cat([top_v, cv], 1).topk(min(k, top_v.shape[1] + cv.shape[1]), dim=1)
-        top_i = torch.cat([top_i, ci + lo], 1).gather(1, pos)
-        inside = (targets >= lo) & (targets < hi)
-        picked = logits.gather(1, (targets - lo).clamp(0, hi - lo - 1)[:, None]).squeeze(1)
-        target_logit = torch.where(inside, picked, target_logit)
-        new_max = torch.maximum(run_max, cv[:, 0])
-        run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(logits - new_max[:, None]).sum(1)
-        run_max = new_max
-        if full_temp:
-            scaled = logits / temperature
-            new_t = torch.maximum(t_max, cv[:, 0] / temperature)
-            t_sum = t_sum * torch.exp(t_max - new_t) + torch.exp(scaled - new_t[:, None]).sum(1)
-            t_max = new_t
-    logprob = target_logit - (run_max + torch.log(run_sum))
-    if top_k:
-        kept = top_v[:, :top_k] / temperature
-        # Like the sampler (LM.generate), keep every token whose logit reaches the k-th largest.
-        in_top = target_logit >= top_v[:, min(top_k, top_v.shape[1]) - 1]
-        lse = torch.logsumexp(kept, dim=1)
-        sampler = torch.where(in_top, target_logit / temperature - lse, -math.inf)
-    elif full_temp:
-        sampler = target_logit / temperature - (t_max + torch.log(t_sum))
-    else:
-        sampler = logprob
-    return {
-        "logprob": logprob,
-        "argmax": top_i[:, 0],
-        "margin": top_v[:, 0] - top_v[:, 1],
-        "sampler": sampler,
-    }
-
-
-def _batches(windows: Sequence[Window], batch_size: int) -> Iterator[list[int]]:
-    """Window indices in batches of similar total length (longest first, stable)."""
-    order = sorted(range(len(windows)), key=lambda i: (-len(windows[i].prefix) - len(windows[i].suffix), i))
-    for j in range(0, len(order), batch_size):
-        yield order[j : j + batch_size]
-
-
-@torch.inference_mode()
-def _pass(lm, windows: Sequence[Window], batch: list[int], temperature: float, top_k: int):
-    seqs = [windows[i].tokens for i in batch]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), lm.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        ids[r, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-        mask[r, : len(s)] = 1
-    ids, mask = ids.to(lm.device), mask.to(lm.device)
-    hidden = lm.final_hidden(ids, mask)  # (B, T, D)
-    # Position t predicts token t + 1: keep only the rows that predict a suffix token.
-    rows, cols = [], []
-    for r, i in enumerate(batch):
-        p, s = len(windows[i].prefix), len(windows[i].suffix)
-        rows.extend([r] * s)
-        cols.extend(range(p - 1, p + s - 1))
-    rows_t = torch.tensor(rows, device=lm.device)
-    cols_t = torch.tensor(cols, device=lm.device)
-    stats = _head_reduce(lm, hidden[rows_t, cols_t], ids[rows_t, cols_t + 1], temperature, top_k)
-    return {k: v.cpu().numpy() for k, v in stats.items()}
-
-
 def score_windows(
     lm,
     windows: Sequence[Window],
@@ -316,40 +221,39 @@ def score_windows(
                 f"than the model's context of {ctx}; shorten the prefix or suffix"
             )
     rows: list[dict | None] = [None] * len(windows)
-    for batch in _batches(windows, batch_size):
-        stats = _pass(lm, windows, batch, temperature, top_k)
-        offset = 0
-        for i in batch:
-            w = windows[i]
-            s = len(w.suffix)
-            sl = slice(offset, offset + s)
-            offset += s
-            match = stats["argmax"][sl] == np.asarray(w.suffix)
-            misses = np.flatnonzero(~match)
-            matched = int(misses[0]) if misses.size else s
-            margin = stats["margin"][sl]
-            decisive = float(margin[: min(matched + 1, s)].min())
-            lp_z = float(stats["sampler"][sl].sum())
-            # 1 - (1 - p_z)^n without cancellation when p_z is tiny.
-            disc = float(-np.expm1(n * np.log1p(-np.exp(lp_z)))) if lp_z < 0 else 1.0
-            rows[i] = {
-                "doc_id": w.doc_id,
-                "offset": w.offset,
-                "prefix_len": len(w.prefix),
-                "suffix_len": s,
-                **w.meta,
-                "extracted": matched == s,
-                "matched_prefix": matched,
-                "match_rate": float(match.mean()),
-                "min_margin": float(margin.min()),
-                "decisive_margin": decisive,
-                "near_tie": decisive < tie,
-                "suffix_logprob": float(stats["logprob"][sl].sum()),
-                "sampler_logprob": lp_z,
-                "discoverable_prob": disc,
-                "np_discoverable": disc >= p,
-                "_next": int(stats["argmax"][sl][matched]) if matched < s else -1,
-            }
+    passes = lm.iter_score(
+        [w.tokens for w in windows],
+        targets_from=[len(w.prefix) for w in windows],
+        batch_size=batch_size,
+        sampler=(temperature, top_k),
+    )
+    for i, sc in passes:
+        w = windows[i]
+        s = len(w.suffix)
+        misses = np.flatnonzero(~sc.argmax_match)
+        matched = int(misses[0]) if misses.size else s
+        decisive = float(sc.margin[: min(matched + 1, s)].min())
+        lp_z = float(sc.sampler_logprobs.sum())
+        # 1 - (1 - p_z)^n without cancellation when p_z is tiny.
+        disc = float(-np.expm1(n * np.log1p(-np.exp(lp_z)))) if lp_z < 0 else 1.0
+        rows[i] = {
+            "doc_id": w.doc_id,
+            "offset": w.offset,
+            "prefix_len": len(w.prefix),
+            "suffix_len": s,
+            **w.meta,
+            "extracted": matched == s,
+            "matched_prefix": matched,
+            "match_rate": float(sc.argmax_match.mean()),
+            "min_margin": float(sc.margin.min()),
+            "decisive_margin": decisive,
+            "near_tie": decisive < tie,
+            "suffix_logprob": float(sc.logprobs.sum()),
+            "sampler_logprob": lp_z,
+            "discoverable_prob": disc,
+            "np_discoverable": disc >= p,
+            "_next": int(sc.argmax[matched]) if matched < s else -1,
+        }
     frame = pd.DataFrame(rows)
     return frame.drop(columns="_next").assign(first_miss_token=frame["_next"])
 

@@ -32,7 +32,7 @@ import pandas as pd
 
 from rotelab.errors import RotelabError
 from rotelab.report import plots
-from rotelab.runs import atomic_write_bytes
+from rotelab.runs import atomic_write_bytes, read_json, read_table
 
 __all__ = ["Headline", "Section", "render_report", "write_report"]
 
@@ -183,24 +183,6 @@ def _pieces(pieces: Sequence[str], matched: int, role: str) -> str:
 
 
 # ---------------------------------------------------------------------------- run-dir readers
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError as exc:
-        raise RotelabError(
-            f"{path} is not valid JSON ({exc}); rerun the command that wrote it"
-        ) from exc
-
-
-def _read_table(run: Path, table: str) -> pd.DataFrame:
-    parts = sorted((run / "results" / table).glob("part-*.parquet"))
-    if not parts:
-        return pd.DataFrame()
-    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
-
-
 def _ci(value: Any) -> tuple[float, float]:
     if isinstance(value, (list, tuple)) and len(value) == 2 and all(v is not None for v in value):
         return float(value[0]), float(value[1])
@@ -293,7 +275,7 @@ def extract_section(run: Path, summary: dict, prefix: str = "") -> Section:
         wide = rates.pivot_table(index="series", columns="count", values="rate").reset_index()
         wide.columns = [str(c) if c != "series" else "series \\ count" for c in wide.columns]
         sec.tables.append(_table(wide))
-    examples = _read_table(run, "examples")
+    examples = read_table(run, "examples")
     if not examples.empty:
         sec.tables.append(_examples_html(examples))
     return sec
@@ -325,7 +307,7 @@ def mia_auc_by_count(attacks: dict[str, dict]) -> pd.DataFrame:
 
 def mia_roc(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """ROC curves saved by the mia run (results table ``roc``: attack, fpr, tpr)."""
-    roc = _read_table(run, "roc")
+    roc = read_table(run, "roc")
     if roc.empty or not {"attack", "fpr", "tpr"} <= set(roc.columns):
         return {}
     if "group" in roc.columns:  # per-group curves are in summary.json's by_group AUCs
@@ -490,7 +472,7 @@ def kfac_section(run: Path, summary: dict, prefix: str = "") -> Section:
         "ones (Merullo et al. 2025). The edit keeps the highest-curvature components holding a "
         "fraction ρ of the total curvature and drops the rest: smaller ρ removes more.",
     )
-    sweep = _read_table(run, "rho_sweep")
+    sweep = read_table(run, "rho_sweep")
     if sweep.empty and isinstance(summary.get("rho_sweep"), list):
         sweep = pd.DataFrame(summary["rho_sweep"])
     if not sweep.empty and {"rho", "extraction_rate", "perplexity"} <= set(sweep.columns):
@@ -518,7 +500,7 @@ def kfac_section(run: Path, summary: dict, prefix: str = "") -> Section:
     )
     if summary.get("rule"):
         sec.intro += f" The demo picks ρ by this rule: {html.escape(str(summary['rule']))}."
-    bands = _read_table(run, "bands")
+    bands = read_table(run, "bands")
     if bands.empty and isinstance(summary.get("bands"), list):
         bands = pd.DataFrame(summary["bands"])
     if "dataset" in bands.columns:  # band_ratios rows: keep the memorized-vs-reference ratios
@@ -665,8 +647,8 @@ def render_report(run_dir: str | os.PathLike) -> str:
     run = Path(run_dir)
     if not run.is_dir():
         raise RotelabError(f"{run} is not a directory; pass a run directory written by rotelab")
-    config = _read_json(run / "config.json")
-    summary = _read_json(run / "summary.json")
+    config = read_json(run / "config.json")
+    summary = read_json(run / "summary.json")
     if config is None or summary is None:
         missing = "config.json" if config is None else "summary.json"
         raise RotelabError(
