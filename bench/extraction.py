@@ -36,6 +36,13 @@ def matmul_flops(dtype: torch.dtype, n: int = 2048, reps: int = 8) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
+def timed(fn, *args):
+    """(seconds, result) of one call."""
+    t = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - t, result
+
+
 def load(name: str, dtype: str) -> tuple[LM, list[str]]:
     if name == "organism":
         from rotelab.data.organism import default_organism
@@ -95,6 +102,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--top-k", type=int, default=40)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--repeats", type=int, default=3, help="Interleaved repeats; best time counts.")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     p, s = args.prefix_len, args.suffix_len
@@ -105,30 +113,34 @@ def main() -> None:
         print(f"only {len(wins)} windows available", file=sys.stderr)
     tokens = len(wins) * (p + s)
     params = lm.num_parameters(non_embedding=True)
-    score_windows(lm, wins[: args.batch_size], batch_size=args.batch_size, top_k=args.top_k)  # warm-up
+    lm16, _ = load(args.model, "bfloat16")
 
-    flops32 = matmul_flops(torch.float32)
-    t = time.perf_counter()
-    one = score_windows(lm, wins, batch_size=args.batch_size, top_k=args.top_k)
-    t_one = time.perf_counter() - t
-    t = time.perf_counter()
-    gen = hf_generate_protocol(lm, wins, args.batch_size)
-    t_gen = time.perf_counter() - t
+    def one_pass(model):
+        return score_windows(model, wins, batch_size=args.batch_size, top_k=args.top_k)
+
+    for model in (lm, lm16):  # warm-up
+        score_windows(model, wins[: args.batch_size], batch_size=args.batch_size, top_k=args.top_k)
+    # Best of interleaved repeats: this shared machine's speed drifts between runs.
+    t_one = t_gen = t_half = float("inf")
+    flops32 = flops16 = 0.0
+    for _ in range(args.repeats):
+        flops32 = max(flops32, matmul_flops(torch.float32))
+        sec, one = timed(one_pass, lm)
+        t_one = min(t_one, sec)
+        sec, gen = timed(hf_generate_protocol, lm, wins, args.batch_size)
+        t_gen = min(t_gen, sec)
+        flops16 = max(flops16, matmul_flops(torch.bfloat16))
+        sec, half = timed(one_pass, lm16)
+        t_half = min(t_half, sec)
     same = one["matched_prefix"].tolist() == gen
     differ = [i for i, (a, b) in enumerate(zip(one["matched_prefix"], gen)) if a != b]
-
-    lm16, _ = load(args.model, "bfloat16")
-    score_windows(lm16, wins[: args.batch_size], batch_size=args.batch_size, top_k=args.top_k)
-    flops16 = matmul_flops(torch.bfloat16)
-    t = time.perf_counter()
-    half = score_windows(lm16, wins, batch_size=args.batch_size, top_k=args.top_k)
-    t_half = time.perf_counter() - t
     flip = (half["matched_prefix"] != one["matched_prefix"]).to_numpy()
     unflagged = int((flip & ~half["near_tie"].to_numpy()).sum())
 
     bound32 = flops32 / (2 * params)
     print(f"model {lm.name}  non-embedding params {params / 1e6:.1f}M  windows {len(wins)} ({p}/{s})  "
-          f"batch {args.batch_size}  threads {args.threads}  load {os.getloadavg()[0]:.1f}")  # fmt: skip
+          f"batch {args.batch_size}  threads {args.threads}  best of {args.repeats}  "
+          f"load {os.getloadavg()[0]:.1f}")  # fmt: skip
     print(f"matmul fp32 {flops32 / 1e9:.0f} GFLOP/s -> bound {bound32:,.0f} tok/s; bf16 {flops16 / 1e9:.0f} GFLOP/s")
     for name, sec, bound in (("one-pass fp32", t_one, bound32), ("HF generate fp32", t_gen, bound32),
                              ("one-pass bf16", t_half, bound32)):  # fmt: skip
