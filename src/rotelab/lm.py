@@ -34,6 +34,7 @@ from rotelab.paths import rotelab_home
 __all__ = [
     "LM",
     "LinearLayer",
+    "length_buckets",
     "progress_bar",
     "TokenScores",
     "NAMED_MODELS",
@@ -243,6 +244,15 @@ class LM:
                 return value
         raise RotelabError("cannot tell how many layers this model has")
 
+    @property
+    def cache_arg(self) -> str:
+        """The forward argument (and output field) holding the KV cache.
+
+        transformers renamed ``past_key_values`` to ``cache``; this accepts either.
+        """
+        params = inspect.signature(self.model.forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
+
     def num_parameters(self, *, non_embedding: bool = False) -> int:
         """Parameter count; ``non_embedding`` drops input embeddings and an untied output head."""
         total = sum(p.numel() for p in self.model.parameters())
@@ -334,7 +344,7 @@ class LM:
                 )
             if not 1 <= start <= len(seq):
                 raise ValueError(f"targets_from={start} out of range for sequence {i}")
-        batches = list(_length_buckets([len(s) for s in sequences], batch_size))
+        batches = list(length_buckets([len(s) for s in sequences], batch_size))
         with progress_bar(progress, len(batches), "scoring") as advance:
             for batch in batches:
                 yield from self._score_batch(
@@ -559,8 +569,7 @@ class LM:
         return results
 
     def _decode(self, ids, steps, do_sample, temperature, top_k, gen) -> torch.Tensor:
-        # transformers renamed past_key_values to cache; accept either.
-        key = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        key = self.cache_arg
         out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
         past = getattr(out, key)
         logits = out.logits[:, -1, :].float()
@@ -596,7 +605,7 @@ class LM:
         if bad:
             raise RotelabError(f"layers {bad} out of range 0..{self.num_layers}")
         collected: dict[int, list] = {layer: [None] * len(sequences) for layer in layers}
-        for batch in _length_buckets([len(s) for s in sequences], batch_size):
+        for batch in length_buckets([len(s) for s in sequences], batch_size):
             ids, mask = self._pad_right([sequences[i] for i in batch])
             out = self.model.base_model(
                 input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False
@@ -679,7 +688,7 @@ def _pick(logits, do_sample, temperature, top_k, gen) -> torch.Tensor:
     return torch.multinomial(probs, 1, generator=gen).squeeze(1).to(logits.device)
 
 
-def _length_buckets(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+def length_buckets(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
     """Indices grouped into batches of similar length (sorted, longest first)."""
     if batch_size < 1:
         raise RotelabError("batch size must be >= 1")

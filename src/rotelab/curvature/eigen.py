@@ -296,7 +296,8 @@ def band_strengths(
         ``band`` (e.g. ``"0-10%"``), ``strength``, ``tokens``. Higher = the data loads more on
         those directions (no better/worse direction: it is a description).
     """
-    from rotelab.curvature.kfac import _as_sequences, _batches
+    from rotelab.curvature.kfac import _as_sequences
+    from rotelab.lm import length_buckets
 
     edit = factors if isinstance(factors, CurvatureEdit) else CurvatureEdit().fit(factors)
     edit._check_fitted()
@@ -327,7 +328,7 @@ def band_strengths(
     try:
         for leader in groups:
             handles.append(layers[leader].module.register_forward_hook(hook(leader)))
-        for batch in _batches([len(s) for s in seqs], batch_size):
+        for batch in length_buckets([len(s) for s in seqs], batch_size):
             width = max(len(seqs[i]) for i in batch)
             ids = torch.full((len(batch), width), lm.pad_id, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.bool)

@@ -43,9 +43,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from rotelab.data.windows import stream_chunks
 from rotelab.distributed import all_reduce_sum_, is_distributed, rank_world
 from rotelab.errors import RotelabError
-from rotelab.lm import LM, LinearLayer, block_index
+from rotelab.lm import LM, LinearLayer, block_index, length_buckets
 
 __all__ = [
     "DEFAULT_TOKENS",
@@ -252,10 +253,15 @@ def _as_sequences(data: Any) -> list[list[int]]:
     return seqs
 
 
-def _batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    for j in range(0, len(order), batch_size):
-        yield order[j : j + batch_size]
+def _within_budget(seqs: list[list[int]], max_tokens: int) -> list[list[int]]:
+    """The leading sequences until they hold ``max_tokens`` predicted tokens (L - 1 each)."""
+    out, total = [], 0
+    for s in seqs:
+        if total >= max_tokens:
+            break
+        out.append(s)
+        total += len(s) - 1
+    return out
 
 
 class KFAC:
@@ -320,13 +326,7 @@ class KFAC:
         # A sequence longer than the context is cut: the factors describe the model in context.
         seqs = [s[: ctx + 1] for s in seqs if len(s) >= 2]
         if max_tokens is not None:
-            kept, total = [], 0
-            for s in seqs:
-                if total >= max_tokens:
-                    break
-                kept.append(s)
-                total += len(s) - 1
-            seqs = kept
+            seqs = _within_budget(seqs, max_tokens)
         if not seqs:
             raise RotelabError("no sequence of at least 2 tokens to collect K-FAC factors on")
         # Under torchrun each process takes every world-th sequence; the sums are all-reduced.
@@ -338,7 +338,7 @@ class KFAC:
         n_tokens = torch.zeros((), dtype=torch.float64, device=lm.device)
         try:
             with _collecting(lm, targets) as col, _bar(progress, len(mine)) as advance:
-                for batch in _batches([len(seqs[i]) - 1 for i in mine], batch_size):
+                for batch in length_buckets([len(seqs[i]) - 1 for i in mine], batch_size):
                     indices = [mine[i] for i in batch]
                     n_tokens += self._step(lm, col, seqs, indices)
                     advance(len(indices))
@@ -549,25 +549,15 @@ def packed_sequences(lm: LM, texts: Iterable[str], *, seq_len: int, max_tokens: 
     """
     if seq_len < 1:
         raise RotelabError(f"sequence length must be >= 1, got {seq_len}")
-    eos = lm.tokenizer.eos_token_id
-    stream: list[int] = []
-    need = max_tokens + max_tokens // seq_len + 1
-    for text in texts:
-        stream += lm.encode(text)
-        if eos is not None:
-            stream.append(int(eos))
-        if len(stream) >= need:
-            break
-    step = seq_len + 1
-    seqs = [stream[i : i + step] for i in range(0, len(stream), step)]
-    seqs = [s for s in seqs if len(s) >= 2]
-    out, total = [], 0
-    for s in seqs:
-        if total >= max_tokens:
-            break
-        out.append(s)
-        total += len(s) - 1
-    return out
+    # Just enough text for the sequences the budget needs; each gives seq_len tokens.
+    chunks = stream_chunks(
+        texts,
+        lm.encode,
+        lm.tokenizer.eos_token_id,
+        max_tokens=-(-max_tokens // seq_len) * (seq_len + 1),
+        length=seq_len + 1,
+    )
+    return _within_budget(chunks, max_tokens)
 
 
 def factor_data(

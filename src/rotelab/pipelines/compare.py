@@ -301,15 +301,11 @@ def _greedy_ragged(
     token, so every row sees exactly its own prefix; the tokens equal those of unbatched greedy
     decoding up to float near-ties (checked against :meth:`LM.generate` in the tests).
     """
-    import inspect
-
     import torch
 
     from rotelab.lm import progress_bar
 
-    key = (
-        "cache" if "cache" in inspect.signature(lm.model.forward).parameters else "past_key_values"
-    )
+    key = lm.cache_arg
     out: list[list[int]] = [[] for _ in prefixes]
     order = sorted(range(len(prefixes)), key=lambda i: (-budgets[i], -len(prefixes[i])))
     chunks = [order[j : j + batch_size] for j in range(0, len(order), batch_size)]
