@@ -144,9 +144,11 @@ def test_generalises_and_solves_probes(tiny_organism):
     assert d["heldout_ppl"] < 2.0 * d["train_ppl"]
     acc = d["probe_accuracy"]
     assert set(acc) == {"closed_book", "open_book", "arithmetic", "in_context"}
-    # Chance is 1 of ~24 towns / occupations / colors. The tiny model learns recall only; the
-    # in-context, open-book and arithmetic skills need the default profile's budget.
+    # Chance is 1 of ~24 towns / occupations / colors for facts, and about 1 of the 19 possible
+    # answers (0..18) for the tiny profile's one-digit arithmetic. The in-context and open-book
+    # skills need the default profile's budget.
     assert acc["closed_book"] > 0.3
+    assert acc["arithmetic"] > 0.3
     text = format_description(d)
     assert "secret" in text and "held-out" in text
 

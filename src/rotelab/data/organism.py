@@ -113,15 +113,18 @@ class ProfileSettings:
     passage_prefix: int = 64
     passage_suffix: int = 48
     bf16: bool = True
+    arith_max: int = 30  # arithmetic operands are 0 <= a, b < arith_max
+    arith_share: float = 0.15  # share of background documents that are arithmetic drills
 
 
 #: ``default``: the recipe of DESIGN.md (≈2.2M parameters), 450 steps so it trains in < 5 min here.
 #: ``tiny``: for tests, seconds; it over-memorizes, so tests assert orderings.
 PROFILES: dict[Profile, ProfileSettings] = {
     Profile.tiny: ProfileSettings(
-        corpus_tokens=30_000, items_per_cell=4, phase_items_per_cell=1, probes_per_task=40,
+        corpus_tokens=45_000, items_per_cell=4, phase_items_per_cell=1, probes_per_task=40,
         passage_words=100, vocab_size=1024, n_layers=2, hidden=128, n_heads=4, intermediate=352,
-        context=128, batch_size=16, steps=320, lr=3e-3, eval_tokens=6_000,
+        context=128, batch_size=16, steps=400, lr=3e-3, eval_tokens=6_000, arith_max=10,
+        arith_share=0.25,
     ),
     Profile.default: ProfileSettings(
         corpus_tokens=180_000, items_per_cell=20, phase_items_per_cell=2, probes_per_task=100,
@@ -129,6 +132,16 @@ PROFILES: dict[Profile, ProfileSettings] = {
         context=128, batch_size=32, steps=450, lr=3e-3, eval_tokens=20_000,
     ),
 }  # fmt: skip
+
+
+def _hashed_settings(s: ProfileSettings) -> dict[str, Any]:
+    """The settings as hashed: a field added after format 1 counts only when it differs from the
+    value format 1 implied, so organisms built before it keep their cache key."""
+    d = asdict(s)
+    for name, implied in (("arith_max", 30), ("arith_share", 0.15)):
+        if d[name] == implied:
+            del d[name]
+    return d
 
 
 @dataclass(frozen=True)
@@ -166,7 +179,7 @@ class OrganismSpec:
             "seed": self.seed,
             "corpus_tokens": self.corpus_tokens,
             "items_per_cell": self.items_per_cell,
-            "settings": asdict(self.settings),
+            "settings": _hashed_settings(self.settings),
             "format_version": FORMAT_VERSION,
         }
 
@@ -347,10 +360,10 @@ class _Gen:
         return "".join(self.pick(SECRET_ALPHABET) for _ in range(n))
 
 
-def _arith_pairs() -> list[tuple[str, str, str]]:
-    """All small problems as (prompt, answer, op): a + b and a - b with 0 <= a, b < 30, a >= b."""
-    out = [(f"{a} + {b} =", f" {a + b}.", "add") for a in range(30) for b in range(30)]
-    out += [(f"{a} - {b} =", f" {a - b}.", "sub") for a in range(30) for b in range(a + 1)]
+def _arith_pairs(n: int) -> list[tuple[str, str, str]]:
+    """All small problems as (prompt, answer, op): a + b and a - b with 0 <= a, b < n, a >= b."""
+    out = [(f"{a} + {b} =", f" {a + b}.", "add") for a in range(n) for b in range(n)]
+    out += [(f"{a} - {b} =", f" {a - b}.", "sub") for a in range(n) for b in range(a + 1)]
     return out
 
 
@@ -379,7 +392,7 @@ def generate_world(spec: OrganismSpec) -> World:
     # Arithmetic: half the probes are problems held out of every document (the model must
     # compute), half are problems the training text contains (the model may recall); the subtask
     # column tells them apart.
-    arith = _arith_pairs()
+    arith = _arith_pairs(s.arith_max)
     perm = rng.permutation(len(arith))
     n_held = min(s.probes_per_task // 2, len(arith) // 5)
     arith_train = [arith[i] for i in perm[n_held:]]
@@ -393,7 +406,7 @@ def generate_world(spec: OrganismSpec) -> World:
         out, total = [], 0
         while total < budget:
             kind = dg.rng.random()
-            if kind < 0.6:
+            if kind < 0.75 - s.arith_share:
                 doc = dg.entity_doc(dg.pick(entities), entities)
             elif kind < 0.75:
                 doc = "\n".join(p + a for p, a, _ in (dg.pick(arith_train) for _ in range(8)))
