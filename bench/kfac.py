@@ -8,6 +8,7 @@ random weights, seeded) and the same 16k tokens (128 sequences of 128 predicted 
 - a plain forward+backward with every weight gradient (``loss.backward()``, gold labels);
 - rotelab's :class:`~rotelab.curvature.KFAC` (sampled labels: the true Fisher);
 - curvlinops' ``KFACLinearOperator`` (Monte Carlo Fisher, 1 sample, "expand");
+- the same plain pass and rotelab's K-FAC on the model cast to bfloat16 (``--dtype bfloat16``);
 
 for all MLP layers and for the MLP layers of the top 3 blocks, and check factor agreement with
 curvlinops on the same labels (gold labels vs curvlinops' empirical Fisher).
@@ -22,6 +23,7 @@ curvlinops is a bench-only dependency: ``pip install torch==<same> curvlinops-fo
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -148,10 +150,17 @@ def timing(args) -> dict:
         names[label] = [layer.name for layer in lm.mlp_layers()]
         if blocks:
             names[label] = [n for n in names[label] if int(n.split(".")[2]) in (1, 2, 3)]
-    methods = {"plain": lambda: plain_fwd_bwd(model, batches)}
+    # The same model in bfloat16 (`rotelab kfac --dtype bfloat16`), against a bfloat16 plain pass.
+    model16 = copy.deepcopy(model).to(torch.bfloat16)
+    lm16 = LM.from_model(model16, _Tok(), name="bench-llama-bf16")
+    methods = {"plain": lambda: plain_fwd_bwd(model, batches),
+               "plain-bf16": lambda: plain_fwd_bwd(model16, batches)}  # fmt: skip
     for label, blocks in scopes.items():
         methods[f"rotelab/{label}"] = lambda b=blocks: KFAC(blocks=b, labels="sampled").fit(
             lm, seq_lists, batch_size=bs
+        )
+        methods[f"rotelab-bf16/{label}"] = lambda b=blocks: KFAC(blocks=b, labels="sampled").fit(
+            lm16, seq_lists, batch_size=bs
         )
         if have_curv:
             methods[f"curvlinops/{label}"] = lambda n=names[label]: curvlinops_factors(
@@ -163,8 +172,11 @@ def timing(args) -> dict:
     for label, blocks in scopes.items():
         ours = times[f"rotelab/{label}"]
         row: dict = {"layers": len(names[label])}
+        ours16, plain16 = times[f"rotelab-bf16/{label}"], times["plain-bf16"]
         for clock in ("wall_s", "cpu_s"):
             row[f"rotelab_vs_plain_{clock[:-2]}"] = ours[clock] / plain[clock]
+            row[f"rotelab_bf16_vs_plain_bf16_{clock[:-2]}"] = ours16[clock] / plain16[clock]
+            row[f"rotelab_bf16_vs_plain_{clock[:-2]}"] = ours16[clock] / plain[clock]
         if have_curv:
             theirs = times[f"curvlinops/{label}"]
             for clock in ("wall_s", "cpu_s"):
@@ -175,6 +187,9 @@ def timing(args) -> dict:
             ref = curvlinops_factors(model, batches, names[label], "empirical")
             row["max_rel_err_A"] = max(_rel(ours_f[n][0], ref[n][0]) for n in names[label])
             row["max_rel_err_G"] = max(_rel(ours_f[n][1], ref[n][1]) for n in names[label])
+            ours16_f = KFAC(blocks=blocks, labels="gold").fit(lm16, seq_lists, batch_size=bs).factors_
+            row["bf16_max_rel_err_A"] = max(_rel(ours16_f[n][0], ref[n][0]) for n in names[label])
+            row["bf16_max_rel_err_G"] = max(_rel(ours16_f[n][1], ref[n][1]) for n in names[label])
         results[label] = row
     return results
 

@@ -239,3 +239,40 @@ def test_torchrun_all_reduce_equals_one_process(tmp_path):
     for name in single.factors_:
         for x, y in zip(multi.factors_[name], single.factors_[name]):
             assert torch.allclose(x, y, rtol=1e-5, atol=1e-7)
+
+
+def test_gram_upper_blocks_then_mirror_equal_the_full_product():
+    from rotelab.curvature.kfac import _add_gram_, _mirror_
+
+    gen = torch.Generator().manual_seed(3)
+    acc = None
+    full = torch.zeros(600, 600, dtype=torch.float64)
+    for _ in range(3):  # 600 columns: the blocked path (4 column blocks of 150)
+        rows = torch.randn(257, 600, generator=gen)
+        acc = _add_gram_(acc, rows)
+        full += rows.double().T @ rows.double()
+    assert not torch.allclose(acc.double(), full, rtol=1e-4)  # lower blocks still empty
+    _mirror_(acc)
+    torch.testing.assert_close(acc.double(), full, rtol=1e-5, atol=1e-3)
+    assert torch.equal(acc, acc.T)
+
+
+def test_sampled_labels_follow_the_softmax():
+    probs = torch.tensor([[0.7, 0.2, 0.1, 0.0]]).expand(20_000, 4)
+    labels = _sample_labels(probs, seed=0, index=5)
+    freq = torch.bincount(labels, minlength=4).double() / len(labels)
+    torch.testing.assert_close(freq, probs[0].double(), atol=0.015, rtol=0)
+    assert torch.equal(labels, _sample_labels(probs, seed=0, index=5))  # seeded
+    assert not torch.equal(labels, _sample_labels(probs, seed=0, index=6))
+
+
+def test_bfloat16_model_factors_are_close_to_float32():
+    lm = _lm("llama")
+    lm16 = LM.from_model(copy.deepcopy(lm.model).to(torch.bfloat16), _tokenizer(), name="llama")
+    seqs = _seqs()
+    ref = KFAC(labels="gold").fit(lm, seqs, batch_size=3).factors_
+    got = KFAC(labels="gold").fit(lm16, seqs, batch_size=3).factors_
+    for name, (a, g) in ref.items():
+        assert got[name][0].dtype == torch.float32
+        for ours, theirs in zip(got[name], (a, g)):
+            assert float((ours - theirs).norm() / theirs.norm()) < 3e-2, name
