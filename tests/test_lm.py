@@ -162,3 +162,36 @@ def test_gguf_model_loads_when_available(tmp_path, monkeypatch):
     named = LM.load("smollm2")
     assert (tmp_path / "models" / "smollm2" / "model.safetensors").exists()
     assert named.generate([ids], 3)[0] == out
+
+
+def test_keep_freed_memory_is_set_once_on_glibc(monkeypatch):
+    import platform
+
+    from rotelab.lm import keep_freed_memory
+
+    first = keep_freed_memory()
+    assert keep_freed_memory() is first  # idempotent
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert first is True
+
+
+def test_scoring_one_token_sequences_gives_no_targets(tiny_lm):
+    out = tiny_lm.score([[5], [5, 6]], targets_from=1)
+    assert len(out[0].logprobs) == 0 and len(out[1].logprobs) == 1
+
+
+def test_lean_inference_mlps_are_bit_identical_and_restored(tiny_lm):
+    from rotelab.lm import _lean_inference
+
+    model = tiny_lm.model
+    ids = torch.tensor([[3, 7, 11, 19, 23, 5]])
+    with torch.inference_mode():
+        ref = model(input_ids=ids).logits
+        lean = _lean_inference(model)
+        assert lean.mlps  # the tiny Llama's MLPs qualify
+        with lean:
+            assert all("forward" in vars(m) for m in lean.mlps)
+            got = model(input_ids=ids).logits
+    assert torch.equal(ref, got)
+    assert not any("forward" in vars(m) for m in lean.mlps)
+

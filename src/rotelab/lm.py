@@ -33,6 +33,7 @@ from rotelab.paths import rotelab_home
 
 __all__ = [
     "LM",
+    "keep_freed_memory",
     "LinearLayer",
     "length_buckets",
     "progress_bar",
@@ -140,6 +141,78 @@ def _is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
+def _gated_mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """``down(act(gate(x)) * up(x))`` with the activation and the product in place (inference)."""
+    g = self.gate_proj(x)
+    act = self.act_fn
+    if isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation":
+        a = torch.nn.functional.silu(g, inplace=True)
+    else:
+        a = act(g)
+    return self.down_proj(a.mul_(self.up_proj(x)))
+
+
+def _is_gated_mlp(module: nn.Module) -> bool:
+    """A Llama-style MLP: ``gate_proj``, ``up_proj``, ``down_proj`` linear layers and ``act_fn``."""
+    return (
+        type(module).__name__.endswith("MLP")
+        and all(isinstance(getattr(module, n, None), nn.Linear) for n in ("gate_proj", "up_proj", "down_proj"))
+        and callable(getattr(module, "act_fn", None))
+        and "forward" not in vars(module)
+    )
+
+
+class _lean_inference:
+    """Within ``with``, Llama-style MLPs compute their activation and gate product in place.
+
+    Transformers' MLP allocates a fresh tensor for ``act(gate(x))`` and another for the product
+    with ``up(x)``: the two widest activations of the block. In place, the scoring pass is about
+    5% faster on this project's CPU, with bit-identical results. Only for passes without autograd
+    (``torch.inference_mode``): the in-place ops would corrupt a backward pass.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.mlps = [m for m in model.modules() if _is_gated_mlp(m)]
+
+    def __enter__(self) -> None:
+        for m in self.mlps:
+            m.forward = _gated_mlp_forward.__get__(m)
+
+    def __exit__(self, *exc) -> None:
+        for m in self.mlps:
+            vars(m).pop("forward", None)
+
+
+_ALLOCATOR_TUNED = False
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep freed blocks for reuse instead of returning them to the OS (once per process).
+
+    A forward pass allocates and frees activation tensors of several MiB per layer. glibc serves
+    such blocks with fresh ``mmap`` pages and unmaps them on ``free``, so every new activation pays
+    page faults and kernel zeroing; on this project's 2-core CPU machine that was about 8% of a
+    SmolLM2 forward. Raising ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` keeps the memory in the
+    heap, where the next pass reuses it; the price is that the process keeps its peak size.
+    Called when an :class:`LM` is made on the CPU; ``ROTELAB_KEEP_FREED_MEMORY=0`` turns it off.
+    Returns whether the setting is in effect (``False`` off glibc).
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED or os.environ.get("ROTELAB_KEEP_FREED_MEMORY", "1") == "0":
+        return _ALLOCATOR_TUNED
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+        ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1
+        ok = libc.mallopt(m_trim_threshold, 1 << 34) == 1 and ok
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+        ok = False
+    _ALLOCATOR_TUNED = ok
+    return ok
+
+
 class LM:
     """A causal LM and its tokenizer, with batched scoring, decoding and layer access.
 
@@ -157,6 +230,8 @@ class LM:
         first = next(model.parameters())
         self.device = first.device
         self.dtype = first.dtype
+        if self.device.type == "cpu":
+            keep_freed_memory()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -367,7 +442,10 @@ class LM:
     def _score_batch(self, seqs, starts, indices, *, moments, sampler, vocab_chunk):
         lengths = [len(s) for s in seqs]
         ids, mask = self._pad_right(seqs)
-        hidden = self.final_hidden(ids, mask)  # (B, T, D)
+        # The last column is only ever a target: the model never needs to read it.
+        cut = max(1, ids.shape[1] - 1)
+        with _lean_inference(self.model):
+            hidden = self.final_hidden(ids[:, :cut], mask[:, :cut])  # (B, T - 1, D)
         # Position t predicts token t+1: gather the rows that predict a target token.
         rows, cols = [], []
         for b, (length, start) in enumerate(zip(lengths, starts)):
@@ -463,7 +541,10 @@ class LM:
                 picked = logits.gather(1, local[:, None]).squeeze(1)
                 target_logit = torch.where(in_chunk, picked, target_logit)
             chunk_max = cv[:, 0]
-            w = torch.exp(logits - chunk_max[:, None])
+            if moments or full_temp:  # the logits are read again below
+                w = torch.exp(logits - chunk_max[:, None])
+            else:
+                w = logits.sub_(chunk_max[:, None]).exp_()
             chunk_sum = w.sum(1)
             new_max = torch.maximum(run_max, chunk_max)
             a = run_sum * torch.exp(run_max - new_max)
