@@ -195,3 +195,24 @@ def test_lean_inference_mlps_are_bit_identical_and_restored(tiny_lm):
     assert torch.equal(ref, got)
     assert not any("forward" in vars(m) for m in lean.mlps)
 
+
+
+def test_lean_inference_leaves_hooked_mlps_alone(tiny_lm):
+    from rotelab.lm import _lean_inference
+
+    mlp = next(m for m in tiny_lm.model.modules() if type(m).__name__.endswith("MLP"))
+    seen = []
+    handle = mlp.gate_proj.register_forward_hook(lambda mod, args, out: seen.append(out))
+    try:
+        ids = torch.tensor([[3, 7, 11, 19]])
+        with torch.inference_mode():
+            ref = tiny_lm.model(input_ids=ids).logits
+            kept = seen.pop().clone()
+            lean = _lean_inference(tiny_lm.model)
+            assert mlp not in lean.mlps
+            with lean:
+                got = tiny_lm.model(input_ids=ids).logits
+        assert torch.equal(ref, got)
+        assert torch.equal(seen.pop(), kept)  # the hook's tensor was not overwritten
+    finally:
+        handle.remove()

@@ -153,13 +153,22 @@ def _gated_mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
 
 
 def _is_gated_mlp(module: nn.Module) -> bool:
-    """A Llama-style MLP: ``gate_proj``, ``up_proj``, ``down_proj`` linear layers and ``act_fn``."""
-    return (
+    """A Llama-style MLP: ``gate_proj``, ``up_proj``, ``down_proj`` linear layers and ``act_fn``.
+
+    Not when a hook watches ``gate_proj``, ``up_proj`` or ``act_fn``: a hook that keeps their
+    output would see it overwritten in place.
+    """
+    parts = [getattr(module, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+    act = getattr(module, "act_fn", None)
+    if not (
         type(module).__name__.endswith("MLP")
-        and all(isinstance(getattr(module, n, None), nn.Linear) for n in ("gate_proj", "up_proj", "down_proj"))
-        and callable(getattr(module, "act_fn", None))
+        and all(isinstance(p, nn.Linear) for p in parts)
+        and callable(act)
         and "forward" not in vars(module)
-    )
+    ):
+        return False
+    watched = [parts[0], parts[1]] + ([act] if isinstance(act, nn.Module) else [])
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in watched)
 
 
 class _lean_inference:
