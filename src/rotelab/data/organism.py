@@ -123,7 +123,7 @@ PROFILES: dict[Profile, ProfileSettings] = {
     Profile.tiny: ProfileSettings(
         corpus_tokens=45_000, items_per_cell=4, phase_items_per_cell=1, probes_per_task=40,
         passage_words=100, vocab_size=1024, n_layers=2, hidden=128, n_heads=4, intermediate=352,
-        context=128, batch_size=16, steps=400, lr=3e-3, eval_tokens=6_000, arith_max=10,
+        context=128, batch_size=16, steps=480, lr=3e-3, eval_tokens=6_000, arith_max=10,
         arith_share=0.25,
     ),
     Profile.default: ProfileSettings(
