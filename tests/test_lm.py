@@ -216,3 +216,13 @@ def test_lean_inference_leaves_hooked_mlps_alone(tiny_lm):
         assert torch.equal(seen.pop(), kept)  # the hook's tensor was not overwritten
     finally:
         handle.remove()
+
+
+def test_ragged_greedy_decoding_equals_unbatched_generate(tiny_lm):
+    rng = np.random.default_rng(0)
+    prefixes = [rng.integers(1, 96, size=n).tolist() for n in (3, 9, 5, 17, 9, 1, 30)]
+    budgets = [6, 2, 11, 4, 7, 9, 3]
+    got = tiny_lm.generate(prefixes, budgets, batch_size=4, ragged=True)
+    want = [tiny_lm.generate([p], k, batch_size=1)[0] for p, k in zip(prefixes, budgets)]
+    assert got == want
+    assert [len(g) for g in got] == budgets

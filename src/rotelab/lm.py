@@ -618,6 +618,7 @@ class LM:
         temperature: float = 1.0,
         top_k: int = 0,
         seed: int = 0,
+        ragged: bool = False,
         progress: bool = False,
     ) -> list[list[int]]:
         """Continue each prefix with the KV cache; returns only the new tokens, in input order.
@@ -625,6 +626,12 @@ class LM:
         Prefixes are batched by exact length so no padding enters the computation (greedy output
         then equals unbatched decoding). Decoding does not stop at end-of-sequence tokens: it runs
         for exactly ``max_new_tokens`` (per prefix or for all) so outputs align with true suffixes.
+
+        ``ragged=True`` batches prefixes of any lengths together instead (for data whose prefixes
+        vary, which exact-length batching would decode almost one at a time): each batch is
+        left-padded, padding is masked out of attention and positions count from each row's first
+        real token, so every row sees exactly its own prefix; greedy tokens equal unbatched
+        decoding up to float near-ties.
         """
         n = len(prefixes)
         budgets = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
@@ -638,40 +645,55 @@ class LM:
                     f"context of {ctx}"
                 )
         results: list[list[int]] = [[] for _ in range(n)]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, (p, k) in enumerate(zip(prefixes, budgets)):
-            if k > 0:
-                groups.setdefault((len(p), k), []).append(i)
-        chunks = [
-            members[j : j + batch_size]
-            for members in groups.values()
-            for j in range(0, len(members), batch_size)
-        ]
+        live = [i for i in range(n) if budgets[i] > 0]
+        if ragged:  # longest budgets and prefixes first, so batches waste few steps
+            live.sort(key=lambda i: (-budgets[i], -len(prefixes[i])))
+            groups = [live]
+        else:
+            by_shape: dict[tuple[int, int], list[int]] = {}
+            for i in live:
+                by_shape.setdefault((len(prefixes[i]), budgets[i]), []).append(i)
+            groups = list(by_shape.values())
+        chunks = [g[j : j + batch_size] for g in groups for j in range(0, len(g), batch_size)]
         gen = torch.Generator(device="cpu").manual_seed(seed)
         with progress_bar(progress, len(chunks), "decoding") as advance:
             for chunk in chunks:
-                k = budgets[chunk[0]]
-                ids = torch.tensor([list(prefixes[i]) for i in chunk], device=self.device)
-                new = self._decode(ids, k, do_sample, temperature, top_k, gen)
+                width = max(len(prefixes[i]) for i in chunk)
+                ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for row, i in enumerate(chunk):  # left padding (none when lengths are equal)
+                    ids[row, width - len(prefixes[i]) :] = torch.as_tensor(list(prefixes[i]))
+                    mask[row, width - len(prefixes[i]) :] = 1
+                steps = max(budgets[i] for i in chunk)
+                padded = bool((mask == 0).any())
+                new = self._decode(ids.to(self.device), mask.to(self.device) if padded else None,
+                                   steps, do_sample, temperature, top_k, gen)  # fmt: skip
                 for row, i in enumerate(chunk):
-                    results[i] = new[row].tolist()
+                    results[i] = new[row, : budgets[i]].tolist()
                 advance()
         return results
 
-    def _decode(self, ids, steps, do_sample, temperature, top_k, gen) -> torch.Tensor:
+    def _decode(self, ids, mask, steps, do_sample, temperature, top_k, gen) -> torch.Tensor:
+        """``steps`` new tokens for each row of ``ids``; ``mask`` marks real tokens of left-padded rows."""
         key = self.cache_arg
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        past = getattr(out, key)
-        logits = out.logits[:, -1, :].float()
+        extra = {}
+        if mask is not None:
+            pos = (mask.cumsum(1) - 1).clamp(min=0)  # 0 at each row's first real token
+            extra = {"attention_mask": mask, "position_ids": pos}
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **extra)
         chosen = []
         for step in range(steps):
-            nxt = _pick(logits, do_sample, temperature, top_k, gen)
+            nxt = _pick(out.logits[:, -1, :].float(), do_sample, temperature, top_k, gen)
             chosen.append(nxt)
             if step == steps - 1:
                 break
-            out = self.model(input_ids=nxt[:, None], use_cache=True, **{key: past})
-            past = getattr(out, key)
-            logits = out.logits[:, -1, :].float()
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones((len(ids), 1))], dim=1)
+                pos = pos[:, -1:] + 1
+                extra = {"attention_mask": mask, "position_ids": pos}
+            out = self.model(
+                input_ids=nxt[:, None], use_cache=True, **{key: getattr(out, key)}, **extra
+            )
         return torch.stack(chosen, dim=1).cpu()
 
     # ------------------------------------------------------------------ internals

@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 from rotelab.errors import RotelabError
 from rotelab.pipelines.compare import (
     TASKS,
-    _greedy_ragged,
     _model_specs,
     _perplexity_summary,
     compare,
@@ -29,16 +28,6 @@ def damaged_model(tiny_organism, tmp_path_factory):
         if layer.name.endswith("down_proj"):
             layer.set_weight(layer.weight * 0)
     return lm.save(tmp_path_factory.mktemp("damaged"))
-
-
-def test_ragged_greedy_decoding_equals_unbatched_generate(tiny_lm):
-    rng = np.random.default_rng(0)
-    prefixes = [rng.integers(1, 96, size=n).tolist() for n in (3, 9, 5, 17, 9, 1, 30)]
-    budgets = [6, 2, 11, 4, 7, 9, 3]
-    got = _greedy_ragged(tiny_lm, prefixes, budgets, batch_size=4, progress=False)
-    want = [tiny_lm.generate([p], k, batch_size=1)[0] for p, k in zip(prefixes, budgets)]
-    assert got == want
-    assert [len(g) for g in got] == budgets
 
 
 def test_perplexity_pools_tokens_and_brackets_the_value():

@@ -273,9 +273,10 @@ def _measure_items(lm: LM, ledger: pd.DataFrame, loose: float, batch_size: int, 
 
     windows = ledger_windows(ledger)
     suffixes = [w.suffix for w in windows]
-    generated = _greedy_ragged(
-        lm, [w.prefix for w in windows], [len(x) for x in suffixes], batch_size, progress
-    )
+    generated = lm.generate(
+        [w.prefix for w in windows], [len(x) for x in suffixes], batch_size=batch_size,
+        ragged=True, progress=progress,
+    )  # fmt: skip
     matched = [
         next((i for i, (g, x) in enumerate(zip(gen, suf)) if g != x), len(suf))
         for gen, suf in zip(generated, suffixes)
@@ -288,59 +289,6 @@ def _measure_items(lm: LM, ledger: pd.DataFrame, loose: float, batch_size: int, 
         "strict": [strict_verdict(g, x) for g, x in zip(generated, suffixes)],
         "loose": [loose_verdict(g, x, loose) for g, x in zip(generated, suffixes)],
     })  # fmt: skip
-
-
-def _greedy_ragged(
-    lm: LM, prefixes: list[list[int]], budgets: list[int], batch_size: int, progress: bool
-) -> list[list[int]]:
-    """Greedy continuations of prefixes of any lengths: left padding, attention mask, KV cache.
-
-    :meth:`LM.generate` batches only prefixes of one exact length, so the organism's ledger (whose
-    prefixes vary) would decode almost one item per batch. Here each batch is left-padded, padded
-    positions are masked out of attention and positions are counted from each row's first real
-    token, so every row sees exactly its own prefix; the tokens equal those of unbatched greedy
-    decoding up to float near-ties (checked against :meth:`LM.generate` in the tests).
-    """
-    import torch
-
-    from rotelab.lm import progress_bar
-
-    key = lm.cache_arg
-    out: list[list[int]] = [[] for _ in prefixes]
-    order = sorted(range(len(prefixes)), key=lambda i: (-budgets[i], -len(prefixes[i])))
-    chunks = [order[j : j + batch_size] for j in range(0, len(order), batch_size)]
-    with progress_bar(progress, len(chunks), "decoding") as advance, torch.inference_mode():
-        for chunk in chunks:
-            steps = max(budgets[i] for i in chunk)
-            width = max(len(prefixes[i]) for i in chunk)
-            ids = torch.full((len(chunk), width), lm.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for r, i in enumerate(chunk):
-                ids[r, width - len(prefixes[i]) :] = torch.as_tensor(prefixes[i])
-                mask[r, width - len(prefixes[i]) :] = 1
-            ids, mask = ids.to(lm.device), mask.to(lm.device)
-            pos = (mask.cumsum(1) - 1).clamp(min=0)  # (B, T): 0 at each row's first real token
-            res = lm.model(
-                input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                logits_to_keep=1,
-            )  # fmt: skip
-            chosen = []
-            for step in range(steps):
-                nxt = res.logits[:, -1, :].float().argmax(-1)  # (B,)
-                chosen.append(nxt)
-                if step == steps - 1:
-                    break
-                mask = torch.cat([mask, mask.new_ones((len(chunk), 1))], dim=1)
-                pos = pos[:, -1:] + 1
-                res = lm.model(
-                    input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, use_cache=True,
-                    **{key: getattr(res, key)},
-                )  # fmt: skip
-            new = torch.stack(chosen, dim=1).cpu()  # (B, steps)
-            for r, i in enumerate(chunk):
-                out[i] = new[r, : budgets[i]].tolist()
-            advance()
-    return out
 
 
 def _measure_probes(lm: LM, probes: pd.DataFrame, batch_size: int, progress: bool):
