@@ -68,6 +68,14 @@ def test_missing_model_path(tmp_path, corpus):
            "does not exist", out)  # fmt: skip
 
 
+@pytest.mark.parametrize("command", ["extract", "reconstruct", "mia"])
+def test_missing_model_path_without_data_says_so(tmp_path, command):
+    # Without --data the commands look for an organism; a missing path is still "does not exist".
+    out = tmp_path / "run"
+    res = _fails([command, "--model", str(tmp_path / "nope"), "--out", str(out)], "does not exist", out)
+    assert "not an organism" not in res.output
+
+
 def test_pickle_only_checkpoint_needs_allow_pickle(tmp_path, corpus, tiny_tokenizer):
     from tiny_models import make_tiny_model
 

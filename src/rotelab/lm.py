@@ -861,21 +861,36 @@ def _resolve_source(path_or_id) -> tuple[str, str | None, str]:
     text = str(path_or_id)
     if text in NAMED_MODELS:
         return str(_named_model_dir(text)), None, text
+    check_model_exists(text)
+    path = Path(text).expanduser()
+    if path.suffix == ".gguf":
+        return str(path.parent), path.name, text
+    if path.exists():
+        return str(path), None, text
+    return text, None, text  # a hub id
+
+
+def check_model_exists(path_or_id: str | os.PathLike) -> None:
+    """Raise a one-line error when a ``--model`` names a local path that is not there.
+
+    A named model (``smollm2``) and anything shaped like a hub id (``owner/name``) pass; so does
+    an existing model directory or ``.gguf`` file. Nothing is loaded or downloaded.
+    """
+    text = str(path_or_id)
+    if text in NAMED_MODELS or text == "organism":
+        return
     path = Path(text).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise RotelabError(f"GGUF file {path} does not exist")
-        return str(path.parent), path.name, text
+        return
     if path.exists():
         if path.is_file():
-            raise RotelabError(
-                f"{path} is a file; give the model's directory (or a .gguf file)"
-            )
-        return str(path), None, text
+            raise RotelabError(f"{path} is a file; give the model's directory (or a .gguf file)")
+        return
     looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text[:1]
     if looks_local or not re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", text):
         raise RotelabError(f"model path {text} does not exist")
-    return text, None, text
 
 
 def _named_model_dir(name: str) -> Path:

@@ -637,7 +637,7 @@ def factor_data(
         from rotelab.data.organism import default_organism, organism_of
 
         # an organism directory brings its own training text; any other model gets the default's
-        org = organism_of(lm.name) or default_organism()
+        org = organism_of(lm.name, check=False) or default_organism()
         texts: Iterable[str] = org.train_docs()
     else:
         from rotelab.data.corpus import read_corpus

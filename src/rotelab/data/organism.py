@@ -851,17 +851,23 @@ def load_organism(path: str | os.PathLike) -> Organism:
     return Organism(path)
 
 
-def organism_of(model: str | os.PathLike | None) -> Organism | None:
+def organism_of(model: str | os.PathLike | None, *, check: bool = True) -> Organism | None:
     """The organism a ``--model`` argument stands for, if any.
 
     ``None`` or ``"organism"`` is the default organism; a directory holding an organism
-    (``spec.json`` and ``ledger.parquet``) is that organism; anything else is ``None``.
+    (``spec.json`` and ``ledger.parquet``) is that organism; any other model is ``None``. With
+    ``check``, a ``--model`` naming a local path that does not exist is an error (so the user hears
+    that, not "not an organism"); ``check=False`` for names that need not be paths (``LM.name``).
     """
     if model is None or str(model) == "organism":
         return default_organism()
     path = Path(model)
     if (path / "spec.json").is_file() and (path / "ledger.parquet").is_file():
         return Organism(path)
+    if check:
+        from rotelab.lm import check_model_exists
+
+        check_model_exists(model)
     return None
 
 
