@@ -21,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from rotelab.data.windows import Window  # noqa: E402
@@ -130,11 +131,9 @@ def main() -> None:
         one_pass(model, wins[: args.batch_size])
     hf_generate_protocol(lm, wins[: args.batch_size], args.batch_size)
     # This shared machine's speed drifts by tens of percent over seconds. So the methods take
-    # turns batch by batch (each batch of windows: one-pass, generate, one-pass bf16, and a short
-    # matmul measurement of the bound), and a repeat's totals compare runs made at the same
-    # moments. The best repeat (by one-pass share of the bound) is reported.
-    import pandas as pd
-
+    # turns batch by batch (each batch of windows: a short matmul measurement of the bound, the
+    # one-pass audit, generate, the bf16 one-pass, a plain forward), and a repeat's totals compare
+    # runs made at the same moments. The best repeat (by one-pass share of the bound) is reported.
     best = None
     for _ in range(args.repeats):
         t_one = t_gen = t_half = t_plain = 0.0
