@@ -14,7 +14,8 @@ How the collection stays cheap:
 
 - No weight gradients: every parameter has ``requires_grad=False`` during collection, and the
   autograd graph starts at the outputs of the lowest target layers (they are made leaves), so no
-  backward runs below them; ``torch.autograd.grad`` asks only for the target outputs.
+  backward runs below them. G is summed in tensor hooks as the backward pass makes each gradient,
+  so no gradient outlives its use.
 - Layers that read the same input tensor (``gate_proj``/``up_proj``) share one A, computed once.
 - A is accumulated in the forward hook, so no input is kept beyond what autograd keeps anyway.
 - Sums are fp32 whatever the model's dtype; padding is masked out of A and G. Each factor is a
@@ -207,7 +208,7 @@ class _Collector:
         self.a_sums: dict[str, torch.Tensor] = {}  # group leader name -> (in, in) fp32
         self.g_sums: dict[str, torch.Tensor] = {}  # layer name -> (out, out) fp32
         self.a_group: dict[str, str] = {}  # layer name -> group leader (shares its A)
-        self.outputs: dict[str, torch.Tensor] = {}
+        self.leaves: dict[str, torch.Tensor] = {}  # layer name -> output made an autograd leaf
         self.mask: torch.Tensor | None = None  # (B, T) bool, set per batch
         self.all_real = False
         self._seen: dict[int, tuple[torch.Tensor, str]] = {}  # id(input) -> (input, leader)
@@ -215,11 +216,11 @@ class _Collector:
     def begin_batch(self, mask: torch.Tensor) -> None:
         self.mask = mask
         self.all_real = bool(mask.all())  # no padding: rows are a view, no gather
-        self.outputs = {}
+        self.leaves = {}
         self._seen = {}
 
     def end_batch(self) -> None:
-        self.outputs = {}
+        self.leaves = {}
         self._seen = {}
 
     def hook(self, name: str):
@@ -238,8 +239,19 @@ class _Collector:
             if not output.requires_grad:
                 # Nothing below needs a gradient: the graph starts here.
                 output = output.detach().requires_grad_(True)
-            self.outputs[name] = output
+                self.leaves[name] = output
+            else:
+                # G takes each gradient as the backward pass makes it, while it is fresh, and the
+                # gradient is freed at once; asking autograd.grad for all of them and multiplying
+                # at the end was 6-9% slower on the bench model (interleaved A/B).
+                output.register_hook(self._g_hook(name))
             return output
+
+        return fn
+
+    def _g_hook(self, name: str):
+        def fn(g: torch.Tensor) -> None:
+            self.g_sums[name] = _add_gram_(self.g_sums.get(name), self._rows(g))
 
         return fn
 
@@ -248,9 +260,12 @@ class _Collector:
         return t.flatten(0, 1) if self.all_real else t[self.mask]
 
     def accumulate_g(self, logits: torch.Tensor, grad_logits: torch.Tensor) -> None:
-        names = list(self.outputs)
+        """Run the backward pass from the logits down to the leaves; G is summed on the way."""
+        if not logits.requires_grad:  # no target layer reaches the loss
+            return
+        names = list(self.leaves)
         grads = torch.autograd.grad(
-            logits, [self.outputs[n] for n in names], grad_outputs=grad_logits, allow_unused=True
+            logits, [self.leaves[n] for n in names], grad_outputs=grad_logits, allow_unused=True
         )
         for name, g in zip(names, grads):
             if g is None:  # the layer does not reach the loss
