@@ -9,6 +9,8 @@ random weights, seeded) and the same 16k tokens (128 sequences of 128 predicted 
 - rotelab's :class:`~rotelab.curvature.KFAC` (sampled labels: the true Fisher);
 - curvlinops' ``KFACLinearOperator`` (Monte Carlo Fisher, 1 sample, "expand");
 - the same plain pass and rotelab's K-FAC on the model cast to bfloat16 (``--dtype bfloat16``);
+- the matrix products alone of the plain pass and of rotelab's K-FAC (:func:`gemm_replay`): the
+  floor each method's time cannot go below, whatever its elementwise work costs;
 
 for all MLP layers and for the MLP layers of the top 3 blocks, and check factor agreement with
 curvlinops on the same labels (gold labels vs curvlinops' empirical Fisher).
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import statistics
@@ -89,6 +92,50 @@ def plain_fwd_bwd(model, batches):
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum")
         loss.backward()
     model.zero_grad(set_to_none=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _rows(rows: int, width: int) -> torch.Tensor:
+    return torch.randn(rows, width, generator=torch.Generator().manual_seed(0))
+
+
+@torch.no_grad()
+def gemm_replay(lm: LM, n_batches: int, rows: int, targets: list[str] | None) -> None:
+    """A floor for a method: only its matrix products, at its shapes, with the model's weights.
+
+    ``targets=None``: the plain pass (forward, every input gradient, every weight gradient).
+    Otherwise rotelab's K-FAC on those layers: forward, input gradients only above the lowest
+    target block plus that block's ``down_proj`` (the graph starts at its ``gate``/``up`` outputs),
+    and the Gram products of A and G as :func:`~rotelab.curvature.kfac._add_gram_` computes them
+    (``gate``/``up`` share one A). Attention, norms, activations and the softmax are left out.
+    """
+    from rotelab.curvature.kfac import _add_gram_
+    from rotelab.lm import block_index
+
+    layers = lm.linear_layers()
+    head = lm.model.get_output_embeddings().weight
+    lowest = None if targets is None else min(block_index(n) for n in targets)
+    for _ in range(n_batches):
+        for layer in layers:  # forward
+            _rows(rows, layer.in_features) @ layer.weight.T
+        _rows(rows, head.shape[1]) @ head.T
+        _rows(rows, head.shape[0]) @ head  # the head's input gradient
+        for layer in layers:  # backward
+            block = block_index(layer.name)
+            w, g = layer.weight, _rows(rows, layer.out_features)
+            lowest_down = block == lowest and layer.name.endswith("down_proj")
+            if lowest is None or block > lowest or lowest_down:
+                g @ w  # input gradient
+            if lowest is None:
+                g.T @ _rows(rows, layer.in_features)  # weight gradient
+        if lowest is None:
+            _rows(rows, head.shape[0]).T @ _rows(rows, head.shape[1])
+            continue
+        for name in targets:
+            layer = next(x for x in layers if x.name == name)
+            _add_gram_(None, _rows(rows, layer.out_features))  # G
+            if not name.endswith("up_proj"):  # up_proj shares gate_proj's A
+                _add_gram_(None, _rows(rows, layer.in_features))
 
 
 class _Logits(torch.nn.Module):
@@ -166,6 +213,13 @@ def timing(args) -> dict:
             methods[f"curvlinops/{label}"] = lambda n=names[label]: curvlinops_factors(
                 model, batches, n, "mc"
             )
+    # Each method's matrix products alone, at its shapes: the floor of its time.
+    n_batches = len(batches)
+    methods["gemms/plain"] = lambda: gemm_replay(lm, n_batches, bs * seq_len, None)
+    for label in scopes:
+        methods[f"gemms/rotelab/{label}"] = lambda n=names[label]: gemm_replay(
+            lm, n_batches, bs * seq_len, n
+        )
     times = _interleaved(methods, args.repeats)
     results["times"] = times
     plain = times["plain"]
@@ -190,6 +244,11 @@ def timing(args) -> dict:
             ours16_f = KFAC(blocks=blocks, labels="gold").fit(lm16, seq_lists, batch_size=bs).factors_
             row["bf16_max_rel_err_A"] = max(_rel(ours16_f[n][0], ref[n][0]) for n in names[label])
             row["bf16_max_rel_err_G"] = max(_rel(ours16_f[n][1], ref[n][1]) for n in names[label])
+        gemms, gemms_plain = times[f"gemms/rotelab/{label}"], times["gemms/plain"]
+        for clock in ("wall_s", "cpu_s"):
+            row[f"gemms_alone_rotelab_vs_plain_{clock[:-2]}"] = gemms[clock] / gemms_plain[clock]
+            row[f"gemms_alone_share_of_rotelab_{clock[:-2]}"] = gemms[clock] / ours[clock]
+            row[f"gemms_alone_share_of_plain_{clock[:-2]}"] = gemms_plain[clock] / plain[clock]
         results[label] = row
     return results
 
