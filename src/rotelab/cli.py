@@ -158,6 +158,14 @@ def extract_cmd(
     verify: Annotated[
         int, typer.Option(help="Re-check N random windows with real greedy decoding; fail on a mismatch.")
     ] = 0,
+    recheck: Annotated[
+        bool,
+        typer.Option(
+            "--recheck",
+            help="With --dtype bfloat16/float16: re-score near-tie windows with the model in float32 "
+            "(a second copy, loaded when first needed), so every verdict is the float32 one.",
+        ),
+    ] = False,
     free_running: Annotated[
         bool, typer.Option("--free-running", help="Decode suffixes; add Levenshtein/ROUGE-L/BLEU/...")
     ] = False,
@@ -198,8 +206,8 @@ def extract_cmd(
     cfg = ExtractConfig(
         prefix_len=prefix_len, suffix_len=suffix_len, stride=stride, batch_size=batch_size,
         temperature=temperature, top_k=top_k, n=n, p=p, near_tie=near_tie,
-        free_running=free_running, sample=sample, verify=verify, group_by=tuple(group_by or ()),
-        part_size=part_size, seed=seed, ci=CIMethod(ci),
+        free_running=free_running, sample=sample, verify=verify, recheck=recheck,
+        group_by=tuple(group_by or ()), part_size=part_size, seed=seed, ci=CIMethod(ci),
     )  # fmt: skip
     result = extract(
         model, data, config=cfg, out=out_dir, resume=resume, force=force, device=device,

@@ -17,6 +17,7 @@ from rotelab.measure.extraction import (
     document_spans,
     free_running,
     ledger_windows,
+    recheck_near_ties,
     score_windows,
     verify_windows,
 )
@@ -119,6 +120,26 @@ def test_one_pass_equals_generate_on_every_organism_window(tiny_organism):
     assert by_count[64] >= by_count[0]
 
 
+@pytest.mark.slow
+def test_bf16_pass_rechecked_in_float32_gives_float32_verdicts(tiny_organism):
+    lm32 = tiny_organism.lm()
+    lm16 = LM.load(tiny_organism.path, dtype="bfloat16", device="cpu")
+    wins = ledger_windows(tiny_organism.ledger)
+    exact = score_windows(lm32, wins, batch_size=16)
+    fast = score_windows(lm16, wins, batch_size=16)
+    assert 0 < fast["near_tie"].sum() < len(wins)  # some windows are rechecked, some are not
+    rechecked = recheck_near_ties(fast, wins, lm32, batch_size=16)
+    assert rechecked["rechecked"].tolist() == fast["near_tie"].tolist()
+    assert rechecked["matched_prefix"].tolist() == exact["matched_prefix"].tolist()
+    assert rechecked["extracted"].tolist() == exact["extracted"].tolist()
+    redone = rechecked["rechecked"].to_numpy()
+    # the rechecked rows are the float32 model's (other batch-mates: equal up to float rounding)
+    pd.testing.assert_frame_equal(
+        rechecked[redone].drop(columns="rechecked"), exact[redone], check_exact=False, atol=1e-4
+    )
+    pd.testing.assert_frame_equal(rechecked[~redone].drop(columns="rechecked"), fast[~redone])
+
+
 # ------------------------------------------------------------------------------ CLI / run dir
 @pytest.fixture
 def corpus(tmp_path):
@@ -160,6 +181,23 @@ def test_cli_writes_rows_summary_and_documents(tiny_llama_dir, corpus, tmp_path)
     assert rows.groupby("doc_id").size().to_dict() == dict(zip(docs["doc_id"], docs["windows"]))
     # the free-running continuation of an extracted window is the suffix itself
     assert (rows.loc[rows["extracted"], "strict"]).all()
+
+
+def test_cli_recheck_rescores_bf16_near_ties_in_float32(tiny_llama_dir, corpus, tmp_path):
+    res = _extract(tiny_llama_dir, corpus, tmp_path / "f", "--json")
+    assert res.exit_code == 0, res.output
+    exact = pd.read_parquet(tmp_path / "f" / "results" / "windows")
+    res = _extract(tiny_llama_dir, corpus, tmp_path / "h", "--json", "--dtype", "bfloat16",
+                   "--recheck", "--verify", "6")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    rows = pd.read_parquet(tmp_path / "h" / "results" / "windows")
+    assert summary["rechecked_in_float32"] == int(rows["rechecked"].sum()) > 0
+    assert rows["matched_prefix"].tolist() == exact["matched_prefix"].tolist()
+    assert rows["verified"].notna().sum() == 6
+    # a float32 model has nothing to recheck
+    res = _extract(tiny_llama_dir, corpus, tmp_path / "g", "--json", "--recheck")
+    assert res.exit_code == 0 and "rechecked_in_float32" not in json.loads(res.stdout)
 
 
 def test_cli_resume_gives_the_same_rows(tiny_llama_dir, corpus, tmp_path):

@@ -56,6 +56,7 @@ __all__ = [
     "extract",
     "free_running",
     "ledger_windows",
+    "recheck_near_ties",
     "score_windows",
     "summary_table",
     "verify_windows",
@@ -98,6 +99,11 @@ class ExtractConfig:
         free_running: decode each suffix and compute the similarity metrics.
         sample: free-running continuation sampled with the sampler instead of greedy.
         verify: re-check this many random windows with real greedy decoding.
+        recheck: with a reduced-precision model (``dtype`` bfloat16/float16), re-score the windows
+            flagged as near-ties with the model loaded again in float32
+            (:func:`recheck_near_ties`), so the verdicts are the float32 ones; ``verify`` decodes
+            rechecked windows with the float32 model, ``free_running`` continuations still come
+            from the reduced-precision one. A float32 model needs no recheck and ignores it.
         group_by: metadata columns (``"kind+count"`` for joint groups) to break rates down by.
         part_size: windows per result part (the unit of resume and of sharding).
         seed: for --verify's choice of windows and for sampling.
@@ -116,6 +122,7 @@ class ExtractConfig:
     free_running: bool = False
     sample: bool = False
     verify: int = 0
+    recheck: bool = False
     group_by: tuple[str, ...] = ()
     part_size: int = 1024
     seed: int = 0
@@ -256,6 +263,38 @@ def score_windows(
         }
     frame = pd.DataFrame(rows)
     return frame.drop(columns="_next").assign(first_miss_token=frame["_next"])
+
+
+def recheck_near_ties(
+    frame: pd.DataFrame, windows: Sequence[Window], exact_lm, *, batch_size: int = 16, **score_kw
+) -> pd.DataFrame:
+    """Re-score the windows a reduced-precision pass flagged as near-ties with an exact model.
+
+    A bfloat16 pass is 2-3x faster than float32 on CPUs with AMX, but its logits differ from
+    float32 by up to ~0.5, so a greedy choice decided by less than that margin may differ; those
+    windows are flagged ``near_tie``. Re-scoring only them with the float32 model gives every window
+    the float32 verdict and matched length as long as the bf16 logit error stays below the near-tie
+    margin on the others (it did on every window measured so far; it is not a proven bound), at
+    about the bf16 cost plus the flagged share of the float32 cost.
+
+    Args:
+        frame: :func:`score_windows` rows of ``windows`` from the reduced-precision model.
+        windows: the same windows, in the same order.
+        exact_lm: the model in float32 (an :class:`~rotelab.lm.LM`).
+        batch_size, score_kw: passed to :func:`score_windows` (sampler, n, p, near_tie).
+
+    Returns:
+        ``frame`` with the flagged rows replaced by the exact model's rows and a bool column
+        ``rechecked`` (True on those rows).
+    """
+    flagged = np.flatnonzero(frame["near_tie"].to_numpy())
+    out = frame.assign(rechecked=False)
+    if not flagged.size:
+        return out
+    exact = score_windows(exact_lm, [windows[i] for i in flagged], batch_size=batch_size, **score_kw)
+    exact = exact.assign(rechecked=True)[out.columns]
+    exact.index = out.index[flagged]
+    return pd.concat([out.drop(index=exact.index), exact]).sort_index()
 
 
 # ------------------------------------------------------------------------ decoding
@@ -496,12 +535,21 @@ def _parts(windows: Iterator[Window], size: int) -> Iterator[list[Window]]:
         yield part
 
 
-def _process_part(lm, part: list[Window], index: int, cfg: ExtractConfig, verify_ids: set[int], first: int):
-    """Score one part (and decode / verify what was asked); returns its result frame."""
-    scores = score_windows(
-        lm, part, batch_size=cfg.batch_size, temperature=cfg.temperature, top_k=cfg.top_k,
-        n=cfg.n, p=cfg.p, near_tie=cfg.near_tie,
-    )  # fmt: skip
+def _process_part(
+    lm, part: list[Window], index: int, cfg: ExtractConfig, verify_ids: set[int], first: int, exact
+):
+    """Score one part (and recheck / decode / verify what was asked); returns its result frame.
+
+    ``exact``: a :class:`_LazyModel` of the float32 model when near-ties are rechecked, else None.
+    """
+    score_kw = {"temperature": cfg.temperature, "top_k": cfg.top_k, "n": cfg.n, "p": cfg.p,
+                "near_tie": cfg.near_tie}  # fmt: skip
+    scores = score_windows(lm, part, batch_size=cfg.batch_size, **score_kw)
+    if exact is not None:
+        if scores["near_tie"].any():
+            scores = recheck_near_ties(scores, part, exact.get(), batch_size=cfg.batch_size, **score_kw)
+        else:
+            scores = scores.assign(rechecked=False)
     extra: dict[str, list] = {}
     if cfg.free_running:
         gens = free_running(
@@ -515,9 +563,14 @@ def _process_part(lm, part: list[Window], index: int, cfg: ExtractConfig, verify
     if cfg.verify:
         mine = [j for j in range(len(part)) if first + j in verify_ids]
         checked = np.full(len(part), np.nan)
-        if mine:
-            ver = verify_windows(lm, [part[j] for j in mine], scores.iloc[mine], batch_size=cfg.batch_size)
-            checked[mine] = ver["agrees"].astype(float).to_numpy()
+        # A rechecked row is the float32 model's, so real decoding with that model checks it.
+        redone = scores["rechecked"].to_numpy() if exact is not None else np.zeros(len(part), bool)
+        for again in (False, True):
+            idx = [j for j in mine if redone[j] == again]
+            if idx:
+                model = exact.get() if again else lm
+                ver = verify_windows(model, [part[j] for j in idx], scores.iloc[idx], batch_size=cfg.batch_size)
+                checked[idx] = ver["agrees"].astype(float).to_numpy()
         extra["verified"] = checked  # NaN = not checked, 1 = agrees, 0 = near-tie disagreement
     frame = scores.assign(**extra)
     return frame.drop(columns="first_miss_token")
@@ -530,8 +583,21 @@ def _load(model, device: str, dtype: str, allow_pickle: bool):
     return LM.load(model, device=local_device(device), dtype=dtype, allow_pickle=allow_pickle)
 
 
+class _LazyModel:
+    """A model loaded on first use (the float32 copy for rechecks, only if a near-tie needs it)."""
+
+    def __init__(self, source, device: str, allow_pickle: bool) -> None:
+        self.source, self.device, self.allow_pickle = source, device, allow_pickle
+        self._lm = None
+
+    def get(self):
+        if self._lm is None:
+            self._lm = _load(self.source, self.device, "float32", self.allow_pickle)
+        return self._lm
+
+
 def _window_source(model, data, cfg: ExtractConfig, device, dtype, allow_pickle, field_, errors):
-    """(lm, a fresh window iterator factory, group columns, data description)."""
+    """(lm, the model's source, a fresh window iterator factory, group columns, data description)."""
     if data is None:
         from rotelab.data.organism import organism_of
 
@@ -544,7 +610,7 @@ def _window_source(model, data, cfg: ExtractConfig, device, dtype, allow_pickle,
         lm = _load(org.path, device, dtype, allow_pickle)
         wins = ledger_windows(org.ledger)
         groups = cfg.group_by or ("count", "kind", "phase", "kind+count")
-        return lm, (lambda: iter(wins)), groups, f"organism ledger ({org.path})"
+        return lm, org.path, (lambda: iter(wins)), groups, f"organism ledger ({org.path})"
     from rotelab.data.corpus import read_corpus
 
     lm = _load(model, device, dtype, allow_pickle)
@@ -554,7 +620,7 @@ def _window_source(model, data, cfg: ExtractConfig, device, dtype, allow_pickle,
         docs = read_corpus(data, field=field_, errors=errors)
         return corpus_windows(docs, lm.encode, cfg.prefix_len, cfg.suffix_len, cfg.stride)
 
-    return lm, make, cfg.group_by, str(data)
+    return lm, model, make, cfg.group_by, str(data)
 
 
 def extract(
@@ -596,9 +662,11 @@ def extract(
     t0 = time.perf_counter()
     with dist_context() as (rank, world):
         main = rank == 0
-        lm, make_windows, group_by, described = _window_source(
+        lm, source, make_windows, group_by, described = _window_source(
             model, data, cfg, device, dtype, allow_pickle, field, errors
         )
+        reduced = lm.dtype not in (torch.float32, torch.float64)
+        exact = _LazyModel(source, device, allow_pickle) if cfg.recheck and reduced else None
         stream = make_windows()
         first = next(stream, None)
         if first is None:
@@ -621,7 +689,7 @@ def extract(
             done = broadcast_object(_done_parts(run) if main else None)
             tally = _Tally(group_by, cfg.free_running)
             docs = _DocTally(run, cfg.part_size)
-            n_tokens = verified = verify_ties = 0
+            n_tokens = verified = verify_ties = rechecked = 0
             with _Bar(progress and main, "extracting") as bar:
                 parts = _parts(stream, cfg.part_size)
                 index = 0
@@ -633,8 +701,9 @@ def extract(
                     if rank < len(batch_parts) and mine not in done:
                         try:
                             payload = _process_part(
-                                lm, batch_parts[rank], mine, cfg, verify_ids, mine * cfg.part_size
-                            )
+                                lm, batch_parts[rank], mine, cfg, verify_ids, mine * cfg.part_size,
+                                exact,
+                            )  # fmt: skip
                         except RotelabError as exc:  # every rank must reach the gather
                             payload = exc
                     gathered = all_gather_objects(payload)
@@ -652,6 +721,8 @@ def extract(
                             tally.feed(frame)
                             docs.feed(frame)
                             n_tokens += int((frame["prefix_len"] + frame["suffix_len"]).sum())
+                            if "rechecked" in frame.columns:
+                                rechecked += int(frame["rechecked"].sum())
                             if "verified" in frame.columns:
                                 verified += int(frame["verified"].notna().sum())
                                 verify_ties += int((frame["verified"] == 0).sum())
@@ -661,6 +732,8 @@ def extract(
             if main:
                 docs.finish()
                 summary = _summary(lm, cfg, data, described, tally, docs, world, n_tokens, t0)
+                if exact is not None:
+                    summary["rechecked_in_float32"] = rechecked
                 if cfg.verify:
                     summary["verified"] = verified
                     summary["verify_near_tie_disagreements"] = verify_ties
