@@ -14,6 +14,7 @@ from rotelab.cli import app
 from rotelab.data.windows import Window
 from rotelab.lm import LM
 from rotelab.measure.extraction import (
+    default_near_tie,
     document_spans,
     free_running,
     ledger_windows,
@@ -138,6 +139,23 @@ def test_bf16_pass_rechecked_in_float32_gives_float32_verdicts(tiny_organism):
         rechecked[redone].drop(columns="rechecked"), exact[redone], check_exact=False, atol=1e-4
     )
     pd.testing.assert_frame_equal(rechecked[~redone].drop(columns="rechecked"), fast[~redone])
+
+
+@pytest.mark.slow
+def test_bf16_near_tie_threshold_covers_the_bf16_error(tiny_organism):
+    """Position by position, bf16 margins stay well within the bf16 near-tie threshold of fp32's,
+    and every greedy token bf16 changes sits under the threshold."""
+    led = tiny_organism.ledger
+    seqs = [p + s for p, s in zip(led["prefix_tokens"], led["suffix_tokens"])]
+    starts = [len(p) for p in led["prefix_tokens"]]
+    lm32 = tiny_organism.lm()
+    lm16 = LM.load(tiny_organism.path, dtype="bfloat16", device="cpu")
+    a, b = lm32.score(seqs, targets_from=starts), lm16.score(seqs, targets_from=starts)
+    m32, m16 = (np.concatenate([sc.margin for sc in x]) for x in (a, b))
+    same = np.concatenate([sc.argmax for sc in a]) == np.concatenate([sc.argmax for sc in b])
+    tie = default_near_tie(torch.bfloat16)
+    assert np.abs(m32 - m16)[same].max() < tie / 2
+    assert (~same).any() and (m16[~same] < tie).all()
 
 
 # ------------------------------------------------------------------------------ CLI / run dir
