@@ -162,8 +162,8 @@ def extract_cmd(
         bool,
         typer.Option(
             "--recheck",
-            help="With --dtype bfloat16/float16: re-score near-tie windows with the model in float32 "
-            "(a second copy, loaded when first needed), so every verdict is the float32 one.",
+            help="With --dtype bfloat16/float16: redo the verdicts of near-tie windows with the model "
+            "in float32 (a second copy, loaded when first needed), so the verdicts are float32's.",
         ),
     ] = False,
     free_running: Annotated[

@@ -57,6 +57,7 @@ __all__ = [
     "free_running",
     "ledger_windows",
     "recheck_near_ties",
+    "VERDICT_COLUMNS",
     "score_windows",
     "summary_table",
     "verify_windows",
@@ -104,11 +105,11 @@ class ExtractConfig:
         free_running: decode each suffix and compute the similarity metrics.
         sample: free-running continuation sampled with the sampler instead of greedy.
         verify: re-check this many random windows with real greedy decoding.
-        recheck: with a reduced-precision model (``dtype`` bfloat16/float16), re-score the windows
-            flagged as near-ties with the model loaded again in float32
-            (:func:`recheck_near_ties`), so the verdicts are the float32 ones; ``verify`` decodes
-            rechecked windows with the float32 model, ``free_running`` continuations still come
-            from the reduced-precision one. A float32 model needs no recheck and ignores it.
+        recheck: with a reduced-precision model (``dtype`` bfloat16/float16), redo the verdicts of
+            the windows flagged as near-ties with the model loaded again in float32
+            (:func:`recheck_near_ties`), so the verdict columns are the float32 ones; ``verify``
+            decodes rechecked windows with the float32 model, ``free_running`` continuations still
+            come from the reduced-precision one. A float32 model needs no recheck and ignores it.
         group_by: metadata columns (``"kind+count"`` for joint groups) to break rates down by.
         part_size: windows per result part (the unit of resume and of sharding).
         seed: for --verify's choice of windows and for sampling.
@@ -270,36 +271,66 @@ def score_windows(
     return frame.drop(columns="_next").assign(first_miss_token=frame["_next"])
 
 
+#: The columns that state a window's greedy verdict; :func:`recheck_near_ties` replaces these.
+VERDICT_COLUMNS = ("extracted", "matched_prefix", "decisive_margin", "near_tie", "first_miss_token")
+
+
 def recheck_near_ties(
-    frame: pd.DataFrame, windows: Sequence[Window], exact_lm, *, batch_size: int = 16, **score_kw
+    frame: pd.DataFrame,
+    windows: Sequence[Window],
+    exact_lm,
+    *,
+    batch_size: int = 16,
+    lookahead: int = 4,
+    **score_kw,
 ) -> pd.DataFrame:
-    """Re-score the windows a reduced-precision pass flagged as near-ties with an exact model.
+    """Redo the verdicts a reduced-precision pass flagged as near-ties with an exact model.
 
     A bfloat16 pass is 2-3x faster than float32 on CPUs with AMX, but its logit margins differ from
     float32 by up to ~0.55, so a greedy choice decided by a margin under the near-tie threshold
-    (:func:`default_near_tie`) may differ; those windows are flagged ``near_tie``. Re-scoring only them with the float32 model gives every window
-    the float32 verdict and matched length as long as the bf16 logit error stays below the near-tie
-    margin on the others (it did on every window measured so far; it is not a proven bound), at
-    about the bf16 cost plus the flagged share of the float32 cost.
+    (:func:`default_near_tie`) may differ; those windows are flagged ``near_tie``. Only they are
+    scored again, by the float32 model, and only as far as the verdict needs: each is cut
+    ``lookahead`` tokens past the position where the fast pass deviated (positions see only earlier
+    tokens, so the cut changes nothing before it), and scored whole only if the exact model matches
+    the entire cut. The verdict columns (:data:`VERDICT_COLUMNS`) of every window are then the
+    float32 ones, as long as the bf16 error stays below the threshold on the unflagged windows (it
+    did on every window measured so far; it is not a proven bound); the other columns (log
+    likelihoods, margins, ``p_z``) stay the reduced-precision pass's.
 
     Args:
         frame: :func:`score_windows` rows of ``windows`` from the reduced-precision model.
         windows: the same windows, in the same order.
         exact_lm: the model in float32 (an :class:`~rotelab.lm.LM`).
-        batch_size, score_kw: passed to :func:`score_windows` (sampler, n, p, near_tie).
+        batch_size: windows per forward pass.
+        lookahead: suffix tokens scored past the fast pass's first deviation.
+        score_kw: passed to :func:`score_windows` (sampler, n, p, near_tie).
 
     Returns:
-        ``frame`` with the flagged rows replaced by the exact model's rows and a bool column
-        ``rechecked`` (True on those rows).
+        ``frame`` with the verdict columns of the flagged windows replaced by the exact model's and
+        a bool column ``rechecked`` (True on those rows).
     """
-    flagged = np.flatnonzero(frame["near_tie"].to_numpy())
-    out = frame.assign(rechecked=False)
-    if not flagged.size:
-        return out
-    exact = score_windows(exact_lm, [windows[i] for i in flagged], batch_size=batch_size, **score_kw)
-    exact = exact.assign(rechecked=True)[out.columns]
-    exact.index = out.index[flagged]
-    return pd.concat([out.drop(index=exact.index), exact]).sort_index()
+    out = frame.assign(rechecked=frame["near_tie"].to_numpy(dtype=bool))
+    cols = [c for c in VERDICT_COLUMNS if c in out.columns]
+    todo = np.flatnonzero(out["rechecked"].to_numpy()).tolist()
+    matched = out["matched_prefix"].to_numpy()
+    cut = {i: min(len(windows[i].suffix), int(matched[i]) + 1 + lookahead) for i in todo}
+    while todo:
+        short = [Window(windows[i].doc_id, windows[i].offset, windows[i].prefix,
+                        windows[i].suffix[: cut[i]], windows[i].meta) for i in todo]  # fmt: skip
+        exact = score_windows(exact_lm, short, batch_size=batch_size, **score_kw)
+        again = []
+        for k, i in enumerate(todo):
+            full = len(windows[i].suffix)
+            got = int(exact["matched_prefix"].iat[k])
+            if got == cut[i] < full:  # matched all of the cut: the verdict lies further on
+                cut[i] = full
+                again.append(i)
+                continue
+            for c in cols:
+                out.iloc[i, out.columns.get_loc(c)] = exact[c].iat[k]
+            out.iloc[i, out.columns.get_loc("extracted")] = got == full
+        todo = again
+    return out
 
 
 # ------------------------------------------------------------------------ decoding
