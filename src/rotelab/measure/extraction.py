@@ -310,26 +310,23 @@ def recheck_near_ties(
         a bool column ``rechecked`` (True on those rows).
     """
     out = frame.assign(rechecked=frame["near_tie"].to_numpy(dtype=bool))
-    cols = [c for c in VERDICT_COLUMNS if c in out.columns]
-    todo = np.flatnonzero(out["rechecked"].to_numpy()).tolist()
-    matched = out["matched_prefix"].to_numpy()
-    cut = {i: min(len(windows[i].suffix), int(matched[i]) + 1 + lookahead) for i in todo}
-    while todo:
+    copied = [c for c in VERDICT_COLUMNS if c in out.columns and c != "extracted"]
+    todo = np.flatnonzero(out["rechecked"].to_numpy())
+    full = np.array([len(w.suffix) for w in windows])
+    cut = np.minimum(full, out["matched_prefix"].to_numpy() + 1 + lookahead)
+    while todo.size:
         short = [Window(windows[i].doc_id, windows[i].offset, windows[i].prefix,
                         windows[i].suffix[: cut[i]], windows[i].meta) for i in todo]  # fmt: skip
         exact = score_windows(exact_lm, short, batch_size=batch_size, **score_kw)
-        again = []
-        for k, i in enumerate(todo):
-            full = len(windows[i].suffix)
-            got = int(exact["matched_prefix"].iat[k])
-            if got == cut[i] < full:  # matched all of the cut: the verdict lies further on
-                cut[i] = full
-                again.append(i)
-                continue
-            for c in cols:
-                out.iloc[i, out.columns.get_loc(c)] = exact[c].iat[k]
-            out.iloc[i, out.columns.get_loc("extracted")] = got == full
-        todo = again
+        got = exact["matched_prefix"].to_numpy()
+        # matched all of its cut: the verdict lies further on, so score that window whole
+        further = (got == cut[todo]) & (cut[todo] < full[todo])
+        done = todo[~further]
+        for c in copied:
+            out.iloc[done, out.columns.get_loc(c)] = exact[c].to_numpy()[~further]
+        out.iloc[done, out.columns.get_loc("extracted")] = got[~further] == full[done]
+        todo = todo[further]
+        cut[todo] = full[todo]
     return out
 
 
@@ -599,7 +596,7 @@ def _process_part(
     if cfg.verify:
         mine = [j for j in range(len(part)) if first + j in verify_ids]
         checked = np.full(len(part), np.nan)
-        # A rechecked row is the float32 model's, so real decoding with that model checks it.
+        # A rechecked row's verdict is the float32 model's: decoding with that model checks it.
         redone = scores["rechecked"].to_numpy() if exact is not None else np.zeros(len(part), bool)
         for again in (False, True):
             idx = [j for j in mine if redone[j] == again]
