@@ -162,6 +162,12 @@ def model_fingerprint(lm: LM, layers: Sequence[LinearLayer]) -> dict[str, Any]:
 _GRAM_BLOCKS = 4
 
 
+def _gram_edges(d: int) -> list[int]:
+    """Column-block edges of a d x d Gram matrix (one block when d is small)."""
+    k = _GRAM_BLOCKS if d >= 64 * _GRAM_BLOCKS else 1
+    return [d * i // k for i in range(k + 1)]
+
+
 def _add_gram_(acc: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
     """``acc += rowsᵀ rows`` on the block upper triangle only (a BLAS ``syrk`` in spirit).
 
@@ -179,8 +185,7 @@ def _add_gram_(acc: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
         acc = torch.zeros(d, d, dtype=torch.float32, device=rows.device)
     if rows.dtype not in (torch.float32, torch.bfloat16):
         rows = rows.float()
-    k = _GRAM_BLOCKS if d >= 64 * _GRAM_BLOCKS else 1
-    edges = [d * i // k for i in range(k + 1)]
+    edges = _gram_edges(d)
     for lo, hi in zip(edges[:-1], edges[1:]):
         if rows.dtype == torch.float32:
             acc[lo:hi, lo:].addmm_(rows[:, lo:hi].T, rows[:, lo:])
@@ -191,9 +196,7 @@ def _add_gram_(acc: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
 
 def _mirror_(acc: torch.Tensor) -> torch.Tensor:
     """Copy the block upper triangle :func:`_add_gram_` filled onto the lower one, in place."""
-    d = acc.shape[0]
-    k = _GRAM_BLOCKS if d >= 64 * _GRAM_BLOCKS else 1
-    edges = [d * i // k for i in range(k + 1)]
+    edges = _gram_edges(acc.shape[0])
     for lo, hi in zip(edges[1:-1], edges[2:]):
         acc[lo:hi, :lo] = acc[:lo, lo:hi].T
     return acc
