@@ -178,7 +178,10 @@ def extract_cmd(
     p: Annotated[float, typer.Option("--p", help="(n,p)-discoverable: probability p.")] = 0.5,
     near_tie: Annotated[
         float | None,
-        typer.Option(help="Logit margin flagged as a near-tie. Default: 0.01 fp32, 1.0 bf16, 0.5 fp16."),
+        typer.Option(
+            help="Decisive logit gap under which a window's verdict is flagged as a near-tie "
+            "(noise that size could flip it). Default: 0.01 fp32, 1.0 bf16, 0.5 fp16."
+        ),
     ] = None,
     group_by: Annotated[
         list[str] | None,

@@ -99,6 +99,7 @@ class TokenScores:
     argmax: np.ndarray  # (n,) int64: the greedy choice
     argmax_match: np.ndarray  # (n,) bool: greedy choice == true token
     margin: np.ndarray  # (n,) float32: top-1 minus top-2 logit
+    target_gap: np.ndarray  # (n,) float32: top-1 minus the true token's logit (0 where greedy picks it)
     mu: np.ndarray | None = None  # (n,) float32: E_p[log p] over the vocabulary
     sigma2: np.ndarray | None = None  # (n,) float32: Var_p[log p] over the vocabulary
     sampler_logprobs: np.ndarray | None = None  # (n,) float32: log P_sampler(true token)
@@ -480,6 +481,7 @@ class LM:
                     argmax=stats["argmax"][sl],
                     argmax_match=stats["argmax"][sl] == stats["target"][sl],
                     margin=stats["margin"][sl],
+                    target_gap=stats["target_gap"][sl],
                     mu=stats["mu"][sl] if moments else None,
                     sigma2=stats["sigma2"][sl] if moments else None,
                     sampler_logprobs=stats["sampler"][sl] if sampler is not None else None,
@@ -579,6 +581,7 @@ class LM:
             "argmax": top_i[:, 0],
             "target": targets,
             "margin": top_v[:, 0] - second,
+            "target_gap": top_v[:, 0] - target_logit,
         }
         if moments:
             out["mu"] = run_mean - lse

@@ -81,6 +81,9 @@ def test_head_statistics_match_dense_float64_reference(tiny_lm, temperature, top
         assert torch.equal(got["argmax"], logits.argmax(1))
         top2 = logits.topk(2, 1).values
         assert torch.allclose(got["margin"].double(), top2[:, 0] - top2[:, 1], atol=1e-5)
+        lead = top2[:, 0] - logits.gather(1, t[:, None]).squeeze(1)
+        assert torch.allclose(got["target_gap"].double(), lead, atol=1e-5)
+        assert (got["target_gap"][got["argmax"] == t] == 0).all()
         z = logits / temperature
         if top_k:
             z = z.masked_fill(logits < logits.topk(top_k, 1).values[:, -1:], -torch.inf)
@@ -92,6 +95,28 @@ def test_head_statistics_match_dense_float64_reference(tiny_lm, temperature, top
             assert (~finite).any()  # some targets fall outside the top-k
     finally:
         tiny_lm.model.float()
+
+
+def test_decisive_margin_is_the_gap_the_verdict_hangs_on(tiny_lm):
+    """Against full logits: the true token's lead over the runner-up at each reproduced position,
+    and at the first deviation the greedy token's lead over the true one (not over the runner-up,
+    which does not change the verdict)."""
+    wins = _random_windows(tiny_lm, 24, 6, 8, seed=4)
+    scores = score_windows(tiny_lm, wins, batch_size=5, near_tie=0.05)
+    reference, differs = [], 0
+    for w in wins:
+        with torch.inference_mode():
+            logits = tiny_lm.model(input_ids=torch.tensor([w.tokens])).logits[0].double()
+        rows = logits[len(w.prefix) - 1 : len(w.tokens) - 1]
+        top2 = rows.topk(2, 1).values
+        true = rows.gather(1, torch.tensor(w.suffix)[:, None]).squeeze(1)
+        m = _matched(rows.argmax(1).tolist(), w.suffix)
+        gaps = (top2[:m, 0] - top2[:m, 1]).tolist() + ([float(top2[m, 0] - true[m])] if m < 8 else [])
+        reference.append(min(gaps))
+        differs += m < 8 and float(top2[m, 0] - top2[m, 1]) < min(gaps) - 1e-3
+    np.testing.assert_allclose(scores["decisive_margin"], reference, atol=1e-4)
+    assert (scores["near_tie"] == (np.array(reference) < 0.05)).all()
+    assert differs  # some first deviation has its runner-up closer than the true token
 
 
 def test_discoverable_probability_formula(tiny_lm):
@@ -142,9 +167,10 @@ def test_bf16_pass_rechecked_in_float32_gives_float32_verdicts(tiny_organism, lo
     monkeypatch.setattr(extraction, "score_windows", counted)
     rechecked = recheck_near_ties(fast, wins, lm32, batch_size=16, lookahead=lookahead)
     assert rechecked["rechecked"].tolist() == fast["near_tie"].tolist()
-    for col in ("matched_prefix", "extracted", "first_miss_token"):
+    for col in ("matched_prefix", "extracted"):
         assert rechecked[col].tolist() == exact[col].tolist(), col
     redone = rechecked["rechecked"].to_numpy()
+    assert rechecked["first_miss_token"][redone].tolist() == exact["first_miss_token"][redone].tolist()
     np.testing.assert_allclose(
         rechecked["decisive_margin"][redone], exact["decisive_margin"][redone], atol=1e-4
     )
@@ -158,8 +184,9 @@ def test_bf16_pass_rechecked_in_float32_gives_float32_verdicts(tiny_organism, lo
 
 @pytest.mark.slow
 def test_bf16_near_tie_threshold_covers_the_bf16_error(tiny_organism):
-    """Position by position, bf16 margins stay well within the bf16 near-tie threshold of fp32's,
-    and every greedy token bf16 changes sits under the threshold."""
+    """Position by position, bf16 margins, and the greedy token's lead over the true token, stay
+    well within the bf16 near-tie threshold of fp32's, and every greedy token bf16 changes, and
+    every position where bf16 and fp32 disagree on reproducing the true token, sits under it."""
     led = tiny_organism.ledger
     seqs = [p + s for p, s in zip(led["prefix_tokens"], led["suffix_tokens"])]
     starts = [len(p) for p in led["prefix_tokens"]]
@@ -171,6 +198,12 @@ def test_bf16_near_tie_threshold_covers_the_bf16_error(tiny_organism):
     tie = default_near_tie(torch.bfloat16)
     assert np.abs(m32 - m16)[same].max() < tie / 2
     assert (~same).any() and (m16[~same] < tie).all()
+    g32, g16 = (np.concatenate([sc.target_gap for sc in x]) for x in (a, b))
+    assert np.abs(g32 - g16)[same].max() < tie / 2
+    hit32, hit16 = (np.concatenate([sc.argmax_match for sc in x]) for x in (a, b))
+    # bf16's verdict margin at each position: the true token's lead if it leads, else its deficit
+    verdict16 = np.where(hit16, m16, g16)
+    assert (hit32 != hit16).any() and (verdict16[hit32 != hit16] < tie).all()
 
 
 # ------------------------------------------------------------------------------ CLI / run dir

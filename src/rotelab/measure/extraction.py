@@ -81,9 +81,10 @@ def default_near_tie(dtype: torch.dtype) -> float:
 
     fp32 teacher-forced and KV-cache logits agree to ~1e-4. A bf16 model's top-1/top-2 margins
     differ from the fp32 model's by up to 0.55 on SmolLM2 (15k suffix positions; 99.9% within 0.39,
-    about the same with the head computed in fp32, so the error comes from the bf16 blocks), and
-    greedy choices flipped at bf16 margins up to 0.50: bf16 gets 1.0. fp16 keeps 3 more mantissa
-    bits (0.5). The error grows with logit scale and depth; ``--near-tie`` overrides.
+    about the same with the head computed in fp32, so the error comes from the bf16 blocks), its
+    greedy token's lead over the true token by up to 0.57 (8k positions), and greedy choices
+    flipped at bf16 margins up to 0.50: bf16 gets 1.0. fp16 keeps 3 more mantissa bits (0.5). The
+    error grows with logit scale and depth; ``--near-tie`` overrides.
     """
     if dtype in (torch.float32, torch.float64):
         return 0.01
@@ -218,8 +219,10 @@ def score_windows(
         ``extracted`` (bool: greedy reproduces the whole suffix), ``matched_prefix`` (int: tokens
         greedy reproduces before its first deviation), ``match_rate`` (teacher-forced exact-match
         rate), ``min_margin`` (smallest top-1/top-2 logit margin over the suffix),
-        ``decisive_margin`` (the same over the positions that decide the verdict and matched
-        length, i.e. up to the first deviation), ``near_tie`` (decisive_margin < near_tie),
+        ``decisive_margin`` (the smallest logit gap the verdict and matched length hang on: the
+        true token's lead over the runner-up at each position greedy reproduces, and the greedy
+        token's lead over the true one at the first deviation), ``near_tie``
+        (decisive_margin < near_tie: numerical noise of that size could change the verdict),
         ``suffix_logprob`` (sum of log p), ``sampler_logprob`` (log p_z), ``discoverable_prob``
         (1 - (1 - p_z)^n) and ``np_discoverable``.
     """
@@ -245,7 +248,13 @@ def score_windows(
         s = len(w.suffix)
         misses = np.flatnonzero(~sc.argmax_match)
         matched = int(misses[0]) if misses.size else s
-        decisive = float(sc.margin[: min(matched + 1, s)].min())
+        # The verdict and matched length hang on these logit gaps: at each matched position the
+        # true token's lead over the runner-up, at the first deviation the greedy token's lead
+        # over the true one (which of the others leads there does not change the verdict).
+        gaps = sc.margin[:matched]
+        if matched < s:
+            gaps = np.append(gaps, sc.target_gap[matched])
+        decisive = float(gaps.min())
         lp_z = float(sc.sampler_logprobs.sum())
         # 1 - (1 - p_z)^n without cancellation when p_z is tiny.
         disc = float(-np.expm1(n * np.log1p(-np.exp(lp_z)))) if lp_z < 0 else 1.0
@@ -271,7 +280,8 @@ def score_windows(
     return frame.drop(columns="_next").assign(first_miss_token=frame["_next"])
 
 
-#: The columns that state a window's greedy verdict; :func:`recheck_near_ties` replaces these.
+#: The columns that state a window's greedy verdict; :func:`recheck_near_ties` replaces them on the
+#: windows it rechecks.
 VERDICT_COLUMNS = ("extracted", "matched_prefix", "decisive_margin", "near_tie", "first_miss_token")
 
 
@@ -292,10 +302,13 @@ def recheck_near_ties(
     scored again, by the float32 model, and only as far as the verdict needs: each is cut
     ``lookahead`` tokens past the position where the fast pass deviated (positions see only earlier
     tokens, so the cut changes nothing before it), and scored whole only if the exact model matches
-    the entire cut. The verdict columns (:data:`VERDICT_COLUMNS`) of every window are then the
+    the entire cut. The verdicts (``extracted``, ``matched_prefix``) of every window are then the
     float32 ones, as long as the bf16 error stays below the threshold on the unflagged windows (it
-    did on every window measured so far; it is not a proven bound); the other columns (log
-    likelihoods, margins, ``p_z``) stay the reduced-precision pass's.
+    did on every window measured so far; it is not a proven bound). The flagged windows get all
+    :data:`VERDICT_COLUMNS` from float32; an unflagged window keeps the fast pass's
+    ``first_miss_token``, which float32 may not share where the two leading tokens at the first
+    deviation are close (the verdict does not depend on which of them leads). The other columns
+    (log likelihoods, margins, ``p_z``) stay the reduced-precision pass's.
 
     Args:
         frame: :func:`score_windows` rows of ``windows`` from the reduced-precision model.
