@@ -180,7 +180,7 @@ def extract_cmd(
         float | None,
         typer.Option(
             help="Decisive logit gap under which a window's verdict is flagged as a near-tie "
-            "(noise that size could flip it). Default: 0.01 fp32, 1.0 bf16, 0.5 fp16."
+            "(noise that size could flip it). Default: 0.01 fp32, 1.5 bf16, 0.5 fp16."
         ),
     ] = None,
     group_by: Annotated[

@@ -79,16 +79,17 @@ HIGHER_IS_BETTER = {
 def default_near_tie(dtype: torch.dtype) -> float:
     """Logit margin below which a greedy choice counts as a near-tie, for a compute dtype.
 
-    fp32 teacher-forced and KV-cache logits agree to ~1e-4. A bf16 model's top-1/top-2 margins
-    differ from the fp32 model's by up to 0.55 on SmolLM2 (15k suffix positions; 99.9% within 0.39,
-    about the same with the head computed in fp32, so the error comes from the bf16 blocks), its
-    greedy token's lead over the true token by up to 0.57 (8k positions), and greedy choices
-    flipped at bf16 margins up to 0.50: bf16 gets 1.0. fp16 keeps 3 more mantissa bits (0.5). The
-    error grows with logit scale and depth; ``--near-tie`` overrides.
+    fp32 teacher-forced and KV-cache logits agree to ~1e-4. On SmolLM2 a bf16 model's logit gaps
+    differ from the fp32 model's with a long tail: over 24k positions where greedy misses the true
+    token, its lead over the true token moved by 0.27 at the 99th percentile, 0.42 at the 99.9th,
+    0.70 at the 99.99th and 0.91 at most (top-1/top-2 margins alike; about the same with the head
+    computed in fp32, so the error comes from the bf16 blocks). The largest error grows with the
+    number of positions looked at, so bf16 gets 1.5, 1.65x the largest seen: a measured margin,
+    not a bound. fp16 keeps 3 more mantissa bits (0.5). ``--near-tie`` overrides.
     """
     if dtype in (torch.float32, torch.float64):
         return 0.01
-    return 1.0 if dtype == torch.bfloat16 else 0.5
+    return 1.5 if dtype == torch.bfloat16 else 0.5
 
 
 @dataclass
