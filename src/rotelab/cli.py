@@ -163,7 +163,8 @@ def extract_cmd(
         typer.Option(
             "--recheck",
             help="With --dtype bfloat16/float16: redo the verdicts of near-tie windows with the model "
-            "in float32 (a second copy, loaded when first needed), so the verdicts are float32's.",
+            "in float32 (a second copy, loaded when first needed), so the verdicts are float32's; "
+            "--verify then decodes in float32.",
         ),
     ] = False,
     free_running: Annotated[

@@ -267,6 +267,37 @@ def test_cli_recheck_rescores_bf16_near_ties_in_float32(tiny_llama_dir, corpus, 
     assert res.exit_code == 0 and "rechecked_in_float32" not in json.loads(res.stdout)
 
 
+@pytest.mark.slow
+def test_cli_verify_under_recheck_decodes_in_float32(tiny_organism, tmp_path, monkeypatch):
+    """--verify checks the --recheck claim (float32 verdicts) by decoding every verified window,
+    rechecked or not, with the float32 model; an unflagged disagreement fails the run."""
+    import rotelab.measure.extraction as extraction
+
+    lm16 = LM.load(tiny_organism.path, dtype="bfloat16", device="cpu")
+    wins = ledger_windows(tiny_organism.ledger)
+    exact, fast = score_windows(tiny_organism.lm(), wins), score_windows(lm16, wins)
+    assert (exact["matched_prefix"] != fast["matched_prefix"]).any()  # bf16 differs somewhere
+    assert 0 < fast["near_tie"].sum() < len(wins)  # rechecked and unflagged windows both occur
+    decoders: list[tuple[torch.dtype, int]] = []
+
+    def recorded(lm, windows, scores, **kw):
+        decoders.append((lm.dtype, len(windows)))
+        return verify_windows(lm, windows, scores, **kw)
+
+    monkeypatch.setattr(extraction, "verify_windows", recorded)
+    out = tmp_path / "x"
+    args = ["extract", "--model", str(tiny_organism.path), "--out", str(out), "--quiet",
+            "--dtype", "bfloat16", "--recheck", "--verify", str(len(wins))]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert {d for d, _ in decoders} == {torch.float32} and sum(n for _, n in decoders) == len(wins)
+    assert pd.read_parquet(out / "results" / "windows")["verified"].all()
+    # with the near-tie flag off nothing is rechecked, and the bf16 verdict that float32 decoding
+    # does not reproduce fails the run
+    res = runner.invoke(app, [*args, "--near-tie", "0", "--force"])
+    assert res.exit_code == 2 and "--verify failed" in res.output, res.output
+
+
 def test_cli_resume_gives_the_same_rows(tiny_llama_dir, corpus, tmp_path):
     assert _extract(tiny_llama_dir, corpus, tmp_path / "a", "--part-size", "8").exit_code == 0
     first = pd.read_parquet(tmp_path / "a" / "results" / "windows")

@@ -109,9 +109,9 @@ class ExtractConfig:
         verify: re-check this many random windows with real greedy decoding.
         recheck: with a reduced-precision model (``dtype`` bfloat16/float16), redo the verdicts of
             the windows flagged as near-ties with the model loaded again in float32
-            (:func:`recheck_near_ties`), so the verdict columns are the float32 ones; ``verify``
-            decodes rechecked windows with the float32 model, ``free_running`` continuations still
-            come from the reduced-precision one. A float32 model needs no recheck and ignores it.
+            (:func:`recheck_near_ties`), so the verdicts are the float32 ones; ``verify`` then
+            decodes with the float32 model (checking that claim on unflagged windows too),
+            ``free_running`` continuations still come from the reduced-precision one. A float32 model needs no recheck and ignores it.
         group_by: metadata columns (``"kind+count"`` for joint groups) to break rates down by.
         part_size: windows per result part (the unit of resume and of sharding).
         seed: for --verify's choice of windows and for sampling.
@@ -608,16 +608,14 @@ def _process_part(
         for name in METRICS:
             extra[name] = [s[name] for s in sims]
     if cfg.verify:
-        mine = [j for j in range(len(part)) if first + j in verify_ids]
+        idx = [j for j in range(len(part)) if first + j in verify_ids]
         checked = np.full(len(part), np.nan)
-        # A rechecked row's verdict is the float32 model's: decoding with that model checks it.
-        redone = scores["rechecked"].to_numpy() if exact is not None else np.zeros(len(part), bool)
-        for again in (False, True):
-            idx = [j for j in mine if redone[j] == again]
-            if idx:
-                model = exact.get() if again else lm
-                ver = verify_windows(model, [part[j] for j in idx], scores.iloc[idx], batch_size=cfg.batch_size)
-                checked[idx] = ver["agrees"].astype(float).to_numpy()
+        if idx:
+            # Under --recheck every verdict claims to be the float32 model's, the unflagged ones
+            # included: decoding with that model checks the claim where it is not proven.
+            model = exact.get() if exact is not None else lm
+            ver = verify_windows(model, [part[j] for j in idx], scores.iloc[idx], batch_size=cfg.batch_size)
+            checked[idx] = ver["agrees"].astype(float).to_numpy()
         extra["verified"] = checked  # NaN = not checked, 1 = agrees, 0 = near-tie disagreement
     frame = scores.assign(**extra)
     return frame.drop(columns="first_miss_token")
@@ -631,7 +629,7 @@ def _load(model, device: str, dtype: str, allow_pickle: bool):
 
 
 class _LazyModel:
-    """A model loaded on first use (the float32 copy for rechecks, only if a near-tie needs it)."""
+    """A model loaded on first use (the float32 copy, only if a near-tie or --verify needs it)."""
 
     def __init__(self, source, device: str, allow_pickle: bool) -> None:
         self.source, self.device, self.allow_pickle = source, device, allow_pickle
