@@ -111,7 +111,8 @@ class ExtractConfig:
             the windows flagged as near-ties with the model loaded again in float32
             (:func:`recheck_near_ties`), so the verdicts are the float32 ones; ``verify`` then
             decodes with the float32 model (checking that claim on unflagged windows too),
-            ``free_running`` continuations still come from the reduced-precision one. A float32 model needs no recheck and ignores it.
+            ``free_running`` continuations still come from the reduced-precision one. A float32
+            model needs no recheck and ignores it.
         group_by: metadata columns (``"kind+count"`` for joint groups) to break rates down by.
         part_size: windows per result part (the unit of resume and of sharding).
         seed: for --verify's choice of windows and for sampling.
@@ -299,8 +300,8 @@ def recheck_near_ties(
 
     A bfloat16 pass is 2-3x faster than float32 on CPUs with AMX, but its logit gaps differ from
     float32's (by up to 0.91 on SmolLM2 so far), so a verdict decided by a gap under the near-tie
-    threshold (:func:`default_near_tie`) may differ; those windows are flagged ``near_tie``. Only they are
-    scored again, by the float32 model, and only as far as the verdict needs: each is cut
+    threshold (:func:`default_near_tie`) may differ; those windows are flagged ``near_tie``. Only
+    they are scored again, by the float32 model, and only as far as the verdict needs: each is cut
     ``lookahead`` tokens past the position where the fast pass deviated (positions see only earlier
     tokens, so the cut changes nothing before it), and scored whole only if the exact model matches
     the entire cut. The verdicts (``extracted``, ``matched_prefix``) of every window are then the
