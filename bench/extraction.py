@@ -29,7 +29,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from rotelab.data.windows import Window  # noqa: E402
-from rotelab.lm import LM  # noqa: E402
+from rotelab.lm import LM, default_vocab_chunk  # noqa: E402
 from rotelab.measure.extraction import recheck_near_ties, score_windows  # noqa: E402
 
 
@@ -101,7 +101,7 @@ def gemm_replay(lm: LM, rows: int, head_rows: int) -> None:
         _inputs(rows, w.shape[1], w.dtype) @ w.T
     head = lm.model.get_output_embeddings().weight
     h = _inputs(head_rows, head.shape[1], head.dtype)
-    chunk = max(256, min(head.shape[0], (8 << 20) // head_rows))
+    chunk = default_vocab_chunk(head.shape[0], head_rows)
     for lo in range(0, head.shape[0], chunk):
         h @ head[lo : lo + chunk].T
 

@@ -35,6 +35,7 @@ __all__ = [
     "LM",
     "keep_freed_memory",
     "LinearLayer",
+    "default_vocab_chunk",
     "length_buckets",
     "progress_bar",
     "TokenScores",
@@ -510,8 +511,7 @@ class LM:
         vocab = weight.shape[0]
         n = h.shape[0]
         if vocab_chunk is None:
-            # Keep one (N x chunk) fp32 block near 32 MiB.
-            vocab_chunk = max(256, min(vocab, (8 << 20) // max(n, 1)))
+            vocab_chunk = default_vocab_chunk(vocab, n)
         temperature, top_k = sampler if sampler is not None else (1.0, 0)
         if temperature <= 0:
             raise RotelabError("the sampler's temperature must be > 0")
@@ -801,6 +801,11 @@ def _pick(logits, do_sample, temperature, top_k, gen) -> torch.Tensor:
         logits = logits.masked_fill(logits < kth, -math.inf)
     probs = torch.softmax(logits, dim=-1).cpu()
     return torch.multinomial(probs, 1, generator=gen).squeeze(1).to(logits.device)
+
+
+def default_vocab_chunk(vocab: int, rows: int) -> int:
+    """Vocabulary columns per chunk of :meth:`LM.head_stats`: one (rows x chunk) fp32 block near 32 MiB."""
+    return max(256, min(vocab, (8 << 20) // max(rows, 1)))
 
 
 def length_buckets(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
