@@ -254,9 +254,13 @@ class _Collector:
 
     def _g_hook(self, name: str):
         def fn(g: torch.Tensor) -> None:
-            self.g_sums[name] = _add_gram_(self.g_sums.get(name), self._rows(g))
+            self._add_g(name, g)
 
         return fn
+
+    def _add_g(self, name: str, g: torch.Tensor) -> None:
+        """Add one batch's output gradients (B, T, out) of ``name`` to its G sum."""
+        self.g_sums[name] = _add_gram_(self.g_sums.get(name), self._rows(g))
 
     def _rows(self, t: torch.Tensor) -> torch.Tensor:
         """(B, T, d) -> (n, d) rows of the non-padding positions."""
@@ -271,9 +275,8 @@ class _Collector:
             logits, [self.leaves[n] for n in names], grad_outputs=grad_logits, allow_unused=True
         )
         for name, g in zip(names, grads):
-            if g is None:  # the layer does not reach the loss
-                continue
-            self.g_sums[name] = _add_gram_(self.g_sums.get(name), self._rows(g))
+            if g is not None:  # None: the layer does not reach the loss
+                self._add_g(name, g)
 
 
 @contextlib.contextmanager
