@@ -489,6 +489,26 @@ class LM:
                 ),
             )
 
+    def head_logits(self, h: torch.Tensor, lo: int = 0, hi: int | None = None) -> torch.Tensor:
+        """fp32 logits of vocabulary columns ``lo:hi`` at hidden states ``h`` (N, D), as the model
+        makes them: the head's weight and bias, then ``logit_scale`` and final-logit softcapping
+        where the config has them. Differentiable in ``h``.
+        """
+        head = self.model.get_output_embeddings()
+        bias = getattr(head, "bias", None)
+        logits = h @ head.weight[lo:hi].T
+        if bias is not None:
+            logits = logits + bias[lo:hi]
+        logits = logits.to(torch.float32)
+        cfg = self.model.config
+        scale = getattr(cfg, "logit_scale", None)
+        softcap = getattr(cfg, "final_logit_softcapping", None)
+        if scale:
+            logits = logits * scale
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
     def head_stats(
         self,
         h: torch.Tensor,
@@ -506,9 +526,7 @@ class LM:
         ``sampler=(temperature, top_k)`` it also gives log P_sampler(target): like
         :meth:`generate`, every token whose logit reaches the k-th largest stays in the pool.
         """
-        head = self.model.get_output_embeddings()
-        weight, bias = head.weight, getattr(head, "bias", None)
-        vocab = weight.shape[0]
+        vocab = self.vocab_size
         n = h.shape[0]
         if vocab_chunk is None:
             vocab_chunk = default_vocab_chunk(vocab, n)
@@ -529,18 +547,9 @@ class LM:
         top_v = torch.full((n, 0), -math.inf, device=dev, dtype=f32)
         top_i = torch.zeros((n, 0), dtype=torch.long, device=dev)
         target_logit = torch.zeros(n, device=dev, dtype=f32)
-        softcap = getattr(self.model.config, "final_logit_softcapping", None)
-        scale = getattr(self.model.config, "logit_scale", None)
         for lo in range(0, vocab, vocab_chunk):
             hi = min(vocab, lo + vocab_chunk)
-            logits = h @ weight[lo:hi].T  # (N, chunk)
-            if bias is not None:
-                logits = logits + bias[lo:hi]
-            logits = logits.to(f32)
-            if scale:
-                logits = logits * scale
-            if softcap:
-                logits = torch.tanh(logits / softcap) * softcap
+            logits = self.head_logits(h, lo, hi)  # (N, chunk)
             # top-k over (running top-k + this chunk's top-k)
             cv, ci = logits.topk(min(keep, hi - lo), dim=1)
             width = min(keep, top_v.shape[1] + cv.shape[1])
