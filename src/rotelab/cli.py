@@ -357,9 +357,15 @@ def kfac_cmd(
     labels: LabelsOpt = "sampled",
     tokens: FactorTokensOpt = 131_072,
     seq_len: Annotated[
-        int | None, typer.Option(help="Tokens per sequence. Default: the model's context - 1.")
+        int | None,
+        typer.Option(help="Tokens per sequence. Default: the model's context - 1, at most 2048."),
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Sequences per forward/backward pass.")] = 8,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Sequences per forward/backward pass. Default: as many as hold 2048 tokens."
+        ),
+    ] = None,
     field: FieldOpt = "text",
     errors: ErrorsOpt = "strict",
     seed: SeedOpt = 0,

@@ -14,7 +14,8 @@ import torch
 from tiny_models import make_tiny_model, make_tokenizer
 
 from rotelab.curvature import KFAC, parse_blocks, select_layers
-from rotelab.curvature.kfac import _sample_labels
+from rotelab.curvature import kfac as kfac_module
+from rotelab.curvature.kfac import _sample_labels, factor_data
 from rotelab.errors import RotelabError
 from rotelab.lm import LM
 
@@ -94,6 +95,41 @@ def test_factors_equal_dense_float64_reference(arch, labels):
         assert _close(g, ref[name][1]), name
     if arch == "gpt2":
         assert set(kfac.kinds_.values()) == {"conv1d"}
+
+
+@pytest.mark.parametrize("labels", ["gold", "sampled"])
+def test_head_runs_in_row_chunks_and_the_full_logits_are_never_made(monkeypatch, labels):
+    """4 head rows at a time (chunks cross sequence edges): still the float64 reference."""
+    monkeypatch.setattr(kfac_module, "_head_rows", lambda vocab: 4)
+    lm, seqs = _lm("gpt2"), _seqs()
+    calls = []
+    handle = lm.model.get_output_embeddings().register_forward_hook(lambda *a: calls.append(a))
+    try:
+        kfac = KFAC(labels=labels, seed=3).fit(lm, seqs, batch_size=3)
+    finally:
+        handle.remove()
+    assert calls == []  # the model's own head, which makes (batch, seq, vocab) logits, never ran
+    ref, _ = _reference(lm, seqs, list(kfac.factors_), labels, seed=3)
+    for name, (a, g) in kfac.factors_.items():
+        assert _close(a, ref[name][0]), name
+        assert _close(g, ref[name][1]), name
+
+
+def test_default_batch_holds_about_tokens_per_pass(monkeypatch):
+    monkeypatch.setattr(kfac_module, "TOKENS_PER_PASS", 33)
+    kfac = KFAC().fit(_lm("llama"), _seqs())  # the longest sequence gives 16 positions
+    assert kfac.batch_size_ == 2
+    assert KFAC().fit(_lm("llama"), _seqs(), batch_size=5).batch_size_ == 5
+
+
+def test_default_sequence_length_is_capped(monkeypatch, tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog " * 40)
+    lm = _lm("llama")  # context 64
+    assert {len(s) for s in factor_data(lm, corpus, tokens=200)} == {64}
+    monkeypatch.setattr(kfac_module, "DEFAULT_SEQ_LEN", 10)
+    assert {len(s) for s in factor_data(lm, corpus, tokens=200)} == {11}
+    assert {len(s) for s in factor_data(lm, corpus, tokens=200, seq_len=20)} == {21}
 
 
 def test_padding_is_masked_and_batching_does_not_matter():
