@@ -331,9 +331,10 @@ def _sample_labels(probs: torch.Tensor, seed: int, index: int) -> torch.Tensor:
     return _draw(probs, _uniforms(seed, index, probs.shape[0]))
 
 
-#: Rows of the LM head's logits per chunk in :meth:`KFAC._step`: one (rows x vocab) fp32 block
-#: near 32 MiB, so the collection never holds the (batch, seq, vocab) logits of a long context.
 def _head_rows(vocab: int) -> int:
+    """Rows of the LM head per chunk in :meth:`KFAC._grad_hidden`: one (rows x vocab) fp32 block
+    near 32 MiB, so the collection never holds the (batch, seq, vocab) logits of a long context.
+    """
     return max(1, (8 << 20) // vocab)
 
 
