@@ -226,3 +226,32 @@ def test_ragged_greedy_decoding_equals_unbatched_generate(tiny_lm):
     want = [tiny_lm.generate([p], k, batch_size=1)[0] for p, k in zip(prefixes, budgets)]
     assert got == want
     assert [len(g) for g in got] == budgets
+
+
+def _capped_models():
+    """Tiny Gemma2 (final-logit softcapping) and Cohere (logit scale), strong enough to matter."""
+    from transformers import CohereConfig, CohereForCausalLM, Gemma2Config, Gemma2ForCausalLM
+
+    shape = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                 eos_token_id=0, bos_token_id=0, pad_token_id=0)  # fmt: skip
+    torch.manual_seed(0)
+    yield Gemma2ForCausalLM(Gemma2Config(**shape, head_dim=8, final_logit_softcapping=0.2)).eval()
+    yield CohereForCausalLM(CohereConfig(**shape, logit_scale=4.0)).eval()
+
+
+def test_head_logits_are_the_models_logits_with_softcapping_and_scale():
+    from tiny_models import make_tokenizer
+
+    for model in _capped_models():
+        lm = LM.from_model(model, make_tokenizer())
+        ids = torch.randint(1, 96, (2, 9), generator=torch.Generator().manual_seed(1))
+        mask = torch.ones_like(ids)
+        with torch.no_grad():
+            ref = model(input_ids=ids, attention_mask=mask).logits.flatten(0, 1)
+            h = lm.final_hidden(ids, mask).flatten(0, 1)
+            got = lm.head_logits(h)
+            raw = h @ model.get_output_embeddings().weight.T
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(lm.head_logits(h, 10, 30), ref[:, 10:30], rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(raw, ref, atol=1e-3)  # the cap or scale really changes them
