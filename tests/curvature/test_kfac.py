@@ -130,6 +130,8 @@ def test_default_sequence_length_is_capped(monkeypatch, tmp_path):
     monkeypatch.setattr(kfac_module, "DEFAULT_SEQ_LEN", 10)
     assert {len(s) for s in factor_data(lm, corpus, tokens=200)} == {11}
     assert {len(s) for s in factor_data(lm, corpus, tokens=200, seq_len=20)} == {21}
+    with pytest.raises(RotelabError, match="--seq-len must be >= 1"):
+        factor_data(lm, corpus, tokens=200, seq_len=0)  # 0 is not "the default"
 
 
 def test_padding_is_masked_and_batching_does_not_matter():

@@ -696,7 +696,10 @@ def factor_data(
     """
     if tokens < 1:
         raise RotelabError(f"--tokens must be >= 1, got {tokens}")
-    seq_len = seq_len or min(lm.context_length - 1, DEFAULT_SEQ_LEN)
+    if seq_len is None:
+        seq_len = min(lm.context_length - 1, DEFAULT_SEQ_LEN)
+    if seq_len < 1:
+        raise RotelabError(f"--seq-len must be >= 1, got {seq_len}")
     if seq_len >= lm.context_length:
         raise RotelabError(
             f"sequence length {seq_len} needs {seq_len + 1} tokens but the model's context is "
