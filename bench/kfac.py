@@ -15,11 +15,18 @@ random weights, seeded) and the same 16k tokens (128 sequences of 128 predicted 
 for all MLP layers and for the MLP layers of the top 3 blocks, and check factor agreement with
 curvlinops on the same labels (gold labels vs curvlinops' empirical Fisher).
 
+``--vocab 32000`` runs the same with Llama's default vocabulary, where the LM head (whose weight
+gradient K-FAC never computes) is a larger share of the pass.
+
+``model``: on a real model (``--model``, default ``smollm2``, fp32), time the plain pass and
+rotelab's K-FAC on all MLP layers on the same random tokens (``--tokens`` in sequences of
+``--seq-len``, one sequence per pass as ``rotelab kfac`` takes them at that length).
+
 ``organism``: on the default organism, collect factors and sweep ρ: strict extraction of inserted
 items by count (teacher-forced argmax on the ledger's prefix/suffix) and held-out perplexity.
 
 curvlinops is a bench-only dependency: ``pip install torch==<same> curvlinops-for-pytorch`` then
-``pip uninstall -y torchvision``. Run: ``python bench/kfac.py [timing|organism] [--repeats N]``.
+``pip uninstall -y torchvision``. Run: ``python bench/kfac.py [timing|model|organism] [--repeats N]``.
 """
 
 from __future__ import annotations
@@ -42,12 +49,12 @@ from rotelab.curvature import KFAC  # noqa: E402
 from rotelab.lm import LM  # noqa: E402
 
 
-def bench_model(seed: int = 0):
+def bench_model(seed: int = 0, vocab: int = 2048, intermediate: int = 688):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=2048, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+        vocab_size=vocab, hidden_size=256, intermediate_size=intermediate, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
         bos_token_id=0, eos_token_id=0, pad_token_id=0,
     )  # fmt: skip
@@ -179,15 +186,16 @@ def curvlinops_factors(model, batches, layer_names, fisher_type: str):
 
 def timing(args) -> dict:
     torch.set_num_threads(args.threads)
-    model = bench_model()
+    model = bench_model(vocab=args.vocab, intermediate=args.intermediate)
     lm = LM.from_model(model, _Tok(), name="bench-llama")
     gen = torch.Generator().manual_seed(1)
     n_seq, seq_len, bs = args.tokens // 128, 128, args.batch_size
-    seqs = torch.randint(1, 2048, (n_seq, seq_len + 1), generator=gen)
+    seqs = torch.randint(1, args.vocab, (n_seq, seq_len + 1), generator=gen)
     batches = [(seqs[i : i + bs, :-1], seqs[i : i + bs, 1:]) for i in range(0, n_seq, bs)]
     seq_lists = seqs.tolist()
     results = {"config": {
-        "model": "Llama 4 layers, hidden 256, intermediate 688, vocab 2048, 4 heads (random init)",
+        "model": f"Llama 4 layers, hidden 256, intermediate {args.intermediate}, vocab {args.vocab}, "
+        "4 heads (random init)",
         "tokens": n_seq * seq_len, "batch": f"{bs} x {seq_len}", "threads": args.threads,
         "repeats": args.repeats, "torch": torch.__version__,
     }}  # fmt: skip
@@ -292,6 +300,33 @@ def extraction_and_ppl(lm: LM, org, max_ppl_tokens: int = 20_000) -> dict:
             "heldout_ppl": float(np.exp(nll.mean()))}  # fmt: skip
 
 
+def real_model(args) -> dict:
+    """Plain forward+backward against rotelab's K-FAC (all MLP layers) on a real model, fp32."""
+    torch.set_num_threads(args.threads)
+    lm = LM.load(args.model, device="cpu", dtype="float32")
+    vocab = lm.model.get_output_embeddings().weight.shape[0]
+    gen = torch.Generator().manual_seed(1)
+    n_seq = max(1, args.tokens // args.seq_len)
+    seqs = torch.randint(1, vocab, (n_seq, args.seq_len + 1), generator=gen)
+    batches = [(seqs[i : i + 1, :-1], seqs[i : i + 1, 1:]) for i in range(n_seq)]
+    seq_lists = seqs.tolist()
+    methods = {
+        "plain": lambda: plain_fwd_bwd(lm.model, batches),
+        "rotelab": lambda: KFAC(labels="sampled").fit(lm, seq_lists, batch_size=1),
+    }
+    times = _interleaved(methods, args.repeats)
+    cfg = lm.model.config
+    return {
+        "config": {"model": lm.name, "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size,
+                   "intermediate": getattr(cfg, "intermediate_size", None), "vocab": vocab,
+                   "tokens": n_seq * args.seq_len, "batch": f"1 x {args.seq_len}",
+                   "threads": args.threads, "repeats": args.repeats},
+        "times": times,
+        "rotelab_vs_plain_wall": times["rotelab"]["wall_s"] / times["plain"]["wall_s"],
+        "rotelab_vs_plain_cpu": times["rotelab"]["cpu_s"] / times["plain"]["cpu_s"],
+    }  # fmt: skip
+
+
 def organism(args) -> dict:
     from rotelab.curvature import CurvatureEdit, factor_data
     from rotelab.data.organism import default_organism
@@ -333,11 +368,15 @@ def organism(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", nargs="?", default="timing", choices=["timing", "organism"])
+    ap.add_argument("mode", nargs="?", default="timing", choices=["timing", "model", "organism"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=16_384)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--vocab", type=int, default=2048, help="timing: the bench model's vocabulary")
+    ap.add_argument("--intermediate", type=int, default=688, help="timing: its MLP width")
+    ap.add_argument("--model", default="smollm2", help="model: the real model to time")
+    ap.add_argument("--seq-len", type=int, default=1024, help="model: tokens per sequence")
     ap.add_argument("--profile", default="default")
     ap.add_argument("--organism-dir", default=None, help="A built organism (instead of --profile).")
     ap.add_argument("--rhos", default="0.3,0.5,0.7,0.9")
@@ -348,7 +387,7 @@ def main() -> None:
     )  # fmt: skip
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
-    result = timing(args) if args.mode == "timing" else organism(args)
+    result = {"timing": timing, "model": real_model, "organism": organism}[args.mode](args)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json_out:
