@@ -27,6 +27,7 @@ items by count (teacher-forced argmax on the ledger's prefix/suffix) and held-ou
 
 curvlinops is a bench-only dependency: ``pip install torch==<same> curvlinops-for-pytorch`` then
 ``pip uninstall -y torchvision``. Run: ``python bench/kfac.py [timing|model|organism] [--repeats N]``.
+``timing`` and ``model`` print their JSON and then their rows as a Markdown table.
 """
 
 from __future__ import annotations
@@ -366,6 +367,41 @@ def organism(args) -> dict:
     return out
 
 
+def markdown_table(result: dict) -> str:
+    """The BENCHMARKS.md rows of a ``timing`` or ``model`` result (wall-clock medians)."""
+    t = {k: v["wall_s"] for k, v in result["times"].items()}
+    cfg = result["config"]
+    if "rotelab" in t:  # model mode
+        return "\n".join([
+            "| model | tokens | plain | rotelab all MLP | rotelab / plain (wall, CPU) |",
+            "|---|---|---|---|---|",
+            f"| {cfg['model']} | {cfg['tokens']} | {t['plain']:.2f} s | {t['rotelab']:.2f} s | "
+            f"**{result['rotelab_vs_plain_wall']:.2f}x**, {result['rotelab_vs_plain_cpu']:.2f}x |",
+        ])  # fmt: skip
+    lines = [
+        f"{cfg['model']}, {cfg['tokens']} tokens ({cfg['batch']}), {cfg['threads']} threads, "
+        f"median of {cfg['repeats']}",
+        "",
+        "| layers | plain | rotelab | curvlinops | rotelab / plain (wall, CPU) | speed-up vs curvlinops "
+        "| agreement A, G | bf16 model / bf16 plain, / fp32 plain | GEMMs alone, rotelab / plain |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for label in ("all MLP layers", "top 3 blocks"):
+        row = result[label]
+        curv = t.get(f"curvlinops/{label}")
+        lines.append(
+            f"| {label} ({row['layers']}) | {t['plain']:.2f} s | {t[f'rotelab/{label}']:.2f} s | "
+            + (f"{curv:.2f} s" if curv else "–")
+            + f" | **{row['rotelab_vs_plain_wall']:.2f}x**, {row['rotelab_vs_plain_cpu']:.2f}x | "
+            + (f"**{row['speedup_vs_curvlinops_wall']:.2f}x**" if curv else "–")
+            + " | "
+            + (f"{row['max_rel_err_A']:.1e}, {row['max_rel_err_G']:.1e}" if curv else "–")
+            + f" | {row['rotelab_bf16_vs_plain_bf16_wall']:.2f}x, {row['rotelab_bf16_vs_plain_wall']:.2f}x"
+            + f" | {row['gemms_alone_rotelab_vs_plain_wall']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("mode", nargs="?", default="timing", choices=["timing", "model", "organism"])
@@ -390,6 +426,8 @@ def main() -> None:
     result = {"timing": timing, "model": real_model, "organism": organism}[args.mode](args)
     text = json.dumps(result, indent=2)
     print(text)
+    if args.mode != "organism":
+        print(markdown_table(result))
     if args.json_out:
         with open(args.json_out, "w") as f:
             f.write(text + "\n")
