@@ -35,6 +35,7 @@ __all__ = [
     "LM",
     "keep_freed_memory",
     "LinearLayer",
+    "LOGIT_BLOCK",
     "default_vocab_chunk",
     "length_buckets",
     "progress_bar",
@@ -812,9 +813,15 @@ def _pick(logits, do_sample, temperature, top_k, gen) -> torch.Tensor:
     return torch.multinomial(probs, 1, generator=gen).squeeze(1).to(logits.device)
 
 
+#: Entries of one block of logits computed at a time (fp32: 32 MiB), by :meth:`LM.head_stats` and
+#: K-FAC's head: large enough for efficient products, small enough to bound memory.
+LOGIT_BLOCK = 8 << 20
+
+
 def default_vocab_chunk(vocab: int, rows: int) -> int:
-    """Vocabulary columns per chunk of :meth:`LM.head_stats`: one (rows x chunk) fp32 block near 32 MiB."""
-    return max(256, min(vocab, (8 << 20) // max(rows, 1)))
+    """Vocabulary columns per chunk of :meth:`LM.head_stats`: one (rows x chunk) block of
+    :data:`LOGIT_BLOCK` entries."""
+    return max(256, min(vocab, LOGIT_BLOCK // max(rows, 1)))
 
 
 def length_buckets(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:

@@ -15,7 +15,7 @@ from tiny_models import make_tiny_model, make_tokenizer
 
 from rotelab.curvature import KFAC, parse_blocks, select_layers
 from rotelab.curvature import kfac as kfac_module
-from rotelab.curvature.kfac import _sample_labels, factor_data
+from rotelab.curvature.kfac import _draw, _uniforms, factor_data
 from rotelab.errors import RotelabError
 from rotelab.lm import LM
 
@@ -50,7 +50,7 @@ def _reference(lm: LM, seqs, names, labels: str, seed: int = 0):
         else:  # the same draws rotelab makes: from the float32 model's softmax, same seed
             with torch.no_grad():
                 probs = torch.softmax(lm.model(input_ids=ids).logits[0].float(), dim=-1)
-            target = _sample_labels(probs, seed, index)
+            target = _draw(probs, _uniforms(seed, index, probs.shape[0]))
         store = {}
 
         def keep(name, store=store):
@@ -297,11 +297,11 @@ def test_gram_upper_blocks_then_mirror_equal_the_full_product():
 
 def test_sampled_labels_follow_the_softmax():
     probs = torch.tensor([[0.7, 0.2, 0.1, 0.0]]).expand(20_000, 4)
-    labels = _sample_labels(probs, seed=0, index=5)
+    labels = _draw(probs, _uniforms(0, 5, len(probs)))
     freq = torch.bincount(labels, minlength=4).double() / len(labels)
     torch.testing.assert_close(freq, probs[0].double(), atol=0.015, rtol=0)
-    assert torch.equal(labels, _sample_labels(probs, seed=0, index=5))  # seeded
-    assert not torch.equal(labels, _sample_labels(probs, seed=0, index=6))
+    assert torch.equal(labels, _draw(probs, _uniforms(0, 5, len(probs))))  # seeded
+    assert not torch.equal(labels, _draw(probs, _uniforms(0, 6, len(probs))))
 
 
 def test_bfloat16_model_factors_are_close_to_float32():

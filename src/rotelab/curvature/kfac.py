@@ -55,7 +55,7 @@ from torch import nn
 from rotelab.data.windows import stream_chunks
 from rotelab.distributed import all_reduce_sum_, is_distributed, rank_world
 from rotelab.errors import RotelabError
-from rotelab.lm import LM, LinearLayer, block_index, length_buckets
+from rotelab.lm import LM, LOGIT_BLOCK, LinearLayer, block_index, length_buckets
 
 __all__ = [
     "DEFAULT_SEQ_LEN",
@@ -326,16 +326,12 @@ def _draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return labels.clamp_(max=vocab - 1)
 
 
-def _sample_labels(probs: torch.Tensor, seed: int, index: int) -> torch.Tensor:
-    """Labels for one sequence drawn from its (T, V) softmax, seeded by (seed, sequence index)."""
-    return _draw(probs, _uniforms(seed, index, probs.shape[0]))
-
-
 def _head_rows(vocab: int) -> int:
     """Rows of the LM head per chunk in :meth:`KFAC._grad_hidden`: one (rows x vocab) fp32 block
-    near 32 MiB, so the collection never holds the (batch, seq, vocab) logits of a long context.
+    of :data:`~rotelab.lm.LOGIT_BLOCK` entries, so the collection never holds the (batch, seq,
+    vocab) logits of a long context.
     """
-    return max(1, (8 << 20) // vocab)
+    return max(1, LOGIT_BLOCK // vocab)
 
 
 def _as_sequences(data: Any) -> list[list[int]]:
