@@ -53,7 +53,20 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing --o
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")]
-DtypeOpt = Annotated[str, typer.Option(help="auto, float32 or bfloat16.")]
+DtypeOpt = Annotated[
+    str,
+    typer.Option(
+        help="auto (exact float32 on the CPU, bf16 on GPUs that support it), float32 or bfloat16 "
+        "(fast only where the CPU has native bf16; see `rotelab machine`)."
+    ),
+]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        help="Training precision: auto (bf16 autocast only where bf16 is native on this machine, "
+        "else fp32), fp32 or bf16. ROTELAB_PRECISION=fp32|bf16 forces what auto means."
+    ),
+]
 PickleOpt = Annotated[
     bool, typer.Option("--allow-pickle", help="Allow loading pickle checkpoints (runs code!).")
 ]
@@ -126,14 +139,19 @@ def organism_cmd(
     describe: Annotated[
         bool, typer.Option("--describe", help="Print extraction by count, perplexities, probes.")
     ] = False,
+    precision: PrecisionOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Build (or load from the cache) the organism: a small GPT with known memorized data."""
     from rotelab.data.organism import format_description, organism_command
+    from rotelab.machine import parse_precision
 
     if profile not in ("tiny", "default"):
         raise RotelabError(f"unknown profile {profile!r}; use tiny or default")
-    path, description = organism_command(profile, seed, corpus_tokens, out_dir, force, describe or as_json)
+    parse_precision(precision)
+    path, description = organism_command(
+        profile, seed, corpus_tokens, out_dir, force, describe or as_json, precision=precision
+    )
     if as_json:
         emit({"path": str(path), **(description or {})}, as_json=True, quiet=True)
         return
@@ -462,6 +480,7 @@ def balanced_subnet_cmd(
     force: ForceOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    precision: PrecisionOpt = "auto",
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -472,7 +491,7 @@ def balanced_subnet_cmd(
         model, out_dir, forget=forget, retain=retain, min_count=min_count,
         retain_windows=retain_windows, ratio=ratio, w=w, lr=lr, epochs=epochs,
         batch_size=batch_size, layers=layers, seed=seed, force=force, device=device, dtype=dtype,
-        progress=not quiet,
+        precision=precision, progress=not quiet,
     )  # fmt: skip
     emit(summary, as_json=as_json, quiet=quiet, run_dir=path)
 
@@ -539,16 +558,28 @@ def demo_cmd(
         str, typer.Option(help="Organism profile: default (the demo's) or tiny (seconds, for tests).")
     ] = "default",
     force: ForceOpt = False,
+    precision: PrecisionOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
     """The whole story on the organism: memorized, inferable, removed, at what cost; prints report.html."""
     from rotelab.pipelines.demo import demo
 
-    out.print(
-        str(demo(out_dir, profile=profile, force=force, progress=not quiet)),
-        highlight=False,
-        soft_wrap=True,
-    )
+    report = demo(out_dir, profile=profile, force=force, progress=not quiet, precision=precision)
+    out.print(str(report), highlight=False, soft_wrap=True)
+
+
+@command("machine")
+def machine_cmd(
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """What this machine does natively: CPU capability, bf16, threads, the precision auto picks."""
+    from rotelab.machine import describe_machine, machine_info
+
+    if as_json:
+        emit(machine_info(device), as_json=True, quiet=True)
+    else:
+        out.print(describe_machine(device), highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -29,10 +29,18 @@ import torch
 from torch import nn
 
 from rotelab.errors import RotelabError
+from rotelab.machine import (
+    Precision,
+    configure_threads,
+    resolve_device,
+    resolve_precision,
+    warn_if_emulated,
+)
 from rotelab.paths import rotelab_home
 
 __all__ = [
     "LM",
+    "check_load_options",
     "keep_freed_memory",
     "LinearLayer",
     "LOGIT_BLOCK",
@@ -53,18 +61,6 @@ NAMED_MODELS = {
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when present, else the CPU."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise RotelabError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from exc
-
-
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -77,16 +73,33 @@ _DTYPES = {
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """``"auto"``: bf16 on a GPU that supports it, fp32 on the CPU (exact scoring by default)."""
+    """The dtype a model is loaded in.
+
+    ``"auto"``: exact fp32 on the CPU, whatever the CPU (verdicts are then exact; ``extract
+    --dtype bfloat16 --recheck`` is the fast screen), and on a GPU what ``auto`` precision picks
+    there (bf16 where supported, unless ``ROTELAB_PRECISION=fp32``). An explicit bf16 on a CPU
+    that emulates it works, after one warning line.
+    """
     if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if dtype not in _DTYPES:
-        raise RotelabError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
-    return _DTYPES[dtype]
+        resolved = dtype
+    elif dtype == "auto":
+        bf16 = device.type == "cuda" and resolve_precision("auto", device) is Precision.bf16
+        resolved = torch.bfloat16 if bf16 else torch.float32
+    elif dtype in _DTYPES:
+        resolved = _DTYPES[dtype]
+    else:
+        raise RotelabError(
+            f"unknown dtype {dtype!r}; use one of: auto, float32, bfloat16, float16"
+        )
+    if resolved == torch.bfloat16:
+        warn_if_emulated(device)
+    return resolved
+
+
+def check_load_options(device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> None:
+    """Fail with one line on a device or dtype this machine cannot give, before any work is done
+    (a model load, or the default organism's build, can take minutes)."""
+    resolve_dtype(dtype, resolve_device(device))
 
 
 @dataclass
@@ -244,6 +257,7 @@ class LM:
         self.dtype = first.dtype
         if self.device.type == "cpu":
             keep_freed_memory()
+            configure_threads()
 
     # ------------------------------------------------------------------ loading
     @classmethod

@@ -49,8 +49,55 @@ def test_corpus_size_is_a_parameter():
 
 
 def test_spec_key_changes_with_every_field():
-    keys = {OrganismSpec(p, s, c).key() for p in Profile for s in (0, 1) for c in (None, 5000)}
-    assert len(keys) == 8
+    keys = {
+        OrganismSpec(p, s, c, precision=x).key()
+        for p in Profile for s in (0, 1) for c in (None, 5000) for x in ("fp32", "bf16")
+    }  # fmt: skip
+    assert len(keys) == 16
+
+
+def test_spec_records_the_resolved_precision(monkeypatch):
+    """``auto`` is resolved when the spec is made: the key says how the model was trained."""
+    for forced in ("fp32", "bf16"):
+        monkeypatch.setenv("ROTELAB_PRECISION", forced)
+        spec = OrganismSpec("tiny", 0)
+        assert spec.precision == forced
+        assert spec.key() == OrganismSpec("tiny", 0, precision=forced).key()
+        assert OrganismSpec.from_dict(spec.to_dict()) == spec
+    # bf16 keeps the key organisms had before the precision was chosen at run time
+    assert OrganismSpec("tiny", 0, precision="bf16").to_dict()["settings"]["bf16"] is True
+    with pytest.raises(RotelabError, match="unknown precision"):
+        OrganismSpec("tiny", 0, precision="fp8")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_few_steps_in_each_precision_build_and_score(monkeypatch, tmp_path, precision):
+    """Both precision paths on every machine (the full tests run the one ``auto`` picks): a build
+    of a few steps, forced through ROTELAB_PRECISION, records its precision, and the model scores
+    in that precision too."""
+    import dataclasses
+
+    import numpy as np
+
+    from rotelab.data import organism as organism_module
+    from rotelab.lm import LM
+
+    few = dataclasses.replace(  # a 1-block, 32-wide model: seconds even where bf16 is emulated
+        organism_module.PROFILES[Profile.tiny], steps=64, phase_items_per_cell=0, n_layers=1,
+        hidden=32, n_heads=2, intermediate=64, probes_per_task=4, eval_tokens=512,
+    )  # fmt: skip
+    monkeypatch.setitem(organism_module.PROFILES, Profile.tiny, few)
+    monkeypatch.setenv("ROTELAB_PRECISION", precision)
+    spec = OrganismSpec("tiny", 0, corpus_tokens=3_000, items_per_cell=1)
+    org = organism_module.build_organism(spec, out=tmp_path / "org", progress=False)
+    d = org.describe()
+    assert d["precision"] == precision and d["spec"]["settings"]["bf16"] == (precision == "bf16")
+    assert {r["precision"] for r in org.train_log()} == {precision}
+    assert np.isfinite(d["heldout_ppl"])
+    dtype = "bfloat16" if precision == "bf16" else "float32"
+    lm = LM.load(org.path, dtype=dtype, device="cpu")
+    (sc,) = lm.score([lm.encode(org.heldout_docs()[0])[:64]], targets_from=1)
+    assert lm.dtype == getattr(__import__("torch"), dtype) and np.isfinite(sc.logprobs).all()
 
 
 def test_ledger_columns_and_token_spans(tiny_organism):

@@ -105,19 +105,38 @@ def _pattern_batches(n):
         yield (start + torch.arange(17)) % 16  # counting sequences: fully predictable
 
 
-def test_train_learns_and_is_deterministic():
-    cfg = TrainConfig(steps=60, lr=1e-2, warmup_steps=5, log_every=1, bf16=False)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_train_learns_and_is_deterministic(precision):
+    cfg = TrainConfig(steps=60, lr=1e-2, warmup_steps=5, log_every=1, precision=precision)
     logs = [train(_tiny_model(), _pattern_batches(60), cfg) for _ in range(2)]
-    assert len(logs[0]) == 60
+    assert len(logs[0]) == 60 and {r["precision"] for r in logs[0]} == {precision}
     assert logs[0][-1]["loss"] < 0.3 * logs[0][0]["loss"]
     assert [r["loss"] for r in logs[0]] == [r["loss"] for r in logs[1]]
 
 
-def test_train_extra_loss_and_callback():
-    seen = []
-    cfg = TrainConfig(steps=3, log_every=1, bf16=True)
+@pytest.mark.parametrize("forced,amp", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_auto_precision_trains_as_the_machine_or_environment_says(monkeypatch, forced, amp):
+    """``auto`` follows ROTELAB_PRECISION; the autocast really runs the layers in that dtype."""
+    monkeypatch.setenv("ROTELAB_PRECISION", forced)
     model = _tiny_model()
-    log = train(model, _pattern_batches(3), cfg, callback=seen.append,
-                extra_loss=lambda m, b, logits: 0.0 * logits.float().sum())  # fmt: skip
-    assert seen == log and [r["step"] for r in log] == [0, 1, 2]
+    seen = set()
+    model.model.layers[0].mlp.up_proj.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
+    log = train(model, _pattern_batches(2), TrainConfig(steps=2, log_every=1))
+    assert seen == {amp} and {r["precision"] for r in log} == {forced}
+
+
+def test_train_extra_loss_is_applied_and_callback_sees_the_log():
+    def weight_norm(model):
+        return sum(float(p.detach().pow(2).sum()) for p in model.parameters())
+
+    cfg = TrainConfig(steps=10, lr=1e-2, warmup_steps=1, log_every=1, precision="fp32",
+                      weight_decay=0.0)  # fmt: skip
+    plain = _tiny_model()
+    train(plain, _pattern_batches(10), cfg)
+    seen = []
+    model = _tiny_model()
+    log = train(model, _pattern_batches(10), cfg, callback=seen.append,
+                extra_loss=lambda m, b, logits: 10.0 * sum(p.pow(2).sum() for p in m.parameters()))  # fmt: skip
+    assert seen == log and [r["step"] for r in log] == list(range(10))
+    assert weight_norm(model) < 0.9 * weight_norm(plain)  # the penalty shrank the weights
     assert not model.training

@@ -55,7 +55,14 @@ from torch import nn
 from rotelab.data.windows import stream_chunks
 from rotelab.distributed import all_reduce_sum_, is_distributed, rank_world
 from rotelab.errors import RotelabError
-from rotelab.lm import LM, LOGIT_BLOCK, LinearLayer, block_index, length_buckets
+from rotelab.lm import (
+    LM,
+    LOGIT_BLOCK,
+    LinearLayer,
+    block_index,
+    check_load_options,
+    length_buckets,
+)
 
 __all__ = [
     "DEFAULT_SEQ_LEN",
@@ -757,6 +764,7 @@ def collect_factors(
     from rotelab.distributed import dist_context, is_main, local_device
     from rotelab.runs import Run
 
+    check_load_options(device, dtype)
     kfac = KFAC(layers, blocks=blocks, labels=labels, seed=seed)
     config = {
         "model": model.name if isinstance(model, LM) else model, "data": data,

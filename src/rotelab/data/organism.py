@@ -112,7 +112,7 @@ class ProfileSettings:
     secret_len: int = 8
     passage_prefix: int = 64
     passage_suffix: int = 48
-    bf16: bool = True
+    bf16: bool = True  # set from OrganismSpec.precision (True = bf16 autocast, the format-1 value)
     arith_max: int = 30  # arithmetic operands are 0 <= a, b < arith_max
     arith_share: float = 0.15  # share of background documents that are arithmetic drills
 
@@ -154,15 +154,23 @@ class OrganismSpec:
         corpus_tokens: approximate background training tokens (dilution studies); ``None`` uses the
             profile's value.
         items_per_cell: inserted items per (kind, count) in phase ``all``; ``None``: profile's value.
+        precision: training precision, ``auto`` (bf16 autocast where bf16 is native on this CPU,
+            else fp32; see :mod:`rotelab.machine`), ``fp32`` or ``bf16``. Resolved when the spec
+            is made, so the cache key says how the organism was trained and machines that train
+            differently never share a cache entry.
     """
 
     profile: Profile = Profile.default
     seed: int = 0
     corpus_tokens: int | None = None
     items_per_cell: int | None = None
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
+        from rotelab.machine import resolve_precision
+
         object.__setattr__(self, "profile", Profile(self.profile))
+        object.__setattr__(self, "precision", resolve_precision(self.precision).value)
 
     @property
     def settings(self) -> ProfileSettings:
@@ -171,7 +179,7 @@ class OrganismSpec:
             s = replace(s, corpus_tokens=int(self.corpus_tokens))
         if self.items_per_cell is not None:
             s = replace(s, items_per_cell=int(self.items_per_cell))
-        return s
+        return replace(s, bf16=self.precision == "bf16")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -185,7 +193,10 @@ class OrganismSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OrganismSpec:
-        return cls(d["profile"], d["seed"], d.get("corpus_tokens"), d.get("items_per_cell"))
+        precision = "bf16" if d.get("settings", {}).get("bf16", True) else "fp32"
+        return cls(
+            d["profile"], d["seed"], d.get("corpus_tokens"), d.get("items_per_cell"), precision
+        )
 
     def key(self) -> str:
         """Short hash of the resolved spec: the organism's cache directory name."""
@@ -588,10 +599,11 @@ def _train(spec: OrganismSpec, out: Path, progress: bool) -> dict[str, Any]:
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
+    from rotelab.machine import configure_threads, cpu_capability
     from rotelab.train import TrainConfig, insertion_schedule, packed_batches, train
 
     s = spec.settings
-    torch.set_num_threads(os.cpu_count() or 1)
+    threads = configure_threads()
     tokenizer = AutoTokenizer.from_pretrained(out)
     org = Organism(out)
     background = [_encode(tokenizer, d) for d in org.train_docs()]
@@ -627,7 +639,7 @@ def _train(spec: OrganismSpec, out: Path, progress: bool) -> dict[str, Any]:
         background, seqs, placements, steps=s.steps, batch_size=s.batch_size, row_len=row_len,
         eos_id=tokenizer.eos_token_id, seed=spec.seed,
     )  # fmt: skip
-    cfg = TrainConfig(steps=s.steps, lr=s.lr, bf16=s.bf16, seed=spec.seed)
+    cfg = TrainConfig(steps=s.steps, lr=s.lr, precision=spec.precision, seed=spec.seed)
     with open(out / "train_log.jsonl", "w") as logf:
 
         def log(rec: dict) -> None:
@@ -650,6 +662,9 @@ def _train(spec: OrganismSpec, out: Path, progress: bool) -> dict[str, Any]:
         "background_tokens": int(sum(len(d) for d in background)),
         "inserted_rows": len(placements),
         "final_loss": history[-1]["loss"],
+        "precision": history[-1]["precision"],
+        "cpu_capability": cpu_capability(),
+        "threads": threads,
     }
 
 
@@ -724,9 +739,6 @@ class Organism:
 
 
 def _describe(org: Organism) -> dict[str, Any]:
-    import torch
-
-    torch.set_num_threads(os.cpu_count() or 1)
     lm = org.lm()
     s = org.spec.settings
     led = org.ledger
@@ -871,9 +883,11 @@ def organism_of(model: str | os.PathLike | None, *, check: bool = True) -> Organ
     return None
 
 
-def default_organism(profile: Profile | str = Profile.default, seed: int = 0) -> Organism:
-    """The cached organism of ``profile``, built on first use."""
-    return build_organism(OrganismSpec(Profile(profile), seed), progress=True)
+def default_organism(
+    profile: Profile | str = Profile.default, seed: int = 0, precision: str = "auto"
+) -> Organism:
+    """The cached organism of ``profile``, built on first use (``precision``: see OrganismSpec)."""
+    return build_organism(OrganismSpec(Profile(profile), seed, precision=precision), progress=True)
 
 
 def organism_command(
@@ -883,6 +897,7 @@ def organism_command(
     out: str | os.PathLike | None = None,
     force: bool = False,
     describe: bool = False,
+    precision: str = "auto",
 ) -> tuple[Path, dict[str, Any] | None]:
     """What ``rotelab organism`` does: build or load, and optionally describe.
 
@@ -891,7 +906,8 @@ def organism_command(
     """
     if corpus_tokens is not None and corpus_tokens < 1000:
         raise RotelabError(f"--corpus-tokens {corpus_tokens} is too small; use at least 1000")
-    org = build_organism(OrganismSpec(Profile(profile), seed, corpus_tokens), out=out, force=force)
+    spec = OrganismSpec(Profile(profile), seed, corpus_tokens, precision=precision)
+    org = build_organism(spec, out=out, force=force)
     return org.path, (org.describe() if describe else None)
 
 
@@ -922,5 +938,6 @@ def format_description(d: dict[str, Any]) -> str:
     if "train_seconds" in d:
         lines.append(
             f"params {d['params']:,}  trained {d['train_seconds']:.0f}s on {d['train_tokens']:,} tokens"
+            + (f" in {d['precision']} ({d['cpu_capability']})" if "precision" in d else "")
         )
     return "\n".join(lines)

@@ -37,7 +37,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from rotelab.errors import RotelabError
-from rotelab.lm import LM, LinearLayer
+from rotelab.lm import LM, LinearLayer, check_load_options
+from rotelab.machine import autocast_dtype, parse_precision
 
 __all__ = ["BalancedSubnet", "balanced_subnet", "organism_forget_retain", "DEFAULTS_NOTE"]
 
@@ -62,6 +63,8 @@ class BalancedSubnet:
         weight_decay: SGD weight decay on the scores.
         layers: glob/regex over linear-layer names; ``None`` = all MLP projections.
         seed: seeds score init, shuffling and retain sampling.
+        precision: ``auto`` (bf16 autocast where bf16 is native, see :mod:`rotelab.machine`),
+            ``fp32`` or ``bf16``.
         progress: show a progress bar.
 
     Attributes:
@@ -82,6 +85,7 @@ class BalancedSubnet:
         weight_decay: float = 5e-4,
         layers: str | Sequence[str] | None = None,
         seed: int = 0,
+        precision: str = "auto",
         progress: bool = False,
     ) -> None:
         self.ratio = ratio
@@ -93,6 +97,7 @@ class BalancedSubnet:
         self.weight_decay = weight_decay
         self.layers = layers
         self.seed = seed
+        self.precision = precision
         self.progress = progress
 
     def get_params(self) -> dict[str, Any]:
@@ -100,6 +105,7 @@ class BalancedSubnet:
             "ratio": self.ratio, "w": self.w, "lr": self.lr, "epochs": self.epochs,
             "batch_size": self.batch_size, "momentum": self.momentum,
             "weight_decay": self.weight_decay, "layers": self.layers, "seed": self.seed,
+            "precision": self.precision,
         }  # fmt: skip
 
     def _check(self) -> None:
@@ -135,6 +141,7 @@ class BalancedSubnet:
             retain_sequences: token id lists to keep predicting well.
         """
         self._check()
+        amp = autocast_dtype(self.precision, lm.device)
         ctx = lm.context_length
         forget = _chunks(forget_sequences, ctx)
         retain = _chunks(retain_sequences, ctx)
@@ -193,8 +200,11 @@ class BalancedSubnet:
                             key = f"{layer.name}.weight"
                             mask = _ste_mask(scores[layer.name], self.ratio)
                             masked[key] = params[key] * mask.to(params[key].dtype)
-                        ce_f = _causal_ce(model, masked, f_batch, lm.pad_id, lm.device)
-                        ce_r = _causal_ce(model, masked, r_batch, lm.pad_id, lm.device)
+                        with torch.autocast(
+                            lm.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None
+                        ):
+                            ce_f = _causal_ce(model, masked, f_batch, lm.pad_id, lm.device)
+                            ce_r = _causal_ce(model, masked, r_batch, lm.pad_id, lm.device)
                         loss = -(1 - self.w) * ce_f + self.w * ce_r
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
@@ -340,6 +350,7 @@ def balanced_subnet(
     force: bool = False,
     device: str = "auto",
     dtype: str = "auto",
+    precision: str = "auto",
     progress: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """Fit BalancedSubnet and write the masked model as a new model directory.
@@ -354,12 +365,16 @@ def balanced_subnet(
         min_count, retain_windows: the organism defaults (see :func:`organism_forget_retain`).
         ratio, w, lr, epochs, batch_size, layers, seed: see :class:`BalancedSubnet`.
         force: replace an existing ``out``.
+        precision: training precision of the mask (see :class:`BalancedSubnet`).
 
     Returns:
         ``(out, summary)``; ``out`` holds the model, its tokenizer and ``balanced_subnet.json``.
     """
     from rotelab.data.organism import Organism
 
+    parse_precision(precision)  # bad values fail before the model is loaded
+    if not isinstance(model, LM):
+        check_load_options(device, dtype)
     if isinstance(model, LM):
         lm, source = model, model.name
     else:
@@ -391,7 +406,7 @@ def balanced_subnet(
         raise RotelabError(f"output directory {out} already exists; pass --force to replace it")
     bsn = BalancedSubnet(
         ratio=ratio, w=w, lr=lr, epochs=epochs, batch_size=batch_size, layers=layers, seed=seed,
-        progress=progress,
+        precision=precision, progress=progress,
     )  # fmt: skip
     bsn.fit(lm, forget_seqs, retain_seqs)
     edited = bsn.apply(lm)

@@ -33,7 +33,7 @@ from rotelab.curvature.kfac import (
     select_layers,
 )
 from rotelab.errors import RotelabError
-from rotelab.lm import LM
+from rotelab.lm import LM, check_load_options
 from rotelab.paths import rotelab_home
 from rotelab.runs import atomic_write_json, to_jsonable
 
@@ -167,6 +167,7 @@ def kfac_edit(
         The model directory (float ``rho``) or ρ → directory (a sweep).
     """
     rhos = parse_rhos(rho)
+    check_load_options(device, dtype)
     # one number (or a string holding one) → one directory; a list or "a,b" → a sweep
     single = isinstance(rho, (int, float)) or (isinstance(rho, str) and len(rhos) == 1)
     lm = _load_model(model, device, dtype)

@@ -699,10 +699,12 @@ def extract(
     processes and rank 0 writes everything; the rows equal those of one process.
     """
     from rotelab.distributed import all_gather_objects, broadcast_object, dist_context
+    from rotelab.lm import check_load_options
     from rotelab.runs import Run
 
     cfg = config or ExtractConfig()
     cfg.validate()
+    check_load_options(device, dtype)
     settings = {"model": model, "data": data, **asdict(cfg), "device": device, "dtype": dtype,
                 "field": field, "errors": errors}  # fmt: skip
     t0 = time.perf_counter()

@@ -53,7 +53,7 @@ import pandas as pd
 import torch
 
 from rotelab.errors import RotelabError
-from rotelab.lm import LM, TokenScores
+from rotelab.lm import LM, TokenScores, check_load_options
 
 __all__ = [
     "Attack",
@@ -877,6 +877,7 @@ def mia(
 
     cfg = config or MIAConfig()
     _validate_config(cfg)
+    check_load_options(device, dtype)
     if (members is None) != (nonmembers is None):
         raise RotelabError(
             "give both --members and --nonmembers, or neither to use the organism's ledger"

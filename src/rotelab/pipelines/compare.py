@@ -67,7 +67,7 @@ import pandas as pd
 
 from rotelab.data.windows import stream_chunks
 from rotelab.errors import RotelabError
-from rotelab.lm import LM
+from rotelab.lm import LM, check_load_options
 from rotelab.measure.stats import rate_with_ci
 from rotelab.runs import Run
 
@@ -143,6 +143,7 @@ def compare(
         raise RotelabError(f"loose threshold must be in (0, 1], not {loose_threshold}")
     if min_count < 0 or heldout_tokens < 2:
         raise RotelabError("min count must be >= 0 and held-out tokens >= 2")
+    check_load_options(device, dtype)
     specs = _model_specs(models)
     org = _resolve_organism(organism, specs)
     config = {

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from rotelab.errors import RotelabError
+from rotelab.machine import parse_precision
 
 __all__ = ["DemoConfig", "demo"]
 
@@ -59,6 +60,8 @@ class DemoConfig:
     Attributes:
         profile: organism profile, ``default`` (the demo's) or ``tiny`` (seconds, for tests).
         seed: organism and method seed.
+        precision: training precision of the organism and BalancedSubnet: ``auto`` (bf16
+            autocast where bf16 is native, else fp32), ``fp32`` or ``bf16``.
         min_count: items inserted at least this often are "memorized" (forget set, headline).
         factor_tokens: training tokens the K-FAC factors average over.
         rhos: ρ values of the sweep (fraction of curvature mass kept).
@@ -73,6 +76,7 @@ class DemoConfig:
 
     profile: str = "default"
     seed: int = 0
+    precision: str = "auto"
     min_count: int = 16
     factor_tokens: int = 32_768
     rhos: tuple[float, ...] = (0.9, 0.8, 0.7, 0.6, 0.5)
@@ -87,6 +91,7 @@ class DemoConfig:
     def validate(self) -> None:
         if self.profile not in ("tiny", "default"):
             raise RotelabError(f"unknown profile {self.profile!r}; use tiny or default")
+        parse_precision(self.precision)
         if not self.rhos or any(not 0 < r <= 1 for r in self.rhos):
             raise RotelabError("every rho must lie in (0, 1]")
         if self.factor_tokens < 1 or self.bsn_epochs < 1 or self.min_count < 1:
@@ -120,10 +125,12 @@ class _Stages:
 def _organism(cfg: DemoConfig, progress: bool):
     from rotelab.data.organism import OrganismSpec, Profile, build_organism
 
-    org = build_organism(OrganismSpec(Profile(cfg.profile), cfg.seed), progress=progress)
+    spec = OrganismSpec(Profile(cfg.profile), cfg.seed, precision=cfg.precision)
+    org = build_organism(spec, progress=progress)
     d = org.describe()
     keep = ("params", "train_ppl", "heldout_ppl", "probe_accuracy", "extraction_by_count",
-            "items_per_cell", "train_seconds", "train_tokens")  # fmt: skip
+            "items_per_cell", "train_seconds", "train_tokens", "precision",
+            "cpu_capability")  # fmt: skip
     return org, {"path": str(org.path), "profile": cfg.profile, **{k: d[k] for k in keep if k in d}}
 
 
@@ -303,7 +310,7 @@ def _balanced_subnet(org, target: Path, cfg: DemoConfig, progress: bool) -> dict
 
     _, summary = balanced_subnet(
         str(org.path), target, min_count=cfg.min_count, epochs=cfg.bsn_epochs, seed=cfg.seed,
-        device="cpu", dtype="float32", progress=progress,
+        device="cpu", dtype="float32", precision=cfg.precision, progress=progress,
     )  # fmt: skip
     return summary
 
@@ -327,6 +334,7 @@ def demo(
     *,
     force: bool = False,
     config: DemoConfig | None = None,
+    precision: str | None = None,
 ) -> Path:
     """Run the demo end to end and write its report; returns the path of ``report.html``.
 
@@ -336,6 +344,7 @@ def demo(
         progress: a line per stage and the methods' progress bars on stderr.
         force: replace an existing ``out``.
         config: stage sizes (default :class:`DemoConfig`).
+        precision: training precision (overrides ``config.precision``; see DemoConfig).
 
     Returns:
         ``<out>/report.html``; ``<out>/summary.json`` holds every number it shows.
@@ -344,8 +353,13 @@ def demo(
     from rotelab.report import write_report
     from rotelab.runs import Run
 
+    base = asdict(config or DemoConfig())
     cfg = DemoConfig(
-        **{**asdict(config or DemoConfig()), "profile": str(getattr(profile, "value", profile))}
+        **{
+            **base,
+            "profile": str(getattr(profile, "value", profile)),
+            "precision": base["precision"] if precision is None else precision,
+        }
     )
     cfg.validate()
     stages = _Stages(progress)

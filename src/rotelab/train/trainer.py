@@ -1,8 +1,9 @@
-"""A plain, readable causal-LM training loop: AdamW, warmup + cosine schedule, optional bf16 autocast.
+"""A plain, readable causal-LM training loop: AdamW, warmup + cosine schedule, bf16 autocast where native.
 
 The loop is generic: any ``transformers`` causal LM (or module returning ``.logits``), any iterable
 of ``(batch, seq)`` token batches. It is step-count based, so a run is a pure function of its seed
-and data, never of the wall clock. Training-time regularizers (``train/`` loss terms) plug in as
+and data, never of the wall clock (and of the precision: ``precision="auto"`` trains with bf16 autocast
+only where bf16 is native, see :mod:`rotelab.machine`). Training-time regularizers (``train/`` loss terms) plug in as
 ``extra_loss(model, batch, logits) -> tensor``.
 """
 
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from rotelab.machine import autocast_dtype, configure_threads
 
 __all__ = ["TrainConfig", "cosine_lr", "causal_lm_loss", "train"]
 
@@ -30,7 +33,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
-    bf16: bool = True
+    precision: str = "auto"  # auto (bf16 autocast where native) | fp32 | bf16
     log_every: int = 10
     seed: int = 0
 
@@ -67,6 +70,9 @@ def train(
     """
     torch.manual_seed(cfg.seed)
     device = next(model.parameters()).device
+    if device.type == "cpu":
+        configure_threads()
+    amp = autocast_dtype(cfg.precision, device)
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -86,7 +92,7 @@ def train(
         if step >= cfg.steps:
             break
         batch = batch.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
             logits = model(input_ids=batch[:, :-1]).logits  # (B, T, V)
             loss = causal_lm_loss(logits, batch)
             total = loss if extra_loss is None else loss + extra_loss(model, batch, logits)
@@ -104,6 +110,7 @@ def train(
                 "grad_norm": grad_norm.item(),
                 "tokens": tokens_seen,
                 "elapsed_s": round(time.perf_counter() - t0, 3),
+                "precision": "bf16" if amp is not None else "fp32",
             }
             log.append(rec)
             if callback is not None:
