@@ -1,4 +1,4 @@
-"""Benchmark: the four likelihood attacks from one pass vs one attack at a time.
+"""Benchmark: likelihood attacks in one pass vs one at a time; exposure from the prefix cache.
 
 Existing tools (mimir, the ReCaLL and Min-K%++ reference code) run each attack as its own loop:
 one text at a time, a full forward pass producing (length x vocab) logits, a full log-softmax, then
@@ -8,14 +8,22 @@ teacher-forced pass with the vocabulary-chunked softmax of ``LM.score(moments=Tr
 This script times both on the organism's ledger items (members and controls, the spans that
 ``rotelab mia`` scores), checks that the scores agree, and prints a Markdown row for BENCHMARKS.md.
 
+It also times Secret-Sharer exposure on the organism's secrets, with the arguments ``rotelab mia``
+uses: ``exposure_table``, which runs each secret's prefix once and scores its ~1000 candidates from
+the prefix's KV cache (``LM.score_continuations``), against the way exposure was computed before,
+every candidate as a whole sequence ``prefix + candidate`` scored from scratch in batches shared by
+all secrets. It checks that ranks and exposures are identical and prints a second Markdown row.
+
     python bench/mia.py                      # the default organism (built on first use)
     python bench/mia.py --organism DIR       # any built organism directory
+    python bench/mia.py --exposure-repeats 0 # the attacks only
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 import zlib
@@ -24,10 +32,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from rotelab.data.organism import default_organism, load_organism  # noqa: E402
-from rotelab.measure.mia import SpanMode, _ledger_texts, likelihood_scores  # noqa: E402
+from rotelab.measure.exposure import _exposure_row, _plan_secrets, exposure_table  # noqa: E402
+from rotelab.measure.mia import (  # noqa: E402
+    MIAConfig,
+    SpanMode,
+    _exposure_inputs,
+    _ledger_texts,
+    likelihood_scores,
+)
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k_pp")
 
@@ -59,6 +75,83 @@ def one_attack_at_a_time(lm, items, attack: str, k: float) -> np.ndarray:
     return out
 
 
+def exposure_from_scratch(lm, inputs: dict, level: float = 0.95) -> pd.DataFrame:
+    """Exposure as it was computed before the prefix cache: the same candidates and ranking, but
+    every candidate is a whole sequence ``prefix + candidate`` scored from scratch, prefix
+    included, in length-bucketed batches shared by all secrets."""
+    plans = _plan_secrets(
+        inputs["item_ids"], inputs["prefixes"], inputs["secrets"], inputs["alphabets"],
+        n_samples=inputs["n_samples"], max_exact=inputs["max_exact"], seed=inputs["seed"],
+        context=lm.context_length,
+    )  # fmt: skip
+    seqs, starts, owner = [], [], []
+    for i, plan in enumerate(plans):
+        for cand in plan.candidates.tolist():
+            seqs.append(plan.prefix + cand)
+            starts.append(len(plan.prefix))
+            owner.append(i)
+    logppl = np.empty(len(seqs))
+    for j, sc in lm.iter_score(seqs, targets_from=starts, batch_size=inputs["batch_size"]):
+        logppl[j] = -float(np.sum(sc.logprobs, dtype=np.float64)) / math.log(2)
+    owner_arr = np.asarray(owner)
+    rows = [_exposure_row(plan, logppl[owner_arr == i], level) for i, plan in enumerate(plans)]
+    return pd.DataFrame(rows)
+
+
+def bench_exposure(lm, org, n_secrets: int, repeats: int, threads: int) -> None:
+    """Time ``exposure_table`` against :func:`exposure_from_scratch`, taking turns."""
+    led = org.ledger
+    secrets = led[led["kind"] == "secret"]
+    if n_secrets:
+        secrets = secrets.head(n_secrets)
+    inputs = _exposure_inputs(lm, secrets, MIAConfig())
+    warm_up = _exposure_inputs(lm, secrets.head(1), MIAConfig())  # the cache path's first calls
+    exposure_table(lm, **warm_up)
+    exposure_from_scratch(lm, warm_up)
+    t_cache, t_scratch = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        cached = exposure_table(lm, **inputs)
+        t_cache.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        scratch = exposure_from_scratch(lm, inputs)
+        t_scratch.append(time.perf_counter() - t0)
+    ranks_same = bool(
+        (cached["n_better"] == scratch["n_better"]).all()
+        and np.allclose(cached["rank"], scratch["rank"], rtol=1e-9, atol=0)
+    )
+    d_logppl = float(np.max(np.abs(cached["secret_logppl"] - scratch["secret_logppl"])))
+    d_exposure = float(np.max(np.abs(cached["exposure"] - scratch["exposure"])))
+    fast, slow = float(np.median(t_cache)), float(np.median(t_scratch))
+    n_cands = int(cached["n_candidates"].sum())
+    prefix_tokens = secrets["prefix_tokens"].map(len)
+    result = {
+        "secrets": len(secrets),
+        "candidates": n_cands,
+        "prefix_tokens_mean": round(float(prefix_tokens.mean()), 1),
+        "secret_tokens": int(secrets["suffix_tokens"].map(len).max()),
+        "batch_size": inputs["batch_size"],
+        "threads": threads,
+        "prefix_cache_s": round(fast, 3),
+        "from_scratch_s": round(slow, 3),
+        "speedup": round(slow / fast, 2),
+        "ranks_identical": ranks_same,
+        "max_abs_secret_logppl_diff": d_logppl,
+        "max_abs_exposure_diff": d_exposure,
+    }
+    print(json.dumps(result, indent=2))
+    print(
+        "| secrets (candidates, prefix/secret tokens) | from scratch | prefix cache | speed-up "
+        "| ranks identical | max abs logppl / exposure difference |\n|---|---|---|---|---|---|"
+    )
+    print(
+        f"| {len(secrets)} secrets ({n_cands} candidates, {prefix_tokens.mean():.1f}/"
+        f"{result['secret_tokens']} tokens), {threads} threads | {slow:.2f} s | {fast:.2f} s "
+        f"| {slow / fast:.1f}x | {'yes' if ranks_same else 'NO'} | {d_logppl:.1e} / "
+        f"{d_exposure:.1e} |"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--organism", help="built organism directory (default: the default organism)")
@@ -66,6 +159,14 @@ def main() -> None:
     ap.add_argument("--k", type=float, default=0.2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument(
+        "--exposure-repeats", type=int, default=1,
+        help="timed runs of each exposure method (0: skip exposure; the old way takes minutes)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--exposure-secrets", type=int, default=0,
+        help="time exposure on the first N secrets of the ledger (0: all, as rotelab mia does)",
+    )  # fmt: skip
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -105,6 +206,8 @@ def main() -> None:
         f"{result['params'] / 1e6:.1f}M params, vocab {lm.vocab_size}, {args.threads} threads "
         f"| {each:.2f} s | {one:.2f} s | {each / one:.1f}x | {max(diff.values()):.1e} |"
     )
+    if args.exposure_repeats > 0:
+        bench_exposure(lm, org, args.exposure_secrets, args.exposure_repeats, args.threads)
 
 
 if __name__ == "__main__":

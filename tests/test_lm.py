@@ -255,3 +255,31 @@ def test_head_logits_are_the_models_logits_with_softcapping_and_scale():
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(lm.head_logits(h, 10, 30), ref[:, 10:30], rtol=1e-5, atol=1e-6)
         assert not torch.allclose(raw, ref, atol=1e-3)  # the cap or scale really changes them
+
+
+def _continuation_cases(lm):
+    """Continuations scored from the prefix cache and as whole sequences from scratch."""
+    rng = np.random.default_rng(0)
+    for prefix_len, length in ((1, 4), (13, 1), (29, 6)):
+        prefix = rng.integers(1, 96, size=prefix_len).tolist()
+        conts = rng.integers(1, 96, size=(11, length))
+        got = lm.score_continuations(prefix, conts, batch_size=4, vocab_chunk=17)
+        whole = lm.score([prefix + c for c in conts.tolist()], targets_from=prefix_len)
+        yield got, np.stack([w.logprobs for w in whole])
+
+
+def test_continuations_from_the_prefix_cache_score_like_whole_sequences(tiny_model_dir):
+    lm = LM.load(tiny_model_dir, dtype="float32")
+    for got, want in _continuation_cases(lm):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    with pytest.raises(RotelabError, match="context"):
+        lm.score_continuations([1] * 60, [[2] * 5])
+
+
+def test_continuations_with_softcapping_and_scale_score_like_whole_sequences():
+    from tiny_models import make_tokenizer
+
+    for model in _capped_models():
+        for got, want in _continuation_cases(LM.from_model(model, make_tokenizer())):
+            np.testing.assert_allclose(got, want, atol=1e-5)

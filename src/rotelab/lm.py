@@ -8,6 +8,7 @@ the memory-bounded softmax live here, so every method gets them the same way:
   margin and (optionally) the mean and variance of log p over the full vocabulary (Min-K%++). The
   softmax is done in vocabulary chunks on the target positions only, so (batch x length x vocab)
   never sits in memory.
+- :meth:`LM.score_continuations` scores many continuations of one prefix from its KV cache.
 - :meth:`LM.generate` decodes greedily (or samples) with the KV cache.
 - :meth:`LM.hidden_states` returns residual-stream activations at chosen layers.
 - :meth:`LM.linear_layers` presents ``nn.Linear`` and GPT-2's ``Conv1D`` alike (weight as out x in).
@@ -15,6 +16,7 @@ the memory-bounded softmax live here, so every method gets them the same way:
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import inspect
 import math
@@ -457,6 +459,68 @@ class LM:
                     vocab_chunk=vocab_chunk,
                 )
                 advance()
+
+    @torch.inference_mode()
+    def score_continuations(
+        self,
+        prefix: Sequence[int],
+        continuations: Sequence[Sequence[int]] | np.ndarray,
+        *,
+        batch_size: int = 32,
+        vocab_chunk: int | None = None,
+    ) -> np.ndarray:
+        """Log-probabilities of many continuations of one prefix, from the prefix's KV cache.
+
+        Row ``i`` equals ``score([prefix + continuations[i]], targets_from=len(prefix))[0]
+        .logprobs`` up to float rounding, but the prefix runs through the model once: for each
+        batch of ``batch_size`` continuations its cache is repeated along the batch (never for
+        all continuations at once) and only the continuation tokens are computed. Meant for
+        ranking many candidates after one context, as Secret-Sharer exposure does.
+
+        Args:
+            prefix: token ids before the continuations (at least one).
+            continuations: (n, L) token ids, all of one length L >= 1.
+            batch_size: continuations per forward pass.
+            vocab_chunk: vocabulary columns per chunk of the softmax (default: bounded memory).
+
+        Returns:
+            (n, L) float32: log p(continuation token t | prefix, the continuation before t).
+        """
+        conts = np.asarray(continuations, dtype=np.int64)
+        if conts.ndim != 2 or conts.size == 0:
+            raise ValueError("continuations must be an (n, L) array of token ids with n, L >= 1")
+        n, length = conts.shape
+        ctx = self.context_length
+        if len(prefix) == 0:
+            raise RotelabError("the prefix is empty; scoring needs at least one token before it")
+        if len(prefix) + length > ctx:
+            raise RotelabError(
+                f"prefix ({len(prefix)} tokens) plus continuations of {length} tokens exceed the "
+                f"model's context of {ctx}"
+            )
+        key = self.cache_arg
+        base = self.model.base_model
+        ids = torch.as_tensor(conts, device=self.device)
+        out = np.empty((n, length), dtype=np.float32)
+        with _lean_inference(self.model):
+            first = base(input_ids=torch.tensor([list(prefix)], device=self.device), use_cache=True)
+            cache = getattr(first, key)
+            last = first.last_hidden_state[:, -1:]  # (1, 1, D): predicts every first token
+            for batch in length_buckets([length] * n, batch_size):  # equal lengths: input order
+                rows = ids[torch.as_tensor(batch, device=self.device)]  # (B, L)
+                b = len(batch)
+                hidden = last.expand(b, 1, -1)
+                if length > 1:
+                    # The forward appends to the cache it is given, so each batch gets its own copy.
+                    past = copy.deepcopy(cache)
+                    past.batch_repeat_interleave(b)
+                    rest = base(input_ids=rows[:, :-1], use_cache=True, **{key: past})
+                    hidden = torch.cat([hidden, rest.last_hidden_state], dim=1)  # (B, L, D)
+                stats = self.head_stats(
+                    hidden.reshape(b * length, -1), rows.reshape(-1), vocab_chunk=vocab_chunk
+                )
+                out[batch] = stats["logprob"].view(b, length).cpu().numpy()
+        return out
 
     def final_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(batch, seq, hidden) output of the final norm, before the LM head."""

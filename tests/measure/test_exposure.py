@@ -1,4 +1,5 @@
-"""Secret Sharer exposure: exact enumeration vs brute force, sampled estimate vs exact."""
+"""Secret Sharer exposure: exact enumeration vs brute force, sampled estimate vs exact, cached
+candidate scoring vs whole sequences scored from scratch."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from rotelab.errors import RotelabError
+from rotelab.lm import LM
 from rotelab.measure.exposure import exposure, exposure_table
 
 
@@ -66,3 +68,43 @@ def test_secret_outside_alphabet_is_refused(tiny_lm, setup):
     outside = next(t for t in range(50) if t not in alphabet)
     with pytest.raises(RotelabError, match="not in its alphabet"):
         exposure(tiny_lm, prefix, [alphabet[0], outside], alphabet)
+
+
+def _from_scratch(lm, prefix, continuations, *, batch_size):
+    """Every candidate as a whole sequence ``prefix + candidate``, scored from scratch."""
+    seqs = [list(prefix) + c for c in np.asarray(continuations).tolist()]
+    scores = lm.score(seqs, targets_from=len(prefix), batch_size=batch_size)
+    return np.stack([s.logprobs for s in scores])
+
+
+def test_cached_candidates_rank_like_whole_sequences(tiny_model_dir, monkeypatch):
+    lm = LM.load(tiny_model_dir, dtype="float32")
+    rng = np.random.default_rng(0)
+    small, large = [7, 11, 13], [20, 21, 22, 23, 24, 25]
+    # (prefix length, alphabet, secret length): 3^3 = 27 candidates enumerated, 6^5 sampled
+    shapes = [(1, small, 3), (12, large, 5), (30, small, 3), (5, large, 5), (40, large, 5)]
+    prefixes = [rng.integers(1, 96, size=n).tolist() for n, _, _ in shapes]
+    secrets = [rng.choice(a, size=k).tolist() for _, a, k in shapes]
+    kwargs = dict(
+        item_ids=[f"s{i}" for i in range(len(shapes))], prefixes=prefixes, secrets=secrets,
+        alphabets=[a for _, a, _ in shapes], n_samples=60, max_exact=100, seed=3,
+        batch_size=7,  # divides neither 27 nor the ~60 sampled candidates
+    )  # fmt: skip
+    cached = exposure_table(lm, **kwargs)
+    monkeypatch.setattr(LM, "score_continuations", _from_scratch)
+    whole = exposure_table(lm, **kwargs)
+    assert cached["method"].tolist() == ["exact", "sampled", "exact", "sampled", "sampled"]
+    assert cached["n_candidates"].tolist() == whole["n_candidates"].tolist()
+    assert cached["n_better"].tolist() == whole["n_better"].tolist()  # the ranks themselves
+    # a sampled rank with no better candidate is extrapolated from a fit to the log-perplexities
+    np.testing.assert_allclose(cached["rank"], whole["rank"], rtol=1e-3)
+    np.testing.assert_allclose(cached["secret_logppl"], whole["secret_logppl"], atol=1e-4)
+    for col in ("exposure", "exposure_ci_low", "exposure_ci_high", "exposure_skewnorm"):
+        np.testing.assert_allclose(cached[col], whole[col], atol=1e-3, equal_nan=True)
+
+
+def test_prefix_and_secret_longer_than_the_context_are_refused(tiny_lm, setup):
+    _, alphabet = setup
+    long_prefix = [alphabet[0]] * (tiny_lm.context_length - 2)
+    with pytest.raises(RotelabError, match="'secret'.*context of 64"):
+        exposure(tiny_lm, long_prefix, alphabet[:3], alphabet)

@@ -21,13 +21,14 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from rotelab.errors import RotelabError
-from rotelab.lm import LM
+from rotelab.lm import LM, progress_bar
 from rotelab.measure.stats import clopper_pearson
 
 __all__ = ["HIGHER_IS_BETTER", "exposure", "exposure_from_ranks", "exposure_table"]
@@ -64,7 +65,7 @@ def exposure_table(
     batch_size: int = 256,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Exposure of each secret; candidates of all secrets are scored in shared batches.
+    """Exposure of each secret; its prefix runs once and its candidates are scored from its cache.
 
     Args:
         lm: the model.
@@ -75,23 +76,56 @@ def exposure_table(
         n_samples: candidates sampled per secret when |A|^L > ``max_exact``.
         max_exact: largest candidate space enumerated exactly.
         level: confidence level of the sampled interval.
+        seed: seeds the sampled candidates.
+        batch_size: candidates per forward pass (see :meth:`LM.score_continuations`).
+        progress: show a progress bar over the secrets.
 
     Returns:
         One row per secret: ``item_id, method (exact|sampled), log2_space, secret_logppl,
         n_candidates, n_better, rank, exposure, exposure_ci_low, exposure_ci_high,
         exposure_skewnorm`` (the last three equal ``exposure`` / NaN for exact ranks).
     """
+    plans = _plan_secrets(
+        item_ids, prefixes, secrets, alphabets, n_samples=n_samples, max_exact=max_exact,
+        seed=seed, context=lm.context_length,
+    )  # fmt: skip
+    rows = []
+    with progress_bar(progress, len(plans), "exposure") as advance:
+        for plan in plans:
+            logprobs = lm.score_continuations(plan.prefix, plan.candidates, batch_size=batch_size)
+            rows.append(_exposure_row(plan, _logppl_bits(logprobs), level))
+            advance()
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class _Plan:
+    """One secret and what it is ranked against."""
+
+    item_id: str
+    prefix: list[int]
+    candidates: np.ndarray  # (1 + n_candidates, L): the secret first, then its competitors
+    method: str  # exact | sampled
+    space: int  # |A|^L
+
+
+def _plan_secrets(
+    item_ids, prefixes, secrets, alphabets, *, n_samples, max_exact, seed, context
+) -> list[_Plan]:
+    """Check every secret and draw its candidates (in order, from one generator), before scoring."""
     if n_samples < 2:
         raise RotelabError("exposure sampling needs at least 2 candidates per secret")
     rng = np.random.default_rng(seed)
-    seqs: list[list[int]] = []
-    starts: list[int] = []
-    owner: list[int] = []
     plans = []
     for i, (prefix, secret, alphabet) in enumerate(zip(prefixes, secrets, alphabets)):
         prefix, secret, alphabet = list(prefix), list(secret), sorted(set(alphabet))
         if not prefix or not secret:
             raise RotelabError(f"secret {item_ids[i]!r}: prefix and secret must be non-empty")
+        if len(prefix) + len(secret) > context:
+            raise RotelabError(
+                f"secret {item_ids[i]!r}: prefix ({len(prefix)} tokens) plus secret "
+                f"({len(secret)} tokens) exceed the model's context of {context}"
+            )
         bad = [t for t in secret if t not in alphabet]
         if bad:
             raise RotelabError(
@@ -100,36 +134,34 @@ def exposure_table(
             )
         space = len(alphabet) ** len(secret)
         cands, method = _candidates(alphabet, len(secret), space, max_exact, n_samples, rng)
-        # the secret first, then its candidates; a sampled copy of the secret is not a competitor
-        keep = ~(cands == np.asarray(secret)).all(1)
-        cands = cands[keep]
-        plans.append((method, space, len(cands)))
-        for c in [secret, *cands.tolist()]:
-            seqs.append(prefix + list(c))
-            starts.append(len(prefix))
-            owner.append(i)
-    logppl = np.empty(len(seqs))
-    for j, sc in lm.iter_score(seqs, targets_from=starts, batch_size=batch_size, progress=progress):
-        logppl[j] = -float(np.sum(sc.logprobs, dtype=np.float64)) / math.log(2)
-    owner_arr = np.asarray(owner)
-    rows = []
-    for i, (method, space, n_cands) in enumerate(plans):
-        values = logppl[owner_arr == i]
-        own, others = values[0], values[1:]
-        better = int((others < own).sum())
-        row: dict[str, Any] = {
-            "item_id": item_ids[i], "method": method, "log2_space": math.log2(space),
-            "secret_logppl": own, "n_candidates": n_cands, "n_better": better,
-        }  # fmt: skip
-        if method == "exact":
-            rank = 1 + better
-            e = exposure_from_ranks(rank, space)
-            row.update(rank=float(rank), exposure=e, exposure_ci_low=e, exposure_ci_high=e)
-            row["exposure_skewnorm"] = float("nan")
-        else:
-            row.update(_sampled_exposure(own, others, better, space, level))
-        rows.append(row)
-    return pd.DataFrame(rows)
+        # a sampled copy of the secret is not a competitor
+        cands = cands[~(cands == np.asarray(secret)).all(1)]
+        candidates = np.concatenate([np.asarray([secret], dtype=np.int64), cands])
+        plans.append(_Plan(item_ids[i], prefix, candidates, method, space))
+    return plans
+
+
+def _logppl_bits(logprobs: np.ndarray) -> np.ndarray:
+    """Log-perplexity in bits, ``-sum_t log2 p``, of each row of (n, L) log-probabilities (nats)."""
+    return -np.sum(logprobs, axis=1, dtype=np.float64) / math.log(2)
+
+
+def _exposure_row(plan: _Plan, logppl: np.ndarray, level: float) -> dict[str, Any]:
+    """The table row of one secret from the log-perplexities of ``plan.candidates``."""
+    own, others = logppl[0], logppl[1:]
+    better = int((others < own).sum())
+    row: dict[str, Any] = {
+        "item_id": plan.item_id, "method": plan.method, "log2_space": math.log2(plan.space),
+        "secret_logppl": own, "n_candidates": len(others), "n_better": better,
+    }  # fmt: skip
+    if plan.method == "exact":
+        rank = 1 + better
+        e = exposure_from_ranks(rank, plan.space)
+        row.update(rank=float(rank), exposure=e, exposure_ci_low=e, exposure_ci_high=e)
+        row["exposure_skewnorm"] = float("nan")
+    else:
+        row.update(_sampled_exposure(own, others, better, plan.space, level))
+    return row
 
 
 def _sampled_exposure(own, others, better, space, level) -> dict[str, float]:

@@ -1156,18 +1156,7 @@ def _organism_exposure(lm: LM, organism, cfg: MIAConfig, run, progress: bool) ->
     if secrets.empty:
         return {}
     if not run.has_part("exposure", "secrets"):
-        table = exposure_table(
-            lm,
-            item_ids=secrets["item_id"].tolist(),
-            prefixes=secrets["prefix_tokens"].tolist(),
-            secrets=secrets["suffix_tokens"].tolist(),
-            alphabets=[_alphabet_tokens(lm, a) for a in secrets["secret_alphabet"]],
-            n_samples=cfg.exposure_samples,
-            max_exact=cfg.exposure_max_exact,
-            seed=cfg.seed,
-            batch_size=max(cfg.batch_size, 256),
-            progress=progress,
-        )
+        table = exposure_table(lm, **_exposure_inputs(lm, secrets, cfg), progress=progress)
         table = table.merge(secrets[["item_id", "count", "phase"]], on="item_id")
         run.write_part("exposure", "secrets", table)
     table = run.read_table("exposure")
@@ -1180,6 +1169,20 @@ def _organism_exposure(lm: LM, organism, cfg: MIAConfig, run, progress: bool) ->
         "by_count": {
             str(c): {k: float(v) for k, v in row.items()} for c, row in by_count.iterrows()
         },
+    }
+
+
+def _exposure_inputs(lm: LM, secrets: pd.DataFrame, cfg: MIAConfig) -> dict[str, Any]:
+    """:func:`exposure_table`'s arguments for the organism's ledger rows of kind secret."""
+    return {
+        "item_ids": secrets["item_id"].tolist(),
+        "prefixes": secrets["prefix_tokens"].tolist(),
+        "secrets": secrets["suffix_tokens"].tolist(),
+        "alphabets": [_alphabet_tokens(lm, a) for a in secrets["secret_alphabet"]],
+        "n_samples": cfg.exposure_samples,
+        "max_exact": cfg.exposure_max_exact,
+        "seed": cfg.seed,
+        "batch_size": max(cfg.batch_size, 256),
     }
 
 
