@@ -21,7 +21,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/rotelab demo
 
+# The first line names the machine: CPU capability, threads, and the precision `auto` chose.
 test: $(STAMP)
+	@$(BIN)/rotelab machine
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)

@@ -30,6 +30,7 @@ import torch  # noqa: E402
 
 from rotelab.data.windows import Window  # noqa: E402
 from rotelab.lm import LM, default_vocab_chunk  # noqa: E402
+from rotelab.machine import configure_threads, describe_machine  # noqa: E402
 from rotelab.measure.extraction import recheck_near_ties, score_windows  # noqa: E402
 
 
@@ -135,9 +136,10 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--top-k", type=int, default=40)
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--threads", type=int, default=None, help="default: the usable cores")
     ap.add_argument("--repeats", type=int, default=3, help="Repeats; the best one counts.")
     args = ap.parse_args()
+    args.threads = args.threads or configure_threads()
     torch.set_num_threads(args.threads)
     p, s = args.prefix_len, args.suffix_len
 
@@ -201,6 +203,7 @@ def main() -> None:
     unflagged = int((flip & ~half["near_tie"].to_numpy()).sum())
 
     bound32 = flops32 / (2 * params)
+    print(describe_machine())
     print(f"model {lm.name}  non-embedding params {params / 1e6:.1f}M  windows {len(wins)} ({p}/{s})  "
           f"batch {args.batch_size}  threads {args.threads}  best of {args.repeats} interleaved  "
           f"load {os.getloadavg()[0]:.1f}")  # fmt: skip

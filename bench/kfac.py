@@ -48,6 +48,7 @@ import torch  # noqa: E402
 
 from rotelab.curvature import KFAC  # noqa: E402
 from rotelab.lm import LM  # noqa: E402
+from rotelab.machine import configure_threads, describe_machine  # noqa: E402
 
 
 def bench_model(seed: int = 0, vocab: int = 2048, intermediate: int = 688):
@@ -408,7 +409,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=16_384)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--threads", type=int, default=None, help="default: the usable cores")
     ap.add_argument("--vocab", type=int, default=2048, help="timing: the bench model's vocabulary")
     ap.add_argument("--intermediate", type=int, default=688, help="timing: its MLP width")
     ap.add_argument("--model", default="smollm2", help="model: the real model to time")
@@ -423,10 +424,13 @@ def main() -> None:
     )  # fmt: skip
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
+    args.threads = args.threads or configure_threads()
     result = {"timing": timing, "model": real_model, "organism": organism}[args.mode](args)
+    result["machine"] = describe_machine()
     text = json.dumps(result, indent=2)
     print(text)
     if args.mode != "organism":
+        print(result["machine"])
         print(markdown_table(result))
     if args.json_out:
         with open(args.json_out, "w") as f:

@@ -36,6 +36,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from rotelab.data.organism import default_organism, load_organism  # noqa: E402
+from rotelab.machine import configure_threads, describe_machine  # noqa: E402
 from rotelab.measure.exposure import _exposure_row, _plan_secrets, exposure_table  # noqa: E402
 from rotelab.measure.mia import (  # noqa: E402
     MIAConfig,
@@ -158,7 +159,7 @@ def main() -> None:
     ap.add_argument("--span", default="full", choices=[m.value for m in SpanMode])
     ap.add_argument("--k", type=float, default=0.2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--threads", type=int, default=None, help="default: the usable cores")
     ap.add_argument(
         "--exposure-repeats", type=int, default=1,
         help="timed runs of each exposure method (0: skip exposure; the old way takes minutes)",
@@ -168,8 +169,9 @@ def main() -> None:
         help="time exposure on the first N secrets of the ledger (0: all, as rotelab mia does)",
     )  # fmt: skip
     args = ap.parse_args()
-
+    args.threads = args.threads or configure_threads()
     torch.set_num_threads(args.threads)
+    print(describe_machine())
     org = load_organism(args.organism) if args.organism else default_organism()
     lm = org.lm()
     items = _ledger_texts(org.ledger, SpanMode(args.span), lm.context_length)

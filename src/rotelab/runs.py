@@ -90,7 +90,9 @@ def environment(device: str | None = None) -> dict:
     import torch
 
     import rotelab
+    from rotelab.machine import machine_info
 
+    machine = machine_info("cpu")
     env = {
         "rotelab": rotelab.__version__,
         "python": platform.python_version(),
@@ -98,6 +100,8 @@ def environment(device: str | None = None) -> dict:
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "cpu_count": os.cpu_count(),
+        **{k: machine[k] for k in ("cpu", "cpu_capability", "bf16_native_cpu", "threads",
+                                   "usable_cores", "precision_auto")},  # fmt: skip
         "device": device or ("cuda" if torch.cuda.is_available() else "cpu"),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "git": _git_hash(),
