@@ -48,7 +48,7 @@ import torch  # noqa: E402
 
 from rotelab.curvature import KFAC  # noqa: E402
 from rotelab.lm import LM  # noqa: E402
-from rotelab.machine import configure_threads, describe_machine  # noqa: E402
+from rotelab.machine import bf16_native, configure_threads, describe_machine  # noqa: E402
 
 
 def bench_model(seed: int = 0, vocab: int = 2048, intermediate: int = 688):
@@ -214,18 +214,23 @@ def timing(args) -> dict:
         names[label] = [layer.name for layer in lm.mlp_layers()]
         if blocks:
             names[label] = [n for n in names[label] if int(n.split(".")[2]) in (1, 2, 3)]
-    # The same model in bfloat16 (`rotelab kfac --dtype bfloat16`), against a bfloat16 plain pass.
-    model16 = copy.deepcopy(model).to(torch.bfloat16)
-    lm16 = LM.from_model(model16, _Tok(), name="bench-llama-bf16")
-    methods = {"plain": lambda: plain_fwd_bwd(model, batches),
-               "plain-bf16": lambda: plain_fwd_bwd(model16, batches)}  # fmt: skip
+    # The same model in bfloat16 (`rotelab kfac --dtype bfloat16`), against a bfloat16 plain pass;
+    # only where bf16 is native (or --bf16 on): emulated, it would take most of an hour.
+    use16 = args.bf16 == "on" or (args.bf16 == "auto" and bf16_native())
+    results["config"]["bf16_runs"] = use16
+    methods = {"plain": lambda: plain_fwd_bwd(model, batches)}
+    if use16:
+        model16 = copy.deepcopy(model).to(torch.bfloat16)
+        lm16 = LM.from_model(model16, _Tok(), name="bench-llama-bf16")
+        methods["plain-bf16"] = lambda: plain_fwd_bwd(model16, batches)
     for label, blocks in scopes.items():
         methods[f"rotelab/{label}"] = lambda b=blocks: KFAC(blocks=b, labels="sampled").fit(
             lm, seq_lists, batch_size=bs
         )
-        methods[f"rotelab-bf16/{label}"] = lambda b=blocks: KFAC(blocks=b, labels="sampled").fit(
-            lm16, seq_lists, batch_size=bs
-        )
+        if use16:
+            methods[f"rotelab-bf16/{label}"] = lambda b=blocks: KFAC(
+                blocks=b, labels="sampled"
+            ).fit(lm16, seq_lists, batch_size=bs)
         if have_curv:
             methods[f"curvlinops/{label}"] = lambda n=names[label]: curvlinops_factors(
                 model, batches, n, "mc"
@@ -243,11 +248,12 @@ def timing(args) -> dict:
     for label, blocks in scopes.items():
         ours = times[f"rotelab/{label}"]
         row: dict = {"layers": len(names[label])}
-        ours16, plain16 = times[f"rotelab-bf16/{label}"], times["plain-bf16"]
         for clock in ("wall_s", "cpu_s"):
             row[f"rotelab_vs_plain_{clock[:-2]}"] = ours[clock] / plain[clock]
-            row[f"rotelab_bf16_vs_plain_bf16_{clock[:-2]}"] = ours16[clock] / plain16[clock]
-            row[f"rotelab_bf16_vs_plain_{clock[:-2]}"] = ours16[clock] / plain[clock]
+            if use16:
+                ours16, plain16 = times[f"rotelab-bf16/{label}"], times["plain-bf16"]
+                row[f"rotelab_bf16_vs_plain_bf16_{clock[:-2]}"] = ours16[clock] / plain16[clock]
+                row[f"rotelab_bf16_vs_plain_{clock[:-2]}"] = ours16[clock] / plain[clock]
         if have_curv:
             theirs = times[f"curvlinops/{label}"]
             for clock in ("wall_s", "cpu_s"):
@@ -258,9 +264,10 @@ def timing(args) -> dict:
             ref = curvlinops_factors(model, batches, names[label], "empirical")
             row["max_rel_err_A"] = max(_rel(ours_f[n][0], ref[n][0]) for n in names[label])
             row["max_rel_err_G"] = max(_rel(ours_f[n][1], ref[n][1]) for n in names[label])
-            ours16_f = KFAC(blocks=blocks, labels="gold").fit(lm16, seq_lists, batch_size=bs).factors_
-            row["bf16_max_rel_err_A"] = max(_rel(ours16_f[n][0], ref[n][0]) for n in names[label])
-            row["bf16_max_rel_err_G"] = max(_rel(ours16_f[n][1], ref[n][1]) for n in names[label])
+            if use16:
+                f16 = KFAC(blocks=blocks, labels="gold").fit(lm16, seq_lists, batch_size=bs).factors_
+                row["bf16_max_rel_err_A"] = max(_rel(f16[n][0], ref[n][0]) for n in names[label])
+                row["bf16_max_rel_err_G"] = max(_rel(f16[n][1], ref[n][1]) for n in names[label])
         gemms, gemms_plain = times[f"gemms/rotelab/{label}"], times["gemms/plain"]
         for clock in ("wall_s", "cpu_s"):
             row[f"gemms_alone_rotelab_vs_plain_{clock[:-2]}"] = gemms[clock] / gemms_plain[clock]
@@ -397,7 +404,11 @@ def markdown_table(result: dict) -> str:
             + (f"**{row['speedup_vs_curvlinops_wall']:.2f}x**" if curv else "–")
             + " | "
             + (f"{row['max_rel_err_A']:.1e}, {row['max_rel_err_G']:.1e}" if curv else "–")
-            + f" | {row['rotelab_bf16_vs_plain_bf16_wall']:.2f}x, {row['rotelab_bf16_vs_plain_wall']:.2f}x"
+            + (
+                f" | {row['rotelab_bf16_vs_plain_bf16_wall']:.2f}x, {row['rotelab_bf16_vs_plain_wall']:.2f}x"
+                if "rotelab_bf16_vs_plain_wall" in row
+                else " | – (bf16 not native here)"
+            )
             + f" | {row['gemms_alone_rotelab_vs_plain_wall']:.2f}x |"
         )
     return "\n".join(lines)
@@ -422,6 +433,8 @@ def main() -> None:
         "--variants", default="",
         help="';'-separated collection variants, each 'blocks=2-3,layers=*gate_proj,labels=gold,tokens=N'",
     )  # fmt: skip
+    ap.add_argument("--bf16", default="auto", choices=["auto", "on", "off"],
+                    help="timing: bf16 runs (auto: only where bf16 is native on this CPU)")  # fmt: skip
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     args.threads = args.threads or configure_threads()

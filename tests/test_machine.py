@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -133,27 +137,57 @@ def test_usable_cores_are_capped_by_the_quota(monkeypatch):
 
 
 @pytest.fixture
-def restore_threads():
+def threads(monkeypatch, tmp_path):
+    """A fresh thread state and process registry; torch's count restored afterwards."""
     before = torch.get_num_threads()
-    yield
+    for name in machine.THREAD_ENVS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(machine, "_threads", machine._ThreadState())
+    monkeypatch.setattr(machine, "_registry_dir", lambda: tmp_path / "active")
+    monkeypatch.setattr(machine, "usable_cores", lambda: 2)
+    yield tmp_path / "active"
     torch.set_num_threads(before)
 
 
-def test_threads_are_lowered_to_the_usable_cores_never_raised(monkeypatch, restore_threads):
-    for name in machine.THREAD_ENVS:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(machine, "usable_cores", lambda: 2)
+def test_threads_are_lowered_to_the_usable_cores_never_raised(threads):
     torch.set_num_threads(3)  # what torch picks from the host's core count in a small container
     assert configure_threads() == 2 and torch.get_num_threads() == 2
+    machine._threads = machine._ThreadState()
     torch.set_num_threads(1)  # fewer than the cores: someone chose it
     assert configure_threads() == 1 and torch.get_num_threads() == 1
 
 
-def test_a_thread_count_the_user_set_stands(monkeypatch, restore_threads):
+def test_a_thread_count_the_user_set_stands(threads, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    monkeypatch.setattr(machine, "usable_cores", lambda: 2)
     torch.set_num_threads(3)
     assert configure_threads() == 3 and torch.get_num_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert configure_threads() == 2
+    torch.set_num_threads(1)  # set after rotelab did: the user's now
+    assert configure_threads() == 1 and machine.machine_info("cpu")["threads_from"] == (
+        "torch.set_num_threads"
+    )
+
+
+def test_concurrent_rotelab_processes_share_the_cores(threads):
+    """Another working rotelab process halves this one's threads; once it ends, or stops
+    checking in, the cores come back."""
+    torch.set_num_threads(2)
+    assert configure_threads() == 2
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (threads / str(other.pid)).touch()
+        assert configure_threads() == 1 and torch.get_num_threads() == 1
+        stale = time.time() - 2 * machine.ACTIVE_SECONDS
+        os.utime(threads / str(other.pid), (stale, stale))  # idle: holds a model, does no work
+        assert configure_threads() == 2
+        (threads / str(other.pid)).touch()
+        assert configure_threads() == 1
+    finally:
+        other.kill()
+        other.wait()
+    assert configure_threads() == 2 and not (threads / str(other.pid)).exists()
+    assert (threads / str(os.getpid())).exists()
 
 
 def test_probe_is_measured_once_per_machine_and_cached(monkeypatch, tmp_path):

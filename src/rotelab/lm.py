@@ -36,6 +36,7 @@ from rotelab.machine import (
     configure_threads,
     resolve_device,
     resolve_precision,
+    share_threads,
     warn_if_emulated,
 )
 from rotelab.paths import rotelab_home
@@ -912,7 +913,11 @@ def length_buckets(lengths: Sequence[int], batch_size: int) -> Iterator[list[int
 
 
 class progress_bar:  # noqa: N801 - used like a function: ``with progress_bar(...) as advance``
-    """A rich progress bar when asked for, else a no-op; used as ``with ... as advance``."""
+    """A rich progress bar when asked for; used as ``with ... as advance`` (``advance(n=1)``).
+
+    Every long loop advances one, so ``advance`` is also where a process re-checks its share of the
+    cores (:func:`rotelab.machine.share_threads`, at most once a second), bar or no bar.
+    """
 
     def __init__(self, enabled: bool, total: int, label: str) -> None:
         self.enabled, self.total, self.label = enabled, total, label
@@ -920,13 +925,18 @@ class progress_bar:  # noqa: N801 - used like a function: ``with progress_bar(..
 
     def __enter__(self):
         if not self.enabled:
-            return lambda: None
+            return lambda n=1: share_threads()
         from rich.progress import Progress
 
         self._bar = Progress(transient=True)
         self._bar.start()
         task = self._bar.add_task(self.label, total=self.total)
-        return lambda: self._bar.advance(task)
+
+        def advance(n: int = 1) -> None:
+            share_threads()
+            self._bar.advance(task, n)
+
+        return advance
 
     def __exit__(self, *exc) -> None:
         if self._bar is not None:

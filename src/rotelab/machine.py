@@ -13,9 +13,11 @@ bf16 therefore asks this module, and nothing assumes the CPU it was tuned on.
   to (CI uses it to exercise both paths on one machine). An explicit bf16 request on a machine
   where it is emulated still works, after one warning line.
 - **Threads.** rotelab never raises torch's thread count and never touches it when the user chose
-  one (``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS``). It only lowers it to the cores this process
-  may use (CPU affinity and the cgroup CPU quota), since torch's default counts the host's cores
-  and several processes on a 2-core container then fight over threads (60x slower was seen).
+  one (``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS``, or ``torch.set_num_threads`` after rotelab's).
+  It lowers it to this process's share of the cores it may use (CPU affinity and the cgroup CPU
+  quota, split evenly among the rotelab processes working on the machine at the moment), since
+  torch's default counts the host's cores and several processes on a 2-core container then fight
+  over threads (60x slower was seen; two tiny builds at once took 4x one alone here).
 
 Example:
     >>> from rotelab.machine import describe_machine, resolve_precision
@@ -27,12 +29,15 @@ Example:
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import json
 import math
 import os
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -58,6 +63,7 @@ __all__ = [
     "parse_precision",
     "resolve_device",
     "resolve_precision",
+    "share_threads",
     "usable_cores",
     "warn_if_emulated",
 ]
@@ -200,20 +206,108 @@ def _threads_chosen_by_user() -> str | None:
     return None
 
 
-def configure_threads() -> int:
-    """Size torch's thread pool to the cores this process may use; return the count in use.
+@dataclass
+class _ThreadState:
+    baseline: int | None = None  # min(torch's count at first use, usable cores)
+    last_set: int | None = None  # what rotelab last set; a different count means someone else did
+    user_owned: bool = False  # the user changed the count: rotelab no longer touches it
+    last_share: float = 0.0  # monotonic time of the last share_threads() check
+    registered: bool = False
 
-    Never raises the count, and changes nothing when ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` is
-    set: a user's choice stands. Otherwise a count above :func:`usable_cores` (torch counts the
-    host's cores, not the container's) is lowered to it.
+
+_threads = _ThreadState()
+#: A registered process that has not checked in for this long is idle and does not count.
+ACTIVE_SECONDS = 10.0
+
+
+def _registry_dir() -> Path:
+    """Machine-wide (not per ``$ROTELAB_HOME``): one file per rotelab process doing torch work."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(tempfile.gettempdir()) / f"rotelab-active-{uid}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _unregister() -> None:
+    with contextlib.suppress(OSError):
+        (_registry_dir() / str(os.getpid())).unlink()
+
+
+def _active_processes(register: bool = True) -> int:
+    """rotelab processes on this machine working right now, this one included (>= 1).
+
+    A working process marks itself active by touching ``<registry>/<pid>`` (``register``; a mere
+    query such as ``rotelab machine`` does not); files of dead processes are removed, and a process
+    that has not checked in for :data:`ACTIVE_SECONDS` (an idle notebook holding a model, say)
+    does not count.
     """
+    d = _registry_dir()
+    me = str(os.getpid())
+    try:
+        if register:
+            d.mkdir(parents=True, exist_ok=True)
+            (d / me).touch()
+            if not _threads.registered:
+                _threads.registered = True
+                atexit.register(_unregister)
+        now = time.time()
+        n = 1  # this process
+        for f in d.iterdir() if d.is_dir() else ():
+            try:
+                if f.name == me:
+                    continue
+                if not _alive(int(f.name)):
+                    f.unlink()
+                elif now - f.stat().st_mtime <= ACTIVE_SECONDS:
+                    n += 1
+            except (ValueError, OSError):
+                continue
+        return n
+    except OSError:  # no writable temp dir: size for this process alone
+        return 1
+
+
+def configure_threads(*, register: bool = True) -> int:
+    """Size torch's thread pool to this process's share of the cores; return the count in use.
+
+    The cores are those this process may use (:func:`usable_cores`), shared evenly among the
+    rotelab processes working on the machine at the moment, so two builds on two cores each run
+    one thread instead of fighting over four. Never above torch's own count; nothing changes when
+    ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` is set, or once the user set a count of their own
+    (``torch.set_num_threads``) after rotelab did. ``register=False`` only sizes the pool, without
+    counting this process as one that works (for queries).
+    """
+    st = _threads
     current = torch.get_num_threads()
-    if _threads_chosen_by_user() is None:
-        cores = usable_cores()
-        if current > cores:
-            torch.set_num_threads(cores)
-            current = cores
-    return current
+    if st.user_owned or _threads_chosen_by_user() is not None:
+        return current
+    if st.last_set is not None and current != st.last_set:
+        st.user_owned = True
+        return current
+    if st.baseline is None:
+        st.baseline = min(current, usable_cores())
+    target = max(1, st.baseline // _active_processes(register))
+    if target != current:
+        torch.set_num_threads(target)
+    st.last_set = target
+    return target
+
+
+def share_threads() -> None:
+    """:func:`configure_threads` at most once a second: called in long loops (training steps,
+    scoring batches), so a process gives up cores when another starts and takes them back after."""
+    now = time.monotonic()
+    if now - _threads.last_share >= 1.0:
+        _threads.last_share = now
+        configure_threads()
 
 
 # -------------------------------------------------------------------------------- bf16 probe
@@ -373,7 +467,7 @@ def warn_if_emulated(device: str | torch.device = "cpu") -> None:
 def machine_info(device: str | torch.device = "auto") -> dict:
     """Facts recorded beside results and printed by ``rotelab machine``."""
     dev = resolve_device(device)
-    threads = configure_threads()
+    threads = configure_threads(register=False)
     probe = bf16_probe()
     info = {
         "device": dev.type,
@@ -383,7 +477,9 @@ def machine_info(device: str | torch.device = "auto") -> dict:
         "bf16_probe_speedup": round(probe.speedup, 2),
         "threads": threads,
         "usable_cores": usable_cores(),
-        "threads_from": _threads_chosen_by_user() or "rotelab",
+        "threads_from": _threads_chosen_by_user()
+        or ("torch.set_num_threads" if _threads.user_owned else "rotelab"),
+        "active_rotelab_processes": _active_processes(register=False),
         "precision_auto": resolve_precision("auto", dev).value,
         "precision_forced": os.environ.get(PRECISION_ENV) or None,
     }

@@ -62,6 +62,7 @@ from rotelab.lm import (
     block_index,
     check_load_options,
     length_buckets,
+    progress_bar,
 )
 
 __all__ = [
@@ -440,7 +441,8 @@ class KFAC:
         lm.model.eval()  # no dropout: the Fisher of the deterministic model
         n_tokens = torch.zeros((), dtype=torch.float64, device=lm.device)
         try:
-            with _collecting(lm, targets) as col, _bar(progress, len(mine)) as advance:
+            bar = progress_bar(progress, len(mine), "K-FAC factors")
+            with _collecting(lm, targets) as col, bar as advance:
                 for batch in length_buckets([len(seqs[i]) - 1 for i in mine], batch_size):
                     indices = [mine[i] for i in batch]
                     n_tokens += self._step(lm, col, seqs, indices)
@@ -628,28 +630,6 @@ class KFAC:
     def __repr__(self) -> str:
         fitted = f", {len(self.factors_)} layers, {self.tokens_} tokens" if hasattr(self, "factors_") else ""
         return f"KFAC(layers={self.layers!r}, blocks={self.blocks!r}, labels={self.labels.value}{fitted})"
-
-
-class _bar:
-    """A rich progress bar over sequences when asked for; ``with ... as advance``."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total = enabled, total
-        self._bar = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n=1: None
-        from rich.progress import Progress
-
-        self._bar = Progress(transient=True)
-        self._bar.start()
-        task = self._bar.add_task("K-FAC factors", total=self.total)
-        return lambda n=1: self._bar.advance(task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 # ------------------------------------------------------------------------------ the command

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rotelab.machine import autocast_dtype, configure_threads
+from rotelab.machine import autocast_dtype, configure_threads, share_threads
 
 __all__ = ["TrainConfig", "cosine_lr", "causal_lm_loss", "train"]
 
@@ -92,6 +92,8 @@ def train(
         if step >= cfg.steps:
             break
         batch = batch.to(device)
+        if device.type == "cpu":
+            share_threads()
         with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
             logits = model(input_ids=batch[:, :-1]).logits  # (B, T, V)
             loss = causal_lm_loss(logits, batch)
