@@ -502,7 +502,8 @@ def describe_machine(device: str | torch.device = "auto") -> str:
     forced = f" (forced by {PRECISION_ENV})" if m["precision_forced"] else ""
     gpu = f" · gpu {m['gpu']}" if "gpu" in m else ""
     return (
-        f"cpu {m['cpu_capability']} ({m['cpu']}) · {bf16} · {m['threads']} threads of "
+        f"cpu {m['cpu_capability']} ({m['cpu']}) · {bf16} · {m['threads']} "
+        f"thread{'s' if m['threads'] != 1 else ''} of "
         f"{m['usable_cores']} usable cores ({m['threads_from']}) · precision auto -> "
         f"{m['precision_auto']}{forced}{gpu}"
     )
