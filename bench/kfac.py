@@ -265,7 +265,8 @@ def timing(args) -> dict:
             row["max_rel_err_A"] = max(_rel(ours_f[n][0], ref[n][0]) for n in names[label])
             row["max_rel_err_G"] = max(_rel(ours_f[n][1], ref[n][1]) for n in names[label])
             if use16:
-                f16 = KFAC(blocks=blocks, labels="gold").fit(lm16, seq_lists, batch_size=bs).factors_
+                kfac16 = KFAC(blocks=blocks, labels="gold").fit(lm16, seq_lists, batch_size=bs)
+                f16 = kfac16.factors_
                 row["bf16_max_rel_err_A"] = max(_rel(f16[n][0], ref[n][0]) for n in names[label])
                 row["bf16_max_rel_err_G"] = max(_rel(f16[n][1], ref[n][1]) for n in names[label])
         gemms, gemms_plain = times[f"gemms/rotelab/{label}"], times["gemms/plain"]
@@ -405,7 +406,8 @@ def markdown_table(result: dict) -> str:
             + " | "
             + (f"{row['max_rel_err_A']:.1e}, {row['max_rel_err_G']:.1e}" if curv else "–")
             + (
-                f" | {row['rotelab_bf16_vs_plain_bf16_wall']:.2f}x, {row['rotelab_bf16_vs_plain_wall']:.2f}x"
+                f" | {row['rotelab_bf16_vs_plain_bf16_wall']:.2f}x, "
+                f"{row['rotelab_bf16_vs_plain_wall']:.2f}x"
                 if "rotelab_bf16_vs_plain_wall" in row
                 else " | – (bf16 not native here)"
             )

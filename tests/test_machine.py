@@ -90,6 +90,15 @@ def test_explicit_bf16_where_emulated_works_with_one_warning_line(cpu_kind, caps
     assert capsys.readouterr().err == ""
 
 
+def test_reading_a_bf16_organism_spec_does_not_warn(cpu_kind, capsys):
+    from rotelab.data.organism import OrganismSpec
+
+    cpu_kind(False)
+    spec = OrganismSpec("tiny", 0, precision="bf16")
+    assert OrganismSpec.from_dict(spec.to_dict()).precision == "bf16"
+    assert capsys.readouterr().err == ""
+
+
 def test_scoring_dtype_auto_stays_exact_on_any_cpu(cpu_kind, monkeypatch):
     for native in (True, False):
         cpu_kind(native)

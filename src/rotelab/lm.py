@@ -99,7 +99,9 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return resolved
 
 
-def check_load_options(device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> None:
+def check_load_options(
+    device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"
+) -> None:
     """Fail with one line on a device or dtype this machine cannot give, before any work is done
     (a model load, or the default organism's build, can take minutes)."""
     resolve_dtype(dtype, resolve_device(device))

@@ -53,6 +53,7 @@ __all__ = [
     "PRECISION_ENV",
     "BF16Probe",
     "Precision",
+    "autocast",
     "autocast_dtype",
     "bf16_native",
     "bf16_probe",
@@ -417,17 +418,18 @@ def _forced() -> Precision | None:
 
 
 def resolve_precision(
-    precision: str | Precision = "auto", device: str | torch.device = "cpu"
+    precision: str | Precision = "auto", device: str | torch.device = "cpu", *, warn: bool = True
 ) -> Precision:
     """``fp32`` or ``bf16``: what ``precision`` means on ``device`` (see the module docstring).
 
     ``auto`` is bf16 only where bf16 is native, unless ``ROTELAB_PRECISION`` forces a value. An
-    explicit ``bf16`` where it is emulated is honoured, with one warning line.
+    explicit ``bf16`` where it is emulated is honoured, with one warning line (``warn=False``
+    for code that only records a precision, such as reading an organism's spec).
     """
     p = parse_precision(precision)
     if p is Precision.auto:
         p = _forced() or (Precision.bf16 if bf16_native(device) else Precision.fp32)
-    if p is Precision.bf16:
+    if p is Precision.bf16 and warn:
         warn_if_emulated(device)
     return p
 
@@ -437,6 +439,13 @@ def autocast_dtype(
 ) -> torch.dtype | None:
     """The autocast dtype of a training loop (``None``: plain fp32)."""
     return torch.bfloat16 if resolve_precision(precision, device) is Precision.bf16 else None
+
+
+def autocast(amp: torch.dtype | None, device: str | torch.device = "cpu"):
+    """The autocast context of a training step: ``amp`` from :func:`autocast_dtype` (``None``:
+    plain fp32, the context does nothing)."""
+    dev = torch.device(device) if isinstance(device, str) else device
+    return torch.autocast(dev.type, dtype=amp or torch.bfloat16, enabled=amp is not None)
 
 
 _warned: set[str] = set()

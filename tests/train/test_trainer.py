@@ -135,8 +135,10 @@ def test_train_extra_loss_is_applied_and_callback_sees_the_log():
     train(plain, _pattern_batches(10), cfg)
     seen = []
     model = _tiny_model()
-    log = train(model, _pattern_batches(10), cfg, callback=seen.append,
-                extra_loss=lambda m, b, logits: 10.0 * sum(p.pow(2).sum() for p in m.parameters()))  # fmt: skip
+    def penalty(m, b, logits):
+        return 10.0 * sum(p.pow(2).sum() for p in m.parameters())
+
+    log = train(model, _pattern_batches(10), cfg, callback=seen.append, extra_loss=penalty)
     assert seen == log and [r["step"] for r in log] == list(range(10))
     assert weight_norm(model) < 0.9 * weight_norm(plain)  # the penalty shrank the weights
     assert not model.training

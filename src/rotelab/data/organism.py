@@ -170,7 +170,9 @@ class OrganismSpec:
         from rotelab.machine import resolve_precision
 
         object.__setattr__(self, "profile", Profile(self.profile))
-        object.__setattr__(self, "precision", resolve_precision(self.precision).value)
+        # No warning here: a spec is also read back from spec.json; training warns if it must.
+        resolved = resolve_precision(self.precision, warn=False)
+        object.__setattr__(self, "precision", resolved.value)
 
     @property
     def settings(self) -> ProfileSettings:

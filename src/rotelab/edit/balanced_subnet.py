@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from rotelab.errors import RotelabError
 from rotelab.lm import LM, LinearLayer, check_load_options
-from rotelab.machine import autocast_dtype, parse_precision
+from rotelab.machine import autocast, autocast_dtype, parse_precision
 
 __all__ = ["BalancedSubnet", "balanced_subnet", "organism_forget_retain", "DEFAULTS_NOTE"]
 
@@ -200,9 +200,7 @@ class BalancedSubnet:
                             key = f"{layer.name}.weight"
                             mask = _ste_mask(scores[layer.name], self.ratio)
                             masked[key] = params[key] * mask.to(params[key].dtype)
-                        with torch.autocast(
-                            lm.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None
-                        ):
+                        with autocast(amp, lm.device):
                             ce_f = _causal_ce(model, masked, f_batch, lm.pad_id, lm.device)
                             ce_r = _causal_ce(model, masked, r_batch, lm.pad_id, lm.device)
                         loss = -(1 - self.w) * ce_f + self.w * ce_r

@@ -1,10 +1,10 @@
-"""A plain, readable causal-LM training loop: AdamW, warmup + cosine schedule, bf16 autocast where native.
+"""A plain, readable causal-LM training loop: AdamW, warmup + cosine, bf16 autocast where native.
 
 The loop is generic: any ``transformers`` causal LM (or module returning ``.logits``), any iterable
-of ``(batch, seq)`` token batches. It is step-count based, so a run is a pure function of its seed
-and data, never of the wall clock (and of the precision: ``precision="auto"`` trains with bf16 autocast
-only where bf16 is native, see :mod:`rotelab.machine`). Training-time regularizers (``train/`` loss terms) plug in as
-``extra_loss(model, batch, logits) -> tensor``.
+of ``(batch, seq)`` token batches. It is step-count based, so a run is a pure function of its seed,
+data and precision, never of the wall clock. ``precision="auto"`` trains with bf16 autocast only
+where bf16 is native (see :mod:`rotelab.machine`). Training-time regularizers (``train/`` loss
+terms) plug in as ``extra_loss(model, batch, logits) -> tensor``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rotelab.machine import autocast_dtype, configure_threads, share_threads
+from rotelab.machine import autocast, autocast_dtype, configure_threads, share_threads
 
 __all__ = ["TrainConfig", "cosine_lr", "causal_lm_loss", "train"]
 
@@ -94,7 +94,7 @@ def train(
         batch = batch.to(device)
         if device.type == "cpu":
             share_threads()
-        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+        with autocast(amp, device):
             logits = model(input_ids=batch[:, :-1]).logits  # (B, T, V)
             loss = causal_lm_loss(logits, batch)
             total = loss if extra_loss is None else loss + extra_loss(model, batch, logits)
