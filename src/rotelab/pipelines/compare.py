@@ -157,7 +157,10 @@ def compare(
         raise RotelabError(
             f"the organism has no item inserted >= {min_count} times; lower --min-count"
         )
-    with Run.create(out, "compare", config, resume=resume, force=force, device=device) as run:
+    inputs = [path for _, path, given in specs if given is None] + [org.path]
+    with Run.create(
+        out, "compare", config, resume=resume, force=force, device=device, inputs=inputs
+    ) as run:
         ref_vocab = _vocab_of_dir(org.path)
         heldout_text = org.heldout_docs()
         probes = org.probes
