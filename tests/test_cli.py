@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -119,3 +120,26 @@ def test_existing_output_needs_resume_or_force(tmp_path, tiny_llama_dir, corpus)
     _fails(["extract", "--model", str(tiny_llama_dir), "--data", str(corpus), "--out", str(out),
             "--prefix-len", "4", "--suffix-len", "4", "--quiet"], "already exists")  # fmt: skip
     assert (out / "mine.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["extract", "--prefix-len", "8", "--suffix-len", "8", "--data", "{data}"],
+     ["reconstruct", "--prefix-len", "8", "--data", "{data}"],
+     ["kfac", "--data", "{data}"],
+     ["mia", "--members", "{data}", "--nonmembers", "{data}"]],
+    ids=["extract", "reconstruct", "kfac", "mia"],
+)  # fmt: skip
+def test_a_run_directory_over_its_inputs_is_refused_force_or_not(tmp_path, tiny_llama_dir, command):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "a.txt").write_text("the cat sat on the mat and the dog ran to the park. " * 60)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, model)
+    files = sorted(p.name for p in model.iterdir())
+    args = [a.replace("{data}", str(folder)) for a in command]
+    for out, message in [(folder / "run", f"is inside the input {folder}"),
+                         (model, f"the output {model} is the input {model}")]:  # fmt: skip
+        _fails([*args, "--model", str(model), "--out", str(out), "--force", "--quiet"], message)
+    assert sorted(p.name for p in folder.iterdir()) == ["a.txt"]
+    assert sorted(p.name for p in model.iterdir()) == files

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from kill_helpers import digest, kill_when, leftovers, rotelab
 
 from rotelab.data.organism import (
     COUNTS,
@@ -220,3 +221,49 @@ def test_refuses_a_directory_holding_another_organism(tiny_organism, tmp_path):
         load_organism(tmp_path)
     with pytest.raises(RotelabError, match="not an organism"):
         Organism(tmp_path)
+
+
+# ------------------------------------------------------------------------------ no data loss
+def test_out_into_a_directory_that_is_not_an_organism_is_refused_and_kept(tmp_path):
+    from typer.testing import CliRunner
+
+    from rotelab.cli import app
+
+    mine = tmp_path / "V"
+    mine.mkdir()
+    (mine / "MY_NOTES.txt").write_text("x")
+    for force in ([], ["--force"]):
+        res = CliRunner().invoke(app, ["organism", "--profile", "tiny", "--seed", "1",
+                                       "--precision", "fp32", "--out", str(mine), *force])  # fmt: skip
+        assert res.exit_code == 2, res.output
+        assert "already exists and is not an organism" in res.output
+        assert len(res.output.strip().splitlines()) == 1
+    assert [p.name for p in mine.iterdir()] == ["MY_NOTES.txt"]
+    assert (mine / "MY_NOTES.txt").read_text() == "x"
+
+
+def test_sigkill_during_a_forced_rebuild_keeps_the_old_organism_whole(tmp_path):
+    old = tmp_path / "org"
+    old.mkdir()
+    for name in ("spec.json", "describe.json", "model.safetensors"):  # complete, as far as it goes
+        (old / name).write_text(f"old {name}")
+    before = digest(old)
+    cmd = rotelab("organism", "--profile", "tiny", "--precision", "fp32", "--out", str(old),
+                  "--force")  # fmt: skip
+    kill_points = [
+        lambda pid: (tmp_path / f".org.tmp-{pid}").exists(),  # writing the world
+        lambda pid: (tmp_path / f".org.tmp-{pid}" / "spec.json").exists(),  # world written
+        lambda pid: (tmp_path / f".org.tmp-{pid}" / "train_log.jsonl").exists(),  # training
+    ]
+    for ready in kill_points:
+        assert kill_when(cmd, ready)
+        assert digest(old) == before
+    assert len(leftovers(tmp_path)) == 1  # each build tidied its killed predecessor's
+    # The next write into the directory removes the dead build's temporary directory (here one
+    # refused at once, so no build is needed to show it).
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "MY_NOTES.txt").write_text("x")
+    with pytest.raises(RotelabError, match="not an organism"):
+        organism_command("tiny", seed=1, out=notes, precision="fp32")
+    assert leftovers(tmp_path) == [] and digest(old) == before

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import inspect
 import math
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from kill_helpers import digest, kill_when, leftovers, rotelab
 from typer.testing import CliRunner
 
 from rotelab.edit.balanced_subnet import (
+    RECORD,
     BalancedSubnet,
     _hard_mask,
     _ste_mask,
@@ -168,3 +171,68 @@ def test_cli_defaults_match_the_api():
     est = inspect.signature(BalancedSubnet).parameters
     for name in ("ratio", "w", "lr", "epochs", "batch_size"):
         assert est[name].default == api[name].default, name
+
+
+# ------------------------------------------------------------------------------ no data loss
+@pytest.fixture
+def corpora(tmp_path):
+    """A corpus directory holding forget.txt and retain.txt."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "forget.txt").write_text("the cat sat on the mat. " * 20)
+    (folder / "retain.txt").write_text("a dog ran to the park and the bird sang. " * 20)
+    return folder
+
+
+def test_an_output_over_the_model_or_a_corpus_is_refused_force_or_not(
+    tiny_llama_dir, corpora, tmp_path
+):
+    from rotelab.cli import app
+
+    model = tmp_path / "C"
+    shutil.copytree(tiny_llama_dir, model)
+    before, corpus_before = digest(model), digest(corpora)
+    for model_arg, out, message in [
+        (model, model, f"the output {model} is the input {model}"),
+        (model, model / "sub", f"is inside the input {model}"),
+        (model, corpora / "out", f"the output {corpora / 'out'} is inside the input {corpora}"),
+    ]:
+        res = CliRunner().invoke(app, [
+            "unlearn", "balanced-subnet", "-m", str(model_arg), "-o", str(out), "--force",
+            "--forget", str(corpora), "--retain", str(corpora / "retain.txt"),
+        ])  # fmt: skip
+        assert res.exit_code == 2 and message in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1
+    assert digest(model) == before and digest(corpora) == corpus_before
+
+
+def test_sigkill_during_force_leaves_the_old_model_or_the_new_one_whole(
+    tiny_llama_dir, corpora, tmp_path
+):
+    out = tmp_path / "bsn"
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "MY_NOTES.txt").write_text("keep")
+    corpus = {"forget": corpora / "forget.txt", "retain": corpora / "retain.txt"}
+    with pytest.raises(RotelabError, match="is not a BalancedSubnet model"):
+        balanced_subnet(str(tiny_llama_dir), notes, **corpus, epochs=1, force=True)
+    assert [p.name for p in notes.iterdir()] == ["MY_NOTES.txt"]
+    balanced_subnet(str(tiny_llama_dir), out, **corpus, epochs=1, device="cpu")
+    old = digest(out)
+    cmd = rotelab("unlearn", "balanced-subnet", "-m", str(tiny_llama_dir), "-o", str(out),
+                  "--forget", str(corpus["forget"]), "--retain", str(corpus["retain"]),
+                  "--epochs", "2", "--seed", "1", "--device", "cpu", "--force", "--quiet")  # fmt: skip
+    kill_points = [
+        lambda pid: (tmp_path / f".bsn.tmp-{pid}").exists(),  # learning the mask
+        lambda pid: (tmp_path / f".bsn.tmp-{pid}" / "config.json").exists(),  # saving weights
+        lambda pid: (tmp_path / f".bsn.tmp-{pid}" / RECORD).exists(),  # about to commit
+    ]
+    seen, killed = [], []
+    for ready in kill_points:
+        killed.append(kill_when(cmd, ready))
+        seen.append(digest(out))
+    assert killed[0]  # the later points may come too late to catch: it then finished whole
+    kill_when(cmd, lambda pid: False)  # the same command, uninterrupted
+    new = digest(out)
+    assert new != old and set(seen) <= {old, new}  # never neither, never a half
+    assert leftovers(tmp_path) == []  # the killed runs' temporary directories are gone

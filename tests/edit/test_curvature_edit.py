@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from kill_helpers import digest, kill_when, leftovers, rotelab
 from typer.testing import CliRunner
 
 from rotelab.cli import app
@@ -17,13 +18,6 @@ from rotelab.errors import RotelabError
 from rotelab.lm import LM
 
 TEXT = "the cat sat on the mat. a dog ran to the park and the bird sang. " * 30
-
-
-def _digest(path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(f.name.encode() + f.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +49,10 @@ def test_kfac_command_writes_factors(factors_dir):
 
 
 def test_kfac_edit_writes_new_model_and_record(tiny_llama_dir, factors_dir, tmp_path):
-    before = _digest(tiny_llama_dir)
+    before = digest(tiny_llama_dir)
     path = kfac_edit(str(tiny_llama_dir), factors_dir, 0.5, tmp_path / "edited")
     assert path == tmp_path / "edited"
-    assert _digest(tiny_llama_dir) == before  # the source directory is untouched
+    assert digest(tiny_llama_dir) == before  # the source directory is untouched
     record = json.loads((path / EDIT_RECORD).read_text())
     assert record["rho"] == 0.5 and record["method"] == "kfac"
     assert len(record["layers"]) == 6
@@ -129,6 +123,74 @@ def test_cli_edit_prints_paths_and_errors_are_one_line(tiny_llama_dir, factors_d
                               "--out", str(tmp_path / "k")])  # fmt: skip
     assert bad.exit_code == 2 and "matches no linear layer" in bad.output
     assert not (tmp_path / "e").exists() and not (tmp_path / "k").exists()
+
+
+# ------------------------------------------------------------------------------ no data loss
+def test_an_output_over_the_model_or_the_factors_is_refused_force_or_not(
+    tiny_llama_dir, factors_dir, tmp_path
+):
+    model = tmp_path / "C"
+    shutil.copytree(tiny_llama_dir, model)
+    before, factors_before = digest(model), digest(factors_dir)
+    runner = CliRunner()
+    for out, message in [
+        (model, f"the output {model} is the input {model}"),
+        (model / "sub", f"the output {model / 'sub'} is inside the input {model}"),
+        (tmp_path, f"the output {tmp_path} contains the input {model}"),
+        (factors_dir / "edited", f"is inside the input {factors_dir}"),
+    ]:
+        for force in ([], ["--force"]):
+            res = runner.invoke(app, ["edit", "-m", str(model), "--factors", str(factors_dir),
+                                      "-o", str(out), "--quiet", *force])  # fmt: skip
+            assert res.exit_code == 2 and message in res.output, res.output
+            assert len(res.output.strip().splitlines()) == 1
+    assert digest(model) == before and digest(factors_dir) == factors_before
+    assert not (model / "sub").exists() and not (factors_dir / "edited").exists()
+
+
+def test_force_replaces_an_edit_but_never_a_directory_edit_did_not_write(
+    tiny_llama_dir, factors_dir, tmp_path
+):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "MY_NOTES.txt").write_text("keep")
+    with pytest.raises(RotelabError, match="already exists and is not a model written by rotelab"):
+        kfac_edit(str(tiny_llama_dir), factors_dir, 0.5, notes, force=True)
+    assert [p.name for p in notes.iterdir()] == ["MY_NOTES.txt"]
+    out = kfac_edit(str(tiny_llama_dir), factors_dir, [0.5, 0.9], tmp_path / "e")  # a sweep
+    with pytest.raises(RotelabError, match="already exists; pass --force"):
+        kfac_edit(str(tiny_llama_dir), factors_dir, 0.4, tmp_path / "e")
+    assert kfac_edit(str(tiny_llama_dir), factors_dir, 0.4, tmp_path / "e", force=True) == (
+        out[0.5].parent
+    )
+    assert json.loads((tmp_path / "e" / EDIT_RECORD).read_text())["rho"] == 0.4
+    assert not (tmp_path / "e" / "rho-0.5").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_sigkill_during_force_leaves_the_old_model_or_the_new_one_whole(
+    tiny_llama_dir, factors_dir, tmp_path
+):
+    out = tmp_path / "edited"
+    kfac_edit(str(tiny_llama_dir), factors_dir, 0.5, out)
+    old = digest(out)
+    cmd = rotelab("edit", "-m", str(tiny_llama_dir), "--factors", str(factors_dir), "--rho", "0.9",
+                  "-o", str(out), "--force", "--quiet")  # fmt: skip
+    kill_points = [
+        lambda pid: (tmp_path / f".edited.tmp-{pid}").exists(),  # nothing written yet
+        lambda pid: (tmp_path / f".edited.tmp-{pid}" / "config.json").exists(),  # saving weights
+        lambda pid: (tmp_path / f".edited.tmp-{pid}" / EDIT_RECORD).exists(),  # about to commit
+    ]
+    seen, killed = [], []
+    for ready in kill_points:
+        killed.append(kill_when(cmd, ready))
+        seen.append(digest(out))
+    assert killed[0]  # the later points may come too late to catch: it then finished whole
+    kill_when(cmd, lambda pid: False)  # the same command, uninterrupted
+    new = digest(out)
+    assert new != old and set(seen) <= {old, new}  # never neither, never a half
+    assert json.loads((out / EDIT_RECORD).read_text())["rho"] == 0.9
+    assert leftovers(tmp_path) == []  # the killed runs' temporary directories are gone
 
 
 # ------------------------------------------------------------------------------ the organism

@@ -73,3 +73,18 @@ def test_cli_rejects_prefix_longer_than_every_document(tiny_llama_dir, tmp_path)
                               "--prefix-len", "50", "--out", str(tmp_path / "x")])  # fmt: skip
     assert res.exit_code == 2 and "prefix" in res.output
     assert not (tmp_path / "x").exists()
+
+
+def test_resuming_a_finished_run_reads_it_back_at_its_path(tiny_llama_dir, tmp_path):
+    from rotelab.measure.reconstruction import ReconstructConfig, reconstruct
+
+    data = tmp_path / "d.txt"
+    data.write_text("the bird sang and the dog ran to the park. " * 6)
+    cfg = ReconstructConfig(prefix_len=10)
+    path, _ = reconstruct(str(tiny_llama_dir), data, config=cfg, out=tmp_path / "run")
+    written = (path / "summary.json").stat().st_mtime_ns
+    again, summary = reconstruct(str(tiny_llama_dir), data, config=cfg, out=tmp_path / "run",
+                                 resume=True)  # fmt: skip
+    assert again == path == tmp_path / "run"
+    assert summary == json.loads((path / "summary.json").read_text())
+    assert (path / "summary.json").stat().st_mtime_ns == written  # nothing recomputed

@@ -39,12 +39,34 @@ def test_perplexity_pools_tokens_and_brackets_the_value():
     assert lo >= math.exp(1.0) - 1e-9 and hi <= math.exp(2.0) + 1e-9
 
 
-def test_model_labels_are_unique_and_bad_paths_fail(tmp_path):
-    (tmp_path / "m").mkdir()
-    specs = _model_specs([str(tmp_path / "m"), f"edit={tmp_path / 'm'}", str(tmp_path / "m")])
-    assert [s[0] for s in specs] == ["m", "edit", "m-2"]
+def test_model_labels_must_differ_and_bad_paths_fail(tmp_path):
+    for name in "ABC":
+        (tmp_path / name).mkdir()
+    specs = _model_specs([str(tmp_path / "A"), f"edit={tmp_path / 'A'}", f"x-2={tmp_path / 'B'}"])
+    assert [s[0] for s in specs] == ["A", "edit", "x-2"]
+    for models in (
+        [f"x={tmp_path / 'A'}", f"x={tmp_path / 'B'}", f"x-2={tmp_path / 'C'}"],
+        [str(tmp_path / "A"), f"A={tmp_path / 'B'}"],  # a path's name is its label
+    ):
+        with pytest.raises(RotelabError, match="two models are labelled"):
+            _model_specs(models)
     with pytest.raises(RotelabError, match="does not exist"):
         _model_specs([str(tmp_path / "missing")])
+
+
+def test_cli_refuses_duplicate_labels_with_one_line(tmp_path):
+    from rotelab.cli import app
+
+    for name in "ABC":
+        (tmp_path / name).mkdir()
+    out = tmp_path / "cmp"
+    res = CliRunner().invoke(app, ["compare", "--models", f"x={tmp_path / 'A'}",
+                                   f"x={tmp_path / 'B'}", f"x-2={tmp_path / 'C'}", "-o", str(out)])  # fmt: skip
+    assert res.exit_code == 2
+    assert res.output.strip() == (
+        "error: two models are labelled 'x'; give each a label of its own (LABEL=PATH)"
+    )
+    assert not out.exists()
 
 
 @pytest.mark.slow

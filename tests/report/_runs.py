@@ -106,8 +106,8 @@ def _examples() -> pd.DataFrame:
 def make_run(
     root, command: str, summary: dict, tables: dict | None = None, name: str | None = None
 ):
-    run = Run.create(root / (name or command), command, {"model": "organism", "seed": 0})
-    for name, frame in (tables or {}).items():
-        run.write_table(name, frame)
-    run.write_summary(summary)
+    with Run.create(root / (name or command), command, {"model": "organism", "seed": 0}) as run:
+        for name, frame in (tables or {}).items():
+            run.write_table(name, frame)
+        run.write_summary(summary)
     return run.path

@@ -42,11 +42,6 @@ def demo_run(tmp_path):
         "stage_seconds": {"organism": 1.5, "extract": 3.25},
         "seconds": 4.75,
     }  # fmt: skip
-    run = Run.create(root, "demo", {"profile": "tiny"})
-    make_run(root, "extract", extract_summary(), {"examples": _examples()})
-    make_run(root, "mia", mia_summary(), {"roc": _roc_table()})
-    make_run(root, "compare", compare_summary())
-    k = make_run(root, "kfac_sweep", kfac, name="kfac")
     sweep = pd.DataFrame(
         {"rho": [0.9, 0.6, 0.3], "extraction_rate": [0.4, 0.1, 0.0], "perplexity": [6.6, 7.2, 9.5]}
     )
@@ -55,8 +50,13 @@ def demo_run(tmp_path):
          "layer": ["mlp.0"] * 4 + ["mlp.1"] * 4,
          "ratio": [0.8, 0.9, 1.05, 1.2, 0.75, 0.95, 1.1, 1.25]}
     )  # fmt: skip
-    kr = Run(k, {}, created=False)
-    kr.write_table("rho_sweep", sweep)
-    kr.write_table("bands", bands)
-    run.write_summary(summary)
+    with Run.create(root, "demo", {"profile": "tiny"}) as run:
+        make_run(run.path, "extract", extract_summary(), {"examples": _examples()})
+        make_run(run.path, "mia", mia_summary(), {"roc": _roc_table()})
+        make_run(run.path, "compare", compare_summary())
+        k = make_run(run.path, "kfac_sweep", kfac, name="kfac")
+        kr = Run(k, {}, created=False)
+        kr.write_table("rho_sweep", sweep)
+        kr.write_table("bands", bands)
+        run.write_summary(summary)
     return run.path

@@ -742,7 +742,7 @@ def collect_factors(
     import time
 
     from rotelab.distributed import dist_context, is_main, local_device
-    from rotelab.runs import Run
+    from rotelab.runs import Run, check_output, is_run_dir
 
     check_load_options(device, dtype)
     kfac = KFAC(layers, blocks=blocks, labels=labels, seed=seed)
@@ -751,8 +751,12 @@ def collect_factors(
         "layers": layers, "blocks": blocks, "labels": kfac.labels.value, "tokens": tokens,
         "seq_len": seq_len, "batch_size": batch_size, "seed": seed,
     }  # fmt: skip
-    if out is not None and Path(out).exists() and any(Path(out).iterdir()) and not force:
-        raise RotelabError(f"output directory {out} already exists; pass --force to replace it")
+    inputs = (config["model"], data)
+    if out is not None:  # every rank fails here, before the collective work, not rank 0 alone
+        check_output(
+            out, replace=force, owned=is_run_dir, kind="a rotelab run (config.json)",
+            inputs=inputs,
+        )  # fmt: skip
     with dist_context():
         lm = model if isinstance(model, LM) else LM.load(model, device=local_device(device), dtype=dtype)
         select_layers(lm, layers, blocks)  # bad selections fail before any work
@@ -762,12 +766,12 @@ def collect_factors(
         seconds = time.perf_counter() - t0
         if not is_main():  # rank 0 writes; the factors are the same on every rank
             return kfac, Path(out or ".") / FACTORS_FILE
-        with Run.create(out, "kfac", config, force=force) as run:
-            path = kfac.save(run.path)
+        with Run.create(out, "kfac", config, force=force, inputs=inputs) as run:
+            kfac.save(run.path)
             run.write_summary({
-                "factors": str(path), "layers": list(kfac.factors_), "tokens": kfac.tokens_,
+                "factors": str(run.path / FACTORS_FILE), "layers": list(kfac.factors_), "tokens": kfac.tokens_,
                 "labels": kfac.labels.value, "batch_size": kfac.batch_size_,
                 "seconds": round(seconds, 2),
                 "tokens_per_second": round(kfac.tokens_ / max(seconds, 1e-9), 1),
             })  # fmt: skip
-    return kfac, path
+    return kfac, run.path / FACTORS_FILE

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -38,6 +37,7 @@ import pandas as pd
 
 from rotelab.errors import RotelabError
 from rotelab.paths import rotelab_home
+from rotelab.runs import OutputDir, atomic_write_json
 
 __all__ = [
     "COUNTS",
@@ -736,7 +736,7 @@ class Organism:
         if cache.exists() and not refresh:
             return json.loads(cache.read_text())
         result = _describe(self)
-        cache.write_text(json.dumps(result, indent=2))
+        atomic_write_json(cache, result)
         return result
 
 
@@ -819,9 +819,13 @@ def build_organism(
 ) -> Organism:
     """Build the organism for ``spec`` (or return it at once when already built).
 
+    The build is written in a temporary sibling of ``out`` and renamed into place when complete
+    (see :class:`rotelab.runs.OutputDir`), so a killed build never leaves a half organism.
+
     Args:
         spec: what to build; default ``OrganismSpec()`` (the default profile, seed 0).
-        out: directory to build into; default ``$ROTELAB_HOME/organisms/<spec.key()>``.
+        out: directory to build into; default ``$ROTELAB_HOME/organisms/<spec.key()>``. An
+            existing directory that is not an organism (no ``spec.json``) is never replaced.
         force: rebuild even if a complete organism is there.
         progress: print progress to stderr.
     """
@@ -834,27 +838,27 @@ def build_organism(
                 f"{target} holds a different organism ({org.spec.key()}); use --force or another --out"
             )
         return org
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    t0 = time.perf_counter()
-    if progress:
-        print(f"building organism {spec.key()} -> {target}", file=sys.stderr)
-    write_world(spec, tmp)
-    info = _train(spec, tmp, progress)
-    info["build_seconds"] = round(time.perf_counter() - t0, 1)
-    (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
-    Organism(tmp).describe(refresh=True)
-    if target.exists():
-        shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(target)
-    # describe.json recorded the temporary path; point it at the final one.
-    d = json.loads((target / "describe.json").read_text())
-    d["organism"] = str(target)
-    (target / "describe.json").write_text(json.dumps(d, indent=2))
+    # An organism left incomplete (by an older rotelab) is rebuilt without --force, as before.
+    output = OutputDir.open(
+        target, replace=force or _is_organism(target), owned=_is_organism,
+        kind="an organism (spec.json)",
+    )  # fmt: skip
+    with output as tmp:
+        t0 = time.perf_counter()
+        if progress:
+            print(f"building organism {spec.key()} -> {target}", file=sys.stderr)
+        write_world(spec, tmp)
+        info = _train(spec, tmp, progress)
+        info["build_seconds"] = round(time.perf_counter() - t0, 1)
+        (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
+        Organism(tmp).describe(refresh=True)
     if progress:
         print(f"built in {info['build_seconds']:.0f}s", file=sys.stderr)
     return Organism(target)
+
+
+def _is_organism(path: Path) -> bool:
+    return (path / "spec.json").is_file()
 
 
 def load_organism(path: str | os.PathLike) -> Organism:

@@ -23,10 +23,8 @@ Example:
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,8 +37,12 @@ from torch.nn import functional as F
 from rotelab.errors import RotelabError
 from rotelab.lm import LM, LinearLayer, check_load_options
 from rotelab.machine import autocast, autocast_dtype, parse_precision
+from rotelab.runs import OutputDir, atomic_write_json
 
-__all__ = ["BalancedSubnet", "balanced_subnet", "organism_forget_retain", "DEFAULTS_NOTE"]
+__all__ = ["BalancedSubnet", "balanced_subnet", "organism_forget_retain", "DEFAULTS_NOTE", "RECORD"]
+
+#: The file, inside a BalancedSubnet model directory, that records how it was made.
+RECORD = "balanced_subnet.json"
 
 #: Why the defaults are what they are (recorded in the output directory).
 DEFAULTS_NOTE = (
@@ -362,75 +364,75 @@ def balanced_subnet(
         retain: corpus path or token sequences to keep; default: organism background windows.
         min_count, retain_windows: the organism defaults (see :func:`organism_forget_retain`).
         ratio, w, lr, epochs, batch_size, layers, seed: see :class:`BalancedSubnet`.
-        force: replace an existing ``out``.
+        force: replace an existing ``out`` that this function wrote. The new model is written
+            beside it and renamed into place when complete (:class:`rotelab.runs.OutputDir`);
+            an ``out`` that is, is inside or contains the model or a corpus is refused.
         precision: training precision of the mask (see :class:`BalancedSubnet`).
 
     Returns:
-        ``(out, summary)``; ``out`` holds the model, its tokenizer and ``balanced_subnet.json``.
+        ``(out, summary)``; ``out`` holds the model, its tokenizer and ``balanced_subnet.json``
+        (:data:`RECORD`).
     """
     from rotelab.data.organism import Organism
 
     parse_precision(precision)  # bad values fail before the model is loaded
     if not isinstance(model, LM):
         check_load_options(device, dtype)
-    if isinstance(model, LM):
-        lm, source = model, model.name
-    else:
-        lm = LM.load(model, device=device, dtype=dtype)
-        source = "organism" if model in (None, "organism") else str(model)
-    organism = None
-    org_path = _source_dir(model)
-    if org_path is not None and (org_path / "spec.json").exists():
-        organism = Organism(org_path)
-    if forget is None or retain is None:
-        if organism is None:
-            raise RotelabError(
-                "this model is not an organism, so there is no default forget/retain set; "
-                "give --forget and --retain corpora"
-            )
-        d_forget, d_retain = organism_forget_retain(
-            organism, lm, min_count=min_count, retain_windows=retain_windows, seed=seed
-        )
-    forget_seqs = (
-        d_forget if forget is None
-        else _read_sequences(forget, lm) if isinstance(forget, (str, os.PathLike)) else forget
-    )  # fmt: skip
-    retain_seqs = (
-        d_retain if retain is None
-        else _read_sequences(retain, lm) if isinstance(retain, (str, os.PathLike)) else retain
-    )  # fmt: skip
     out = Path(out) if out is not None else Path("runs") / f"balanced-subnet-s{seed}"
-    if out.exists() and any(out.iterdir()) and not force:
-        raise RotelabError(f"output directory {out} already exists; pass --force to replace it")
-    bsn = BalancedSubnet(
-        ratio=ratio, w=w, lr=lr, epochs=epochs, batch_size=batch_size, layers=layers, seed=seed,
-        precision=precision, progress=progress,
+    org_path = _source_dir(model)
+    corpora = [c for c in (forget, retain) if isinstance(c, (str, os.PathLike))]
+    output = OutputDir.open(
+        out, replace=force, owned=lambda p: (p / RECORD).is_file(),
+        kind=f"a BalancedSubnet model ({RECORD})",
+        inputs=[model.name if isinstance(model, LM) else model, org_path, *corpora],
     )  # fmt: skip
-    bsn.fit(lm, forget_seqs, retain_seqs)
-    edited = bsn.apply(lm)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    edited.save(tmp)
-    pruned = bsn.pruned_counts()
-    summary = {
-        "source": source,
-        "out": str(out),
-        "params": bsn.get_params(),
-        "defaults_note": DEFAULTS_NOTE,
-        "n_forget": len(forget_seqs),
-        "n_retain": len(retain_seqs),
-        "pruned": pruned,
-        "pruned_total": int(sum(pruned.values())),
-        "masked_total": int(sum(m.numel() for m in bsn.masks_.values())),
-        "first_step": bsn.history_[0],
-        "last_step": bsn.history_[-1],
-    }
-    (tmp / "balanced_subnet.json").write_text(
-        json.dumps({**summary, "history": bsn.history_}, indent=2)
-    )
-    tmp.rename(out)
+    with output as tmp:
+        if isinstance(model, LM):
+            lm, source = model, model.name
+        else:
+            lm = LM.load(model, device=device, dtype=dtype)
+            source = "organism" if model in (None, "organism") else str(model)
+        organism = None
+        if org_path is not None and (org_path / "spec.json").exists():
+            organism = Organism(org_path)
+        if forget is None or retain is None:
+            if organism is None:
+                raise RotelabError(
+                    "this model is not an organism, so there is no default forget/retain set; "
+                    "give --forget and --retain corpora"
+                )
+            d_forget, d_retain = organism_forget_retain(
+                organism, lm, min_count=min_count, retain_windows=retain_windows, seed=seed
+            )
+        forget_seqs = (
+            d_forget if forget is None
+            else _read_sequences(forget, lm) if isinstance(forget, (str, os.PathLike)) else forget
+        )  # fmt: skip
+        retain_seqs = (
+            d_retain if retain is None
+            else _read_sequences(retain, lm) if isinstance(retain, (str, os.PathLike)) else retain
+        )  # fmt: skip
+        bsn = BalancedSubnet(
+            ratio=ratio, w=w, lr=lr, epochs=epochs, batch_size=batch_size, layers=layers,
+            seed=seed, precision=precision, progress=progress,
+        )  # fmt: skip
+        bsn.fit(lm, forget_seqs, retain_seqs)
+        bsn.apply(lm).save(tmp)
+        pruned = bsn.pruned_counts()
+        summary = {
+            "source": source,
+            "out": str(out),
+            "params": bsn.get_params(),
+            "defaults_note": DEFAULTS_NOTE,
+            "n_forget": len(forget_seqs),
+            "n_retain": len(retain_seqs),
+            "pruned": pruned,
+            "pruned_total": int(sum(pruned.values())),
+            "masked_total": int(sum(m.numel() for m in bsn.masks_.values())),
+            "first_step": bsn.history_[0],
+            "last_step": bsn.history_[-1],
+        }
+        atomic_write_json(tmp / RECORD, {**summary, "history": bsn.history_})
     return out, summary
 
 

@@ -19,7 +19,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import overload
@@ -35,7 +34,7 @@ from rotelab.curvature.kfac import (
 from rotelab.errors import RotelabError
 from rotelab.lm import LM, check_load_options
 from rotelab.paths import rotelab_home
-from rotelab.runs import atomic_write_json, to_jsonable
+from rotelab.runs import OutputDir, atomic_write_json, to_jsonable
 
 __all__ = ["EDIT_RECORD", "cached_factors", "kfac_edit", "parse_rhos"]
 
@@ -104,14 +103,11 @@ def _load_model(model: LM | str | os.PathLike | None, device: str, dtype: str) -
     return LM.load(model, device=device, dtype=dtype)
 
 
-def _prepare_out(path: Path, force: bool) -> None:
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        if not force:
-            raise RotelabError(f"output directory {path} already exists; pass --force to replace it")
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+def _is_edit_output(path: Path) -> bool:
+    """An edited model, or a sweep of them, written by :func:`kfac_edit`."""
+    return (path / EDIT_RECORD).is_file() or any(
+        (p / EDIT_RECORD).is_file() for p in path.glob("rho-*")
+    )
 
 
 @overload
@@ -161,7 +157,9 @@ def kfac_edit(
         out: the new model directory (one ρ) or the parent of ``rho-<ρ>`` directories (a sweep);
             default ``runs/edit-<time>``.
         layers, blocks: edit only these layers (default: every layer that has factors).
-        force: replace an existing ``out``.
+        force: replace an existing ``out`` that ``kfac_edit`` wrote. The new output is written
+            beside it and renamed into place when complete (:class:`rotelab.runs.OutputDir`);
+            an ``out`` that is, is inside or contains the model or the factors is refused.
 
     Returns:
         The model directory (float ``rho``) or ρ → directory (a sweep).
@@ -170,39 +168,47 @@ def kfac_edit(
     check_load_options(device, dtype)
     # one number (or a string holding one) → one directory; a list or "a,b" → a sweep
     single = isinstance(rho, (int, float)) or (isinstance(rho, str) and len(rhos) == 1)
-    lm = _load_model(model, device, dtype)
-    source = getattr(lm, "name", str(model))
-    if factors is None:
-        kfac, factors_path = cached_factors(
-            lm, layers=layers, blocks=blocks, labels=labels, tokens=tokens, seed=seed,
-            progress=progress,
-        )  # fmt: skip
-        names = None
-    else:
-        kfac = factors if isinstance(factors, KFAC) else KFAC.load(factors)
-        factors_path = None if isinstance(factors, KFAC) else Path(factors)
-        names = None
-        if layers is not None or blocks is not None:
-            wanted = {layer.name for layer in select_layers(lm, layers, blocks)}
-            names = [n for n in kfac.factors_ if n in wanted]
-            if not names:
-                raise RotelabError(
-                    f"the factors cover none of the selected layers ({layers or ''} {blocks or ''}); "
-                    "collect factors for them with `rotelab kfac --layers/--blocks`"
-                )
-    kfac.check_model(lm)  # before anything is written
     if out is None:
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
         out = Path("runs") / f"edit-{stamp}"
     out = Path(out)
-    _prepare_out(out, force)
-    edit = CurvatureEdit().fit(kfac)
-    paths: dict[float, Path] = {}
-    try:
+    inputs = [
+        model.name if isinstance(model, LM) else model,
+        None if isinstance(factors, KFAC) else factors,
+    ]
+    output = OutputDir.open(
+        out, replace=force, owned=_is_edit_output, kind="a model written by rotelab edit "
+        f"({EDIT_RECORD})", inputs=inputs,
+    )  # fmt: skip
+    with output as tmp:
+        lm = _load_model(model, device, dtype)
+        source = getattr(lm, "name", str(model))
+        if factors is None:
+            kfac, factors_path = cached_factors(
+                lm, layers=layers, blocks=blocks, labels=labels, tokens=tokens, seed=seed,
+                progress=progress,
+            )  # fmt: skip
+            names = None
+        else:
+            kfac = factors if isinstance(factors, KFAC) else KFAC.load(factors)
+            factors_path = None if isinstance(factors, KFAC) else Path(factors)
+            names = None
+            if layers is not None or blocks is not None:
+                wanted = {layer.name for layer in select_layers(lm, layers, blocks)}
+                names = [n for n in kfac.factors_ if n in wanted]
+                if not names:
+                    raise RotelabError(
+                        f"the factors cover none of the selected layers ({layers or ''} "
+                        f"{blocks or ''}); collect factors for them with "
+                        "`rotelab kfac --layers/--blocks`"
+                    )
+        kfac.check_model(lm)
+        edit = CurvatureEdit().fit(kfac)
+        paths: dict[float, Path] = {}
         for r in rhos:
-            target = out if single else out / f"rho-{r:g}"
+            where = Path() if single else Path(f"rho-{r:g}")
             edited = edit.apply(lm, r, layers=names)
-            edited.save(target)
+            edited.save(tmp / where)
             record = {
                 "method": "kfac",
                 "paper": "Merullo et al. 2025, From Memorization to Reasoning in the Spectrum of "
@@ -214,10 +220,7 @@ def kfac_edit(
                 "labels": kfac.labels.value,
                 "layers": edit.kept_.to_dict(orient="records"),
             }
-            atomic_write_json(target / EDIT_RECORD, record)
-            paths[r] = target
+            atomic_write_json(tmp / where / EDIT_RECORD, record)
+            paths[r] = out / where
             del edited
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)  # no partial output left behind
-        raise
     return paths[rhos[0]] if single else paths

@@ -732,7 +732,13 @@ def extract(
             stream = make_windows()
         else:
             stream = itertools.chain([first], stream)
-        run = Run.create(out, "extract", settings, resume=resume, force=force) if main else None
+        run = (
+            Run.create(
+                out, "extract", settings, resume=resume, force=force, inputs=(source, data)
+            )
+            if main
+            else None
+        )
         with run if run is not None else contextlib.nullcontext():
             done = broadcast_object(_done_parts(run) if main else None)
             tally = _Tally(group_by, cfg.free_running)

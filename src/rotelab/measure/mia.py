@@ -896,7 +896,10 @@ def mia(
         "device": device, "dtype": dtype, "field": field, "errors": errors,
         **{k: v for k, v in asdict(cfg).items() if k != "batch_size"},
     }  # fmt: skip
-    run = Run.create(out, "mia", arguments, resume=resume, force=force, device=device)
+    inputs = (model, members, nonmembers, reference_model, recall_prefix_file)
+    run = Run.create(
+        out, "mia", arguments, resume=resume, force=force, device=device, inputs=inputs
+    )
     with run:
         lm = LM.load(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
         ctx = lm.context_length

@@ -182,45 +182,51 @@ def reconstruct(
             f"no document is longer than --prefix-len ({cfg.prefix_len} tokens); use a shorter prefix"
         )
     groups = list(group_by) or default_groups
-    with Run.create(out, "reconstruct", settings, resume=resume, force=force) as run:
-        doc_rows, chunk_rows = [], []
-        if resume and run.has_part("documents", "00000"):
-            summary = run.summary()
-            if summary is not None:
-                return run.path, summary
-        ends = [min(len(t), cfg.max_tokens or len(t)) for _, t, _ in docs]
-        gens = reconstruct_tokens(
-            lm, [t[: cfg.prefix_len] for _, t, _ in docs], ends, sample=cfg.sample,
-            temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed, batch_size=batch_size,
-        )  # fmt: skip
-        (run.path / "diffs").mkdir(exist_ok=True)
-        for (doc_id, tokens, meta), end, gen in zip(docs, ends, gens):
-            ref = tokens[cfg.prefix_len : end]
-            doc_rows.append({"doc_id": doc_id, **meta, "doc_tokens": len(tokens),
-                             "prefix_len": cfg.prefix_len, "generated_tokens": len(gen),
-                             **similarity_scores(gen, ref), "generated": gen})  # fmt: skip
-            for j in range(0, len(ref), cfg.chunk_len):
-                chunk_rows.append({"doc_id": doc_id, "chunk": j // cfg.chunk_len,
-                                   "start": cfg.prefix_len + j,
-                                   **similarity_scores(gen[j : j + cfg.chunk_len], ref[j : j + cfg.chunk_len])})  # fmt: skip
-            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(doc_id))
-            (run.path / "diffs" / f"{safe}.html").write_text(
-                side_by_side_html(lm, ref, gen, cfg.chunk_len, f"{doc_id}: reconstruction"),
-                encoding="utf-8",
-            )
-        frame = pd.DataFrame(doc_rows)
-        run.write_table("documents", frame)
-        run.write_table("chunks", pd.DataFrame(chunk_rows))
-        summary = {"model": lm.name, "data": described, **_fields(frame, pd.DataFrame(chunk_rows)),
-                   "by_group": {}}  # fmt: skip
-        for g in groups:
-            if g not in frame.columns:
-                raise RotelabError(f"cannot group by {g}: no such metadata column")
-            summary["by_group"][g] = {
-                str(k): _fields(part, None) for k, part in frame.groupby(g, sort=True)
-            }
-        run.write_summary(summary)
+    with Run.create(
+        out, "reconstruct", settings, resume=resume, force=force, inputs=(model, data)
+    ) as run:
+        summary = run.summary() if resume and run.has_part("documents", "00000") else None
+        if summary is None:
+            summary = _reconstruct(run, lm, docs, groups, cfg, batch_size, described)
     return run.path, summary
+
+
+def _reconstruct(run, lm, docs, groups, cfg: ReconstructConfig, batch_size: int, described):
+    """Decode, score and write every document of ``docs`` into ``run``; returns the summary."""
+    doc_rows, chunk_rows = [], []
+    ends = [min(len(t), cfg.max_tokens or len(t)) for _, t, _ in docs]
+    gens = reconstruct_tokens(
+        lm, [t[: cfg.prefix_len] for _, t, _ in docs], ends, sample=cfg.sample,
+        temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed, batch_size=batch_size,
+    )  # fmt: skip
+    (run.path / "diffs").mkdir(exist_ok=True)
+    for (doc_id, tokens, meta), end, gen in zip(docs, ends, gens):
+        ref = tokens[cfg.prefix_len : end]
+        doc_rows.append({"doc_id": doc_id, **meta, "doc_tokens": len(tokens),
+                         "prefix_len": cfg.prefix_len, "generated_tokens": len(gen),
+                         **similarity_scores(gen, ref), "generated": gen})  # fmt: skip
+        for j in range(0, len(ref), cfg.chunk_len):
+            chunk_rows.append({"doc_id": doc_id, "chunk": j // cfg.chunk_len,
+                               "start": cfg.prefix_len + j,
+                               **similarity_scores(gen[j : j + cfg.chunk_len], ref[j : j + cfg.chunk_len])})  # fmt: skip
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(doc_id))
+        (run.path / "diffs" / f"{safe}.html").write_text(
+            side_by_side_html(lm, ref, gen, cfg.chunk_len, f"{doc_id}: reconstruction"),
+            encoding="utf-8",
+        )
+    frame = pd.DataFrame(doc_rows)
+    run.write_table("documents", frame)
+    run.write_table("chunks", pd.DataFrame(chunk_rows))
+    summary = {"model": lm.name, "data": described, **_fields(frame, pd.DataFrame(chunk_rows)),
+               "by_group": {}}  # fmt: skip
+    for g in groups:
+        if g not in frame.columns:
+            raise RotelabError(f"cannot group by {g}: no such metadata column")
+        summary["by_group"][g] = {
+            str(k): _fields(part, None) for k, part in frame.groupby(g, sort=True)
+        }
+    run.write_summary(summary)
+    return summary
 
 
 def _fields(frame: pd.DataFrame, chunks: pd.DataFrame | None) -> dict:

@@ -120,7 +120,7 @@ def compare(
     Args:
         models: model directories (optionally ``label=path``), ``"organism"`` for the default
             organism, or LMs. The first is the baseline for relative changes. One model alone is
-            measured alone.
+            measured alone. Labels must differ.
         out: run directory (default ``runs/compare-<time>``).
         organism: the organism directory whose ledger, probes and held-out text are used; default:
             the first model directory that is an organism (has ``spec.json``), else the default
@@ -157,7 +157,10 @@ def compare(
         raise RotelabError(
             f"the organism has no item inserted >= {min_count} times; lower --min-count"
         )
-    with Run.create(out, "compare", config, resume=resume, force=force, device=device) as run:
+    inputs = [path for _, path, given in specs if given is None] + [org.path]
+    with Run.create(
+        out, "compare", config, resume=resume, force=force, device=device, inputs=inputs
+    ) as run:
         ref_vocab = _vocab_of_dir(org.path)
         heldout_text = org.heldout_docs()
         probes = org.probes
@@ -217,9 +220,8 @@ def compare(
 
 # ------------------------------------------------------------------------------------ inputs
 def _model_specs(models) -> list[tuple[str, str, LM | None]]:
-    """``(label, path, LM or None)`` per model, with unique labels."""
+    """``(label, path, LM or None)`` per model; two models with one label are refused."""
     specs = []
-    seen: dict[str, int] = {}
     for m in models:
         if isinstance(m, LM):
             label, path, given = m.name, m.name, m
@@ -234,9 +236,10 @@ def _model_specs(models) -> list[tuple[str, str, LM | None]]:
             if path != "organism" and not Path(path).expanduser().exists():
                 raise RotelabError(f"model path {path} does not exist")
             given = None
-        seen[label] = seen.get(label, 0) + 1
-        if seen[label] > 1:
-            label = f"{label}-{seen[label]}"
+        if any(label == other for other, _, _ in specs):
+            raise RotelabError(
+                f"two models are labelled {label!r}; give each a label of its own (LABEL=PATH)"
+            )
         specs.append((label, path, given))
     return specs
 

@@ -248,7 +248,9 @@ def _kfac(lm, org, out: Path, models: Path, cfg: DemoConfig, progress: bool) -> 
     with Run.create(out, "kfac_sweep", {"model": str(org.path), **config}) as run:
         seqs = packed_sequences(lm, org.train_docs(), seq_len=seq_len, max_tokens=cfg.factor_tokens)
         kfac = KFAC(seed=cfg.seed).fit(lm, seqs, progress=progress)
-        factors = kfac.save(run.path)
+        # Recorded where the factors will be once this run is renamed into place (the model
+        # directory that names them is outside the run, so the rename cannot correct it).
+        factors = out / kfac.save(run.path).name
         heldout = packed_sequences(
             lm, org.heldout_docs(), seq_len=seq_len, max_tokens=cfg.sweep_heldout_tokens
         )
@@ -392,5 +394,5 @@ def demo(
             "seconds": round(time.perf_counter() - t0, 2),
         }
         run.write_summary(summary)
-        report = write_report(root)
-    return report
+        write_report(root)
+    return run.path / "report.html"

@@ -1,0 +1,61 @@
+"""Kill tests: run a command in a subprocess, SIGKILL it when a file appears, digest outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+#: What rotelab leaves beside an output while writing it (see rotelab.runs).
+LEFTOVER = re.compile(r"\..+\.(tmp|old)-\d+")
+
+
+def rotelab(*args: str) -> list[str]:
+    """The command line of the real CLI, as a user runs it."""
+    return [sys.executable, "-m", "rotelab", *args]
+
+
+def kill_when(cmd: Sequence[str], ready: Callable[[int], bool], timeout: float = 300) -> bool:
+    """Start ``cmd``; SIGKILL it as soon as ``ready(pid)`` holds (polled every millisecond).
+
+    Returns whether it was killed (False: it exited first, so there was nothing to kill).
+    """
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty command never blocks
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + timeout
+        try:
+            while proc.poll() is None:
+                if ready(proc.pid):
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    return True
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{cmd} never reached the kill point")
+                time.sleep(0.001)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        err.seek(0)
+        assert proc.returncode == 0, err.read().decode()
+    return False
+
+
+def digest(path: Path) -> str:
+    """A hash of every file's name and bytes under ``path``."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def leftovers(parent: Path) -> list[str]:
+    """Temporary and moved-aside directories in ``parent``."""
+    return sorted(p.name for p in parent.iterdir() if LEFTOVER.fullmatch(p.name))
