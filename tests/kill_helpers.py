@@ -25,10 +25,14 @@ def rotelab(*args: str) -> list[str]:
 def kill_when(cmd: Sequence[str], ready: Callable[[int], bool], timeout: float = 300) -> bool:
     """Start ``cmd``; SIGKILL it as soon as ``ready(pid)`` holds (polled every millisecond).
 
-    Returns whether it was killed (False: it exited first, so there was nothing to kill).
+    Returns whether it was killed (False: it exited first, so there was nothing to kill). The
+    command runs on one thread: rotelab sizes its threads by the processes working beside it, and
+    a float statistic reduced on another thread count may differ in its last bit, which would make
+    two whole outputs digest differently.
     """
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty command never blocks
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
         deadline = time.monotonic() + timeout
         try:
             while proc.poll() is None:

@@ -17,7 +17,9 @@ bf16 therefore asks this module, and nothing assumes the CPU it was tuned on.
   It lowers it to this process's share of the cores it may use (CPU affinity and the cgroup CPU
   quota, split evenly among the rotelab processes working on the machine at the moment), since
   torch's default counts the host's cores and several processes on a 2-core container then fight
-  over threads (60x slower was seen; two tiny builds at once took 4x one alone here).
+  over threads (60x slower was seen; two tiny builds at once took 4x one alone here). Training
+  gave bitwise the same weights on 1 and 2 threads here, but a float reduction may differ in its
+  last bit between thread counts: ``OMP_NUM_THREADS`` pins the count for bit-exact reruns.
 
 Example:
     >>> from rotelab.machine import describe_machine, resolve_precision
