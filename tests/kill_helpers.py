@@ -63,3 +63,18 @@ def digest(path: Path) -> str:
 def leftovers(parent: Path) -> list[str]:
     """Temporary and moved-aside directories in ``parent``."""
     return sorted(p.name for p in parent.iterdir() if LEFTOVER.fullmatch(p.name))
+
+
+def assert_whole_after_kills(
+    cmd: Sequence[str], out: Path, kill_points: Sequence[Callable[[int], bool]], old: str
+) -> None:
+    """Kill ``cmd`` at each point, then run it uninterrupted: after every kill ``out`` holds the
+    old output (digest ``old``) or the new one, whole; never neither, never a half."""
+    seen, killed = [], []
+    for ready in kill_points:
+        killed.append(kill_when(cmd, ready))
+        seen.append(digest(out))
+    assert killed[0]  # the later points may come too late to catch: it then finished whole
+    kill_when(cmd, lambda pid: False)  # the same command, uninterrupted
+    new = digest(out)
+    assert new != old and set(seen) <= {old, new}

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from kill_helpers import digest, kill_when, leftovers, rotelab
+from kill_helpers import assert_whole_after_kills, digest, leftovers, rotelab
 from typer.testing import CliRunner
 
 from rotelab.edit.balanced_subnet import (
@@ -227,12 +227,5 @@ def test_sigkill_during_force_leaves_the_old_model_or_the_new_one_whole(
         lambda pid: (tmp_path / f".bsn.tmp-{pid}" / "config.json").exists(),  # saving weights
         lambda pid: (tmp_path / f".bsn.tmp-{pid}" / RECORD).exists(),  # about to commit
     ]
-    seen, killed = [], []
-    for ready in kill_points:
-        killed.append(kill_when(cmd, ready))
-        seen.append(digest(out))
-    assert killed[0]  # the later points may come too late to catch: it then finished whole
-    kill_when(cmd, lambda pid: False)  # the same command, uninterrupted
-    new = digest(out)
-    assert new != old and set(seen) <= {old, new}  # never neither, never a half
+    assert_whole_after_kills(cmd, out, kill_points, old)
     assert leftovers(tmp_path) == []  # the killed runs' temporary directories are gone
