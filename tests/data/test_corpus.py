@@ -73,7 +73,7 @@ def test_missing_path_and_empty_directory(tmp_path):
     with pytest.raises(RotelabError, match="holds no"):
         list(read_corpus(tmp_path))
     with pytest.raises(RotelabError, match="unknown --format 'csv'"):
-        list(read_corpus(tmp_path, corpus_format="csv"))
+        read_corpus(tmp_path, corpus_format="csv")  # when called, before any document is read
 
 
 LICENSE = "Apache License\nVersion 2.0, January 2004\n\nTERMS AND CONDITIONS\n"

@@ -97,6 +97,12 @@ def read_corpus(
         base = root
     else:
         files, base = [root], root.parent
+    return _read_files(files, base, fmt, field, errors, id_field)
+
+
+def _read_files(files, base, fmt, field, errors, id_field) -> Iterator[Document]:
+    # A generator of its own, so that read_corpus checks its arguments when called, not when
+    # the first document is asked for (after a run directory may already exist).
     for file in files:
         name = file.relative_to(base).as_posix()
         kind = _file_format(file) if fmt is CorpusFormat.AUTO else fmt
