@@ -1109,6 +1109,10 @@ def _validate_config(cfg: MIAConfig) -> None:
     _check_k(cfg.k)
     if cfg.bootstrap < 0:
         raise RotelabError("--bootstrap must be >= 0")
+    if cfg.batch_size < 1:
+        raise RotelabError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if cfg.neighbours < 1:
+        raise RotelabError(f"--neighbours must be >= 1, got {cfg.neighbours}")
     if cfg.min_false_positives < 1:
         raise RotelabError("min_false_positives must be >= 1")
     try:

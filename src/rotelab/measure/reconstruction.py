@@ -172,6 +172,8 @@ def reconstruct(
 
     cfg = config or ReconstructConfig()
     cfg.validate()
+    if batch_size < 1:  # before the model is loaded, not deep inside decoding
+        raise RotelabError(f"--batch-size must be >= 1, got {batch_size}")
     settings = {"model": model, "data": data, **asdict(cfg), "group_by": list(group_by),
                 "field": field, "errors": errors, "format": corpus_format,
                 "batch_size": batch_size}  # fmt: skip
