@@ -93,6 +93,15 @@ def test_pickle_only_checkpoint_needs_allow_pickle(tmp_path, corpus, tiny_tokeni
     assert res.exit_code == 0, res.output
 
 
+def test_corrupt_model_is_one_line_exit_2(tmp_path, tiny_llama_dir, corpus):
+    model = shutil.copytree(tiny_llama_dir, tmp_path / "model")
+    (model / "model.safetensors").write_bytes(b"not safetensors")
+    out = tmp_path / "run"
+    res = _fails(["extract", "--model", str(model), "--data", str(corpus), "--out", str(out),
+                  "--prefix-len", "4", "--suffix-len", "4", "--quiet"], "is corrupt or truncated", out)  # fmt: skip
+    assert len(res.output.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     ("content", "extra", "message"),
     [
