@@ -93,6 +93,15 @@ def test_pickle_only_checkpoint_needs_allow_pickle(tmp_path, corpus, tiny_tokeni
     assert res.exit_code == 0, res.output
 
 
+def test_corrupt_model_is_one_line_exit_2(tmp_path, tiny_llama_dir, corpus):
+    model = shutil.copytree(tiny_llama_dir, tmp_path / "model")
+    (model / "model.safetensors").write_bytes(b"not safetensors")
+    out = tmp_path / "run"
+    res = _fails(["extract", "--model", str(model), "--data", str(corpus), "--out", str(out),
+                  "--prefix-len", "4", "--suffix-len", "4", "--quiet"], "is corrupt or truncated", out)  # fmt: skip
+    assert len(res.output.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     ("content", "extra", "message"),
     [
@@ -111,6 +120,34 @@ def test_bad_corpus_and_window_input(tmp_path, tiny_llama_dir, content, extra, m
     out = tmp_path / "run"
     _fails(["extract", "--model", str(tiny_llama_dir), "--data", str(data), "--out", str(out),
             "--quiet", "--prefix-len", "4", "--suffix-len", "4", *extra], message, out)  # fmt: skip
+
+
+def test_extract_reads_a_text_file_without_extension(tmp_path, tiny_llama_dir):
+    data = tmp_path / "LICENSE"
+    data.write_text("the cat sat on the mat " * 8)
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["extract", "--model", str(tiny_llama_dir), "--data", str(data),
+                              "--out", str(out), "--prefix-len", "4", "--suffix-len", "4",
+                              "--quiet", "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["windows"] > 0
+    assert json.loads((out / "config.json").read_text())["arguments"]["format"] == "auto"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["extract", "--prefix-len", "8", "--suffix-len", "8", "--data", "{data}"],
+     ["reconstruct", "--prefix-len", "8", "--data", "{data}"],
+     ["kfac", "--data", "{data}"],
+     ["mia", "--members", "{data}", "--nonmembers", "{data}"],
+     ["unlearn", "balanced-subnet", "--forget", "{data}", "--retain", "{data}"]],
+    ids=["extract", "reconstruct", "kfac", "mia", "balanced-subnet"],
+)  # fmt: skip
+def test_corpus_commands_take_format(tmp_path, tiny_llama_dir, corpus, command):
+    out = tmp_path / "run"
+    args = [a.replace("{data}", str(corpus)) for a in command]
+    args += ["--model", str(tiny_llama_dir), "--out", str(out), "--format", "csv"]
+    _fails(args, "unknown --format 'csv'", out)
 
 
 def test_existing_output_needs_resume_or_force(tmp_path, tiny_llama_dir, corpus):

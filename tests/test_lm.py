@@ -126,6 +126,58 @@ def test_pickle_checkpoint_refused_unless_allowed(tmp_path, tiny_tokenizer):
     torch.testing.assert_close(lm.model.state_dict()["lm_head.weight"], model.lm_head.weight)
 
 
+class _NotATensor:
+    """A class of the test's own: torch's weights-only loader refuses to unpickle it."""
+
+
+def _one_line_error(model_dir, **kwargs) -> str:
+    with pytest.raises(RotelabError) as info:
+        LM.load(model_dir, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [("truncate", "incomplete metadata"), ("garbage", "header")],
+)
+def test_corrupt_safetensors_names_the_file(tmp_path, tiny_llama_dir, damage, reason):
+    import shutil
+
+    model_dir = shutil.copytree(tiny_llama_dir, tmp_path / "model")
+    weights = model_dir / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x93garbage" * 64)
+    message = _one_line_error(model_dir)
+    assert message.startswith(f"{weights} is corrupt or truncated (")
+    assert reason in message and "download it again" in message
+
+
+def test_pickle_that_weights_only_refuses_names_the_file(tmp_path, tiny_tokenizer):
+    from tiny_models import make_tiny_model
+
+    make_tiny_model("llama").config.save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    torch.save({"x": _NotATensor()}, tmp_path / "pytorch_model.bin")
+    message = _one_line_error(tmp_path, allow_pickle=True)
+    assert message.startswith(f"{tmp_path / 'pytorch_model.bin'} cannot be loaded safely")
+    assert "_NotATensor" in message and "safetensors" in message
+
+
+def test_missing_shard_names_the_file(tmp_path, tiny_tokenizer):
+    from tiny_models import make_tiny_model
+
+    make_tiny_model("llama").save_pretrained(tmp_path, max_shard_size="20KB")
+    tiny_tokenizer.save_pretrained(tmp_path)
+    shards = sorted(tmp_path.glob("model-*.safetensors"))
+    assert len(shards) > 2
+    shards[1].unlink()
+    message = _one_line_error(tmp_path)
+    assert message.startswith(f"{shards[1]} is missing: model.safetensors.index.json names")
+    assert f"{len(shards)} shards, 1 absent" in message
+
+
 def test_missing_paths_are_user_errors(tmp_path):
     with pytest.raises(RotelabError, match="does not exist"):
         LM.load(tmp_path / "nope")

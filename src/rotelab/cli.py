@@ -42,7 +42,8 @@ DataOpt = Annotated[
     typer.Option(
         "--data",
         "-d",
-        help="Corpus: .txt/.jsonl/.parquet file or directory. Default: the organism's data.",
+        help="Corpus: a text, JSONL or Parquet file (by extension, else by content; see "
+        "--format) or a directory of .txt/.jsonl/.parquet files. Default: the organism's data.",
     ),
 ]
 OutOpt = Annotated[
@@ -74,6 +75,15 @@ SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
 FieldOpt = Annotated[str, typer.Option("--field", help="Text field of JSONL/Parquet records.")]
 ErrorsOpt = Annotated[
     str, typer.Option("--errors", help="strict (fail on bad UTF-8) or replace.")
+]
+FormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        help="Corpus file format: auto (.txt/.jsonl/.parquet by name; other files Parquet if they "
+        "start with PAR1, JSONL if the first line is a JSON object, else one text), text, jsonl "
+        "or parquet.",
+    ),
 ]
 
 
@@ -209,6 +219,7 @@ def extract_cmd(
     ci: Annotated[str, typer.Option(help="Interval: wilson or clopper_pearson.")] = "wilson",
     field: FieldOpt = "text",
     errors: ErrorsOpt = "strict",
+    corpus_format: FormatOpt = "auto",
     out_dir: OutOpt = None,
     resume: ResumeOpt = False,
     force: ForceOpt = False,
@@ -233,7 +244,8 @@ def extract_cmd(
     )  # fmt: skip
     result = extract(
         model, data, config=cfg, out=out_dir, resume=resume, force=force, device=device,
-        dtype=dtype, allow_pickle=allow_pickle, field=field, errors=errors, progress=not quiet,
+        dtype=dtype, allow_pickle=allow_pickle, field=field, errors=errors,
+        corpus_format=corpus_format, progress=not quiet,
     )  # fmt: skip
     if not result.is_main:
         return
@@ -261,6 +273,7 @@ def reconstruct_cmd(
     batch_size: Annotated[int, typer.Option(help="Documents decoded together.")] = 16,
     field: FieldOpt = "text",
     errors: ErrorsOpt = "strict",
+    corpus_format: FormatOpt = "auto",
     out_dir: OutOpt = None,
     resume: ResumeOpt = False,
     force: ForceOpt = False,
@@ -277,7 +290,7 @@ def reconstruct_cmd(
     )  # fmt: skip
     path, summary = reconstruct(
         model, data, config=cfg, group_by=group_by or (), out=out_dir, resume=resume, force=force,
-        field=field, errors=errors, batch_size=batch_size,
+        field=field, errors=errors, corpus_format=corpus_format, batch_size=batch_size,
     )  # fmt: skip
     emit(summary, as_json=as_json, quiet=quiet, run_dir=path)
 
@@ -323,6 +336,7 @@ def mia_cmd(
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 32,
     field: FieldOpt = "text",
     errors: ErrorsOpt = "strict",
+    corpus_format: FormatOpt = "auto",
     out_dir: OutOpt = None,
     resume: ResumeOpt = False,
     force: ForceOpt = False,
@@ -346,7 +360,7 @@ def mia_cmd(
         model, members=members, nonmembers=nonmembers, reference_model=reference_model,
         recall_prefix_file=recall_prefix, config=cfg, out=out_dir, resume=resume, force=force,
         device=device, dtype=dtype, allow_pickle=allow_pickle, field=field, errors=errors,
-        progress=not quiet,
+        corpus_format=corpus_format, progress=not quiet,
     )  # fmt: skip
     if not as_json and not quiet:
         out.print(format_table(summary), highlight=False)
@@ -386,6 +400,7 @@ def kfac_cmd(
     ] = None,
     field: FieldOpt = "text",
     errors: ErrorsOpt = "strict",
+    corpus_format: FormatOpt = "auto",
     seed: SeedOpt = 0,
     out_dir: OutOpt = None,
     force: ForceOpt = False,
@@ -400,7 +415,7 @@ def kfac_cmd(
     kfac, path = collect_factors(
         model, data, out_dir, layers=layers, blocks=blocks, labels=labels, tokens=tokens,
         seq_len=seq_len, batch_size=batch_size, seed=seed, field=field, errors=errors,
-        device=device, dtype=dtype, force=force, progress=not quiet,
+        corpus_format=corpus_format, device=device, dtype=dtype, force=force, progress=not quiet,
     )  # fmt: skip
     summary = {"factors": path, "layers": list(kfac.factors_), "tokens": kfac.tokens_}
     emit(summary, as_json=as_json, quiet=quiet, run_dir=path.parent)
@@ -481,6 +496,7 @@ def balanced_subnet_cmd(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     precision: PrecisionOpt = "auto",
+    corpus_format: FormatOpt = "auto",
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -491,7 +507,7 @@ def balanced_subnet_cmd(
         model, out_dir, forget=forget, retain=retain, min_count=min_count,
         retain_windows=retain_windows, ratio=ratio, w=w, lr=lr, epochs=epochs,
         batch_size=batch_size, layers=layers, seed=seed, force=force, device=device, dtype=dtype,
-        precision=precision, progress=not quiet,
+        precision=precision, corpus_format=corpus_format, progress=not quiet,
     )  # fmt: skip
     emit(summary, as_json=as_json, quiet=quiet, run_dir=path)
 

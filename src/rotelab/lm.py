@@ -19,8 +19,10 @@ from __future__ import annotations
 import copy
 import fnmatch
 import inspect
+import json
 import math
 import os
+import pickle
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -285,6 +287,7 @@ class LM:
         ``None`` (or ``"organism"``) loads the default organism, building it on first use.
         Safe by default: safetensors only unless ``allow_pickle``; no remote code.
         """
+        from safetensors import SafetensorError
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -297,6 +300,7 @@ class LM:
             kwargs["gguf_file"] = gguf_file
         elif Path(source).is_dir():
             _check_checkpoint_dir(Path(source), allow_pickle)
+            _check_weight_files(Path(source))
             kwargs["use_safetensors"] = not allow_pickle or _has_safetensors(Path(source))
         else:
             kwargs["use_safetensors"] = None if allow_pickle else True
@@ -312,6 +316,13 @@ class LM:
                 f"could not load model {name!r}: {first} "
                 "(give a local model directory, a .gguf file, or a hub id when the hub is reachable)"
             ) from exc
+        except SafetensorError as exc:  # a hub download; local directories were checked above
+            raise RotelabError(
+                f"could not load model {name!r}: a safetensors file is corrupt ({exc}); "
+                "download it again"
+            ) from None
+        except pickle.UnpicklingError as exc:
+            raise RotelabError(_refused_pickle(source, name, exc)) from None
         model.to(dev)
         return cls(model, tokenizer, name=name)
 
@@ -963,6 +974,65 @@ def _check_checkpoint_dir(path: Path, allow_pickle: bool) -> None:
         )
     if not pickles:
         raise RotelabError(f"{path} has no weights (no *.safetensors file)")
+
+
+def _check_weight_files(path: Path) -> None:
+    """Fail in one line naming the file on a missing shard or a corrupt safetensors file.
+
+    transformers would stop deep in loading on a bare ``SafetensorError`` that names no file, or
+    on a missing shard with a hint about the hub. Only headers are read (memory-mapped), so this
+    costs little even for large models. Checks the files transformers will load: safetensors
+    whenever there are any, else the pickle index.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    if _has_safetensors(path):
+        index, files = path / "model.safetensors.index.json", [path / "model.safetensors"]
+    else:
+        index, files = path / "pytorch_model.bin.index.json", []
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError, UnicodeDecodeError):
+            raise RotelabError(
+                f"{index} is not a valid shard index (JSON with a weight_map); copy or download "
+                "the model again"
+            ) from None
+        files = [path / n for n in names]
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise RotelabError(
+                f"{missing[0]} is missing: {index.name} names {len(files)} shards, "
+                f"{len(missing)} absent; copy or download the whole model directory again"
+            )
+    for file in files:
+        if file.suffix != ".safetensors" or not file.is_file():
+            continue
+        try:
+            with safe_open(file, framework="pt"):
+                pass
+        except SafetensorError as exc:
+            raise RotelabError(
+                f"{file} is corrupt or truncated ({exc}); copy or download it again, or re-save "
+                "the model"
+            ) from None
+
+
+def _refused_pickle(source: str, name: str, exc: Exception) -> str:
+    """The one-line error for a pickle checkpoint that torch's weights-only loader refused."""
+    path = Path(source)
+    pickles = []
+    if path.is_dir():
+        pickles = sorted(p for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    where = str(pickles[0]) if len(pickles) == 1 else f"a pickle checkpoint of {name!r}"
+    # torch's message is a page long; the line after this marker is the reason
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n\n|$)", str(exc), re.DOTALL)
+    reason = found.group(1).strip() if found else "not a weights-only checkpoint"
+    return (
+        f"{where} cannot be loaded safely: torch's weights-only loader refuses it ({reason}); "
+        "it is corrupt or holds objects other than tensors, so re-save the model as safetensors "
+        "(save_pretrained) where it was made"
+    )
 
 
 def _resolve_source(path_or_id) -> tuple[str, str | None, str]:

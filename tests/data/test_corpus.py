@@ -72,6 +72,65 @@ def test_missing_path_and_empty_directory(tmp_path):
         list(read_corpus(tmp_path / "nope"))
     with pytest.raises(RotelabError, match="holds no"):
         list(read_corpus(tmp_path))
-    (tmp_path / "x.csv").write_text("a")
-    with pytest.raises(RotelabError, match="unsupported file type"):
-        list(read_corpus(tmp_path / "x.csv"))
+    with pytest.raises(RotelabError, match="unknown --format 'csv'"):
+        read_corpus(tmp_path, corpus_format="csv")  # when called, before any document is read
+
+
+LICENSE = "Apache License\nVersion 2.0, January 2004\n\nTERMS AND CONDITIONS\n"
+
+
+@pytest.mark.parametrize("name", ["LICENSE", "Apache-2.0", "server.log", "notes.md"])
+def test_text_file_with_any_name_is_one_document(tmp_path, name):
+    (tmp_path / name).write_text(LICENSE)
+    assert [(d.doc_id, d.text) for d in read_corpus(tmp_path / name)] == [(name, LICENSE)]
+
+
+def test_jsonl_and_parquet_are_sniffed_by_content(tmp_path):
+    log = tmp_path / "events.log"
+    log.write_text("\n" + json.dumps({"text": "a", "source": "s"}) + "\n" + json.dumps({"text": "b"}))
+    docs = [(d.doc_id, d.text) for d in read_corpus(log)]
+    assert docs == [("events.log:2", "a"), ("events.log:3", "b")]
+    pd.DataFrame({"text": ["p0", "p1"]}).to_parquet(tmp_path / "rows.bin")
+    assert [d.text for d in read_corpus(tmp_path / "rows.bin")] == ["p0", "p1"]
+
+
+def test_a_json_array_or_scalar_first_line_is_text(tmp_path):
+    f = tmp_path / "data"
+    f.write_text('[1, 2]\n{"text": "x"}\n')
+    assert [d.text for d in read_corpus(f)] == ['[1, 2]\n{"text": "x"}\n']
+
+
+def test_format_forces_how_files_are_read(tmp_path):
+    f = tmp_path / "records.log"
+    f.write_text(json.dumps({"text": "a"}) + "\n")
+    assert [d.text for d in read_corpus(f, corpus_format="text")] == [f.read_text()]
+    # .txt is read as text in auto mode even when it looks like JSONL; --format jsonl overrides it
+    t = tmp_path / "records.txt"
+    t.write_text(f.read_text())
+    assert [d.text for d in read_corpus(t)] == [t.read_text()]
+    assert [d.text for d in read_corpus(t, corpus_format="jsonl")] == ["a"]
+
+
+def test_binary_file_is_refused_with_one_line_naming_it(tmp_path):
+    blob = tmp_path / "model.ckpt"
+    blob.write_bytes(b"\x89HDF\r\n\x1a\n\0\0\x01binary")
+    for fmt in ("auto", "text"):
+        with pytest.raises(RotelabError) as info:
+            list(read_corpus(blob, corpus_format=fmt))
+        msg = str(info.value)
+        assert "\n" not in msg
+        assert msg.startswith(f"{blob}: a binary file (NUL byte at offset 8)")
+
+
+def test_undecodable_file_without_extension_names_it(tmp_path):
+    bad = tmp_path / "README"
+    bad.write_bytes(b"caf\xe9 latin-1")
+    with pytest.raises(RotelabError, match=r"README: bytes at offset 3 .*--errors replace"):
+        list(read_corpus(bad))
+
+
+def test_directory_reads_only_corpus_named_files(tmp_path):
+    (tmp_path / "a.txt").write_text("kept")
+    (tmp_path / "LICENSE").write_text("left out")
+    (tmp_path / "blob.bin").write_bytes(b"\0\0")
+    assert [d.doc_id for d in read_corpus(tmp_path)] == ["a.txt"]

@@ -289,6 +289,8 @@ def test_cli_on_files_writes_summary_and_parts(tiny_llama_dir, split_files, tmp_
         ("span_outside", "outside the text"),
         ("other_tokenizer", "different tokenizer"),
         ("bad_attack", "attacks are"),
+        ("zero_batch", "--batch-size must be >= 1, got 0"),
+        ("zero_neighbours", "--neighbours must be >= 1, got 0"),
     ],
 )
 def test_cli_bad_input_one_line_exit_2(tiny_llama_dir, split_files, tmp_path, case, match):
@@ -313,6 +315,10 @@ def test_cli_bad_input_one_line_exit_2(tiny_llama_dir, split_files, tmp_path, ca
         make_tiny_model("llama", seed=2).save_pretrained(ref, safe_serialization=True)
         _other_tokenizer().save_pretrained(ref)
         extra = ["--reference-model", str(ref)]
+    elif case == "zero_batch":
+        extra = ["--batch-size", "0"]
+    elif case == "zero_neighbours":
+        extra = ["--neighbours", "0"]
     else:
         extra = ["--attacks", "loss,nope"]
     out = tmp_path / "out"
@@ -323,7 +329,7 @@ def test_cli_bad_input_one_line_exit_2(tiny_llama_dir, split_files, tmp_path, ca
     )  # fmt: skip
     assert res.exit_code == 2, res.output
     assert match in res.output
-    assert "Traceback" not in res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
     assert not out.exists()  # nothing left behind
 
 

@@ -75,6 +75,17 @@ def test_cli_rejects_prefix_longer_than_every_document(tiny_llama_dir, tmp_path)
     assert not (tmp_path / "x").exists()
 
 
+def test_cli_rejects_zero_batch_size_before_any_work(tmp_path):
+    # the model path does not exist: a batch size check that ran after loading would say so
+    data = tmp_path / "d.txt"
+    data.write_text("the cat sat on the mat")
+    res = runner.invoke(app, ["reconstruct", "--model", str(tmp_path / "nope"), "--data", str(data),
+                              "--batch-size", "0", "--out", str(tmp_path / "x")])  # fmt: skip
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines() == ["error: --batch-size must be >= 1, got 0"]
+    assert not (tmp_path / "x").exists()
+
+
 def test_resuming_a_finished_run_reads_it_back_at_its_path(tiny_llama_dir, tmp_path):
     from rotelab.measure.reconstruction import ReconstructConfig, reconstruct
 

@@ -671,6 +671,7 @@ def factor_data(
     seq_len: int | None = None,
     field: str = "text",
     errors: str = "strict",
+    corpus_format: str = "auto",
 ) -> list[list[int]]:
     """Sequences for factor collection: a corpus path, or the organism's training text.
 
@@ -697,7 +698,9 @@ def factor_data(
     else:
         from rotelab.data.corpus import read_corpus
 
-        texts = (doc.text for doc in read_corpus(data, field=field, errors=errors))
+        texts = (doc.text for doc in read_corpus(
+            data, field=field, errors=errors, corpus_format=corpus_format
+        ))
     seqs = packed_sequences(lm, texts, seq_len=seq_len, max_tokens=tokens)
     if not seqs:
         raise RotelabError(f"{data or 'the organism'} holds no text to collect factors on")
@@ -718,6 +721,7 @@ def collect_factors(
     seed: int = 0,
     field: str = "text",
     errors: str = "strict",
+    corpus_format: str = "auto",
     device: str = "auto",
     dtype: str = "auto",
     force: bool = False,
@@ -728,6 +732,8 @@ def collect_factors(
     Args:
         model: an :class:`LM`, a model path, or ``None`` for the default organism.
         data: a corpus path; ``None`` = the organism's training text.
+        field, errors, corpus_format: how the corpus is read (see
+            :func:`rotelab.data.read_corpus`).
         out: run directory (default ``runs/kfac-<time>``); gets ``factors.safetensors``,
             ``config.json`` and ``summary.json``.
         layers, blocks, labels, seed: see :class:`KFAC`.
@@ -760,7 +766,10 @@ def collect_factors(
     with dist_context():
         lm = model if isinstance(model, LM) else LM.load(model, device=local_device(device), dtype=dtype)
         select_layers(lm, layers, blocks)  # bad selections fail before any work
-        seqs = factor_data(lm, data, tokens=tokens, seq_len=seq_len, field=field, errors=errors)
+        seqs = factor_data(
+            lm, data, tokens=tokens, seq_len=seq_len, field=field, errors=errors,
+            corpus_format=corpus_format,
+        )  # fmt: skip
         t0 = time.perf_counter()
         kfac.fit(lm, seqs, batch_size=batch_size, progress=progress and is_main())
         seconds = time.perf_counter() - t0

@@ -1,6 +1,6 @@
 """Corpora, token windows with provenance, and the organism's synthetic world."""
 
-from rotelab.data.corpus import SUPPORTED_SUFFIXES, Document, read_corpus
+from rotelab.data.corpus import SUPPORTED_SUFFIXES, CorpusFormat, Document, read_corpus
 from rotelab.data.organism import (
     COUNTS,
     Kind,
@@ -29,6 +29,7 @@ from rotelab.data.windows import (
 
 __all__ = [
     "COUNTS",
+    "CorpusFormat",
     "SUPPORTED_SUFFIXES",
     "Document",
     "Kind",

@@ -326,10 +326,10 @@ def organism_forget_retain(
     return forget, [windows[i] for i in sorted(pick)]
 
 
-def _read_sequences(path: str | os.PathLike, lm: LM) -> list[list[int]]:
+def _read_sequences(path: str | os.PathLike, lm: LM, corpus_format: str) -> list[list[int]]:
     from rotelab.data.corpus import read_corpus
 
-    return [lm.encode(d.text) for d in read_corpus(path)]
+    return [lm.encode(d.text) for d in read_corpus(path, corpus_format=corpus_format)]
 
 
 def balanced_subnet(
@@ -351,6 +351,7 @@ def balanced_subnet(
     device: str = "auto",
     dtype: str = "auto",
     precision: str = "auto",
+    corpus_format: str = "auto",
     progress: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """Fit BalancedSubnet and write the masked model as a new model directory.
@@ -368,6 +369,8 @@ def balanced_subnet(
             beside it and renamed into place when complete (:class:`rotelab.runs.OutputDir`);
             an ``out`` that is, is inside or contains the model or a corpus is refused.
         precision: training precision of the mask (see :class:`BalancedSubnet`).
+        corpus_format: how ``forget``/``retain`` corpus files are read (see
+            :func:`rotelab.data.read_corpus`).
 
     Returns:
         ``(out, summary)``; ``out`` holds the model, its tokenizer and ``balanced_subnet.json``
@@ -406,11 +409,11 @@ def balanced_subnet(
             )
         forget_seqs = (
             d_forget if forget is None
-            else _read_sequences(forget, lm) if isinstance(forget, (str, os.PathLike)) else forget
+            else _read_sequences(forget, lm, corpus_format) if isinstance(forget, (str, os.PathLike)) else forget
         )  # fmt: skip
         retain_seqs = (
             d_retain if retain is None
-            else _read_sequences(retain, lm) if isinstance(retain, (str, os.PathLike)) else retain
+            else _read_sequences(retain, lm, corpus_format) if isinstance(retain, (str, os.PathLike)) else retain
         )  # fmt: skip
         bsn = BalancedSubnet(
             ratio=ratio, w=w, lr=lr, epochs=epochs, batch_size=batch_size, layers=layers,

@@ -642,7 +642,9 @@ class _LazyModel:
         return self._lm
 
 
-def _window_source(model, data, cfg: ExtractConfig, device, dtype, allow_pickle, field_, errors):
+def _window_source(
+    model, data, cfg: ExtractConfig, device, dtype, allow_pickle, field_, errors, corpus_format
+):
     """(lm, the model's source, a fresh window iterator factory, group columns, data description)."""
     if data is None:
         from rotelab.data.organism import organism_of
@@ -663,7 +665,7 @@ def _window_source(model, data, cfg: ExtractConfig, device, dtype, allow_pickle,
     check_window_shape(cfg.prefix_len, cfg.suffix_len, cfg.stride, lm.context_length)
 
     def make() -> Iterator[Window]:
-        docs = read_corpus(data, field=field_, errors=errors)
+        docs = read_corpus(data, field=field_, errors=errors, corpus_format=corpus_format)
         return corpus_windows(docs, lm.encode, cfg.prefix_len, cfg.suffix_len, cfg.stride)
 
     return lm, model, make, cfg.group_by, str(data)
@@ -682,6 +684,7 @@ def extract(
     allow_pickle: bool = False,
     field: str = "text",
     errors: str = "strict",
+    corpus_format: str = "auto",
     progress: bool = True,
 ) -> ExtractResult:
     """Audit extraction over a corpus (or the default organism) and write a run directory.
@@ -706,12 +709,12 @@ def extract(
     cfg.validate()
     check_load_options(device, dtype)
     settings = {"model": model, "data": data, **asdict(cfg), "device": device, "dtype": dtype,
-                "field": field, "errors": errors}  # fmt: skip
+                "field": field, "errors": errors, "format": corpus_format}  # fmt: skip
     t0 = time.perf_counter()
     with dist_context() as (rank, world):
         main = rank == 0
         lm, source, make_windows, group_by, described = _window_source(
-            model, data, cfg, device, dtype, allow_pickle, field, errors
+            model, data, cfg, device, dtype, allow_pickle, field, errors, corpus_format
         )
         reduced = lm.dtype not in (torch.float32, torch.float64)
         exact = _LazyModel(source, device, allow_pickle) if cfg.recheck and reduced else None

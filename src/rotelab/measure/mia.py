@@ -778,10 +778,12 @@ def _ledger_texts(ledger: pd.DataFrame, span_mode: SpanMode, ctx: int) -> list[M
     return out
 
 
-def _read_texts(path: str | os.PathLike, role: str, field_name: str, errors: str):
+def _read_texts(
+    path: str | os.PathLike, role: str, field_name: str, errors: str, corpus_format: str
+):
     from rotelab.data import read_corpus
 
-    docs = list(read_corpus(path, field=field_name, errors=errors))
+    docs = list(read_corpus(path, field=field_name, errors=errors, corpus_format=corpus_format))
     docs = [d for d in docs if d.text.strip()]
     if not docs:
         raise RotelabError(
@@ -855,6 +857,7 @@ def mia(
     allow_pickle: bool = False,
     field: str = "text",
     errors: str = "strict",
+    corpus_format: str = "auto",
     progress: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
     """Run membership inference and write a run directory; what ``rotelab mia`` does.
@@ -887,13 +890,13 @@ def mia(
         organism = _organism_for(model)
         model = organism.path
     else:
-        member_docs = _read_texts(members, "members", field, errors)
-        nonmember_docs = _read_texts(nonmembers, "non-members", field, errors)
+        member_docs = _read_texts(members, "members", field, errors, corpus_format)
+        nonmember_docs = _read_texts(nonmembers, "non-members", field, errors, corpus_format)
     requested = list(cfg.attacks) if cfg.attacks else None
     arguments = {
         "model": model, "members": members, "nonmembers": nonmembers,
         "reference_model": reference_model, "recall_prefix_file": recall_prefix_file,
-        "device": device, "dtype": dtype, "field": field, "errors": errors,
+        "device": device, "dtype": dtype, "field": field, "errors": errors, "format": corpus_format,
         **{k: v for k, v in asdict(cfg).items() if k != "batch_size"},
     }  # fmt: skip
     inputs = (model, members, nonmembers, reference_model, recall_prefix_file)
@@ -945,7 +948,9 @@ def mia(
         prefix_texts = background
         if recall_prefix_file is not None:
             prefix_texts = [
-                d.text for d in _read_texts(recall_prefix_file, "ReCaLL prefix", field, errors)
+                d.text for d in _read_texts(
+                    recall_prefix_file, "ReCaLL prefix", field, errors, corpus_format
+                )
             ]
         attacks, skipped = _choose_attacks(requested, ref is not None, prefix_texts is not None)
 
@@ -1104,6 +1109,10 @@ def _validate_config(cfg: MIAConfig) -> None:
     _check_k(cfg.k)
     if cfg.bootstrap < 0:
         raise RotelabError("--bootstrap must be >= 0")
+    if cfg.batch_size < 1:
+        raise RotelabError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if cfg.neighbours < 1:
+        raise RotelabError(f"--neighbours must be >= 1, got {cfg.neighbours}")
     if cfg.min_false_positives < 1:
         raise RotelabError("min_false_positives must be >= 1")
     try:

@@ -115,7 +115,7 @@ def side_by_side_html(
     return table.replace("<title></title>", f"<title>{html.escape(title)}</title>")
 
 
-def _documents(model, data, field, errors, cfg):
+def _documents(model, data, field, errors, corpus_format, cfg):
     """(lm, list of (doc_id, tokens, meta), groups, described)."""
     from rotelab.lm import LM
 
@@ -139,7 +139,7 @@ def _documents(model, data, field, errors, cfg):
 
     lm = LM.load(model)
     docs = []
-    for doc in read_corpus(data, field=field, errors=errors):
+    for doc in read_corpus(data, field=field, errors=errors, corpus_format=corpus_format):
         meta = {k: v for k, v in doc.meta.items() if isinstance(v, (str, int, float, bool))}
         docs.append((doc.doc_id, lm.encode(doc.text), meta))
         if cfg.max_docs is not None and len(docs) >= cfg.max_docs:
@@ -158,6 +158,7 @@ def reconstruct(
     force: bool = False,
     field: str = "text",
     errors: str = "strict",
+    corpus_format: str = "auto",
     batch_size: int = 16,
 ) -> tuple[Path, dict]:
     """Reconstruct documents from their first ``prefix_len`` tokens and write a run directory.
@@ -171,9 +172,14 @@ def reconstruct(
 
     cfg = config or ReconstructConfig()
     cfg.validate()
+    if batch_size < 1:  # before the model is loaded, not deep inside decoding
+        raise RotelabError(f"--batch-size must be >= 1, got {batch_size}")
     settings = {"model": model, "data": data, **asdict(cfg), "group_by": list(group_by),
-                "field": field, "errors": errors, "batch_size": batch_size}  # fmt: skip
-    lm, docs, default_groups, described = _documents(model, data, field, errors, cfg)
+                "field": field, "errors": errors, "format": corpus_format,
+                "batch_size": batch_size}  # fmt: skip
+    lm, docs, default_groups, described = _documents(
+        model, data, field, errors, corpus_format, cfg
+    )
     if cfg.max_docs is not None:
         docs = docs[: cfg.max_docs]
     docs = [d for d in docs if len(d[1]) > cfg.prefix_len]
