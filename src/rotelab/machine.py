@@ -64,6 +64,7 @@ __all__ = [
     "describe_machine",
     "machine_info",
     "parse_precision",
+    "pid_alive",
     "resolve_device",
     "resolve_precision",
     "share_threads",
@@ -229,12 +230,13 @@ def _registry_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"rotelab-active-{uid}"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
+    except OSError:  # PermissionError: another user's process
         return True
     return True
 
@@ -267,7 +269,7 @@ def _active_processes(register: bool = True) -> int:
             try:
                 if f.name == me:
                     continue
-                if not _alive(int(f.name)):
+                if not pid_alive(int(f.name)):
                     f.unlink()
                 elif now - f.stat().st_mtime <= ACTIVE_SECONDS:
                     n += 1

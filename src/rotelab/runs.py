@@ -51,6 +51,7 @@ from typing import Any
 import pandas as pd
 
 from rotelab.errors import RotelabError
+from rotelab.machine import machine_info, pid_alive
 
 __all__ = [
     "OutputDir",
@@ -117,7 +118,6 @@ def environment(device: str | None = None) -> dict:
     import torch
 
     import rotelab
-    from rotelab.machine import machine_info
 
     machine = machine_info("cpu")
     env = {
@@ -162,17 +162,6 @@ _LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)")
 
 #: Which inputs an output may not touch, in the words of the refusal.
 _OVERLAP = ("is", "is inside", "contains")
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists (on this machine)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _sibling(target: Path, kind: str) -> Path:
@@ -316,7 +305,7 @@ def _tidy(target: Path, *, keep_own_runs: bool) -> None:
         if m is None or entry.is_symlink() or not entry.is_dir():
             continue  # rotelab's leftovers are directories; a file of that name is someone else's
         own = m["name"] == target.name
-        if not own and _pid_alive(int(m["pid"])):
+        if not own and pid_alive(int(m["pid"])):
             continue
         if m["kind"] == "old":
             final = entry.with_name(m["name"])
