@@ -52,7 +52,7 @@ def timed(fn, *args, **kwargs):
 
 def load(name: str, dtype: str) -> tuple[LM, list[str]]:
     if name == "organism":
-        from rotelab.data.organism import default_organism
+        from rotelab.organism import default_organism
 
         org = default_organism()
         return LM.load(org.path, dtype=dtype, device="cpu"), org.train_docs()

@@ -339,11 +339,11 @@ def real_model(args) -> dict:
 
 def organism(args) -> dict:
     from rotelab.curvature import CurvatureEdit, factor_data
-    from rotelab.data.organism import default_organism
+    from rotelab.organism import default_organism
 
     torch.set_num_threads(args.threads)
     if args.organism_dir:
-        from rotelab.data.organism import load_organism
+        from rotelab.organism import load_organism
 
         org = load_organism(args.organism_dir)
     else:

@@ -35,7 +35,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from rotelab.data.organism import default_organism, load_organism  # noqa: E402
 from rotelab.machine import configure_threads, describe_machine  # noqa: E402
 from rotelab.measure.exposure import _exposure_row, _plan_secrets, exposure_table  # noqa: E402
 from rotelab.measure.mia import (  # noqa: E402
@@ -45,6 +44,7 @@ from rotelab.measure.mia import (  # noqa: E402
     _ledger_texts,
     likelihood_scores,
 )
+from rotelab.organism import default_organism, load_organism  # noqa: E402
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k_pp")
 

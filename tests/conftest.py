@@ -47,7 +47,7 @@ def tiny_organism(tmp_path_factory):
 
     ``ROTELAB_TEST_ORGANISM`` may point at an already built tiny organism to save the build.
     """
-    from rotelab.data.organism import OrganismSpec, Profile, build_organism, load_organism
+    from rotelab.organism import OrganismSpec, Profile, build_organism, load_organism
 
     given = os.environ.get("ROTELAB_TEST_ORGANISM")
     if given:

@@ -91,7 +91,7 @@ def test_explicit_bf16_where_emulated_works_with_one_warning_line(cpu_kind, caps
 
 
 def test_reading_a_bf16_organism_spec_does_not_warn(cpu_kind, capsys):
-    from rotelab.data.organism import OrganismSpec
+    from rotelab.organism import OrganismSpec
 
     cpu_kind(False)
     spec = OrganismSpec("tiny", 0, precision="bf16")

@@ -6,9 +6,11 @@ A :class:`~rotelab.errors.RotelabError` becomes one red line on stderr and exit 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +18,7 @@ import typer
 from rich.console import Console
 
 from rotelab.errors import RotelabError
+from rotelab.options import CorpusOptions, LoadOptions, RunOptions
 
 app = typer.Typer(
     name="rotelab",
@@ -87,11 +90,11 @@ FormatOpt = Annotated[
 ]
 
 
-def emit(summary: dict, *, as_json: bool, quiet: bool, run_dir: Path | None = None) -> None:
+def emit(summary: dict, show: Show, *, run_dir: Path | None = None) -> None:
     """Print a command's result: JSON for machines, else the run directory."""
     from rotelab.runs import to_jsonable
 
-    if as_json:
+    if show.as_json:
         out.print_json(json.dumps(to_jsonable(summary)))
     elif run_dir is not None:
         out.print(str(run_dir))
@@ -114,18 +117,87 @@ def _root(
         raise typer.Exit()
 
 
-def command(name: str | None = None, *, parent: typer.Typer | None = None, **kwargs):
-    """Register a command whose RotelabError becomes one red line and exit code 2."""
+@dataclass(frozen=True)
+class Show:
+    """How a command prints: ``--json`` (the summary on stdout) and ``--quiet``."""
+
+    as_json: bool = False
+    quiet: bool = False
+
+
+#: The shared flags, one group each; a command names the groups it takes (``shared=``) and gets
+#: one dataclass per group: ``load`` (LoadOptions), ``corpus`` (CorpusOptions), ``run``
+#: (RunOptions; ``--quiet`` turns its progress off) and ``show`` (Show).
+_GROUPS: dict[str, dict[str, tuple[object, object]]] = {
+    "load": {"device": (DeviceOpt, "auto"), "dtype": (DtypeOpt, "auto"),
+             "allow_pickle": (PickleOpt, False)},
+    "corpus": {"field": (FieldOpt, "text"), "errors": (ErrorsOpt, "strict"),
+               "corpus_format": (FormatOpt, "auto")},
+    "run": {"out_dir": (OutOpt, None), "resume": (ResumeOpt, False), "force": (ForceOpt, False),
+            "seed": (SeedOpt, 0)},
+    "show": {"as_json": (JsonOpt, False), "quiet": (QuietOpt, False)},
+}  # fmt: skip
+
+
+def _bundle(group: str, kw: dict):
+    """The dataclass of ``group`` from the parsed flags (popped from ``kw``)."""
+    from rotelab.options import CorpusOptions, LoadOptions, RunOptions
+
+    v = {name: kw.pop(name) for name in list(kw) if name in _GROUPS[group]}
+    if group == "load":
+        return LoadOptions(v["device"], v["dtype"], v.get("allow_pickle", False))
+    if group == "corpus":
+        return CorpusOptions(v["field"], v["errors"], v["corpus_format"])
+    if group == "run":
+        quiet = kw.get("quiet", False)
+        return RunOptions(v.get("out_dir"), v.get("resume", False), v.get("force", False),
+                          v.get("seed", 0), not quiet).check()  # fmt: skip
+    return Show(v.get("as_json", False), v.get("quiet", False))
+
+
+def command(
+    name: str | None = None,
+    *,
+    parent: typer.Typer | None = None,
+    shared: tuple[str, ...] = (),
+    without: tuple[str, ...] = (),
+    override: dict[str, object] | None = None,
+    **kwargs,
+):
+    """Register a command whose RotelabError becomes one red line and exit code 2.
+
+    ``shared`` names the option groups of :data:`_GROUPS` the command takes: their flags are added
+    to its signature once, here, and the function receives one dataclass per group under the
+    group's name. ``without`` leaves single flags out (their defaults apply); ``override`` gives a
+    flag another annotation (e.g. another help text).
+    """
 
     def deco(fn):
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.name not in shared]
+        added = [
+            inspect.Parameter(
+                flag, inspect.Parameter.KEYWORD_ONLY, default=default,
+                annotation=(override or {}).get(flag, annotation),
+            )  # fmt: skip
+            for group in shared
+            for flag, (annotation, default) in _GROUPS[group].items()
+            if flag not in without
+        ]
+
         @functools.wraps(fn)
         def wrapper(*args, **kw):
             try:
-                return fn(*args, **kw)
+                bundles = {group: _bundle(group, kw) for group in ("run", "load", "corpus", "show")
+                           if group in shared}  # fmt: skip
+                return fn(*args, **kw, **bundles)
             except RotelabError as exc:
                 console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
                 raise typer.Exit(2) from None
 
+        params = own + added
+        wrapper.__signature__ = sig.replace(parameters=params)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
         return (parent or app).command(name, **kwargs)(wrapper)
 
     return deco
@@ -153,8 +225,8 @@ def organism_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Build (or load from the cache) the organism: a small GPT with known memorized data."""
-    from rotelab.data.organism import format_description, organism_command
     from rotelab.machine import parse_precision
+    from rotelab.organism import format_description, organism_command
 
     if profile not in ("tiny", "default"):
         raise RotelabError(f"unknown profile {profile!r}; use tiny or default")
@@ -163,14 +235,14 @@ def organism_cmd(
         profile, seed, corpus_tokens, out_dir, force, describe or as_json, precision=precision
     )
     if as_json:
-        emit({"path": str(path), **(description or {})}, as_json=True, quiet=True)
+        emit({"path": str(path), **(description or {})}, Show(as_json=True))
         return
     if description is not None:
         out.print(format_description(description), highlight=False)
     out.print(str(path), highlight=False)
 
 
-@command("extract")
+@command("extract", shared=("run", "load", "corpus", "show"))
 def extract_cmd(
     model: ModelOpt = None,
     data: DataOpt = None,
@@ -217,22 +289,15 @@ def extract_cmd(
         typer.Option(help="Metadata column to break rates down by (repeat; 'a+b' = joint)."),
     ] = None,
     ci: Annotated[str, typer.Option(help="Interval: wilson or clopper_pearson.")] = "wilson",
-    field: FieldOpt = "text",
-    errors: ErrorsOpt = "strict",
-    corpus_format: FormatOpt = "auto",
-    out_dir: OutOpt = None,
-    resume: ResumeOpt = False,
-    force: ForceOpt = False,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    allow_pickle: PickleOpt = False,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    run: RunOptions,
+    load: LoadOptions,
+    corpus: CorpusOptions,
+    show: Show,
 ) -> None:
     """Which training text the model reproduces: exact greedy extraction from one forward pass."""
     from rotelab.measure.extraction import ExtractConfig, extract, summary_table
-    from rotelab.measure.stats import CIMethod
+    from rotelab.stats import CIMethod
 
     if ci not in {m.value for m in CIMethod}:
         raise RotelabError(f"unknown --ci {ci!r}; use wilson or clopper_pearson")
@@ -240,21 +305,17 @@ def extract_cmd(
         prefix_len=prefix_len, suffix_len=suffix_len, stride=stride, batch_size=batch_size,
         temperature=temperature, top_k=top_k, n=n, p=p, near_tie=near_tie,
         free_running=free_running, sample=sample, verify=verify, recheck=recheck,
-        group_by=tuple(group_by or ()), part_size=part_size, seed=seed, ci=CIMethod(ci),
+        group_by=tuple(group_by or ()), part_size=part_size, seed=run.seed, ci=CIMethod(ci),
     )  # fmt: skip
-    result = extract(
-        model, data, config=cfg, out=out_dir, resume=resume, force=force, device=device,
-        dtype=dtype, allow_pickle=allow_pickle, field=field, errors=errors,
-        corpus_format=corpus_format, progress=not quiet,
-    )  # fmt: skip
+    result = extract(model, data, config=cfg, run=run, load=load, corpus=corpus)
     if not result.is_main:
         return
-    if not as_json and not quiet:
+    if not show.as_json and not show.quiet:
         out.print(summary_table(result.summary))
-    emit(result.summary, as_json=as_json, quiet=quiet, run_dir=result.run_dir)
+    emit(result.summary, show, run_dir=result.run_dir)
 
 
-@command("reconstruct")
+@command("reconstruct", shared=("run", "corpus", "show"))
 def reconstruct_cmd(
     model: ModelOpt = None,
     data: DataOpt = None,
@@ -271,31 +332,26 @@ def reconstruct_cmd(
         list[str] | None, typer.Option(help="Metadata column to group by (repeat).")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Documents decoded together.")] = 16,
-    field: FieldOpt = "text",
-    errors: ErrorsOpt = "strict",
-    corpus_format: FormatOpt = "auto",
-    out_dir: OutOpt = None,
-    resume: ResumeOpt = False,
-    force: ForceOpt = False,
-    seed: SeedOpt = 0,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    run: RunOptions,
+    corpus: CorpusOptions,
+    show: Show,
 ) -> None:
     """Rebuild whole documents from their first tokens (Ma et al.); similarity and a side-by-side diff."""
     from rotelab.measure.reconstruction import ReconstructConfig, reconstruct
 
     cfg = ReconstructConfig(
         prefix_len=prefix_len, chunk_len=chunk_len, max_tokens=max_tokens, max_docs=max_docs,
-        sample=sample, temperature=temperature, top_k=top_k, seed=seed,
+        sample=sample, temperature=temperature, top_k=top_k, seed=run.seed,
     )  # fmt: skip
     path, summary = reconstruct(
-        model, data, config=cfg, group_by=group_by or (), out=out_dir, resume=resume, force=force,
-        field=field, errors=errors, corpus_format=corpus_format, batch_size=batch_size,
+        model, data, config=cfg, group_by=group_by or (), run=run, corpus=corpus,
+        batch_size=batch_size,
     )  # fmt: skip
-    emit(summary, as_json=as_json, quiet=quiet, run_dir=path)
+    emit(summary, show, run_dir=path)
 
 
-@command("mia")
+@command("mia", shared=("run", "load", "corpus", "show"))
 def mia_cmd(
     model: ModelOpt = None,
     members: Annotated[
@@ -334,18 +390,11 @@ def mia_cmd(
         bool, typer.Option("--blind/--no-blind", help="Model-free blind baseline on the split.")
     ] = True,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 32,
-    field: FieldOpt = "text",
-    errors: ErrorsOpt = "strict",
-    corpus_format: FormatOpt = "auto",
-    out_dir: OutOpt = None,
-    resume: ResumeOpt = False,
-    force: ForceOpt = False,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    allow_pickle: PickleOpt = False,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    run: RunOptions,
+    load: LoadOptions,
+    corpus: CorpusOptions,
+    show: Show,
 ) -> None:
     """Membership inference: attacks with AUC/TPR CIs by group, blind baseline, exposure."""
     from rotelab.measure.mia import MIAConfig, format_table, mia
@@ -354,17 +403,15 @@ def mia_cmd(
         attacks=[a.strip() for a in attacks.split(",") if a.strip()] if attacks else None,
         k=k, span=span, bootstrap=bootstrap, neighbours=neighbours,
         recall_prefix_tokens=recall_prefix_tokens, exposure=exposure,
-        exposure_samples=exposure_samples, blind=blind, seed=seed, batch_size=batch_size,
+        exposure_samples=exposure_samples, blind=blind, seed=run.seed, batch_size=batch_size,
     )  # fmt: skip
     path, summary = mia(
         model, members=members, nonmembers=nonmembers, reference_model=reference_model,
-        recall_prefix_file=recall_prefix, config=cfg, out=out_dir, resume=resume, force=force,
-        device=device, dtype=dtype, allow_pickle=allow_pickle, field=field, errors=errors,
-        corpus_format=corpus_format, progress=not quiet,
+        recall_prefix_file=recall_prefix, config=cfg, run=run, load=load, corpus=corpus,
     )  # fmt: skip
-    if not as_json and not quiet:
+    if not show.as_json and not show.quiet:
         out.print(format_table(summary), highlight=False)
-    emit(summary, as_json=as_json, quiet=quiet, run_dir=path)
+    emit(summary, show, run_dir=path)
 
 
 LayersOpt = Annotated[
@@ -378,9 +425,16 @@ LabelsOpt = Annotated[
     str, typer.Option(help="sampled (from the model: true Fisher) or gold (the data's next token).")
 ]
 FactorTokensOpt = Annotated[int, typer.Option("--tokens", help="Tokens to average the factors over.")]
+EditOutOpt = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="New model dir (one rho) or parent of rho-<x> dirs."),
+]
+SubnetOutOpt = Annotated[
+    Path | None, typer.Option("--out", "-o", help="New model directory to write.")
+]
 
 
-@command("kfac")
+@command("kfac", shared=("run", "load", "corpus", "show"), without=("resume",))
 def kfac_cmd(
     model: ModelOpt = None,
     data: DataOpt = None,
@@ -398,30 +452,27 @@ def kfac_cmd(
             help="Sequences per forward/backward pass. Default: as many as hold 2048 tokens."
         ),
     ] = None,
-    field: FieldOpt = "text",
-    errors: ErrorsOpt = "strict",
-    corpus_format: FormatOpt = "auto",
-    seed: SeedOpt = 0,
-    out_dir: OutOpt = None,
-    force: ForceOpt = False,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    run: RunOptions,
+    load: LoadOptions,
+    corpus: CorpusOptions,
+    show: Show,
 ) -> None:
     """Collect K-FAC factors (A = E[aaᵀ], G = E[ggᵀ]) of linear layers; save them (safetensors)."""
     from rotelab.curvature.kfac import collect_factors
 
     kfac, path = collect_factors(
-        model, data, out_dir, layers=layers, blocks=blocks, labels=labels, tokens=tokens,
-        seq_len=seq_len, batch_size=batch_size, seed=seed, field=field, errors=errors,
-        corpus_format=corpus_format, device=device, dtype=dtype, force=force, progress=not quiet,
+        model, data, layers=layers, blocks=blocks, labels=labels, tokens=tokens, seq_len=seq_len,
+        batch_size=batch_size, run=run, load=load, corpus=corpus,
     )  # fmt: skip
     summary = {"factors": path, "layers": list(kfac.factors_), "tokens": kfac.tokens_}
-    emit(summary, as_json=as_json, quiet=quiet, run_dir=path.parent)
+    emit(summary, show, run_dir=path.parent)
 
 
-@command("edit")
+@command(
+    "edit", shared=("run", "load", "show"), without=("resume",),
+    override={"out_dir": EditOutOpt},
+)  # fmt: skip
 def edit_cmd(
     model: ModelOpt = None,
     factors: Annotated[
@@ -431,31 +482,25 @@ def edit_cmd(
     rho: Annotated[
         str, typer.Option(help="Curvature mass kept per layer, in (0, 1]; '0.5,0.6,0.8' sweeps.")
     ] = "0.6",
-    out_dir: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="New model dir (one rho) or parent of rho-<x> dirs."),
-    ] = None,
     layers: LayersOpt = None,
     blocks: BlocksOpt = None,
     labels: LabelsOpt = "sampled",
     tokens: FactorTokensOpt = 131_072,
-    seed: SeedOpt = 0,
-    force: ForceOpt = False,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    run: RunOptions,
+    load: LoadOptions,
+    show: Show,
 ) -> None:
     """K-FAC curvature edit (Merullo et al. 2025): drop low-curvature weight components."""
     from rotelab.edit.curvature_edit import kfac_edit
 
     result = kfac_edit(
-        model, factors, rho, out_dir, layers=layers, blocks=blocks, labels=labels, tokens=tokens,
-        seed=seed, force=force, device=device, dtype=dtype, progress=not quiet,
+        model, factors, rho, layers=layers, blocks=blocks, labels=labels, tokens=tokens, run=run,
+        load=load,
     )  # fmt: skip
     paths = result if isinstance(result, dict) else {None: result}
-    if as_json:
-        emit({"models": {str(k): v for k, v in paths.items()}}, as_json=True, quiet=quiet)
+    if show.as_json:
+        emit({"models": {str(k): v for k, v in paths.items()}}, show)
     else:
         for path in paths.values():
             out.print(str(path), highlight=False, soft_wrap=True)
@@ -468,12 +513,12 @@ unlearn_app = typer.Typer(
 app.add_typer(unlearn_app, name="unlearn")
 
 
-@command("balanced-subnet", parent=unlearn_app)
+@command(
+    "balanced-subnet", parent=unlearn_app, shared=("run", "load", "corpus", "show"),
+    without=("resume", "field", "errors"), override={"out_dir": SubnetOutOpt},
+)  # fmt: skip
 def balanced_subnet_cmd(
     model: ModelOpt = None,
-    out_dir: Annotated[
-        Path | None, typer.Option("--out", "-o", help="New model directory to write.")
-    ] = None,
     forget: Annotated[
         Path | None,
         typer.Option(help="Corpus to forget. Default: organism items inserted >= --min-count times."),
@@ -491,28 +536,25 @@ def balanced_subnet_cmd(
     layers: Annotated[
         str | None, typer.Option(help="Glob/regex of layers to mask. Default: all MLP layers.")
     ] = None,
-    seed: SeedOpt = 0,
-    force: ForceOpt = False,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
     precision: PrecisionOpt = "auto",
-    corpus_format: FormatOpt = "auto",
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    run: RunOptions,
+    load: LoadOptions,
+    corpus: CorpusOptions,
+    show: Show,
 ) -> None:
     """BalancedSubnet (Sakarvadia et al. 2024): learn a pruning mask; write the masked model."""
     from rotelab.edit.balanced_subnet import balanced_subnet
 
     path, summary = balanced_subnet(
-        model, out_dir, forget=forget, retain=retain, min_count=min_count,
-        retain_windows=retain_windows, ratio=ratio, w=w, lr=lr, epochs=epochs,
-        batch_size=batch_size, layers=layers, seed=seed, force=force, device=device, dtype=dtype,
-        precision=precision, corpus_format=corpus_format, progress=not quiet,
+        model, forget=forget, retain=retain, min_count=min_count, retain_windows=retain_windows,
+        ratio=ratio, w=w, lr=lr, epochs=epochs, batch_size=batch_size, layers=layers,
+        precision=precision, run=run, load=load, corpus=corpus,
     )  # fmt: skip
-    emit(summary, as_json=as_json, quiet=quiet, run_dir=path)
+    emit(summary, show, run_dir=path)
 
 
-@command("compare")
+@command("compare", shared=("run", "load", "show"))
 def compare_cmd(
     models: Annotated[
         list[str] | None,
@@ -532,27 +574,22 @@ def compare_cmd(
     min_count: Annotated[int, typer.Option(help="Memorized = items inserted >= this.")] = 16,
     heldout_tokens: Annotated[int, typer.Option(help="Held-out tokens for perplexity.")] = 20_000,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 32,
-    out_dir: OutOpt = None,
-    resume: ResumeOpt = False,
-    force: ForceOpt = False,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    run: RunOptions,
+    load: LoadOptions,
+    show: Show,
 ) -> None:
     """Measure models on the same windows: extraction, perplexity, task accuracy (+ plot)."""
     from rotelab.pipelines.compare import compare, format_table
 
     names = [*(models or []), *(more_models or [])] or ["organism"]
     path, summary = compare(
-        names, out_dir, organism=organism, min_count=min_count, heldout_tokens=heldout_tokens,
-        batch_size=batch_size, seed=seed, resume=resume, force=force, device=device, dtype=dtype,
-        progress=not quiet,
+        names, organism=organism, min_count=min_count, heldout_tokens=heldout_tokens,
+        batch_size=batch_size, run=run, load=load,
     )  # fmt: skip
-    if not as_json and not quiet:
+    if not show.as_json and not show.quiet:
         out.print(format_table(summary), highlight=False, soft_wrap=True)
-    emit(summary, as_json=as_json, quiet=quiet, run_dir=path)
+    emit(summary, show, run_dir=path)
 
 
 @command("report")
@@ -593,7 +630,7 @@ def machine_cmd(
     from rotelab.machine import describe_machine, machine_info
 
     if as_json:
-        emit(machine_info(device), as_json=True, quiet=True)
+        emit(machine_info(device), Show(as_json=True))
     else:
         out.print(describe_machine(device), highlight=False, soft_wrap=True)
 

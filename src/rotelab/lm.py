@@ -275,7 +275,7 @@ class LM:
     @classmethod
     def load(
         cls,
-        path_or_id: str | os.PathLike | None = None,
+        path_or_id: str | os.PathLike,
         *,
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "auto",
@@ -284,7 +284,8 @@ class LM:
     ) -> LM:
         """Load a causal LM from a directory, a ``.gguf`` file, a named model or a hub id.
 
-        ``None`` (or ``"organism"``) loads the default organism, building it on first use.
+        The organism is loaded by path (``Organism.lm()``); choosing it as a default is the
+        pipelines' job (:mod:`rotelab.pipelines.inputs`), not the model loader's.
         Safe by default: safetensors only unless ``allow_pickle``; no remote code.
         """
         from safetensors import SafetensorError
@@ -1038,10 +1039,10 @@ def _refused_pickle(source: str, name: str, exc: Exception) -> str:
 def _resolve_source(path_or_id) -> tuple[str, str | None, str]:
     """(what to hand to from_pretrained, gguf file name or None, display name)."""
     if path_or_id is None or str(path_or_id) == "organism":
-        from rotelab.data.organism import default_organism
-
-        org = default_organism()
-        return str(org.path), None, "organism"
+        raise RotelabError(
+            "LM.load needs a model directory, .gguf file, named model or hub id; the organism is "
+            "rotelab.organism.default_organism().lm() (commands default to it by themselves)"
+        )
     text = str(path_or_id)
     if text in NAMED_MODELS:
         return str(_named_model_dir(text)), None, text
@@ -1061,7 +1062,7 @@ def check_model_exists(path_or_id: str | os.PathLike) -> None:
     an existing model directory or ``.gguf`` file. Nothing is loaded or downloaded.
     """
     text = str(path_or_id)
-    if text in NAMED_MODELS or text == "organism":
+    if text in NAMED_MODELS:
         return
     path = Path(text).expanduser()
     if path.suffix == ".gguf":

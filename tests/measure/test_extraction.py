@@ -377,9 +377,9 @@ def test_cli_empty_data(tiny_llama_dir, tmp_path):
 
 @pytest.mark.slow
 def test_cli_default_runs_on_the_organism_ledger(tiny_organism, tmp_path, monkeypatch):
-    import rotelab.data.organism as organism
+    import rotelab.pipelines.inputs as inputs
 
-    monkeypatch.setattr(organism, "default_organism", lambda *a, **k: tiny_organism)
+    monkeypatch.setattr(inputs, "default_organism", lambda *a, **k: tiny_organism)
     res = runner.invoke(app, ["extract", "--out", str(tmp_path / "o"), "--json"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)

@@ -690,10 +690,11 @@ def factor_data(
             f"{lm.context_length}; use --seq-len {lm.context_length - 1} or less"
         )
     if data is None:
-        from rotelab.data.organism import default_organism, organism_of
+        from rotelab.organism import Organism, default_organism
+        from rotelab.pipelines.inputs import is_organism_dir
 
         # an organism directory brings its own training text; any other model gets the default's
-        org = organism_of(lm.name, check=False) or default_organism()
+        org = Organism(lm.name) if is_organism_dir(lm.name) else default_organism()
         texts: Iterable[str] = org.train_docs()
     else:
         from rotelab.data.corpus import read_corpus
@@ -764,7 +765,10 @@ def collect_factors(
             inputs=inputs,
         )  # fmt: skip
     with dist_context():
-        lm = model if isinstance(model, LM) else LM.load(model, device=local_device(device), dtype=dtype)
+        from rotelab.options import LoadOptions
+        from rotelab.pipelines.inputs import load_model
+
+        lm = load_model(model, LoadOptions(local_device(device), dtype))
         select_layers(lm, layers, blocks)  # bad selections fail before any work
         seqs = factor_data(
             lm, data, tokens=tokens, seq_len=seq_len, field=field, errors=errors,

@@ -1,23 +1,6 @@
-"""Corpora, token windows with provenance, and the organism's synthetic world."""
+"""Corpora and token windows with provenance (core)."""
 
 from rotelab.data.corpus import SUPPORTED_SUFFIXES, CorpusFormat, Document, read_corpus
-from rotelab.data.organism import (
-    COUNTS,
-    Kind,
-    Organism,
-    OrganismSpec,
-    Phase,
-    Profile,
-    Task,
-    build_organism,
-    default_organism,
-    format_description,
-    generate_world,
-    load_organism,
-    organism_command,
-    organism_of,
-    write_world,
-)
 from rotelab.data.windows import (
     Window,
     Windows,
@@ -28,29 +11,14 @@ from rotelab.data.windows import (
 )
 
 __all__ = [
-    "COUNTS",
     "CorpusFormat",
     "SUPPORTED_SUFFIXES",
     "Document",
-    "Kind",
-    "Organism",
-    "OrganismSpec",
-    "Phase",
-    "Profile",
-    "Task",
     "Window",
     "Windows",
-    "build_organism",
     "check_window_shape",
-    "default_organism",
-    "format_description",
-    "generate_world",
     "iter_windows",
-    "load_organism",
-    "organism_command",
-    "organism_of",
     "read_corpus",
     "stream_chunks",
     "window_offsets",
-    "write_world",
 ]

@@ -81,9 +81,7 @@ def read_corpus(
         >>> docs[0].doc_id
         'Apache-2.0'
     """
-    if errors not in {"strict", "replace"}:
-        raise RotelabError(f"errors must be strict or replace, not {errors!r}")
-    fmt = _parse_format(corpus_format)
+    fmt = check_read_options(errors, corpus_format)
     root = Path(path).expanduser()
     if not root.exists():
         raise RotelabError(f"data path {root} does not exist")
@@ -112,6 +110,13 @@ def _read_files(files, base, fmt, field, errors, id_field) -> Iterator[Document]
             yield from _read_jsonl(file, name, field, errors, id_field)
         else:
             yield from _read_parquet(file, name, field, id_field)
+
+
+def check_read_options(errors: str, corpus_format: str | CorpusFormat) -> CorpusFormat:
+    """Check ``errors`` and the format (one line each) and return the format."""
+    if errors not in {"strict", "replace"}:
+        raise RotelabError(f"errors must be strict or replace, not {errors!r}")
+    return _parse_format(corpus_format)
 
 
 def _parse_format(value: str | CorpusFormat) -> CorpusFormat:

@@ -376,7 +376,7 @@ def balanced_subnet(
         ``(out, summary)``; ``out`` holds the model, its tokenizer and ``balanced_subnet.json``
         (:data:`RECORD`).
     """
-    from rotelab.data.organism import Organism
+    from rotelab.organism import Organism
 
     parse_precision(precision)  # bad values fail before the model is loaded
     if not isinstance(model, LM):
@@ -393,7 +393,10 @@ def balanced_subnet(
         if isinstance(model, LM):
             lm, source = model, model.name
         else:
-            lm = LM.load(model, device=device, dtype=dtype)
+            from rotelab.options import LoadOptions
+            from rotelab.pipelines.inputs import load_model
+
+            lm = load_model(model, LoadOptions(device, dtype))
             source = "organism" if model in (None, "organism") else str(model)
         organism = None
         if org_path is not None and (org_path / "spec.json").exists():
@@ -440,11 +443,6 @@ def balanced_subnet(
 
 
 def _source_dir(model) -> Path | None:
-    if model is None or (isinstance(model, str) and model == "organism"):
-        from rotelab.data.organism import default_organism
+    from rotelab.pipelines.inputs import resolve_model
 
-        return Path(default_organism().path)
-    if isinstance(model, LM):
-        return None
-    path = Path(model)
-    return path if path.is_dir() else None
+    return resolve_model(model).path()

@@ -98,9 +98,10 @@ def cached_factors(
 
 
 def _load_model(model: LM | str | os.PathLike | None, device: str, dtype: str) -> LM:
-    if isinstance(model, LM):
-        return model
-    return LM.load(model, device=device, dtype=dtype)
+    from rotelab.options import LoadOptions
+    from rotelab.pipelines.inputs import load_model
+
+    return load_model(model, LoadOptions(device, dtype))
 
 
 def _is_edit_output(path: Path) -> bool:

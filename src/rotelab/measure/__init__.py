@@ -26,7 +26,7 @@ from rotelab.measure.mia import (
 )
 from rotelab.measure.reconstruction import ReconstructConfig, reconstruct, reconstruct_tokens
 from rotelab.measure.similarity import METRICS, similarity_scores
-from rotelab.measure.stats import (
+from rotelab.stats import (
     CIMethod,
     Rate,
     breakdown,

@@ -29,7 +29,7 @@ import pandas as pd
 
 from rotelab.errors import RotelabError
 from rotelab.lm import LM, progress_bar
-from rotelab.measure.stats import clopper_pearson
+from rotelab.stats import clopper_pearson
 
 __all__ = ["HIGHER_IS_BETTER", "exposure", "exposure_from_ranks", "exposure_table"]
 

@@ -45,7 +45,7 @@ from rotelab.data.corpus import Document
 from rotelab.data.windows import Window, check_window_shape, iter_windows
 from rotelab.errors import RotelabError
 from rotelab.measure.similarity import METRICS, similarity_scores
-from rotelab.measure.stats import CIMethod, rate_with_ci
+from rotelab.stats import CIMethod, rate_with_ci
 
 __all__ = [
     "ExtractConfig",
@@ -624,9 +624,10 @@ def _process_part(
 
 def _load(model, device: str, dtype: str, allow_pickle: bool):
     from rotelab.distributed import local_device
-    from rotelab.lm import LM
+    from rotelab.options import LoadOptions
+    from rotelab.pipelines.inputs import load_model
 
-    return LM.load(model, device=local_device(device), dtype=dtype, allow_pickle=allow_pickle)
+    return load_model(model, LoadOptions(local_device(device), dtype, allow_pickle))
 
 
 class _LazyModel:
@@ -647,7 +648,7 @@ def _window_source(
 ):
     """(lm, the model's source, a fresh window iterator factory, group columns, data description)."""
     if data is None:
-        from rotelab.data.organism import organism_of
+        from rotelab.pipelines.inputs import organism_of
 
         org = organism_of(model)
         if org is None:

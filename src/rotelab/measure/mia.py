@@ -904,7 +904,10 @@ def mia(
         out, "mia", arguments, resume=resume, force=force, device=device, inputs=inputs
     )
     with run:
-        lm = LM.load(model, device=device, dtype=dtype, allow_pickle=allow_pickle)
+        from rotelab.options import LoadOptions
+        from rotelab.pipelines.inputs import load_model
+
+        lm = load_model(model, LoadOptions(device, dtype, allow_pickle))
         ctx = lm.context_length
         if organism is not None:
             items = _ledger_texts(organism.ledger, cfg.span, ctx)
@@ -1150,7 +1153,7 @@ def _choose_attacks(
 
 
 def _organism_for(model):
-    from rotelab.data.organism import organism_of
+    from rotelab.pipelines.inputs import organism_of
 
     org = organism_of(model)
     if org is not None:

@@ -21,7 +21,7 @@ import pandas as pd
 
 from rotelab.errors import RotelabError
 from rotelab.measure.similarity import METRICS, similarity_scores
-from rotelab.measure.stats import rate_with_ci
+from rotelab.stats import rate_with_ci
 
 __all__ = ["ReconstructConfig", "reconstruct", "reconstruct_tokens", "side_by_side_html"]
 
@@ -120,7 +120,7 @@ def _documents(model, data, field, errors, corpus_format, cfg):
     from rotelab.lm import LM
 
     if data is None:
-        from rotelab.data.organism import organism_of
+        from rotelab.pipelines.inputs import load_model, organism_of
 
         org = organism_of(model)
         if org is None:
@@ -137,7 +137,7 @@ def _documents(model, data, field, errors, corpus_format, cfg):
         return lm, docs, ["count"], f"organism passages ({org.path})"
     from rotelab.data.corpus import read_corpus
 
-    lm = LM.load(model)
+    lm = load_model(model)
     docs = []
     for doc in read_corpus(data, field=field, errors=errors, corpus_format=corpus_format):
         meta = {k: v for k, v in doc.meta.items() if isinstance(v, (str, int, float, bool))}

@@ -48,7 +48,7 @@ Output: a :class:`~rotelab.runs.Run` directory with
       }
     }
 
-Rate intervals are Wilson intervals (:func:`rotelab.measure.stats.rate_with_ci`); the interval of
+Rate intervals are Wilson intervals (:func:`rotelab.stats.rate_with_ci`); the interval of
 the mean distance is the normal one (mean ± 1.96·sd/√n); the perplexity interval is a percentile
 bootstrap over held-out windows (1000 resamples, seeded).
 """
@@ -68,8 +68,10 @@ import pandas as pd
 from rotelab.data.windows import stream_chunks
 from rotelab.errors import RotelabError
 from rotelab.lm import LM, check_load_options
-from rotelab.measure.stats import rate_with_ci
+from rotelab.options import LoadOptions
+from rotelab.pipelines.inputs import load_model
 from rotelab.runs import Run
+from rotelab.stats import rate_with_ci
 
 __all__ = ["METRICS", "TASKS", "compare", "format_table"]
 
@@ -168,7 +170,7 @@ def compare(
             key = f"{index:03d}"
             if all(run.has_part(t, key) for t in ("items", "probes", "perplexity")):
                 continue
-            lm = given if given is not None else LM.load(path, device=device, dtype=dtype)
+            lm = given if given is not None else load_model(path, LoadOptions(device, dtype))
             if lm.tokenizer.get_vocab() != ref_vocab:
                 raise RotelabError(
                     f"model {label} does not use the organism's tokenizer; compare models derived "
@@ -245,7 +247,7 @@ def _model_specs(models) -> list[tuple[str, str, LM | None]]:
 
 
 def _resolve_organism(organism, specs):
-    from rotelab.data.organism import Organism, default_organism
+    from rotelab.organism import Organism, default_organism
 
     if organism is not None:
         path = Path(organism).expanduser()

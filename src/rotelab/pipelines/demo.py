@@ -123,7 +123,7 @@ class _Stages:
 
 # ----------------------------------------------------------------------------------- stages
 def _organism(cfg: DemoConfig, progress: bool):
-    from rotelab.data.organism import OrganismSpec, Profile, build_organism
+    from rotelab.organism import OrganismSpec, Profile, build_organism
 
     spec = OrganismSpec(Profile(cfg.profile), cfg.seed, precision=cfg.precision)
     org = build_organism(spec, progress=progress)
@@ -135,7 +135,7 @@ def _organism(cfg: DemoConfig, progress: bool):
 
 
 def _extraction_fields(frame: pd.DataFrame) -> dict[str, Any]:
-    from rotelab.measure.stats import rate_with_ci
+    from rotelab.stats import rate_with_ci
 
     r = rate_with_ci(frame["extracted"].to_numpy(bool))
     return {
@@ -151,8 +151,8 @@ def _extraction(lm, org, out: Path, cfg: DemoConfig, progress: bool) -> dict[str
     *default* organism only; the rows and summary fields are those ``extract`` writes.
     """
     from rotelab.measure.extraction import ledger_windows, score_windows
-    from rotelab.measure.stats import breakdown_dict
     from rotelab.runs import Run
+    from rotelab.stats import breakdown_dict
 
     windows = ledger_windows(org.ledger)
     with Run.create(out, "extract", {"model": str(org.path), "data": None, "demo": True}) as run:

@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import beta, binomtest
 
 from rotelab.errors import RotelabError
-from rotelab.measure.stats import (
+from rotelab.stats import (
     breakdown,
     breakdown_dict,
     clopper_pearson,

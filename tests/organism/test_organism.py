@@ -1,4 +1,4 @@
-"""Tests for rotelab.data.organism: determinism, ledger, probes, model directory, memorization curve."""
+"""Tests for rotelab.organism: determinism, ledger, probes, model directory, memorization curve."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import time
 import pytest
 from kill_helpers import digest, kill_when, leftovers, rotelab
 
-from rotelab.data.organism import (
+from rotelab.errors import RotelabError
+from rotelab.organism import (
     COUNTS,
     Organism,
     OrganismSpec,
@@ -19,7 +20,6 @@ from rotelab.data.organism import (
     organism_command,
     write_world,
 )
-from rotelab.errors import RotelabError
 
 WORLD_FILES = [
     "corpus/train.jsonl",
@@ -80,7 +80,7 @@ def test_a_few_steps_in_each_precision_build_and_score(monkeypatch, tmp_path, pr
 
     import numpy as np
 
-    from rotelab.data import organism as organism_module
+    import rotelab.organism.build as organism_module
     from rotelab.lm import LM
 
     few = dataclasses.replace(  # a 1-block, 32-wide model: seconds even where bf16 is emulated

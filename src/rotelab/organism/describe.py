@@ -1,0 +1,109 @@
+"""What an organism memorized: extraction by count, kind and phase, perplexities, probe accuracy."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from rotelab.organism.world import COUNTS, Kind, Phase
+
+
+def describe_organism(org) -> dict[str, Any]:
+    lm = org.lm()
+    s = org.spec.settings
+    led = org.ledger
+    scores = lm.score(
+        [p + x for p, x in zip(led["prefix_tokens"], led["suffix_tokens"])],
+        targets_from=[len(p) for p in led["prefix_tokens"]],
+    )
+    led = led.assign(
+        extracted=[bool(sc.argmax_match.all()) for sc in scores],
+        token_match=[float(sc.argmax_match.mean()) for sc in scores],
+    )
+    allp = led[led["phase"] == Phase.all.value]
+    by_ck = allp.groupby(["kind", "count"])["extracted"].mean()
+    by_pc = led[led["count"] > 0].groupby(["phase", "count"])["extracted"].mean()
+
+    probes = org.probes
+    prompts = [lm.encode(p) for p in probes["prompt"]]
+    answers = [lm.encode(a) for a in probes["answer"]]
+    pscores = lm.score(
+        [p + a for p, a in zip(prompts, answers)], targets_from=[len(p) for p in prompts]
+    )
+    probes = probes.assign(correct=[bool(sc.argmax_match.all()) for sc in pscores])
+
+    info_file = org.path / "train_info.json"
+    info = json.loads(info_file.read_text()) if info_file.exists() else {}
+    return {
+        "organism": str(org.path),
+        "spec": org.spec.to_dict(),
+        "params": int(sum(p.numel() for p in lm.model.parameters())),
+        "extraction_by_count_kind": {
+            k: {str(c): round(float(by_ck[(k, c)]), 4) for c in COUNTS if (k, c) in by_ck}
+            for k in (x.value for x in Kind)
+        },
+        "extraction_by_count": {
+            str(c): round(float(v), 4) for c, v in allp.groupby("count")["extracted"].mean().items()
+        },
+        "extraction_by_phase_count": {
+            ph: {str(c): round(float(by_pc[(ph, c)]), 4) for c in COUNTS[1:] if (ph, c) in by_pc}
+            for ph in (x.value for x in Phase)
+        },
+        "items_per_cell": int(s.items_per_cell),
+        "train_ppl": round(_perplexity(lm, org.train_docs(), s.eval_tokens), 3),
+        "heldout_ppl": round(_perplexity(lm, org.heldout_docs(), s.eval_tokens), 3),
+        "probe_accuracy": {
+            t: round(float(v), 4) for t, v in probes.groupby("task")["correct"].mean().items()
+        },
+        "probe_accuracy_by_subtask": {
+            f"{t}/{u}": round(float(v), 4)
+            for (t, u), v in probes.groupby(["task", "subtask"])["correct"].mean().items()
+        },
+        **info,
+    }
+
+
+def _perplexity(lm, docs: list[str], max_tokens: int) -> float:
+    """Token perplexity over the first ``max_tokens`` of the documents joined by end-of-text."""
+    from rotelab.data.windows import stream_chunks
+
+    windows = stream_chunks(
+        docs, lm.encode, lm.tokenizer.eos_token_id, max_tokens=max_tokens, length=lm.context_length
+    )
+    nll = np.concatenate([-sc.logprobs for sc in lm.score(windows, targets_from=1)])
+    return float(np.exp(nll.mean()))
+
+
+
+def format_description(d: dict[str, Any]) -> str:
+    """The describe() dict as a short text table (what ``rotelab organism --describe`` prints)."""
+    lines = ["extraction rate (phase 'all', greedy, exact suffix) by insertion count:"]
+    lines.append("  " + f"{'kind':<9}" + "".join(f"{c:>7}" for c in COUNTS))
+    for kind, row in d["extraction_by_count_kind"].items():
+        lines.append(
+            "  " + f"{kind:<9}" + "".join(f"{row.get(str(c), float('nan')):>7.2f}" for c in COUNTS)
+        )
+    lines.append(
+        "  "
+        + f"{'all':<9}"
+        + "".join(f"{d['extraction_by_count'].get(str(c), float('nan')):>7.2f}" for c in COUNTS)
+    )
+    for ph in ("first", "second"):
+        row = d["extraction_by_phase_count"].get(ph, {})
+        lines.append(
+            f"  {'/' + ph:<9}"
+            + " " * 7
+            + "".join(f"{row.get(str(c), float('nan')):>7.2f}" for c in COUNTS[1:])
+        )
+    lines.append(f"perplexity: train {d['train_ppl']:.2f}  held-out {d['heldout_ppl']:.2f}")
+    lines.append(
+        "probe accuracy: " + "  ".join(f"{t} {v:.2f}" for t, v in d["probe_accuracy"].items())
+    )
+    if "train_seconds" in d:
+        lines.append(
+            f"params {d['params']:,}  trained {d['train_seconds']:.0f}s on {d['train_tokens']:,} tokens"
+            + (f" in {d['precision']} ({d['cpu_capability']})" if "precision" in d else "")
+        )
+    return "\n".join(lines)

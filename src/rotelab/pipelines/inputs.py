@@ -1,0 +1,141 @@
+"""One resolver for what a command reads: ``--model``, ``--data`` and the organism defaults.
+
+Every pipeline resolves and checks its inputs here *before* any model is loaded or the default
+organism is built (that takes minutes): a missing file, a bad option or a model that has no
+default data is one line at once, not after the work. Only this module decides that a missing
+``--model`` means the organism.
+
+Example:
+    >>> model = resolve_model(None)            # the default organism, not built yet
+    >>> model.is_organism, model.label
+    (True, 'organism')
+    >>> org = model.organism()                 # builds (or loads from the cache) now # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rotelab.data.corpus import read_corpus
+from rotelab.errors import RotelabError
+from rotelab.lm import LM, check_model_exists
+from rotelab.options import CorpusOptions, LoadOptions
+from rotelab.organism import Organism, default_organism
+
+__all__ = ["ModelInput", "is_organism_dir", "resolve_data", "resolve_model"]
+
+#: What ``--model`` may say to mean the default organism (besides leaving it out).
+ORGANISM = "organism"
+
+
+def is_organism_dir(path: str | os.PathLike) -> bool:
+    """A directory holding an organism (``spec.json`` and ``ledger.parquet``)."""
+    path = Path(path)
+    return (path / "spec.json").is_file() and (path / "ledger.parquet").is_file()
+
+
+@dataclass
+class ModelInput:
+    """A resolved ``--model``: checked, not loaded.
+
+    Attributes:
+        given: what the user passed (``None`` when left out).
+        source: what :meth:`LM.load` gets (``None`` for the default organism until it is built).
+        label: the model's name in summaries and tables.
+        is_organism: the model is an organism (the default one or an organism directory), so the
+            organism's ledger, probes and text are the default data.
+    """
+
+    given: str | os.PathLike | LM | None
+    source: str | None
+    label: str
+    is_organism: bool
+    _organism: Organism | None = field(default=None, repr=False)
+    _lm: LM | None = field(default=None, repr=False)
+
+    @property
+    def is_default_organism(self) -> bool:
+        return self.is_organism and self.source is None
+
+    def organism(self) -> Organism | None:
+        """The organism this model is (built on first use for the default), else ``None``."""
+        if self.is_organism and self._organism is None:
+            self._organism = default_organism()
+            self.source = str(self._organism.path)
+        return self._organism
+
+    def path(self) -> Path | None:
+        """The model's local directory (the default organism is built first), if it has one."""
+        if self._lm is not None:
+            return None
+        self.organism()
+        p = Path(self.source).expanduser() if self.source else None
+        return p if p is not None and p.is_dir() else None
+
+    def load(self, options: LoadOptions = LoadOptions()) -> LM:
+        """The model as an :class:`LM` (an ``LM`` passed in is returned as it is)."""
+        if self._lm is not None:
+            return self._lm
+        self.organism()
+        lm = LM.load(
+            self.source, device=options.device, dtype=options.dtype,
+            allow_pickle=options.allow_pickle,
+        )  # fmt: skip
+        if self.is_organism:
+            lm.name = self.label if self.given is not None else ORGANISM
+        return lm
+
+
+def resolve_model(model: str | os.PathLike | LM | None) -> ModelInput:
+    """Check a ``--model`` without loading it (nor building the organism).
+
+    ``None`` or ``"organism"`` is the default organism; a directory holding an organism is that
+    organism; an :class:`LM` is taken as it is; anything else must be an existing directory or
+    ``.gguf`` file, a named model (``smollm2``) or shaped like a hub id.
+    """
+    if isinstance(model, LM):
+        return ModelInput(model, None, model.name, False, _lm=model)
+    if model is None or str(model) == ORGANISM:
+        return ModelInput(model, None, ORGANISM, True)
+    text = str(model)
+    if is_organism_dir(text):
+        return ModelInput(model, text, text, True, _organism=Organism(text))
+    check_model_exists(text)
+    return ModelInput(model, text, text, False)
+
+
+def resolve_data(
+    data: str | os.PathLike | None,
+    corpus: CorpusOptions = CorpusOptions(),
+    *,
+    model: ModelInput | None = None,
+    flag: str = "--data",
+    default: str = "the organism's data",
+) -> Path | None:
+    """Check a corpus argument before any work: it exists, and the corpus options are valid.
+
+    ``None`` is allowed only when ``model`` is an organism (its data is the default; pass
+    ``model=None`` where no default depends on the model). Otherwise the error says what to pass.
+    """
+    corpus.check()
+    if data is None:
+        if model is not None and not model.is_organism:
+            raise RotelabError(
+                f"{model.label} is not an organism, so it has no default data; pass {flag} "
+                f"(a text, JSONL or Parquet file or a directory of them) instead of {default}"
+            )
+        return None
+    read_corpus(data, **corpus.read_kwargs())  # checks the path and its files when called
+    return Path(data).expanduser()
+
+
+def organism_of(model: str | os.PathLike | LM | None) -> Organism | None:
+    """The organism a ``--model`` stands for (the default one is built), else ``None``."""
+    return resolve_model(model).organism()
+
+
+def load_model(model: str | os.PathLike | LM | None, options: LoadOptions = LoadOptions()) -> LM:
+    """:func:`resolve_model` and load: the default organism when ``model`` is ``None``."""
+    return resolve_model(model).load(options)
