@@ -55,3 +55,14 @@ def tiny_organism(tmp_path_factory):
     root = tmp_path_factory.mktemp("organisms")
     spec = OrganismSpec(Profile.tiny)
     return build_organism(spec, out=root / spec.key(), progress=False)
+
+
+#: Fixtures that build (or load) an organism: a test using one is slow (`pytest -m "not slow"`
+#: is the quick run). Tests that build one themselves carry `@pytest.mark.slow` by hand.
+ORGANISM_FIXTURES = {"tiny_organism"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if ORGANISM_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -144,15 +144,15 @@ def _bundle(group: str, kw: dict):
     from rotelab.options import CorpusOptions, LoadOptions, RunOptions
 
     v = {name: kw.pop(name) for name in list(kw) if name in _GROUPS[group]}
+    d = {name: v.get(name, default) for name, (_, default) in _GROUPS[group].items()}
     if group == "load":
-        return LoadOptions(v["device"], v["dtype"], v.get("allow_pickle", False))
+        return LoadOptions(d["device"], d["dtype"], d["allow_pickle"]).check()
     if group == "corpus":
-        return CorpusOptions(v["field"], v["errors"], v["corpus_format"])
-    if group == "run":
-        quiet = kw.get("quiet", False)
-        return RunOptions(v.get("out_dir"), v.get("resume", False), v.get("force", False),
-                          v.get("seed", 0), not quiet).check()  # fmt: skip
-    return Show(v.get("as_json", False), v.get("quiet", False))
+        return CorpusOptions(d["field"], d["errors"], d["corpus_format"]).check()
+    if group == "run":  # --quiet (of the show group, read before it is taken) stops progress
+        return RunOptions(d["out_dir"], d["resume"], d["force"], d["seed"],
+                          not kw.get("quiet", False)).check()  # fmt: skip
+    return Show(d["as_json"], d["quiet"])
 
 
 def command(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 from kill_helpers import digest, kill_when, leftovers, rotelab
 
 from rotelab.errors import RotelabError
+from rotelab.stats import wilson_interval
 from rotelab.organism import (
     COUNTS,
     Organism,
@@ -71,6 +71,7 @@ def test_spec_records_the_resolved_precision(monkeypatch):
         OrganismSpec("tiny", 0, precision="fp8")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_a_few_steps_in_each_precision_build_and_score(monkeypatch, tmp_path, precision):
     """Both precision paths on every machine (the full tests run the one ``auto`` picks): a build
@@ -80,17 +81,18 @@ def test_a_few_steps_in_each_precision_build_and_score(monkeypatch, tmp_path, pr
 
     import numpy as np
 
-    import rotelab.organism.build as organism_module
+    import rotelab.organism.world as world
+    from rotelab.organism import build_organism
     from rotelab.lm import LM
 
     few = dataclasses.replace(  # a 1-block, 32-wide model: seconds even where bf16 is emulated
-        organism_module.PROFILES[Profile.tiny], steps=64, phase_items_per_cell=0, n_layers=1,
+        world.PROFILES[Profile.tiny], steps=64, phase_items_per_cell=0, n_layers=1,
         hidden=32, n_heads=2, intermediate=64, probes_per_task=4, eval_tokens=512,
     )  # fmt: skip
-    monkeypatch.setitem(organism_module.PROFILES, Profile.tiny, few)
+    monkeypatch.setitem(world.PROFILES, Profile.tiny, few)
     monkeypatch.setenv("ROTELAB_PRECISION", precision)
     spec = OrganismSpec("tiny", 0, corpus_tokens=3_000, items_per_cell=1)
-    org = organism_module.build_organism(spec, out=tmp_path / "org", progress=False)
+    org = build_organism(spec, out=tmp_path / "org", progress=False)
     d = org.describe()
     assert d["precision"] == precision and d["spec"]["settings"]["bf16"] == (precision == "bf16")
     assert {r["precision"] for r in org.train_log()} == {precision}
@@ -182,7 +184,12 @@ def test_extraction_rises_with_count(tiny_organism):
     assert rate[0] == 0.0  # never trained on: nothing to extract
     assert rate[0] <= rate[1] <= rate[16] <= rate[64]
     assert rate[4] < rate[64]
-    assert rate[64] >= 0.8
+    # Items seen 64 times are extracted far more often than controls: their Wilson intervals are
+    # apart (no threshold tuned to one machine's organism; the tiny profile over-memorizes).
+    n = 3 * d["items_per_cell"]  # phase-"all" items per count: one cell per kind
+    lo64, _ = wilson_interval(round(rate[64] * n), n)
+    _, hi0 = wilson_interval(round(rate[0] * n), n)
+    assert lo64 > hi0
     for kind, row in d["extraction_by_count_kind"].items():
         assert row["0"] == 0.0 and row["64"] >= row["1"], kind
 
@@ -205,12 +212,17 @@ def test_cache_returns_at_once(tiny_organism, monkeypatch, tmp_path):
     monkeypatch.setenv("ROTELAB_HOME", str(tmp_path))
     (tmp_path / "organisms").mkdir()
     (tmp_path / "organisms" / tiny_organism.spec.key()).symlink_to(tiny_organism.path)
-    t0 = time.perf_counter()
+    import rotelab.organism.build as build
+
+    def rebuilt(*a, **k):  # a cached organism is neither regenerated, retrained nor re-described
+        raise AssertionError("the cached organism was rebuilt")
+
+    for name in ("write_world", "_train", "describe_organism"):
+        monkeypatch.setattr(build, name, rebuilt)
     org = default_organism("tiny")
     assert org.path.resolve() == tiny_organism.path.resolve()
     path, desc = organism_command("tiny", describe=True)
     assert path.resolve() == tiny_organism.path.resolve() and desc == tiny_organism.describe()
-    assert time.perf_counter() - t0 < 5
     assert load_organism(path).spec == OrganismSpec("tiny", 0)
 
 
@@ -242,6 +254,7 @@ def test_out_into_a_directory_that_is_not_an_organism_is_refused_and_kept(tmp_pa
     assert (mine / "MY_NOTES.txt").read_text() == "x"
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_forced_rebuild_keeps_the_old_organism_whole(tmp_path):
     old = tmp_path / "org"
     old.mkdir()
