@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-
 import pytest
 from kill_helpers import digest, kill_when, leftovers, rotelab
 
 from rotelab.errors import RotelabError
-from rotelab.stats import wilson_interval
 from rotelab.organism import (
     COUNTS,
     Organism,
@@ -20,6 +18,7 @@ from rotelab.organism import (
     organism_command,
     write_world,
 )
+from rotelab.stats import wilson_interval
 
 WORLD_FILES = [
     "corpus/train.jsonl",
@@ -82,8 +81,8 @@ def test_a_few_steps_in_each_precision_build_and_score(monkeypatch, tmp_path, pr
     import numpy as np
 
     import rotelab.organism.world as world
-    from rotelab.organism import build_organism
     from rotelab.lm import LM
+    from rotelab.organism import build_organism
 
     few = dataclasses.replace(  # a 1-block, 32-wide model: seconds even where bf16 is emulated
         world.PROFILES[Profile.tiny], steps=64, phase_items_per_cell=0, n_layers=1,
