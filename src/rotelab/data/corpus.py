@@ -17,7 +17,9 @@ from pathlib import Path
 
 from rotelab.errors import RotelabError
 
-__all__ = ["CorpusFormat", "Document", "read_corpus", "SUPPORTED_SUFFIXES"]
+__all__ = [
+    "CorpusFormat", "CorpusScan", "Document", "read_corpus", "scan_corpus", "SUPPORTED_SUFFIXES"
+]
 
 # Enough to see a NUL byte in any binary format's header without reading a large file twice.
 _SNIFF_BYTES = 8192
@@ -112,6 +114,38 @@ def _read_files(files, base, fmt, field, errors, id_field) -> Iterator[Document]
             yield from _read_parquet(file, name, field, id_field)
 
 
+@dataclass(frozen=True)
+class CorpusScan:
+    """What one streaming pass over a corpus found (see :func:`scan_corpus`)."""
+
+    documents: int
+    characters: int
+    fields: frozenset[str]  # metadata fields every document has (JSONL keys, Parquet columns)
+
+
+def scan_corpus(
+    path: str | os.PathLike,
+    *,
+    field: str = "text",
+    errors: str = "strict",
+    id_field: str | None = None,
+    corpus_format: str | CorpusFormat = CorpusFormat.AUTO,
+) -> CorpusScan:
+    """Read the whole corpus once, streaming, and fail with the reader's one-line error on the
+    first bad byte, line or field: the pre-pass commands run before a run directory exists, so a
+    broken line near the end of a file is reported before any work, not after it."""
+    documents = characters = 0
+    fields: set[str] | None = None
+    for doc in read_corpus(
+        path, field=field, errors=errors, id_field=id_field, corpus_format=corpus_format
+    ):
+        documents += 1
+        characters += len(doc.text)
+        keys = set(doc.meta)
+        fields = keys if fields is None else fields & keys
+    return CorpusScan(documents, characters, frozenset(fields or ()))
+
+
 def check_read_options(errors: str, corpus_format: str | CorpusFormat) -> CorpusFormat:
     """Check ``errors`` and the format (one line each) and return the format."""
     if errors not in {"strict", "replace"}:
@@ -188,7 +222,7 @@ def _read_jsonl(file, name, field, errors, id_field) -> Iterator[Document]:
             if not isinstance(record, dict):
                 raise RotelabError(f"{file}: line {lineno} is not a JSON object")
             if field not in record:
-                keys = ", ".join(sorted(record)) or "none"
+                keys = _names(sorted(record)) or "none"
                 raise RotelabError(
                     f"{file}: line {lineno} has no field {field!r} (fields: {keys}); "
                     "choose one with --field"
@@ -198,6 +232,11 @@ def _read_jsonl(file, name, field, errors, id_field) -> Iterator[Document]:
                 raise RotelabError(f"{file}: line {lineno}: field {field!r} is not a string")
             doc_id = str(record.pop(id_field)) if id_field and id_field in record else f"{name}:{lineno}"
             yield Document(doc_id, text, record)
+
+
+def _names(keys) -> str:
+    """Field names for a one-line message (a name that is not printable is shown quoted)."""
+    return ", ".join(k if k.isprintable() else repr(k) for k in map(str, keys))
 
 
 def _read_parquet(file, name, field, id_field) -> Iterator[Document]:
@@ -210,7 +249,7 @@ def _read_parquet(file, name, field, id_field) -> Iterator[Document]:
     columns = pf.schema_arrow.names
     if field not in columns:
         raise RotelabError(
-            f"{file}: no column {field!r} (columns: {', '.join(columns)}); choose one with --field"
+            f"{file}: no column {field!r} (columns: {_names(columns)}); choose one with --field"
         )
     row = 0
     for batch in pf.iter_batches():

@@ -15,16 +15,20 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rotelab.data.corpus import read_corpus
+from rotelab.data.corpus import scan_corpus
 from rotelab.errors import RotelabError
 from rotelab.lm import LM, check_model_exists
 from rotelab.options import CorpusOptions, LoadOptions
 from rotelab.organism import Organism, default_organism
 
-__all__ = ["ModelInput", "is_organism_dir", "resolve_data", "resolve_model"]
+__all__ = [
+    "ModelInput", "check_group_by", "is_organism_dir", "load_model", "resolve_data",
+    "resolve_model",
+]
 
 #: What ``--model`` may say to mean the default organism (besides leaving it out).
 ORGANISM = "organism"
@@ -113,11 +117,15 @@ def resolve_data(
     model: ModelInput | None = None,
     flag: str = "--data",
     default: str = "the organism's data",
+    group_by: Sequence[str] = (),
 ) -> Path | None:
-    """Check a corpus argument before any work: it exists, and the corpus options are valid.
+    """Check a corpus argument before any work, with one streaming pass over the whole corpus.
 
     ``None`` is allowed only when ``model`` is an organism (its data is the default; pass
-    ``model=None`` where no default depends on the model). Otherwise the error says what to pass.
+    ``model=None`` where no default depends on the model); otherwise the error says what to pass.
+    Given data is read once (:func:`~rotelab.data.corpus.scan_corpus`): a bad byte, line or field
+    anywhere fails now, with the reader's one line, before a run directory exists. ``group_by``
+    columns (``a+b`` for joint groups) must be fields every document has.
     """
     corpus.check()
     if data is None:
@@ -127,8 +135,21 @@ def resolve_data(
                 f"(a text, JSONL or Parquet file or a directory of them) instead of {default}"
             )
         return None
-    read_corpus(data, **corpus.read_kwargs())  # checks the path and its files when called
+    scan = scan_corpus(data, **corpus.read_kwargs())
+    check_group_by(group_by, scan.fields, where=f"the documents of {flag} {data}")
     return Path(data).expanduser()
+
+
+def check_group_by(group_by: Sequence[str], columns: Iterable[str], *, where: str) -> None:
+    """Each ``--group-by`` spec (``a`` or joint ``a+b``) names columns that exist."""
+    have = set(columns)
+    for spec in group_by:
+        missing = [c for c in spec.split("+") if c not in have]
+        if missing:
+            fields = ", ".join(sorted(have)) or "none"
+            raise RotelabError(
+                f"--group-by {spec}: no column {missing[0]!r} in {where} (columns: {fields})"
+            )
 
 
 def organism_of(model: str | os.PathLike | LM | None) -> Organism | None:
