@@ -1,0 +1,285 @@
+"""Typed summaries (core): the ``summary.json`` schemas the writers fill and the report reads.
+
+Each command's summary is a dataclass. Its declared fields are what other code relies on (the
+report, the demo, tests); anything else a writer records rides along in ``extra`` and is written
+back in its place, so ``Kind.from_dict(d).to_dict() == d`` for every summary a writer produced.
+``from_dict`` refuses a dict without a required field in one line, naming the field, so a report
+is never drawn from a guess: there are no readers for older or other spellings.
+
+Joint groups are spelled by the summary that writes them: extraction writes ``"kind+count"`` with
+levels ``"bio|4"``, membership inference ``"kind,count"`` with levels ``"bio,4"`` (both are in
+files users have; :class:`Groups` knows each spelling, so readers never guess).
+
+Example:
+    >>> s = ExtractionSummary.from_dict(json.load(open("runs/x/summary.json")))  # doctest: +SKIP
+    >>> s.extraction_rate, s.by_group.rows()[0]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from rotelab.errors import RotelabError
+
+__all__ = [
+    "AttackSummary",
+    "CompareModel",
+    "CompareSummary",
+    "DemoSummary",
+    "ExtractionSummary",
+    "Groups",
+    "KfacSweepSummary",
+    "MIASummary",
+    "OrganismFacts",
+    "Summary",
+    "read_summary",
+]
+
+_MISSING: Any = object()
+
+
+@dataclass
+class Groups:
+    """A ``by_group`` block: group spec -> level -> metrics.
+
+    ``joint`` and ``level_sep`` are the spelling of joint groups of the summary that wrote it.
+    """
+
+    data: dict[str, dict[str, dict[str, Any]]]
+    joint: str = "+"
+    level_sep: str = "|"
+
+    def rows(self, spec: str | None = None) -> list[dict[str, Any]]:
+        """One row per (spec, level): the group columns spelled out, then the metrics."""
+        rows = []
+        for name, levels in self.data.items():
+            if spec is not None and name != spec:
+                continue
+            columns = name.split(self.joint) if self.joint in name else [name]
+            for level, metrics in levels.items():
+                values = str(level).split(self.level_sep) if len(columns) > 1 else [level]
+                rows.append({**dict(zip(columns, values, strict=True)), **metrics})
+        return rows
+
+
+class Summary:
+    """Base of the schemas: ``from_dict``/``to_dict`` keep unknown keys in ``extra`` and the key
+    order in ``key_order``."""
+
+    #: nested fields: name -> (schema class, "dict" for a dict of them, or "one")
+    NESTED: ClassVar[dict[str, tuple[type, str]]] = {}
+    #: by_group fields and their joint-group spelling (joint, level separator)
+    GROUPS: ClassVar[dict[str, tuple[str, str]]] = {}
+    KIND: ClassVar[str] = "summary"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, where: str = "") -> Summary:
+        if not isinstance(d, dict):
+            raise RotelabError(f"{where or cls.KIND}: not a {cls.KIND} (a JSON object expected)")
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("extra", "key_order")]
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name in ("extra", "key_order"):
+                continue
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if f.name not in d:
+                if required:
+                    raise RotelabError(
+                        f"{where or 'summary'} is not a rotelab {cls.KIND} summary: it has no "
+                        f"{f.name!r} (was it written by another program?)"
+                    )
+                continue
+            values[f.name] = cls._read(f.name, d[f.name], where)
+        extra = {k: v for k, v in d.items() if k not in names}
+        return cls(**values, extra=extra, key_order=list(d))
+
+    @classmethod
+    def _read(cls, name: str, value: Any, where: str) -> Any:
+        if name in cls.GROUPS and isinstance(value, dict):
+            joint, sep = cls.GROUPS[name]
+            return Groups(value, joint, sep)
+        if name in cls.NESTED and value is not None:
+            schema, how = cls.NESTED[name]
+            inner = f"{where}.{name}" if where else name
+            if how == "dict":
+                return {k: schema.from_dict(v, where=f"{inner}.{k}") for k, v in value.items()}
+            return schema.from_dict(value, where=inner)
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as written to summary.json (the order it was read in, else declared)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name in ("extra", "key_order"):
+                continue
+            value = getattr(self, f.name)
+            if value is _MISSING:
+                continue
+            out[f.name] = _plain(value)
+        out.update(self.extra)
+        order = [k for k in self.key_order if k in out]
+        return {**{k: out[k] for k in order}, **{k: v for k, v in out.items() if k not in order}}
+
+    def write(self, path: str | Path) -> None:
+        from rotelab.runs import atomic_write_json
+
+        atomic_write_json(path, self.to_dict())
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Summary):
+        return value.to_dict()
+    if isinstance(value, Groups):
+        return value.data
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _schema(kind: str):
+    """Decorator: a dataclass schema with ``extra``/``order`` fields and its KIND."""
+
+    def deco(cls):
+        cls.KIND = kind
+        cls.__annotations__["extra"] = "dict[str, Any]"
+        cls.__annotations__["key_order"] = "list[str]"
+        cls.extra = field(default_factory=dict, repr=False)
+        cls.key_order = field(default_factory=list, repr=False)
+        return dataclass(cls)
+
+    return deco
+
+
+# ----------------------------------------------------------------------------------- extraction
+@_schema("extraction")
+class ExtractionSummary(Summary):
+    """``rotelab extract``'s summary (and the demo's ``extraction`` block)."""
+
+    GROUPS = {"by_group": ("+", "|")}
+
+    model: str
+    data: str
+    windows: int
+    extracted: int
+    extraction_rate: float
+    extraction_rate_ci: list[float]
+    mean_matched_prefix: float
+    by_group: Groups | None = None
+    ci_method: str = "wilson"
+    ci_level: float = 0.95
+
+
+# ------------------------------------------------------------------------------------------ mia
+@_schema("membership-inference attack")
+class AttackSummary(Summary):
+    GROUPS = {"by_group": (",", ",")}
+
+    auc: float
+    auc_ci: list[float] | None = None
+    tpr_at_1pct_fpr: float | None = None
+    by_group: Groups | None = None
+
+
+@_schema("membership inference")
+class MIASummary(Summary):
+    """``rotelab mia``'s summary (and the demo's ``mia`` block)."""
+
+    NESTED = {"attacks": (AttackSummary, "dict")}
+
+    model: str
+    n_members: int
+    n_nonmembers: int
+    attacks: dict[str, AttackSummary]
+
+    def attack_metric(self, name: str, metric: str) -> Any:
+        """A metric of one attack, by its summary key (``tpr_at_0.1pct_fpr`` is not a name)."""
+        return self.attacks[name].to_dict().get(metric)
+
+
+# -------------------------------------------------------------------------------------- compare
+@_schema("compared model")
+class CompareModel(Summary):
+    extraction_rate: float
+    perplexity: float
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@_schema("compare")
+class CompareSummary(Summary):
+    """``rotelab compare``'s summary: one :class:`CompareModel` per model, the baseline first."""
+
+    NESTED = {"models": (CompareModel, "dict")}
+
+    baseline: str
+    order: list[str]
+    min_count: int
+    metrics: dict[str, dict[str, Any]]
+    models: dict[str, CompareModel]
+
+
+# ---------------------------------------------------------------------------------------- kfac
+@_schema("K-FAC sweep")
+class KfacSweepSummary(Summary):
+    """The demo's ``kfac`` block: the rho sweep, the chosen edit and the band ratios."""
+
+    rho: float
+    base: dict[str, float]
+    chosen: dict[str, float]
+    rho_sweep: list[dict[str, float]]
+    rule: str = ""
+    band_dataset: str = "memorized"
+
+
+# ----------------------------------------------------------------------------------------- demo
+@_schema("organism")
+class OrganismFacts(Summary):
+    params: int
+    heldout_ppl: float
+    train_ppl: float
+    probe_accuracy: dict[str, float] = field(default_factory=dict)
+
+
+@_schema("demo")
+class DemoSummary(Summary):
+    """``rotelab demo``'s summary: the organism and one block per stage."""
+
+    NESTED = {
+        "organism": (OrganismFacts, "one"),
+        "extraction": (ExtractionSummary, "one"),
+        "mia": (MIASummary, "one"),
+        "kfac": (KfacSweepSummary, "one"),
+        "compare": (CompareSummary, "one"),
+    }
+
+    profile: str
+    organism: OrganismFacts
+    seconds: float
+    extraction: ExtractionSummary | None = None
+    mia: MIASummary | None = None
+    kfac: KfacSweepSummary | None = None
+    compare: CompareSummary | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+#: The schema of each command's summary.json (config.json's ``command``).
+SCHEMAS: dict[str, type[Summary]] = {
+    "extract": ExtractionSummary,
+    "mia": MIASummary,
+    "compare": CompareSummary,
+    "kfac_sweep": KfacSweepSummary,
+    "demo": DemoSummary,
+}
+
+
+def read_summary(run_dir: str | Path, command: str) -> Summary:
+    """The typed summary of a run directory written by ``command``."""
+    path = Path(run_dir) / "summary.json"
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RotelabError(f"cannot read {path}: {exc}") from None
+    return SCHEMAS[command].from_dict(d, where=str(path))
