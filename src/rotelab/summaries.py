@@ -39,9 +39,6 @@ __all__ = [
     "read_summary",
 ]
 
-_MISSING: Any = object()
-
-
 @dataclass
 class Groups:
     """A ``by_group`` block: group spec -> level -> metrics.
@@ -116,10 +113,9 @@ class Summary:
         for f in dataclasses.fields(self):
             if f.name in ("extra", "key_order"):
                 continue
-            value = getattr(self, f.name)
-            if value is _MISSING:
-                continue
-            out[f.name] = _plain(value)
+            if self.key_order and f.name not in self.key_order:
+                continue  # read without it (an optional field): written back without it
+            out[f.name] = _plain(getattr(self, f.name))
         out.update(self.extra)
         order = [k for k in self.key_order if k in out]
         return {**{k: out[k] for k in order}, **{k: v for k, v in out.items() if k not in order}}
