@@ -246,35 +246,54 @@ def organism_cmd(
 def extract_cmd(
     model: ModelOpt = None,
     data: DataOpt = None,
-    prefix_len: Annotated[int, typer.Option(help="Prefix tokens per window (corpus mode).")] = 32,
-    suffix_len: Annotated[int, typer.Option(help="Suffix tokens per window (corpus mode).")] = 48,
+    prefix_len: Annotated[
+        int | None,
+        typer.Option(help="Prefix tokens per window (with --data only). Default: 32."),
+    ] = None,
+    suffix_len: Annotated[
+        int | None,
+        typer.Option(help="Suffix tokens per window (with --data only). Default: 48."),
+    ] = None,
     stride: Annotated[
-        int | None, typer.Option(help="Tokens between window starts. Default: prefix+suffix.")
+        int | None,
+        typer.Option(
+            help="Tokens between window starts (with --data only). Default: prefix+suffix."
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 16,
     part_size: Annotated[
-        int, typer.Option(help="Windows per result part (unit of --resume and of torchrun sharding).")
+        int,
+        typer.Option(help="Windows per result part (unit of --resume and of torchrun sharding)."),
     ] = 1024,
     verify: Annotated[
-        int, typer.Option(help="Re-check N random windows with real greedy decoding; fail on a mismatch.")
+        int,
+        typer.Option(
+            help="Re-check N random windows with real greedy decoding; fail on a mismatch."
+        ),
     ] = 0,
     recheck: Annotated[
         bool,
         typer.Option(
             "--recheck",
-            help="With --dtype bfloat16/float16: redo the verdicts of near-tie windows with the model "
-            "in float32 (a second copy, loaded when first needed), so the verdicts are float32's; "
-            "--verify then decodes in float32.",
+            help="With --dtype bfloat16/float16: redo the verdicts of near-tie windows with the "
+            "model in float32 (a second copy, loaded when first needed), so the verdicts are "
+            "float32's; --verify then decodes in float32.",
         ),
     ] = False,
     free_running: Annotated[
-        bool, typer.Option("--free-running", help="Decode suffixes; add Levenshtein/ROUGE-L/BLEU/...")
+        bool,
+        typer.Option("--free-running", help="Decode suffixes; add Levenshtein/ROUGE-L/BLEU/..."),
     ] = False,
     sample: Annotated[
-        bool, typer.Option("--sample", help="Free-running text sampled (temperature/top-k), not greedy.")
+        bool,
+        typer.Option("--sample", help="Free-running text sampled (temperature/top-k), not greedy."),
     ] = False,
-    temperature: Annotated[float, typer.Option(help="Sampler temperature for p_z and --sample.")] = 1.0,
-    top_k: Annotated[int, typer.Option("--top-k", help="Sampler top-k (0: whole vocabulary).")] = 40,
+    temperature: Annotated[
+        float, typer.Option(help="Sampler temperature for p_z and --sample.")
+    ] = 1.0,
+    top_k: Annotated[
+        int, typer.Option("--top-k", help="Sampler top-k (0: whole vocabulary).")
+    ] = 40,
     n: Annotated[int, typer.Option("--n", help="(n,p)-discoverable: number of samples n.")] = 100,
     p: Annotated[float, typer.Option("--p", help="(n,p)-discoverable: probability p.")] = 0.5,
     near_tie: Annotated[
@@ -296,7 +315,8 @@ def extract_cmd(
     show: Show,
 ) -> None:
     """Which training text the model reproduces: exact greedy extraction from one forward pass."""
-    from rotelab.measure.extraction import ExtractConfig, extract, summary_table
+    from rotelab.measure.extraction import ExtractConfig, summary_table
+    from rotelab.pipelines.extract import extract
     from rotelab.stats import CIMethod
 
     if ci not in {m.value for m in CIMethod}:
@@ -320,14 +340,20 @@ def reconstruct_cmd(
     model: ModelOpt = None,
     data: DataOpt = None,
     prefix_len: Annotated[int, typer.Option(help="True tokens given as the prompt.")] = 64,
-    chunk_len: Annotated[int, typer.Option(help="Tokens per chunk (per-chunk metrics, diff).")] = 32,
+    chunk_len: Annotated[
+        int, typer.Option(help="Tokens per chunk (per-chunk metrics, diff).")
+    ] = 32,
     max_tokens: Annotated[
         int | None, typer.Option(help="Reconstruct at most this many tokens per document.")
     ] = None,
     max_docs: Annotated[int | None, typer.Option(help="At most this many documents.")] = None,
-    sample: Annotated[bool, typer.Option("--sample", help="Sample instead of greedy decoding.")] = False,
+    sample: Annotated[
+        bool, typer.Option("--sample", help="Sample instead of greedy decoding.")
+    ] = False,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
-    top_k: Annotated[int, typer.Option("--top-k", help="Sampling top-k (0: whole vocabulary).")] = 0,
+    top_k: Annotated[
+        int, typer.Option("--top-k", help="Sampling top-k (0: whole vocabulary).")
+    ] = 0,
     group_by: Annotated[
         list[str] | None, typer.Option(help="Metadata column to group by (repeat).")
     ] = None,
@@ -337,8 +363,9 @@ def reconstruct_cmd(
     corpus: CorpusOptions,
     show: Show,
 ) -> None:
-    """Rebuild whole documents from their first tokens (Ma et al.); similarity and a side-by-side diff."""
-    from rotelab.measure.reconstruction import ReconstructConfig, reconstruct
+    """Rebuild whole documents from their first tokens (Ma et al.); similarity and diffs."""
+    from rotelab.measure.reconstruction import ReconstructConfig
+    from rotelab.pipelines.reconstruct import reconstruct
 
     cfg = ReconstructConfig(
         prefix_len=prefix_len, chunk_len=chunk_len, max_tokens=max_tokens, max_docs=max_docs,

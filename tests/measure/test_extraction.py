@@ -12,18 +12,27 @@ from typer.testing import CliRunner
 
 from rotelab.cli import app
 from rotelab.data.windows import Window
+from rotelab.errors import RotelabError
 from rotelab.lm import LM
 from rotelab.measure.extraction import (
+    KEY_COLUMNS,
+    SCORE_COLUMNS,
     VERDICT_COLUMNS,
+    ExtractConfig,
     corpus_windows,
     default_near_tie,
     document_spans,
     free_running,
     ledger_windows,
     recheck_near_ties,
+    row_columns,
     score_windows,
     verify_windows,
 )
+from rotelab.measure.similarity import register_similarity
+from rotelab.options import RunOptions
+from rotelab.pipelines.extract import extract
+from rotelab.registry import METRICS, SIMILARITY
 
 runner = CliRunner()
 
@@ -51,6 +60,9 @@ def _matched(gen: list[int], suffix: list[int]) -> int:
 def test_one_pass_equals_generate_on_random_model(tiny_lm):
     wins = _random_windows(tiny_lm, 30, 7, 9, seed=1)
     scores = score_windows(tiny_lm, wins, batch_size=4)
+    # the columns the up-front --group-by check expects
+    assert list(scores.columns) == [*row_columns([]), "first_miss_token"]
+    assert list(scores.columns) == [*KEY_COLUMNS, *SCORE_COLUMNS, "first_miss_token"]
     decoded = tiny_lm.generate([w.prefix for w in wins], 9)
     want = [_matched(g, w.suffix) for g, w in zip(decoded, wins)]
     assert scores["matched_prefix"].tolist() == want
@@ -299,7 +311,7 @@ def test_cli_recheck_rescores_bf16_near_ties_in_float32(tiny_llama_dir, corpus, 
 def test_cli_verify_under_recheck_decodes_in_float32(tiny_organism, tmp_path, monkeypatch):
     """--verify checks the --recheck claim (float32 verdicts) by decoding every verified window,
     rechecked or not, with the float32 model; an unflagged disagreement fails the run."""
-    import rotelab.measure.extraction as extraction
+    import rotelab.pipelines.extract as pipeline
     from rotelab.data.corpus import read_corpus
 
     # Training text in short windows: ~800 windows, so bf16 flips some verdict on any machine's
@@ -320,7 +332,7 @@ def test_cli_verify_under_recheck_decodes_in_float32(tiny_organism, tmp_path, mo
         decoders.append((lm.dtype, len(windows)))
         return verify_windows(lm, windows, scores, **kw)
 
-    monkeypatch.setattr(extraction, "verify_windows", recorded)
+    monkeypatch.setattr(pipeline, "verify_windows", recorded)
     out = tmp_path / "x"
     args = ["extract", "--model", str(tiny_organism.path), "--data", str(data), "--out", str(out),
             "--prefix-len", "16", "--suffix-len", "16", "--stride", "8", "--quiet",
@@ -390,3 +402,135 @@ def test_cli_default_runs_on_the_organism_ledger(tiny_organism, tmp_path, monkey
     assert by_count["64"]["mean_matched_prefix"] > by_count["0"]["mean_matched_prefix"]
     assert all(len(g["extraction_rate_ci"]) == 2 for g in by_count.values())
     assert {"kind", "phase", "kind+count"} <= set(summary["by_group"])
+
+
+# ------------------------------------------------------------------------------ inputs first
+@pytest.fixture
+def no_organism(monkeypatch):
+    """Fail the test if the default organism is built (or loaded from the cache)."""
+    import rotelab.pipelines.inputs as inputs
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the default organism was built")
+
+    monkeypatch.setattr(inputs, "default_organism", refuse)
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if a model is loaded."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(LM, "load", refuse)
+
+
+def _fails(args, message, out):
+    res = runner.invoke(app, [*args, "--out", str(out), "--quiet"])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not out.exists()
+    return res
+
+
+def test_missing_data_without_model_fails_before_the_organism(no_organism, tmp_path):
+    _fails(["extract", "--data", str(tmp_path / "nonexistent.txt")], "does not exist",
+           tmp_path / "o")  # fmt: skip
+
+
+def test_empty_data_without_model_fails_before_the_organism(no_organism, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    _fails(["extract", "--data", str(empty)], "no windows", tmp_path / "o")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--prefix-len", "8"], ["--suffix-len", "48"], ["--stride", "5", "--prefix-len", "32"]],
+)
+def test_window_flags_without_data_are_refused(no_organism, tmp_path, extra):
+    res = _fails(["extract", *extra], "apply only with --data", tmp_path / "o")
+    assert all(flag in res.output for flag in extra if flag.startswith("--"))
+
+
+def test_group_by_unknown_ledger_column_fails_before_the_organism(no_organism, tmp_path):
+    res = _fails(["extract", "--group-by", "kind+colour"], "cannot group by colour", tmp_path / "o")
+    assert "count" in res.output  # the message lists what exists
+
+
+def test_group_by_unknown_corpus_column_fails_before_loading(no_model_load, tiny_llama_dir,
+                                                            corpus, tmp_path):  # fmt: skip
+    args = ["extract", "--model", str(tiny_llama_dir), "--data", str(corpus)]
+    res = _fails([*args, "--group-by", "colour"], "cannot group by colour", tmp_path / "o")
+    assert "source" in res.output
+
+
+def test_existing_output_is_refused_before_the_organism(no_organism, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    res = runner.invoke(app, ["extract", "--out", str(out), "--quiet"])
+    assert res.exit_code == 2 and "already exists" in res.output, res.output
+    assert (out / "mine.txt").read_text() == "keep me"
+
+
+def test_non_organism_model_without_data_says_what_to_pass(no_model_load, tiny_llama_dir, tmp_path):
+    _fails(["extract", "--model", str(tiny_llama_dir)], "pass --data", tmp_path / "o")
+
+
+def test_group_by_a_result_column_and_default_window_shape(tiny_llama_dir, tmp_path):
+    data = tmp_path / "long.txt"
+    data.write_text("the cat sat on the mat and the dog ran to the park. " * 20)
+    cfg = ExtractConfig(group_by=("near_tie",), verify=1)
+    with pytest.raises(RotelabError, match="context of 64"):  # 32 + 48 tokens by default
+        extract(str(tiny_llama_dir), data, config=cfg, run=RunOptions(out=tmp_path / "a"))
+    cfg = ExtractConfig(prefix_len=20, group_by=("near_tie",), verify=1)
+    with pytest.raises(RotelabError, match="prefix \\(20\\) plus suffix \\(48\\)"):
+        extract(str(tiny_llama_dir), data, config=cfg, run=RunOptions(out=tmp_path / "b"))
+    cfg = ExtractConfig(prefix_len=16, suffix_len=16, group_by=("near_tie",), verify=1)
+    result = extract(str(tiny_llama_dir), data, config=cfg, run=RunOptions(out=tmp_path / "c"))
+    assert set(result.summary["by_group"]["near_tie"]) <= {"True", "False"}
+    assert (result.summary["prefix_len"], result.summary["stride"]) == (16, 32)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# ------------------------------------------------------------------------------ registry
+@pytest.fixture(params=["token", "text"])
+def toy_metric(request):
+    """A similarity metric registered for one test (token- or text-level), removed after it."""
+    name = f"toy_{request.param}"
+
+    def toy(generated, reference) -> float:
+        """1 when the continuation starts with the true first item (token or character)."""
+        return float(len(generated) > 0 and len(reference) > 0 and generated[0] == reference[0])
+
+    register_similarity(name, level=request.param, higher_is_better=True)(toy)
+    yield name
+    SIMILARITY.remove(name)
+    METRICS.remove(name)
+
+
+def test_a_registered_metric_reaches_rows_and_summary(toy_metric, tiny_llama_dir, corpus, tmp_path):
+    cfg = ExtractConfig(prefix_len=8, suffix_len=6, stride=5, free_running=True,
+                        group_by=("source",))  # fmt: skip
+    result = extract(str(tiny_llama_dir), corpus, config=cfg,
+                     run=RunOptions(out=tmp_path / "r", progress=False))  # fmt: skip
+    rows = pd.read_parquet(tmp_path / "r" / "results" / "windows")
+    assert rows[toy_metric].isin([0.0, 1.0]).all()
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary == json.loads(json.dumps(result.summary))
+    assert summary[f"mean_{toy_metric}"] == pytest.approx(rows[toy_metric].mean())
+    for value, group in summary["by_group"]["source"].items():
+        mine = rows.loc[rows["source"] == value, toy_metric]
+        assert group[f"mean_{toy_metric}"] == pytest.approx(mine.mean())
+    assert rows.loc[rows["strict"], toy_metric].all()
+
+
+def test_the_seed_comes_from_the_config_or_the_run_options(no_model_load, tiny_llama_dir, corpus,
+                                                           tmp_path):  # fmt: skip
+    with pytest.raises(RotelabError, match="two seeds"):
+        extract(str(tiny_llama_dir), corpus, config=ExtractConfig(seed=1),
+                run=RunOptions(tmp_path / "o", seed=2))  # fmt: skip
+    assert not (tmp_path / "o").exists()

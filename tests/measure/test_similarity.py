@@ -5,16 +5,18 @@ from __future__ import annotations
 import pytest
 
 from rotelab.measure.similarity import (
-    METRICS,
     bleu_score,
     jaccard_score,
     levenshtein_distance,
     loose_verdict,
+    register_similarity,
     rouge_l_score,
     sequence_matcher_ratio,
+    similarity_names,
     similarity_scores,
     strict_verdict,
 )
+from rotelab.registry import METRICS, SIMILARITY, direction
 
 REF = [1, 2, 3, 4, 5, 6, 7, 8]
 GEN = [1, 2, 3, 4, 9, 6, 7, 8]  # one substitution
@@ -60,6 +62,39 @@ def test_works_on_words_and_declares_directions():
     other = "the cat sat on a mat".split()
     s = similarity_scores(other, words)
     assert s["levenshtein"] == pytest.approx(1 / 6)
-    assert set(s) == set(METRICS)
-    assert METRICS["levenshtein"].higher_is_better is False
-    assert all(METRICS[m].higher_is_better for m in ("rouge_l", "bleu", "jaccard", "seq_ratio"))
+    assert list(s) == SIMILARITY.names() == similarity_names()
+    assert similarity_names(verdict=True) == ["strict", "loose"]
+    assert direction("levenshtein") is False
+    assert all(direction(m) for m in ("rouge_l", "bleu", "jaccard", "seq_ratio", "strict"))
+    assert SIMILARITY["levenshtein"].fn is levenshtein_distance
+    assert {e.meta["level"] for e in SIMILARITY} == {"token"}
+
+
+@pytest.fixture
+def toy_text_metric():
+    """A text-level metric, registered for one test and removed after it."""
+
+    @register_similarity("toy_chars", level="text", higher_is_better=True)
+    def toy_chars(generated: str, reference: str) -> float:
+        """Characters the two texts share at the same position, over the reference's length."""
+        return sum(a == b for a, b in zip(generated, reference)) / max(len(reference), 1)
+
+    yield "toy_chars"
+    SIMILARITY.remove("toy_chars")
+    METRICS.remove("toy_chars")
+
+
+def test_a_registered_text_metric_is_given_decoded_text(toy_text_metric):
+    decode = "".join  # items are characters here
+    s = similarity_scores(list("abcd"), list("abxd"), decode=decode)
+    assert s[toy_text_metric] == 0.75 and s["levenshtein"] == 0.25
+    assert direction(toy_text_metric) is True
+    with pytest.raises(ValueError, match="pass decode"):
+        similarity_scores([1, 2], [1, 2])
+
+
+def test_register_refuses_a_bad_level_and_a_second_direction():
+    with pytest.raises(ValueError, match="level"):
+        register_similarity("x", level="chars", higher_is_better=True)
+    with pytest.raises(ValueError, match="both directions"):
+        register_similarity("levenshtein", higher_is_better=True)(lambda g, r: 0.0)

@@ -8,8 +8,6 @@ from rotelab.measure.blind import BlindBaseline
 from rotelab.measure.exposure import exposure_table
 from rotelab.measure.extraction import (
     ExtractConfig,
-    ExtractResult,
-    extract,
     free_running,
     ledger_windows,
     score_windows,
@@ -24,8 +22,8 @@ from rotelab.measure.mia import (
     attack_metrics,
     likelihood_scores,
 )
-from rotelab.measure.reconstruction import ReconstructConfig, reconstruct, reconstruct_tokens
-from rotelab.measure.similarity import METRICS, similarity_scores
+from rotelab.measure.reconstruction import ReconstructConfig, reconstruct_tokens
+from rotelab.measure.similarity import register_similarity, similarity_scores
 from rotelab.stats import (
     CIMethod,
     Rate,
@@ -46,21 +44,18 @@ __all__ = [
     "attack_metrics",
     "exposure_table",
     "likelihood_scores",
-    "METRICS",
     "CIMethod",
     "ExtractConfig",
-    "ExtractResult",
     "Rate",
     "ReconstructConfig",
     "breakdown",
     "breakdown_dict",
     "clopper_pearson",
-    "extract",
     "free_running",
     "ledger_windows",
     "rate_with_ci",
-    "reconstruct",
     "reconstruct_tokens",
+    "register_similarity",
     "score_windows",
     "similarity_scores",
     "verify_windows",

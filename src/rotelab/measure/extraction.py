@@ -18,23 +18,18 @@ forward pass per window gives, exactly and without decoding:
 
 Free-running metrics (similarity of the decoded continuation after a deviation; Merullo et al.
 2025 verdicts) need real decoding; it resumes at the first mismatch, whose greedy token the pass
-already knows. :func:`extract` streams windows from a corpus (sliding over whole documents, as Ma
-et al. 2025 do over books) or from the organism's ledger, writes per-window rows and per-document
-extractable spans to a run directory, and breaks rates down by metadata with binomial intervals.
-Under ``torchrun`` the parts of the window stream are shared round-robin between processes and the
-rows equal those of one process.
+already knows. Windows come from a corpus (sliding over whole documents, as Ma et al. 2025 do over
+books, :func:`corpus_windows`) or from the organism's ledger (:func:`ledger_windows`);
+:class:`ExtractionTally` and :class:`DocumentTally` turn result rows into rates with binomial
+intervals per metadata group and into per-document extractable spans. The ``rotelab extract``
+run (streaming, torchrun sharding, the run directory) is :func:`rotelab.pipelines.extract.extract`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import math
-import os
-import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -44,36 +39,58 @@ import torch
 from rotelab.data.corpus import Document
 from rotelab.data.windows import Window, check_window_shape, iter_windows
 from rotelab.errors import RotelabError
-from rotelab.measure.similarity import METRICS, similarity_scores
+from rotelab.measure.similarity import similarity_names
+from rotelab.registry import register_metric
 from rotelab.stats import CIMethod, rate_with_ci
 
 __all__ = [
+    "DEFAULT_PREFIX_LEN",
+    "DEFAULT_SUFFIX_LEN",
+    "KEY_COLUMNS",
+    "LEDGER_META",
+    "SCORE_COLUMNS",
+    "VERDICT_COLUMNS",
+    "DocumentTally",
     "ExtractConfig",
-    "ExtractResult",
+    "ExtractionTally",
+    "check_group_by",
     "corpus_windows",
     "default_near_tie",
     "document_spans",
-    "extract",
     "free_running",
     "ledger_windows",
     "recheck_near_ties",
-    "VERDICT_COLUMNS",
+    "row_columns",
+    "scalar_meta",
     "score_windows",
     "summary_table",
     "verify_windows",
 ]
 
-#: Per-window columns and their direction (True = higher means more memorization/extraction).
-HIGHER_IS_BETTER = {
-    "extracted": True,
-    "matched_prefix": True,
-    "match_rate": True,
-    "suffix_logprob": True,
-    "sampler_logprob": True,
-    "discoverable_prob": True,
-    "np_discoverable": True,
-    **{name: m.higher_is_better for name, m in METRICS.items()},
-}
+#: Window shape in corpus mode when not given (the organism's ledger fixes its own windows).
+DEFAULT_PREFIX_LEN, DEFAULT_SUFFIX_LEN = 32, 48
+
+#: What identifies a window in its result row.
+KEY_COLUMNS = ("doc_id", "offset", "prefix_len", "suffix_len")
+#: The ledger's metadata a window carries (besides ``doc_tokens``).
+LEDGER_META = ("count", "kind", "phase")
+#: The one-pass metrics of :func:`score_windows`, after the window's key and metadata.
+SCORE_COLUMNS = (
+    "extracted", "matched_prefix", "match_rate", "min_margin", "decisive_margin", "near_tie",
+    "suffix_logprob", "sampler_logprob", "discoverable_prob", "np_discoverable",
+)  # fmt: skip
+
+# Directions: higher = more memorization/extraction (the similarity metrics register their own).
+for _name, _description in [
+    ("extracted", "greedy decoding reproduces the whole suffix"),
+    ("matched_prefix", "suffix tokens greedy decoding reproduces before its first deviation"),
+    ("match_rate", "teacher-forced exact-match rate over the suffix"),
+    ("suffix_logprob", "log-likelihood of the suffix"),
+    ("sampler_logprob", "log-probability p_z that the sampler emits the suffix"),
+    ("discoverable_prob", "1 - (1 - p_z)^n"),
+    ("np_discoverable", "(n, p)-discoverable: 1 - (1 - p_z)^n >= p"),
+]:
+    register_metric(_name, higher_is_better=True, description=_description)
 
 
 def default_near_tie(dtype: torch.dtype) -> float:
@@ -94,10 +111,11 @@ def default_near_tie(dtype: torch.dtype) -> float:
 
 @dataclass
 class ExtractConfig:
-    """What :func:`extract` measures.
+    """What :func:`rotelab.pipelines.extract.extract` measures.
 
     Args:
-        prefix_len, suffix_len: window shape in tokens (corpus mode; the ledger fixes its own).
+        prefix_len, suffix_len: window shape in tokens (corpus mode; the ledger fixes its own);
+            ``None``: :data:`DEFAULT_PREFIX_LEN`, :data:`DEFAULT_SUFFIX_LEN`.
         stride: tokens between window starts; ``None`` = prefix_len + suffix_len (no overlap).
         batch_size: windows per forward pass.
         temperature, top_k: the sampler whose suffix probability ``p_z`` is reported (top_k 0 =
@@ -119,8 +137,8 @@ class ExtractConfig:
         ci: ``wilson`` or ``clopper_pearson``; alpha: 1 - confidence level.
     """
 
-    prefix_len: int = 32
-    suffix_len: int = 48
+    prefix_len: int | None = None
+    suffix_len: int | None = None
     stride: int | None = None
     batch_size: int = 16
     temperature: float = 1.0
@@ -138,9 +156,23 @@ class ExtractConfig:
     ci: CIMethod = CIMethod.wilson
     alpha: float = 0.05
 
+    def window_options(self) -> list[str]:
+        """The window-shape flags given (not left at ``None``), as ``--prefix-len`` etc."""
+        names = ("prefix_len", "suffix_len", "stride")
+        return ["--" + n.replace("_", "-") for n in names if getattr(self, n) is not None]
+
+    def with_defaults(self) -> ExtractConfig:
+        """A copy with the window shape's defaults filled in."""
+        return replace(
+            self,
+            prefix_len=DEFAULT_PREFIX_LEN if self.prefix_len is None else self.prefix_len,
+            suffix_len=DEFAULT_SUFFIX_LEN if self.suffix_len is None else self.suffix_len,
+        )
+
     def validate(self) -> None:
         """Refuse settings that cannot work, with the fix in the message."""
-        check_window_shape(self.prefix_len, self.suffix_len, self.stride, None)
+        shape = self.with_defaults()
+        check_window_shape(shape.prefix_len, shape.suffix_len, self.stride, None)
         if self.batch_size < 1:
             raise RotelabError(f"batch size must be >= 1, got {self.batch_size}")
         if self.part_size < 1:
@@ -164,11 +196,11 @@ class ExtractConfig:
 
 # ------------------------------------------------------------------------ window sources
 def ledger_windows(ledger: pd.DataFrame) -> list[Window]:
-    """One window per ledger item: ``prefix_tokens`` → ``suffix_tokens``, with count/kind/phase."""
+    """One window per ledger item: ``prefix_tokens`` → ``suffix_tokens``, with its metadata."""
     need = {"item_id", "prefix_tokens", "suffix_tokens"}
     if not need <= set(ledger.columns):
         raise RotelabError(f"the ledger lacks columns {sorted(need - set(ledger.columns))}")
-    meta_cols = [c for c in ("count", "kind", "phase") if c in ledger.columns]
+    meta_cols = [c for c in LEDGER_META if c in ledger.columns]
     out = []
     for row in ledger.itertuples(index=False):
         prefix, suffix = list(map(int, row.prefix_tokens)), list(map(int, row.suffix_tokens))
@@ -179,8 +211,9 @@ def ledger_windows(ledger: pd.DataFrame) -> list[Window]:
     return out
 
 
-def _scalar_meta(meta: dict) -> dict:
-    # Parquet columns need one scalar type; nested metadata is kept out of result rows.
+def scalar_meta(meta: dict) -> dict:
+    """The metadata a result row keeps: scalars (Parquet columns need one scalar type; nested
+    metadata is kept out of result rows)."""
     return {k: v for k, v in meta.items() if v is None or isinstance(v, (str, int, float, bool))}
 
 
@@ -190,8 +223,10 @@ def corpus_windows(
     """Sliding windows over whole documents, streamed; each carries ``doc_tokens`` in its meta."""
     for doc in docs:
         ids = encode(doc.text)
-        tagged = Document(doc.doc_id, doc.text, {**_scalar_meta(doc.meta), "doc_tokens": len(ids)})
-        yield from iter_windows([tagged], lambda _text, ids=ids: ids, prefix_len, suffix_len, stride)
+        tagged = Document(doc.doc_id, doc.text, {**scalar_meta(doc.meta), "doc_tokens": len(ids)})
+        yield from iter_windows(
+            [tagged], lambda _text, ids=ids: ids, prefix_len, suffix_len, stride
+        )
 
 
 # ------------------------------------------------------------------------ one pass
@@ -396,7 +431,9 @@ def verify_windows(
     Raises:
         RotelabError: on a disagreement at a window not flagged as a near-tie.
     """
-    decoded = lm.generate([w.prefix for w in windows], [len(w.suffix) for w in windows], batch_size=batch_size)
+    decoded = lm.generate(
+        [w.prefix for w in windows], [len(w.suffix) for w in windows], batch_size=batch_size
+    )
     out = []
     for w, gen, (_, row) in zip(windows, decoded, scores.iterrows()):
         misses = np.flatnonzero(np.asarray(gen) != np.asarray(w.suffix))
@@ -405,7 +442,8 @@ def verify_windows(
         if not agrees and not bool(row["near_tie"]):
             raise RotelabError(
                 f"--verify failed at window {w.doc_id}@{w.offset}: the one-pass audit says "
-                f"{int(row['matched_prefix'])} tokens match but greedy decoding reproduces {matched} "
+                f"{int(row['matched_prefix'])} tokens match but greedy decoding reproduces "
+                f"{matched} "
                 f"(decisive margin {row['decisive_margin']:.3g} is not flagged as a near-tie); "
                 "raise --near-tie if this is numerical noise, else report a bug"
             )
@@ -427,18 +465,18 @@ def document_spans(intervals: Iterable[tuple[int, int]]) -> list[list[int]]:
     return spans
 
 
-class _DocTally:
+class DocumentTally:
     """Per-document extractable spans, from window rows arriving in document order.
 
-    Finished documents are written out in parts of ``part_size`` rows, so memory holds one
-    document's spans and one part, whatever the corpus size.
+    :meth:`feed` and :meth:`finish` return the finished documents' rows in parts of ``part_size``
+    rows, for the caller to write, so memory holds one document's spans and one part, whatever
+    the corpus size. ``documents`` and ``fraction_sum`` count the documents finished so far.
     """
 
-    def __init__(self, run, part_size: int) -> None:
-        self.run, self.part_size = run, part_size
+    def __init__(self, part_size: int) -> None:
+        self.part_size = part_size
         self.doc_id: str | None = None
         self.pending: list[dict] = []
-        self.parts = 0
         self.documents = 0
         self.fraction_sum = 0.0
         self._reset()
@@ -448,9 +486,13 @@ class _DocTally:
         self.full: list[tuple[int, int]] = []
         self.partial: list[tuple[int, int]] = []
 
-    def feed(self, frame: pd.DataFrame) -> None:
+    def feed(self, frame: pd.DataFrame) -> list[pd.DataFrame]:
+        """Take one part of window rows; returns the document parts that are now full."""
         cols = ["doc_id", "offset", "prefix_len", "suffix_len", "extracted", "matched_prefix"]
-        tokens = frame["doc_tokens"] if "doc_tokens" in frame.columns else frame["prefix_len"] + frame["suffix_len"]
+        tokens = (
+            frame["doc_tokens"] if "doc_tokens" in frame.columns
+            else frame["prefix_len"] + frame["suffix_len"]
+        )  # fmt: skip
         for (doc, off, p, s, ext, m), n_tok in zip(frame[cols].itertuples(index=False), tokens):
             if doc != self.doc_id:
                 self._close()
@@ -462,11 +504,17 @@ class _DocTally:
             if ext:
                 self.full.append((start, start + int(s)))
             self.partial.append((start, start + int(m)))
-        self._flush(final=False)
+        return self._flush(final=False)
 
-    def finish(self) -> None:
+    def finish(self) -> list[pd.DataFrame]:
+        """Close the last document; returns the remaining document parts."""
         self._close()
-        self._flush(final=True)
+        return self._flush(final=True)
+
+    @property
+    def mean_fraction(self) -> float:
+        """Mean extractable fraction over the finished documents."""
+        return self.fraction_sum / self.documents if self.documents else math.nan
 
     def _close(self) -> None:
         if self.doc_id is None:
@@ -486,24 +534,57 @@ class _DocTally:
         self.doc_id = None
         self._reset()
 
-    def _flush(self, final: bool) -> None:
+    def _flush(self, final: bool) -> list[pd.DataFrame]:
+        parts = []
         while len(self.pending) >= self.part_size or (final and self.pending):
             rows, self.pending = self.pending[: self.part_size], self.pending[self.part_size :]
-            self.run.write_part("documents", f"{self.parts:06d}", pd.DataFrame(rows))
-            self.parts += 1
+            parts.append(pd.DataFrame(rows))
+        return parts
 
 
 # ------------------------------------------------------------------------ summary
 _SUM_COLS = ["extracted", "matched_prefix", "match_rate", "near_tie", "np_discoverable"]
-_FREE_COLS = ["strict", "loose", "levenshtein", "rouge_l", "bleu", "jaccard", "seq_ratio"]
 
 
-class _Tally:
-    """Running sums per group value, so the summary never needs the whole table in memory."""
+def row_columns(
+    meta: Iterable[str], *, free_running: bool = False, verify: bool = False,
+    recheck: bool = False,
+) -> list[str]:
+    """The columns of a result row of a window whose metadata has the keys ``meta``."""
+    cols = [*KEY_COLUMNS, *meta, *SCORE_COLUMNS]
+    if recheck:
+        cols.append("rechecked")
+    if free_running:
+        cols += ["generated", *similarity_names()]
+    if verify:
+        cols.append("verified")
+    return cols
+
+
+def check_group_by(group_by: Iterable[str], columns: Iterable[str]) -> None:
+    """Refuse a group (``a`` or joint ``a+b``) naming a column the rows do not have."""
+    have = list(columns)
+    for spec in group_by:
+        missing = [c for c in spec.split("+") if c not in have]
+        if missing:
+            raise RotelabError(
+                f"cannot group by {', '.join(missing)}: no such metadata column "
+                f"(available: {', '.join(c for c in have if not c.startswith('_'))})"
+            )
+
+
+class ExtractionTally:
+    """Running sums per group value, so the summary never needs the whole table in memory.
+
+    ``group_by`` names metadata columns (``"kind+count"`` for joint groups); with ``free`` the
+    registered similarity metrics are summed too (verdicts as rates, the others as means).
+    """
 
     def __init__(self, group_by: Sequence[str], free: bool) -> None:
         self.group_by = list(group_by)
-        self.cols = _SUM_COLS + (_FREE_COLS if free else [])
+        self.verdicts = similarity_names(verdict=True) if free else []
+        self.scores = similarity_names(verdict=False) if free else []
+        self.cols = _SUM_COLS + self.verdicts + self.scores
         self.total: dict[str, float] = {}
         self.groups: dict[str, dict[tuple, dict[str, float]]] = {g: {} for g in self.group_by}
 
@@ -515,19 +596,15 @@ class _Tally:
     def feed(self, frame: pd.DataFrame) -> None:
         numeric = frame[self.cols].astype(float).assign(windows=1.0)
         self._add(self.total, numeric.sum().to_dict())
+        check_group_by(self.group_by, frame.columns)
         for spec in self.group_by:
             cols = spec.split("+")
-            missing = [c for c in cols if c not in frame.columns]
-            if missing:
-                raise RotelabError(
-                    f"cannot group by {', '.join(missing)}: no such metadata column "
-                    f"(available: {', '.join(c for c in frame.columns if not c.startswith('_'))})"
-                )
             keyed = numeric.assign(**{f"_g{i}": frame[c].astype(str) for i, c in enumerate(cols)})
             keys = [f"_g{i}" for i in range(len(cols))]
             for key, part in keyed.groupby(keys, sort=False):
                 key = key if isinstance(key, tuple) else (key,)
-                self._add(self.groups[spec].setdefault(key, {}), part.drop(columns=keys).sum().to_dict())
+                sums = part.drop(columns=keys).sum().to_dict()
+                self._add(self.groups[spec].setdefault(key, {}), sums)
 
     def fields(self, sums: dict[str, float], method: CIMethod, alpha: float) -> dict[str, Any]:
         n = int(sums.get("windows", 0))
@@ -541,16 +618,16 @@ class _Tally:
             **disc.as_dict("np_discoverable_rate", count="np_discoverable", total="_n"),
         }
         out.pop("_n")
-        if "strict" in sums:
-            for verdict in ("strict", "loose"):
-                r = rate_with_ci(int(sums[verdict]), n, method=method, alpha=alpha)
-                out.update(r.as_dict(f"{verdict}_rate", count=verdict, total="_n"))
-                out.pop("_n")
-            for m in _FREE_COLS[2:]:
-                out[f"mean_{m}"] = sums[m] / n if n else math.nan
+        for verdict in self.verdicts:
+            r = rate_with_ci(int(sums[verdict]), n, method=method, alpha=alpha)
+            out.update(r.as_dict(f"{verdict}_rate", count=verdict, total="_n"))
+            out.pop("_n")
+        for m in self.scores:
+            out[f"mean_{m}"] = sums[m] / n if n else math.nan
         return out
 
     def summary(self, method: CIMethod, alpha: float) -> dict[str, Any]:
+        """The rates overall and, under ``by_group``, per value of each group."""
         by_group = {}
         for spec, groups in self.groups.items():
             ordered = sorted(groups, key=lambda key: tuple(_sort_key(v) for v in key))
@@ -563,242 +640,6 @@ def _sort_key(value: str):
         return (0, float(value), value)
     except ValueError:
         return (1, 0.0, value)
-
-
-# ------------------------------------------------------------------------ the run
-@dataclass
-class ExtractResult:
-    """What :func:`extract` returns on every rank (files are written by rank 0 only)."""
-
-    summary: dict
-    run_dir: Path | None
-    is_main: bool = True
-
-
-def _parts(windows: Iterator[Window], size: int) -> Iterator[list[Window]]:
-    while True:
-        part = list(itertools.islice(windows, size))
-        if not part:
-            return
-        yield part
-
-
-def _process_part(
-    lm, part: list[Window], index: int, cfg: ExtractConfig, verify_ids: set[int], first: int, exact
-):
-    """Score one part (and recheck / decode / verify what was asked); returns its result frame.
-
-    ``exact``: a :class:`_LazyModel` of the float32 model when near-ties are rechecked, else None.
-    """
-    score_kw = {"temperature": cfg.temperature, "top_k": cfg.top_k, "n": cfg.n, "p": cfg.p,
-                "near_tie": cfg.near_tie}  # fmt: skip
-    scores = score_windows(lm, part, batch_size=cfg.batch_size, **score_kw)
-    if exact is not None:
-        if scores["near_tie"].any():
-            scores = recheck_near_ties(scores, part, exact.get(), batch_size=cfg.batch_size, **score_kw)
-        else:
-            scores = scores.assign(rechecked=False)
-    extra: dict[str, list] = {}
-    if cfg.free_running:
-        gens = free_running(
-            lm, part, scores, sample=cfg.sample, temperature=cfg.temperature, top_k=cfg.top_k,
-            seed=cfg.seed + index, batch_size=cfg.batch_size,
-        )  # fmt: skip
-        sims = [similarity_scores(g, w.suffix) for g, w in zip(gens, part)]
-        extra["generated"] = gens
-        for name in METRICS:
-            extra[name] = [s[name] for s in sims]
-    if cfg.verify:
-        idx = [j for j in range(len(part)) if first + j in verify_ids]
-        checked = np.full(len(part), np.nan)
-        if idx:
-            # Under --recheck every verdict claims to be the float32 model's, the unflagged ones
-            # included: decoding with that model checks the claim where it is not proven.
-            model = exact.get() if exact is not None else lm
-            ver = verify_windows(model, [part[j] for j in idx], scores.iloc[idx], batch_size=cfg.batch_size)
-            checked[idx] = ver["agrees"].astype(float).to_numpy()
-        extra["verified"] = checked  # NaN = not checked, 1 = agrees, 0 = near-tie disagreement
-    frame = scores.assign(**extra)
-    return frame.drop(columns="first_miss_token")
-
-
-def _load(model, device: str, dtype: str, allow_pickle: bool):
-    from rotelab.distributed import local_device
-    from rotelab.options import LoadOptions
-    from rotelab.pipelines.inputs import load_model
-
-    return load_model(model, LoadOptions(local_device(device), dtype, allow_pickle))
-
-
-class _LazyModel:
-    """A model loaded on first use (the float32 copy, only if a near-tie or --verify needs it)."""
-
-    def __init__(self, source, device: str, allow_pickle: bool) -> None:
-        self.source, self.device, self.allow_pickle = source, device, allow_pickle
-        self._lm = None
-
-    def get(self):
-        if self._lm is None:
-            self._lm = _load(self.source, self.device, "float32", self.allow_pickle)
-        return self._lm
-
-
-def _window_source(
-    model, data, cfg: ExtractConfig, device, dtype, allow_pickle, field_, errors, corpus_format
-):
-    """(lm, the model's source, a fresh window iterator factory, group columns, data description)."""
-    if data is None:
-        from rotelab.pipelines.inputs import organism_of
-
-        org = organism_of(model)
-        if org is None:
-            raise RotelabError(
-                f"{model} is not an organism, and the organism's windows only fit its own "
-                "tokenizer; give --data (a corpus) to audit another model"
-            )
-        lm = _load(org.path, device, dtype, allow_pickle)
-        wins = ledger_windows(org.ledger)
-        groups = cfg.group_by or ("count", "kind", "phase", "kind+count")
-        return lm, org.path, (lambda: iter(wins)), groups, f"organism ledger ({org.path})"
-    from rotelab.data.corpus import read_corpus
-
-    lm = _load(model, device, dtype, allow_pickle)
-    check_window_shape(cfg.prefix_len, cfg.suffix_len, cfg.stride, lm.context_length)
-
-    def make() -> Iterator[Window]:
-        docs = read_corpus(data, field=field_, errors=errors, corpus_format=corpus_format)
-        return corpus_windows(docs, lm.encode, cfg.prefix_len, cfg.suffix_len, cfg.stride)
-
-    return lm, model, make, cfg.group_by, str(data)
-
-
-def extract(
-    model: str | os.PathLike | None = None,
-    data: str | os.PathLike | None = None,
-    *,
-    config: ExtractConfig | None = None,
-    out: str | os.PathLike | None = None,
-    resume: bool = False,
-    force: bool = False,
-    device: str = "auto",
-    dtype: str = "auto",
-    allow_pickle: bool = False,
-    field: str = "text",
-    errors: str = "strict",
-    corpus_format: str = "auto",
-    progress: bool = True,
-) -> ExtractResult:
-    """Audit extraction over a corpus (or the default organism) and write a run directory.
-
-    With neither ``model`` nor ``data``, windows come from the default organism's ledger
-    (prefix → sensitive span, count-0 controls included) and rates are broken down by count, kind
-    and phase. With ``data``, windows slide over every document (``prefix_len``, ``suffix_len``,
-    ``stride``) and are streamed through the model part by part.
-
-    Writes ``results/windows/part-*.parquet`` (one row per window: ``doc_id``, ``offset`` and every
-    metric of :func:`score_windows`, plus free-running similarities and ``verified`` when asked),
-    ``results/documents`` (extractable spans and covered fraction per document) and
-    ``summary.json`` (``windows``, ``extracted``, ``extraction_rate``, ``extraction_rate_ci``,
-    ``mean_matched_prefix``, ..., ``by_group``). Under ``torchrun`` parts are shared between
-    processes and rank 0 writes everything; the rows equal those of one process.
-    """
-    from rotelab.distributed import all_gather_objects, broadcast_object, dist_context
-    from rotelab.lm import check_load_options
-    from rotelab.runs import Run
-
-    cfg = config or ExtractConfig()
-    cfg.validate()
-    check_load_options(device, dtype)
-    settings = {"model": model, "data": data, **asdict(cfg), "device": device, "dtype": dtype,
-                "field": field, "errors": errors, "format": corpus_format}  # fmt: skip
-    t0 = time.perf_counter()
-    with dist_context() as (rank, world):
-        main = rank == 0
-        lm, source, make_windows, group_by, described = _window_source(
-            model, data, cfg, device, dtype, allow_pickle, field, errors, corpus_format
-        )
-        reduced = lm.dtype not in (torch.float32, torch.float64)
-        exact = _LazyModel(source, device, allow_pickle) if cfg.recheck and reduced else None
-        stream = make_windows()
-        first = next(stream, None)
-        if first is None:
-            raise RotelabError(
-                f"no windows: the data is empty or every document is shorter than prefix+suffix "
-                f"({cfg.prefix_len + cfg.suffix_len} tokens); use shorter windows or more data"
-            )
-        verify_ids: set[int] = set()
-        if cfg.verify:
-            total = 1 + sum(1 for _ in stream)
-            if cfg.verify > total:
-                raise RotelabError(f"--verify {cfg.verify} is more than the {total} windows; use at most {total}")
-            rng = np.random.default_rng(cfg.seed)
-            verify_ids = set(rng.choice(total, size=cfg.verify, replace=False).tolist())
-            stream = make_windows()
-        else:
-            stream = itertools.chain([first], stream)
-        run = (
-            Run.create(
-                out, "extract", settings, resume=resume, force=force, inputs=(source, data)
-            )
-            if main
-            else None
-        )
-        with run if run is not None else contextlib.nullcontext():
-            done = broadcast_object(_done_parts(run) if main else None)
-            tally = _Tally(group_by, cfg.free_running)
-            docs = _DocTally(run, cfg.part_size)
-            n_tokens = verified = verify_ties = rechecked = 0
-            with _Bar(progress and main, "extracting") as bar:
-                parts = _parts(stream, cfg.part_size)
-                index = 0
-                while batch_parts := list(itertools.islice(parts, world)):
-                    # Round-robin: rank r takes part index + r; the parts' contents and batching
-                    # do not depend on the number of processes, so neither do the rows.
-                    payload: Any = None
-                    mine = index + rank
-                    if rank < len(batch_parts) and mine not in done:
-                        try:
-                            payload = _process_part(
-                                lm, batch_parts[rank], mine, cfg, verify_ids, mine * cfg.part_size,
-                                exact,
-                            )  # fmt: skip
-                        except RotelabError as exc:  # every rank must reach the gather
-                            payload = exc
-                    gathered = all_gather_objects(payload)
-                    for got in gathered:
-                        if isinstance(got, RotelabError):
-                            raise got
-                    if main:
-                        for r, part in enumerate(batch_parts):
-                            key = f"{index + r:06d}"
-                            frame = gathered[r]
-                            if frame is None:  # written by an earlier run (--resume)
-                                frame = pd.read_parquet(run.path / "results" / "windows" / f"part-{key}.parquet")
-                            else:
-                                run.write_part("windows", key, frame)
-                            tally.feed(frame)
-                            docs.feed(frame)
-                            n_tokens += int((frame["prefix_len"] + frame["suffix_len"]).sum())
-                            if "rechecked" in frame.columns:
-                                rechecked += int(frame["rechecked"].sum())
-                            if "verified" in frame.columns:
-                                verified += int(frame["verified"].notna().sum())
-                                verify_ties += int((frame["verified"] == 0).sum())
-                            bar.advance(len(part))
-                    index += len(batch_parts)
-            summary = None
-            if main:
-                docs.finish()
-                summary = _summary(lm, cfg, data, described, tally, docs, world, n_tokens, t0)
-                if exact is not None:
-                    summary["rechecked_in_float32"] = rechecked
-                if cfg.verify:
-                    summary["verified"] = verified
-                    summary["verify_near_tie_disagreements"] = verify_ties
-                summary["by_group"] = summary.pop("by_group")  # last: the long part
-                run.write_summary(summary)
-            summary = broadcast_object(summary)
-    return ExtractResult(summary, run.path if run is not None else None, main)
 
 
 def summary_table(summary: dict, group: str | None = None):
@@ -823,58 +664,3 @@ def summary_table(summary: dict, group: str | None = None):
         add(value, fields)
     add("all", summary)
     return table
-
-
-def _done_parts(run) -> set[int]:
-    folder = run.path / "results" / "windows"
-    return {int(p.stem.removeprefix("part-")) for p in folder.glob("part-*.parquet")}
-
-
-def _summary(lm, cfg, data, described, tally, docs, world, n_tokens, t0) -> dict:
-    elapsed = time.perf_counter() - t0
-    corpus = data is not None
-    return {
-        "model": lm.name,
-        "data": described,
-        "dtype": str(lm.dtype).removeprefix("torch."),
-        "prefix_len": cfg.prefix_len if corpus else None,
-        "suffix_len": cfg.suffix_len if corpus else None,
-        "stride": (cfg.stride or cfg.prefix_len + cfg.suffix_len) if corpus else None,
-        "near_tie_margin": cfg.near_tie if cfg.near_tie is not None else default_near_tie(lm.dtype),
-        "sampler": {"temperature": cfg.temperature, "top_k": cfg.top_k, "n": cfg.n, "p": cfg.p},
-        "ci_method": cfg.ci.value,
-        "ci_level": 1 - cfg.alpha,
-        **tally.summary(cfg.ci, cfg.alpha),
-        "documents": docs.documents,
-        "mean_extractable_fraction": docs.fraction_sum / docs.documents if docs.documents else math.nan,
-        "processes": world,
-        "elapsed_s": round(elapsed, 2),
-        "tokens_per_s": round(n_tokens / elapsed, 1) if elapsed > 0 else None,
-    }
-
-
-class _Bar:
-    """A rich progress bar over windows when enabled, else nothing."""
-
-    def __init__(self, enabled: bool, label: str) -> None:
-        self.enabled, self.label = enabled, label
-        self.progress_bar = None
-        self._task = None
-
-    def __enter__(self) -> _Bar:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import Progress
-
-            self.progress_bar = Progress(transient=True, console=Console(stderr=True))
-            self.progress_bar.start()
-            self._task = self.progress_bar.add_task(self.label, total=None)
-        return self
-
-    def advance(self, n: int) -> None:
-        if self.progress_bar is not None:
-            self.progress_bar.advance(self._task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self.progress_bar is not None:
-            self.progress_bar.stop()

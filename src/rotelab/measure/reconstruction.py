@@ -5,25 +5,35 @@ first 500 tokens and decoding autoregressively, feeding the model's own output b
 book's length; similarity to the true text (Jaccard, Levenshtein, BLEU, ROUGE-L, SequenceMatcher)
 is reported over the whole and per chunk. Documents longer than the context are decoded with a
 sliding context: when it is full, the oldest half is dropped and decoding continues from the rest.
+Every registered similarity metric (:mod:`rotelab.measure.similarity`) is computed per document
+and per chunk, and summarised. The ``rotelab reconstruct`` run (inputs, run directory) is
+:func:`rotelab.pipelines.reconstruct.reconstruct`.
 """
 
 from __future__ import annotations
 
 import difflib
 import html
-import os
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from rotelab.errors import RotelabError
-from rotelab.measure.similarity import METRICS, similarity_scores
+from rotelab.measure.similarity import similarity_names, similarity_scores
+from rotelab.registry import SIMILARITY, direction
 from rotelab.stats import rate_with_ci
 
-__all__ = ["ReconstructConfig", "reconstruct", "reconstruct_tokens", "side_by_side_html"]
+__all__ = [
+    "ReconstructConfig",
+    "Reconstruction",
+    "document_columns",
+    "reconstruct_documents",
+    "reconstruct_tokens",
+    "reconstruction_summary",
+    "side_by_side_html",
+]
 
 
 @dataclass
@@ -115,130 +125,80 @@ def side_by_side_html(
     return table.replace("<title></title>", f"<title>{html.escape(title)}</title>")
 
 
-def _documents(model, data, field, errors, corpus_format, cfg):
-    """(lm, list of (doc_id, tokens, meta), groups, described)."""
-    from rotelab.lm import LM
-
-    if data is None:
-        from rotelab.pipelines.inputs import load_model, organism_of
-
-        org = organism_of(model)
-        if org is None:
-            raise RotelabError(
-                f"{model} is not an organism; give --data (a corpus) to reconstruct with it"
-            )
-        lm = LM.load(org.path)
-        led = org.ledger
-        led = led[led["kind"] == "passage"]
-        docs = [
-            (r.item_id, list(map(int, r.tokens)), {"count": int(r.count), "phase": r.phase})
-            for r in led.itertuples(index=False)
-        ]
-        return lm, docs, ["count"], f"organism passages ({org.path})"
-    from rotelab.data.corpus import read_corpus
-
-    lm = load_model(model)
-    docs = []
-    for doc in read_corpus(data, field=field, errors=errors, corpus_format=corpus_format):
-        meta = {k: v for k, v in doc.meta.items() if isinstance(v, (str, int, float, bool))}
-        docs.append((doc.doc_id, lm.encode(doc.text), meta))
-        if cfg.max_docs is not None and len(docs) >= cfg.max_docs:
-            break
-    return lm, docs, [], str(data)
+def document_columns(meta: Iterable[str]) -> list[str]:
+    """The columns of a document's row in :class:`Reconstruction` for metadata keys ``meta``."""
+    return ["doc_id", *meta, "doc_tokens", "prefix_len", "generated_tokens",
+            *similarity_names(), "generated"]  # fmt: skip
 
 
-def reconstruct(
-    model: str | os.PathLike | None = None,
-    data: str | os.PathLike | None = None,
-    *,
-    config: ReconstructConfig | None = None,
-    group_by: Sequence[str] = (),
-    out: str | os.PathLike | None = None,
-    resume: bool = False,
-    force: bool = False,
-    field: str = "text",
-    errors: str = "strict",
-    corpus_format: str = "auto",
-    batch_size: int = 16,
-) -> tuple[Path, dict]:
-    """Reconstruct documents from their first ``prefix_len`` tokens and write a run directory.
+@dataclass
+class Reconstruction:
+    """What :func:`reconstruct_documents` returns.
 
-    With neither ``model`` nor ``data`` the organism's passages are reconstructed (grouped by
-    insertion count). Writes ``results/documents`` (per document: every similarity metric over the
-    whole continuation), ``results/chunks`` (per chunk), ``diffs/<doc>.html`` (side by side) and
-    ``summary.json`` (means overall and per group, strict/loose rates with CIs).
+    Attributes:
+        documents: one row per document (:func:`document_columns`): every similarity metric over
+            the whole continuation, and the ``generated`` tokens.
+        chunks: one row per ``chunk_len`` tokens of each continuation: ``doc_id, chunk, start``
+            and every similarity metric.
+        diffs: ``(doc_id, html)`` side-by-side diffs (:func:`side_by_side_html`), one per document.
     """
-    from rotelab.runs import Run
 
-    cfg = config or ReconstructConfig()
-    cfg.validate()
-    if batch_size < 1:  # before the model is loaded, not deep inside decoding
-        raise RotelabError(f"--batch-size must be >= 1, got {batch_size}")
-    settings = {"model": model, "data": data, **asdict(cfg), "group_by": list(group_by),
-                "field": field, "errors": errors, "format": corpus_format,
-                "batch_size": batch_size}  # fmt: skip
-    lm, docs, default_groups, described = _documents(
-        model, data, field, errors, corpus_format, cfg
-    )
-    if cfg.max_docs is not None:
-        docs = docs[: cfg.max_docs]
-    docs = [d for d in docs if len(d[1]) > cfg.prefix_len]
-    if not docs:
-        raise RotelabError(
-            f"no document is longer than --prefix-len ({cfg.prefix_len} tokens); use a shorter prefix"
-        )
-    groups = list(group_by) or default_groups
-    with Run.create(
-        out, "reconstruct", settings, resume=resume, force=force, inputs=(model, data)
-    ) as run:
-        summary = run.summary() if resume and run.has_part("documents", "00000") else None
-        if summary is None:
-            summary = _reconstruct(run, lm, docs, groups, cfg, batch_size, described)
-    return run.path, summary
+    documents: pd.DataFrame
+    chunks: pd.DataFrame
+    diffs: list[tuple[str, str]]
 
 
-def _reconstruct(run, lm, docs, groups, cfg: ReconstructConfig, batch_size: int, described):
-    """Decode, score and write every document of ``docs`` into ``run``; returns the summary."""
-    doc_rows, chunk_rows = [], []
+def reconstruct_documents(
+    lm,
+    docs: Sequence[tuple[str, Sequence[int], dict]],
+    cfg: ReconstructConfig,
+    *,
+    batch_size: int = 16,
+) -> Reconstruction:
+    """Reconstruct each ``(doc_id, tokens, meta)`` from its first ``cfg.prefix_len`` tokens and
+    compare the continuation with the true text, whole and per chunk."""
+    doc_rows, chunk_rows, diffs = [], [], []
     ends = [min(len(t), cfg.max_tokens or len(t)) for _, t, _ in docs]
     gens = reconstruct_tokens(
         lm, [t[: cfg.prefix_len] for _, t, _ in docs], ends, sample=cfg.sample,
         temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed, batch_size=batch_size,
     )  # fmt: skip
-    (run.path / "diffs").mkdir(exist_ok=True)
     for (doc_id, tokens, meta), end, gen in zip(docs, ends, gens):
         ref = tokens[cfg.prefix_len : end]
         doc_rows.append({"doc_id": doc_id, **meta, "doc_tokens": len(tokens),
                          "prefix_len": cfg.prefix_len, "generated_tokens": len(gen),
-                         **similarity_scores(gen, ref), "generated": gen})  # fmt: skip
+                         **similarity_scores(gen, ref, decode=lm.decode),
+                         "generated": gen})  # fmt: skip
         for j in range(0, len(ref), cfg.chunk_len):
+            piece = (gen[j : j + cfg.chunk_len], ref[j : j + cfg.chunk_len])
             chunk_rows.append({"doc_id": doc_id, "chunk": j // cfg.chunk_len,
                                "start": cfg.prefix_len + j,
-                               **similarity_scores(gen[j : j + cfg.chunk_len], ref[j : j + cfg.chunk_len])})  # fmt: skip
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(doc_id))
-        (run.path / "diffs" / f"{safe}.html").write_text(
-            side_by_side_html(lm, ref, gen, cfg.chunk_len, f"{doc_id}: reconstruction"),
-            encoding="utf-8",
+                               **similarity_scores(*piece, decode=lm.decode)})  # fmt: skip
+        diffs.append(
+            (doc_id, side_by_side_html(lm, ref, gen, cfg.chunk_len, f"{doc_id}: reconstruction"))
         )
-    frame = pd.DataFrame(doc_rows)
-    run.write_table("documents", frame)
-    run.write_table("chunks", pd.DataFrame(chunk_rows))
-    summary = {"model": lm.name, "data": described, **_fields(frame, pd.DataFrame(chunk_rows)),
-               "by_group": {}}  # fmt: skip
+    return Reconstruction(pd.DataFrame(doc_rows), pd.DataFrame(chunk_rows), diffs)
+
+
+def reconstruction_summary(result: Reconstruction, groups: Sequence[str]) -> dict:
+    """Means and medians of the similarity scores and rates of the verdicts (with CIs), overall
+    and, under ``by_group``, per value of each metadata column in ``groups``."""
+    frame = result.documents
+    summary = {**_fields(frame, result.chunks), "by_group": {}}
     for g in groups:
         if g not in frame.columns:
             raise RotelabError(f"cannot group by {g}: no such metadata column")
         summary["by_group"][g] = {
             str(k): _fields(part, None) for k, part in frame.groupby(g, sort=True)
         }
-    run.write_summary(summary)
     return summary
 
 
 def _fields(frame: pd.DataFrame, chunks: pd.DataFrame | None) -> dict:
     out: dict = {"documents": len(frame)}
-    for name, m in METRICS.items():
-        if name in ("strict", "loose"):
+    for entry in SIMILARITY:
+        name = entry.name
+        if entry.meta.get("verdict", False):
             r = rate_with_ci(frame[name].astype(bool).tolist())
             out.update(r.as_dict(f"{name}_rate", count=name, total="_n"))
             out.pop("_n")
@@ -246,7 +206,7 @@ def _fields(frame: pd.DataFrame, chunks: pd.DataFrame | None) -> dict:
             values = frame[name].to_numpy(dtype=float)
             out[f"mean_{name}"] = float(values.mean())
             out[f"median_{name}"] = float(np.median(values))
-        out.setdefault("higher_is_better", {})[name] = m.higher_is_better
+        out.setdefault("higher_is_better", {})[name] = direction(name)
     if chunks is not None and len(chunks):
         out["chunks"] = len(chunks)
         out["chunk_mean_jaccard"] = float(chunks["jaccard"].mean())
