@@ -81,13 +81,14 @@ def test_a_few_steps_in_each_precision_build_and_score(monkeypatch, tmp_path, pr
     import numpy as np
 
     import rotelab.organism.build as organism_module
+    import rotelab.organism.world as world
     from rotelab.lm import LM
 
     few = dataclasses.replace(  # a 1-block, 32-wide model: seconds even where bf16 is emulated
-        organism_module.PROFILES[Profile.tiny], steps=64, phase_items_per_cell=0, n_layers=1,
+        world.PROFILES[Profile.tiny], steps=64, phase_items_per_cell=0, n_layers=1,
         hidden=32, n_heads=2, intermediate=64, probes_per_task=4, eval_tokens=512,
     )  # fmt: skip
-    monkeypatch.setitem(organism_module.PROFILES, Profile.tiny, few)
+    monkeypatch.setitem(world.PROFILES, Profile.tiny, few)
     monkeypatch.setenv("ROTELAB_PRECISION", precision)
     spec = OrganismSpec("tiny", 0, corpus_tokens=3_000, items_per_cell=1)
     org = organism_module.build_organism(spec, out=tmp_path / "org", progress=False)
