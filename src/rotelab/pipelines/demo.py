@@ -316,12 +316,14 @@ def _balanced_subnet(org, target: Path, cfg: DemoConfig, progress: bool) -> dict
 
 
 def _compare(org, models: Path, out: Path, cfg: DemoConfig, progress: bool) -> dict[str, Any]:
+    from rotelab.options import LoadOptions, RunOptions
     from rotelab.pipelines.compare import compare
 
     _, summary = compare(
         [f"base={org.path}", f"kfac={models / 'kfac'}", f"balanced_subnet={models / 'balanced_subnet'}"],
-        out, organism=org.path, min_count=cfg.min_count, heldout_tokens=cfg.heldout_tokens,
-        seed=cfg.seed, device="cpu", dtype="float32", progress=progress,
+        organism=org.path, min_count=cfg.min_count, heldout_tokens=cfg.heldout_tokens,
+        run=RunOptions(out=out, seed=cfg.seed, progress=progress),
+        load=LoadOptions(device="cpu", dtype="float32"),
     )  # fmt: skip
     return summary
 
