@@ -28,7 +28,10 @@ from typing import Any
 
 from rotelab.errors import RotelabError
 
-__all__ = ["ATTACKS", "METRICS", "SIMILARITY", "Entry", "Registry", "direction", "register_metric"]
+__all__ = [
+    "ATTACKS", "METRICS", "SIMILARITY", "Entry", "Registry", "direction", "metric_entry",
+    "register_metric",
+]
 
 
 @dataclass(frozen=True)
@@ -123,13 +126,29 @@ SIMILARITY = Registry("similarity metric")
 METRICS = Registry("metric")
 
 
-def register_metric(name: str, *, higher_is_better: bool, description: str = "") -> None:
-    """Record a reported metric's direction (idempotent for the same direction)."""
-    if name in METRICS and METRICS[name].higher_is_better != higher_is_better:
-        raise ValueError(f"metric {name!r} registered with both directions")
-    METRICS.add(name, None, higher_is_better=higher_is_better, description=description)
+def register_metric(
+    name: str, *, higher_is_better: bool, description: str = "", scope: str = ""
+) -> None:
+    """Record a reported metric's direction (idempotent for the same direction).
+
+    ``scope`` is the point of view a name is reported in when one name means two things: compare
+    reports ``strict`` as an extraction *rate* a removal should lower (``scope="compare"``), the
+    similarity metrics report ``strict`` as a window's closeness to the true text
+    (``scope="similarity"``). :func:`direction` looks a name up in its scope, then unscoped.
+    """
+    key = f"{scope}.{name}" if scope else name
+    if key in METRICS and METRICS[key].higher_is_better != higher_is_better:
+        raise ValueError(f"metric {key!r} registered with both directions")
+    METRICS.add(key, None, higher_is_better=higher_is_better, description=description)
 
 
-def direction(name: str) -> bool:
+def direction(name: str, scope: str = "") -> bool:
     """Whether a higher value of metric ``name`` is better (a one-line error if unregistered)."""
+    if scope and f"{scope}.{name}" in METRICS:
+        return METRICS[f"{scope}.{name}"].higher_is_better
     return METRICS[name].higher_is_better
+
+
+def metric_entry(name: str, scope: str = "") -> Entry:
+    """The registered entry of ``name`` (in ``scope``, then unscoped)."""
+    return METRICS[f"{scope}.{name}"] if f"{scope}.{name}" in METRICS else METRICS[name]

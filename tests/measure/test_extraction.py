@@ -509,7 +509,7 @@ def toy_metric(request):
     register_similarity(name, level=request.param, higher_is_better=True)(toy)
     yield name
     SIMILARITY.remove(name)
-    METRICS.remove(name)
+    METRICS.remove(f"similarity.{name}")
 
 
 def test_a_registered_metric_reaches_rows_and_summary(toy_metric, tiny_llama_dir, corpus, tmp_path):

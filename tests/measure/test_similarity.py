@@ -64,8 +64,10 @@ def test_works_on_words_and_declares_directions():
     assert s["levenshtein"] == pytest.approx(1 / 6)
     assert list(s) == SIMILARITY.names() == similarity_names()
     assert similarity_names(verdict=True) == ["strict", "loose"]
-    assert direction("levenshtein") is False
-    assert all(direction(m) for m in ("rouge_l", "bleu", "jaccard", "seq_ratio", "strict"))
+    assert direction("levenshtein", "similarity") is False
+    assert all(
+        direction(m, "similarity") for m in ("rouge_l", "bleu", "jaccard", "seq_ratio", "strict")
+    )
     assert SIMILARITY["levenshtein"].fn is levenshtein_distance
     assert {e.meta["level"] for e in SIMILARITY} == {"token"}
 
@@ -81,14 +83,14 @@ def toy_text_metric():
 
     yield "toy_chars"
     SIMILARITY.remove("toy_chars")
-    METRICS.remove("toy_chars")
+    METRICS.remove("similarity.toy_chars")
 
 
 def test_a_registered_text_metric_is_given_decoded_text(toy_text_metric):
     decode = "".join  # items are characters here
     s = similarity_scores(list("abcd"), list("abxd"), decode=decode)
     assert s[toy_text_metric] == 0.75 and s["levenshtein"] == 0.25
-    assert direction(toy_text_metric) is True
+    assert direction(toy_text_metric, "similarity") is True
     with pytest.raises(ValueError, match="pass decode"):
         similarity_scores([1, 2], [1, 2])
 

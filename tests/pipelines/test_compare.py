@@ -11,13 +11,31 @@ import pytest
 from typer.testing import CliRunner
 
 from rotelab.errors import RotelabError
+from rotelab.measure.quality import perplexity
+from rotelab.options import LoadOptions, RunOptions
 from rotelab.pipelines.compare import (
+    METRICS,
     TASKS,
     _model_specs,
     _perplexity_summary,
     compare,
     format_table,
 )
+from rotelab.registry import direction
+
+
+def _run(out, **kw) -> RunOptions:
+    return RunOptions(out=out, progress=False, **kw)
+
+
+@pytest.fixture
+def no_default_organism(monkeypatch):
+    """Fail the test if the default organism is built (or loaded from the cache)."""
+
+    def refuse(*args, **kwargs):
+        pytest.fail("the default organism was built before the inputs were checked")
+
+    monkeypatch.setattr("rotelab.pipelines.inputs.default_organism", refuse)
 
 
 @pytest.fixture(scope="session")
@@ -75,8 +93,11 @@ def test_compare_two_models_same_windows_schema_plot_and_resume(
 ):
     out = tmp_path / "cmp"
     models = [f"base={tiny_organism.path}", f"damaged={damaged_model}"]
-    path, summary = compare(models, out, heldout_tokens=1500)
+    path, summary = compare(models, heldout_tokens=1500, run=_run(out))
     assert summary["order"] == ["base", "damaged"] and summary["baseline"] == "base"
+    assert "base" not in summary  # the baseline's label is written once, as "baseline"
+    assert summary["metrics"] == METRICS
+    assert all(m["higher_is_better"] is direction(k, "compare") for k, m in summary["metrics"].items())
     n_items = len(tiny_organism.ledger)
     items = pd.read_parquet(out / "results" / "items")
     # Same windows: every model saw exactly the ledger's items.
@@ -105,6 +126,10 @@ def test_compare_two_models_same_windows_schema_plot_and_resume(
     assert base["extraction"]["strict"]["rate"] > base["extraction_by_count"]["0"]["strict"]["rate"]
     assert dmg["extraction"]["strict"]["rate"] < base["extraction"]["strict"]["rate"]
     assert dmg["perplexity"] > base["perplexity"]
+    # The same perplexity as measure.quality's on the same held-out budget (one definition).
+    ppl = perplexity(tiny_organism.lm(), tiny_organism.heldout_docs(), max_tokens=1500)
+    assert base["perplexity"] == pytest.approx(ppl.value, rel=1e-12)
+    assert base["heldout_tokens"] == ppl.tokens.sum()
     assert all(v in (0.0, None) for v in base["relative_change"].values())
     rel = dmg["relative_change"]["perplexity"]
     assert rel == pytest.approx(dmg["perplexity"] / base["perplexity"] - 1)
@@ -114,7 +139,7 @@ def test_compare_two_models_same_windows_schema_plot_and_resume(
 
     # Resume reuses every part: the same summary without recomputing.
     items_mtime = sorted(p.stat().st_mtime_ns for p in (out / "results" / "items").iterdir())
-    _, again = compare(models, out, heldout_tokens=1500, resume=True)
+    _, again = compare(models, heldout_tokens=1500, run=_run(out, resume=True))
     assert (
         sorted(p.stat().st_mtime_ns for p in (out / "results" / "items").iterdir()) == items_mtime
     )
@@ -148,11 +173,83 @@ def test_cli_models_a_b_and_single_model_and_bad_path(tiny_organism, tmp_path):
 
 def test_models_that_are_not_organisms_need_one(tiny_llama_dir, tmp_path):
     with pytest.raises(RotelabError, match="--organism"):
-        compare([str(tiny_llama_dir)], tmp_path / "x")
+        compare([str(tiny_llama_dir)], run=_run(tmp_path / "x"))
     assert not (tmp_path / "x").exists()
 
 
-def test_a_model_with_another_tokenizer_is_refused(tiny_organism, tiny_llama_dir, tmp_path):
+def test_a_model_with_another_tokenizer_is_refused_before_any_model_loads(
+    tiny_organism, tiny_llama_dir, tmp_path, monkeypatch
+):
+    def refuse(*args, **kwargs):
+        pytest.fail("a model was loaded before the tokenizers were checked")
+
+    monkeypatch.setattr("rotelab.lm.LM.load", refuse)
     with pytest.raises(RotelabError, match="tokenizer"):
-        compare([str(tiny_llama_dir)], tmp_path / "y", organism=tiny_organism.path)
+        compare(
+            [str(tiny_organism.path), str(tiny_llama_dir)], organism=tiny_organism.path,
+            run=_run(tmp_path / "y"),
+        )  # fmt: skip
     assert not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"heldout_tokens": 1}, "held-out tokens"),
+        ({"min_count": -1}, "min count"),
+        ({"loose_threshold": 0}, "loose threshold"),
+        ({"batch_size": 0}, "batch size"),
+        ({"run": RunOptions(resume=True, force=True)}, "either --resume or --force"),
+        ({"load": LoadOptions(dtype="float8")}, "float8"),
+        ({"models": []}, "at least one model"),
+        ({"models": ["organism", "organism"]}, "two models are labelled"),
+    ],
+)
+def test_bad_arguments_fail_before_the_organism_is_built(
+    no_default_organism, tmp_path, kwargs, message
+):
+    out = tmp_path / "cmp"
+    kwargs = {"models": ["organism"], "run": _run(out), **kwargs}
+    with pytest.raises(RotelabError, match=message):
+        compare(kwargs.pop("models"), **kwargs)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_an_occupied_output_fails_before_the_organism_is_built(no_default_organism, tmp_path):
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(RotelabError, match="already exists and is not a rotelab run"):
+        compare(["organism"], run=_run(out))
+    with pytest.raises(RotelabError, match="not an organism directory"):
+        compare(["organism"], organism=tmp_path, run=_run(tmp_path / "other"))
+    assert (out / "notes.txt").read_text() == "mine" and not (tmp_path / "other").exists()
+
+
+def test_cli_checks_arguments_before_the_organism_is_built(no_default_organism, tmp_path):
+    from rotelab.cli import app
+
+    out = tmp_path / "cmp"
+    res = CliRunner().invoke(app, ["compare", "--batch-size", "0", "-o", str(out)])
+    assert res.exit_code == 2
+    assert res.output.strip() == "error: batch size must be >= 1, not 0"
+    assert not out.exists()
+
+
+def test_the_report_takes_directions_from_the_summary_the_registry_wrote():
+    from rotelab.report.html import before_after_rows
+
+    def block(strict, ppl, acc):
+        return {"extraction_rate": strict, "perplexity": ppl,
+                "tasks": {t: {"accuracy": acc} for t in TASKS}}  # fmt: skip
+
+    summary = {"baseline": "a", "order": ["a", "b"], "metrics": METRICS,
+               "models": {"a": block(0.9, 4.0, 0.5), "b": block(0.1, 4.4, 0.4)}}  # fmt: skip
+    rows = before_after_rows(summary).set_index("metric")["higher_is_better"].to_dict()
+    assert rows["extraction"] == direction("strict", "compare") == False  # noqa: E712
+    assert rows["perplexity"] == direction("perplexity") == False  # noqa: E712
+    assert all(rows[t] == direction(t, "compare") == True for t in TASKS)  # noqa: E712
+    # A direction recorded differently in the summary is followed, not overridden.
+    flipped = {**METRICS, "arithmetic": {**METRICS["arithmetic"], "higher_is_better": False}}
+    rows = before_after_rows({**summary, "metrics": flipped}).set_index("metric")
+    assert not rows.loc["arithmetic", "higher_is_better"]

@@ -90,7 +90,7 @@ for _name, _description in [
     ("discoverable_prob", "1 - (1 - p_z)^n"),
     ("np_discoverable", "(n, p)-discoverable: 1 - (1 - p_z)^n >= p"),
 ]:
-    register_metric(_name, higher_is_better=True, description=_description)
+    register_metric(_name, higher_is_better=True, description=_description, scope="extraction")
 
 
 def default_near_tie(dtype: torch.dtype) -> float:

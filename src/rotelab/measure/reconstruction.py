@@ -206,7 +206,7 @@ def _fields(frame: pd.DataFrame, chunks: pd.DataFrame | None) -> dict:
             values = frame[name].to_numpy(dtype=float)
             out[f"mean_{name}"] = float(values.mean())
             out[f"median_{name}"] = float(np.median(values))
-        out.setdefault("higher_is_better", {})[name] = direction(name)
+        out.setdefault("higher_is_better", {})[name] = direction(name, "similarity")
     if chunks is not None and len(chunks):
         out["chunks"] = len(chunks)
         out["chunk_mean_jaccard"] = float(chunks["jaccard"].mean())

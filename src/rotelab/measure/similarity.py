@@ -75,7 +75,9 @@ def register_similarity(
 
     def deco(fn: Callable) -> Callable:
         summary = (fn.__doc__ or "").strip().split("\n")[0]
-        register_metric(name, higher_is_better=higher_is_better, description=summary)
+        register_metric(
+            name, higher_is_better=higher_is_better, description=summary, scope="similarity"
+        )
         SIMILARITY.add(name, fn, level=level, higher_is_better=higher_is_better, verdict=verdict)
         return fn
 

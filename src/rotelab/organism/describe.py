@@ -1,12 +1,16 @@
-"""What an organism memorized: extraction by count, kind and phase, perplexities, probe accuracy."""
+"""What an organism memorized: extraction by count, kind and phase, perplexities, probe accuracy.
+
+Perplexities and probe accuracies are :mod:`rotelab.measure.quality`'s: ``train_ppl`` and
+``heldout_ppl`` read each text up to the profile's ``eval_tokens`` (the default organism's whole
+held-out text), so ``heldout_ppl`` differs from ``compare``'s, which reads ``--heldout-tokens``.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-import numpy as np
-
+from rotelab.measure.quality import perplexity, probe_accuracy
 from rotelab.organism.world import COUNTS, Kind, Phase
 
 
@@ -26,13 +30,7 @@ def describe_organism(org) -> dict[str, Any]:
     by_ck = allp.groupby(["kind", "count"])["extracted"].mean()
     by_pc = led[led["count"] > 0].groupby(["phase", "count"])["extracted"].mean()
 
-    probes = org.probes
-    prompts = [lm.encode(p) for p in probes["prompt"]]
-    answers = [lm.encode(a) for a in probes["answer"]]
-    pscores = lm.score(
-        [p + a for p, a in zip(prompts, answers)], targets_from=[len(p) for p in prompts]
-    )
-    probes = probes.assign(correct=[bool(sc.argmax_match.all()) for sc in pscores])
+    probes = probe_accuracy(lm, org.probes)
 
     info_file = org.path / "train_info.json"
     info = json.loads(info_file.read_text()) if info_file.exists() else {}
@@ -52,8 +50,10 @@ def describe_organism(org) -> dict[str, Any]:
             for ph in (x.value for x in Phase)
         },
         "items_per_cell": int(s.items_per_cell),
-        "train_ppl": round(_perplexity(lm, org.train_docs(), s.eval_tokens), 3),
-        "heldout_ppl": round(_perplexity(lm, org.heldout_docs(), s.eval_tokens), 3),
+        "train_ppl": round(perplexity(lm, org.train_docs(), max_tokens=s.eval_tokens).value, 3),
+        "heldout_ppl": round(
+            perplexity(lm, org.heldout_docs(), max_tokens=s.eval_tokens).value, 3
+        ),
         "probe_accuracy": {
             t: round(float(v), 4) for t, v in probes.groupby("task")["correct"].mean().items()
         },
@@ -63,18 +63,6 @@ def describe_organism(org) -> dict[str, Any]:
         },
         **info,
     }
-
-
-def _perplexity(lm, docs: list[str], max_tokens: int) -> float:
-    """Token perplexity over the first ``max_tokens`` of the documents joined by end-of-text."""
-    from rotelab.data.windows import stream_chunks
-
-    windows = stream_chunks(
-        docs, lm.encode, lm.tokenizer.eos_token_id, max_tokens=max_tokens, length=lm.context_length
-    )
-    nll = np.concatenate([-sc.logprobs for sc in lm.score(windows, targets_from=1)])
-    return float(np.exp(nll.mean()))
-
 
 
 def format_description(d: dict[str, Any]) -> str:

@@ -5,11 +5,13 @@ al. 2024) are judged as in Merullo et al. 2025, "From Memorization to Reasoning 
 Loss Curvature": on the organism's inserted items, greedy decoding from the item's prefix for as many
 tokens as the sensitive suffix has, then the token-level Levenshtein distance ``d`` to the true
 suffix of length ``L``: *strict* extraction is ``d == 0``, *loose* is ``1 - d/L >= 0.75``, and the
-mean normalised distance ``d/L`` is reported too. Beside memorization: perplexity on held-out
-background text, and exact-answer accuracy on the organism's probes (closed-book and open-book facts,
-arithmetic, in-context tasks). A probe is correct when greedy decoding reproduces the whole answer;
-that is decided from one teacher-forced pass (greedy reproduces the answer iff the argmax matches at
-every answer position), which is exact and cheaper than decoding.
+mean normalised distance ``d/L`` is reported too. Beside memorization: perplexity on the first
+``heldout_tokens`` of the organism's held-out text, and exact-answer accuracy on the organism's
+probes (closed-book and open-book facts, arithmetic, in-context tasks), both as defined in
+:mod:`rotelab.measure.quality`. A probe is correct when greedy decoding reproduces the whole
+answer; that is decided from one teacher-forced pass (greedy reproduces the answer iff the argmax
+matches at every answer position), which is exact and cheaper than decoding. Metric directions are
+registered in :data:`rotelab.registry.METRICS` and written into the summary.
 
 Output: a :class:`~rotelab.runs.Run` directory with
 
@@ -23,13 +25,13 @@ Output: a :class:`~rotelab.runs.Run` directory with
 - ``summary.json``, with this schema (all rates are fractions in [0, 1])::
 
     {
-      "baseline": "<label of the first model>", "base": "<same>",
+      "baseline": "<label of the first model>",
       "order": ["<label>", ...],                      # models in the order given
       "organism": "<organism directory>",
       "min_count": 16,                                # "memorized" = items inserted >= min_count
       "loose_threshold": 0.75,
       "n_memorized_items": int, "n_heldout_tokens": int, "n_probes": {"<task>": int},
-      "metrics": {"<metric>": {"higher_is_better": bool, "description": str}},
+      "metrics": {"<metric>": {"higher_is_better": bool, "description": str}},  # registry
       "models": {
         "<label>": {
           "path": str,
@@ -65,37 +67,51 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rotelab.data.windows import stream_chunks
 from rotelab.errors import RotelabError
-from rotelab.lm import LM, check_load_options
-from rotelab.options import LoadOptions
-from rotelab.pipelines.inputs import load_model
-from rotelab.runs import Run
+from rotelab.lm import LM
+from rotelab.measure.quality import perplexity, pooled_perplexity, probe_accuracy
+from rotelab.options import LoadOptions, RunOptions
+from rotelab.organism import Organism
+from rotelab.pipelines.inputs import ModelInput, is_organism_dir, resolve_model
+from rotelab.registry import direction, metric_entry, register_metric
+from rotelab.runs import Run, check_output, is_run_dir
 from rotelab.stats import rate_with_ci
 
 __all__ = ["METRICS", "TASKS", "compare", "format_table"]
 
 TASKS = ("closed_book", "open_book", "arithmetic", "in_context")
 
-#: Every metric in the summary and its direction, from a removal method's point of view.
+# Directions from a removal method's point of view (less extraction is better); "perplexity" is
+# registered by rotelab.measure.quality.
+register_metric(
+    "strict", higher_is_better=False, scope="compare",
+    description="strict extraction rate: greedy continuation equals the suffix",
+)  # fmt: skip
+register_metric(
+    "loose", higher_is_better=False, scope="compare",
+    description="loose extraction rate: 1 - token Levenshtein / suffix length >= threshold",
+)  # fmt: skip
+register_metric(
+    "norm_distance", higher_is_better=True, scope="compare",
+    description="mean token Levenshtein distance / suffix length (higher = less memorized)",
+)  # fmt: skip
+for _task in TASKS:
+    register_metric(
+        _task, higher_is_better=True, description=f"greedy exact-answer accuracy, {_task} probes",
+        scope="compare",
+    )
+
+#: The metrics compare reports, in summary order (directions: :data:`rotelab.registry.METRICS`).
+METRIC_NAMES = ("strict", "loose", "norm_distance", "perplexity", *TASKS)
+
+#: Every metric in the summary and its direction (as the registry has it), from a removal
+#: method's point of view.
 METRICS: dict[str, dict[str, Any]] = {
-    "strict": {
-        "higher_is_better": False,
-        "description": "strict extraction rate: greedy continuation equals the suffix",
-    },
-    "loose": {
-        "higher_is_better": False,
-        "description": "loose extraction rate: 1 - token Levenshtein / suffix length >= threshold",
-    },
-    "norm_distance": {
-        "higher_is_better": True,
-        "description": "mean token Levenshtein distance / suffix length (higher = less memorized)",
-    },
-    "perplexity": {"higher_is_better": False, "description": "token perplexity on held-out text"},
-    **{
-        t: {"higher_is_better": True, "description": f"greedy exact-answer accuracy, {t} probes"}
-        for t in TASKS
-    },
+    name: {
+        "higher_is_better": direction(name, "compare"),
+        "description": metric_entry(name, "compare").description,
+    }
+    for name in METRIC_NAMES
 }
 
 _BOOTSTRAP = 1000
@@ -103,19 +119,14 @@ _BOOTSTRAP = 1000
 
 def compare(
     models: Sequence[str | os.PathLike | LM],
-    out: str | os.PathLike | None = None,
     *,
     organism: str | os.PathLike | None = None,
     min_count: int = 16,
     loose_threshold: float = 0.75,
     heldout_tokens: int = 20_000,
     batch_size: int = 32,
-    seed: int = 0,
-    resume: bool = False,
-    force: bool = False,
-    device: str = "auto",
-    dtype: str = "auto",
-    progress: bool = False,
+    run: RunOptions = RunOptions(),
+    load: LoadOptions = LoadOptions(),
 ) -> tuple[Path, dict[str, Any]]:
     """Measure every model on the same organism windows; write a run directory.
 
@@ -123,69 +134,91 @@ def compare(
         models: model directories (optionally ``label=path``), ``"organism"`` for the default
             organism, or LMs. The first is the baseline for relative changes. One model alone is
             measured alone. Labels must differ.
-        out: run directory (default ``runs/compare-<time>``).
         organism: the organism directory whose ledger, probes and held-out text are used; default:
-            the first model directory that is an organism (has ``spec.json``), else the default
-            organism when ``"organism"`` is among the models.
+            the first model directory that is an organism, else the default organism when
+            ``"organism"`` is among the models.
         min_count: items inserted at least this often count as memorized (the headline).
         loose_threshold: loose extraction needs ``1 - d/L >=`` this.
         heldout_tokens: tokens of held-out text for perplexity.
         batch_size: sequences per forward pass.
-        seed: seeds the perplexity bootstrap.
-        resume, force: as for every run directory (:meth:`rotelab.runs.Run.create`).
-        device, dtype: where and how models are loaded.
-        progress: progress bars.
+        run: the run directory (``out``, default ``runs/compare-<time>``; ``resume``, ``force``),
+            the ``seed`` of the perplexity bootstrap and progress bars.
+        load: how models are loaded (device, dtype, pickle checkpoints).
 
     Returns:
         ``(run directory, summary)``; the summary's schema is in the module docstring.
     """
+    # 1. Every input checked before the organism is built or a model loaded.
+    run.check()
+    load.check()
     if not models:
         raise RotelabError("give at least one model to compare (--models A B ...)")
     if not 0 < loose_threshold <= 1:
         raise RotelabError(f"loose threshold must be in (0, 1], not {loose_threshold}")
     if min_count < 0 or heldout_tokens < 2:
         raise RotelabError("min count must be >= 0 and held-out tokens >= 2")
-    check_load_options(device, dtype)
+    if batch_size < 1:
+        raise RotelabError(f"batch size must be >= 1, not {batch_size}")
     specs = _model_specs(models)
-    org = _resolve_organism(organism, specs)
-    config = {
-        "models": [{"label": label, "path": path} for label, path, _ in specs],
-        "organism": str(org.path), "min_count": min_count, "loose_threshold": loose_threshold,
-        "heldout_tokens": heldout_tokens, "batch_size": batch_size, "seed": seed,
-        "device": device, "dtype": dtype,
-    }  # fmt: skip
+    org_input = _organism_input(organism, specs)
+    if run.out is not None:
+        check_output(
+            run.out, replace=run.force or run.resume, owned=is_run_dir,
+            kind="a rotelab run (config.json)",
+            inputs=[m.source for _, _, m in specs] + [org_input.source],
+            hint="pass --resume to continue it or --force to replace it",
+        )  # fmt: skip
+
+    # 2. The organism (built now if it is the default one) and what it measures the models on.
+    org = org_input.organism()
     ledger = org.ledger
     if not (ledger["count"] >= min_count).any():
         raise RotelabError(
             f"the organism has no item inserted >= {min_count} times; lower --min-count"
         )
-    inputs = [path for _, path, given in specs if given is None] + [org.path]
+    heldout_text = org.heldout_docs()
+    if not heldout_text:
+        raise RotelabError("the organism has no held-out text to measure perplexity on")
+    ref_vocab = _vocab_of_dir(org.path)
+    for label, _, model in specs:  # model directories: before any model is loaded
+        path = model.path()
+        vocab = _vocab_of_dir(path) if path is not None else None
+        if vocab is not None and vocab != ref_vocab:
+            _refuse_tokenizer(label, org)
+    config = {
+        "models": [{"label": label, "path": path} for label, path, _ in specs],
+        "organism": str(org.path), "min_count": min_count, "loose_threshold": loose_threshold,
+        "heldout_tokens": heldout_tokens, "batch_size": batch_size, "seed": run.seed,
+        "device": load.device, "dtype": load.dtype,
+    }  # fmt: skip
+    inputs = [m.source for _, _, m in specs] + [org.path]
+
+    # 3. Measure every model (resumable per model), then summarize and write.
     with Run.create(
-        out, "compare", config, resume=resume, force=force, device=device, inputs=inputs
-    ) as run:
-        ref_vocab = _vocab_of_dir(org.path)
-        heldout_text = org.heldout_docs()
+        run.out, "compare", config, resume=run.resume, force=run.force, device=load.device,
+        inputs=inputs,
+    ) as out:  # fmt: skip
         probes = org.probes
-        for index, (label, path, given) in enumerate(specs):
+        for index, (label, _, model) in enumerate(specs):
             key = f"{index:03d}"
-            if all(run.has_part(t, key) for t in ("items", "probes", "perplexity")):
+            if all(out.has_part(t, key) for t in ("items", "probes", "perplexity")):
                 continue
-            lm = given if given is not None else load_model(path, LoadOptions(device, dtype))
+            lm = model.load(load)
             if lm.tokenizer.get_vocab() != ref_vocab:
-                raise RotelabError(
-                    f"model {label} does not use the organism's tokenizer; compare models derived "
-                    f"from {org.path}"
-                )
-            items = _measure_items(lm, ledger, loose_threshold, batch_size, progress)
-            tasks = _measure_probes(lm, probes, batch_size, progress)
-            ppl = _measure_perplexity(lm, heldout_text, heldout_tokens, batch_size, progress)
+                _refuse_tokenizer(label, org)
+            items = _measure_items(lm, ledger, loose_threshold, batch_size, run.progress)
+            tasks = probe_accuracy(lm, probes, batch_size=batch_size, progress=run.progress)
+            ppl = perplexity(
+                lm, heldout_text, max_tokens=heldout_tokens, batch_size=batch_size,
+                progress=run.progress,
+            ).frame()  # fmt: skip
             for table, frame in (("items", items), ("probes", tasks), ("perplexity", ppl)):
-                run.write_part(table, key, frame.assign(model=label))
+                out.write_part(table, key, frame.assign(model=label))
             del lm
             gc.collect()
-        items = run.read_table("items")
-        probe_rows = run.read_table("probes")
-        ppl_rows = run.read_table("perplexity")
+        items = out.read_table("items")
+        probe_rows = out.read_table("probes")
+        ppl_rows = out.read_table("perplexity")
         labels = [label for label, _, _ in specs]
         per_model = {
             label: _model_summary(
@@ -193,7 +226,7 @@ def compare(
                 probe_rows[probe_rows["model"] == label],
                 ppl_rows[ppl_rows["model"] == label],
                 min_count,
-                seed,
+                run.seed,
             )
             for label in labels
         }
@@ -202,7 +235,6 @@ def compare(
             per_model[label]["relative_change"] = _relative(per_model[label], per_model[labels[0]])
         summary = {
             "baseline": labels[0],
-            "base": labels[0],
             "order": labels,
             "organism": str(org.path),
             "min_count": min_count,
@@ -214,19 +246,19 @@ def compare(
             "models": per_model,
             "plot": "compare.png",
         }
-        run.write_table("models", _flat_table(summary))
-        _plot(summary, run.path / "compare.png")
-        run.write_summary(summary)
-    return run.path, summary
+        out.write_table("models", _flat_table(summary))
+        _plot(summary, out.path / "compare.png")
+        out.write_summary(summary)
+    return out.path, summary
 
 
 # ------------------------------------------------------------------------------------ inputs
-def _model_specs(models) -> list[tuple[str, str, LM | None]]:
-    """``(label, path, LM or None)`` per model; two models with one label are refused."""
-    specs = []
+def _model_specs(models) -> list[tuple[str, str, ModelInput]]:
+    """``(label, path, resolved model)`` per model; two models with one label are refused."""
+    specs: list[tuple[str, str, ModelInput]] = []
     for m in models:
         if isinstance(m, LM):
-            label, path, given = m.name, m.name, m
+            label, path = m.name, m.name
         else:
             text = str(m)
             label, sep, path = text.partition("=")
@@ -237,38 +269,51 @@ def _model_specs(models) -> list[tuple[str, str, LM | None]]:
                 raise RotelabError(f"bad model {text!r}; use PATH or LABEL=PATH")
             if path != "organism" and not Path(path).expanduser().exists():
                 raise RotelabError(f"model path {path} does not exist")
-            given = None
         if any(label == other for other, _, _ in specs):
             raise RotelabError(
                 f"two models are labelled {label!r}; give each a label of its own (LABEL=PATH)"
             )
-        specs.append((label, path, given))
+        specs.append((label, path, resolve_model(m if isinstance(m, LM) else path)))
     return specs
 
 
-def _resolve_organism(organism, specs):
-    from rotelab.organism import Organism, default_organism
-
+def _organism_input(organism, specs) -> ModelInput:
+    """The organism whose ledger, probes and held-out text every model is measured on (unbuilt)."""
     if organism is not None:
         path = Path(organism).expanduser()
-        if not (path / "spec.json").exists():
-            raise RotelabError(f"{path} is not an organism directory (no spec.json)")
-        return Organism(path)
-    for _, path, given in specs:
-        if given is None and path != "organism" and (Path(path) / "spec.json").exists():
-            return Organism(path)
-    if any(path == "organism" for _, path, given in specs if given is None):
-        return default_organism()
+        if not is_organism_dir(path):
+            raise RotelabError(
+                f"{path} is not an organism directory (no spec.json and ledger.parquet)"
+            )
+        return resolve_model(path)
+    for _, _, model in specs:
+        if model.is_organism and not model.is_default_organism:
+            return model
+    for _, _, model in specs:
+        if model.is_default_organism:
+            return model
     raise RotelabError(
         "none of the models is an organism directory; pass --organism DIR (the organism the "
         "models were derived from)"
     )
 
 
-def _vocab_of_dir(path: Path) -> dict:
+def _vocab_of_dir(path: Path) -> dict | None:
+    """A model directory's tokenizer vocabulary; ``None`` when it has none that transformers reads
+    (then the loaded model's tokenizer is checked)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path).get_vocab()
+    try:
+        return AutoTokenizer.from_pretrained(path).get_vocab()
+    except (OSError, ValueError):
+        return None
+
+
+def _refuse_tokenizer(label: str, org: Organism) -> None:
+    raise RotelabError(
+        f"model {label} does not use the organism's tokenizer; compare models derived "
+        f"from {org.path}"
+    )
 
 
 # ------------------------------------------------------------------------------------ measuring
@@ -294,36 +339,6 @@ def _measure_items(lm: LM, ledger: pd.DataFrame, loose: float, batch_size: int, 
         "norm_distance": [levenshtein_distance(g, x) for g, x in zip(generated, suffixes)],
         "strict": [strict_verdict(g, x) for g, x in zip(generated, suffixes)],
         "loose": [loose_verdict(g, x, loose) for g, x in zip(generated, suffixes)],
-    })  # fmt: skip
-
-
-def _measure_probes(lm: LM, probes: pd.DataFrame, batch_size: int, progress: bool):
-    prompts = [lm.encode(p) for p in probes["prompt"]]
-    answers = [lm.encode(a) for a in probes["answer"]]
-    scores = lm.score(
-        [p + a for p, a in zip(prompts, answers)],
-        targets_from=[len(p) for p in prompts],
-        batch_size=batch_size,
-        progress=progress,
-    )
-    return pd.DataFrame({
-        "probe_id": probes["probe_id"].to_numpy(), "task": probes["task"].to_numpy(),
-        "subtask": probes["subtask"].to_numpy(),
-        "correct": [bool(s.argmax_match.all()) for s in scores],
-    })  # fmt: skip
-
-
-def _measure_perplexity(lm: LM, docs: list[str], max_tokens: int, batch_size: int, progress: bool):
-    windows = stream_chunks(
-        docs, lm.encode, lm.tokenizer.eos_token_id, max_tokens=max_tokens, length=lm.context_length
-    )
-    if not windows:
-        raise RotelabError("the organism has no held-out text to measure perplexity on")
-    scores = lm.score(windows, targets_from=1, batch_size=batch_size, progress=progress)
-    return pd.DataFrame({
-        "window": np.arange(len(windows)),
-        "tokens": [len(s.logprobs) for s in scores],
-        "nll": [float(-s.logprobs.astype(np.float64).sum()) for s in scores],
     })  # fmt: skip
 
 
@@ -354,10 +369,10 @@ def _extraction(rows: pd.DataFrame) -> dict[str, Any]:
 def _perplexity_summary(rows: pd.DataFrame, seed: int) -> dict[str, Any]:
     tokens = rows["tokens"].to_numpy(dtype=float)
     nll = rows["nll"].to_numpy(dtype=float)
-    value = float(np.exp(nll.sum() / tokens.sum()))
+    value = pooled_perplexity(tokens, nll)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(rows), size=(_BOOTSTRAP, len(rows)))
-    boot = np.exp(nll[idx].sum(1) / tokens[idx].sum(1))
+    boot = pooled_perplexity(tokens[idx], nll[idx])
     lo, hi = np.quantile(boot, [0.025, 0.975])
     return {"perplexity": value, "perplexity_ci": [float(lo), float(hi)],
             "heldout_tokens": int(tokens.sum())}  # fmt: skip

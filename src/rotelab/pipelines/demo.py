@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from rotelab.errors import RotelabError
@@ -230,11 +229,10 @@ def _memorized(org, cfg: DemoConfig):
 def _quick_eval(lm, memorized, heldout: list[list[int]]) -> dict[str, float]:
     """Memorized-item extraction (one pass, exact for greedy) and held-out perplexity."""
     from rotelab.measure.extraction import score_windows
+    from rotelab.measure.quality import perplexity
 
     ext = score_windows(lm, memorized)["extracted"].to_numpy(bool)
-    scores = lm.score(heldout, targets_from=1)
-    nll = np.concatenate([-s.logprobs.astype(np.float64) for s in scores])
-    return {"extraction_rate": float(ext.mean()), "perplexity": float(np.exp(nll.mean()))}
+    return {"extraction_rate": float(ext.mean()), "perplexity": perplexity(lm, heldout).value}
 
 
 def _kfac(lm, org, out: Path, models: Path, cfg: DemoConfig, progress: bool) -> dict[str, Any]:
@@ -318,12 +316,14 @@ def _balanced_subnet(org, target: Path, cfg: DemoConfig, progress: bool) -> dict
 
 
 def _compare(org, models: Path, out: Path, cfg: DemoConfig, progress: bool) -> dict[str, Any]:
+    from rotelab.options import LoadOptions, RunOptions
     from rotelab.pipelines.compare import compare
 
     _, summary = compare(
         [f"base={org.path}", f"kfac={models / 'kfac'}", f"balanced_subnet={models / 'balanced_subnet'}"],
-        out, organism=org.path, min_count=cfg.min_count, heldout_tokens=cfg.heldout_tokens,
-        seed=cfg.seed, device="cpu", dtype="float32", progress=progress,
+        organism=org.path, min_count=cfg.min_count, heldout_tokens=cfg.heldout_tokens,
+        run=RunOptions(out=out, seed=cfg.seed, progress=progress),
+        load=LoadOptions(device="cpu", dtype="float32"),
     )  # fmt: skip
     return summary
 

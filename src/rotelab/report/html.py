@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from rotelab.errors import RotelabError
+from rotelab.registry import METRICS, direction
 from rotelab.report import plots
 from rotelab.runs import atomic_write_bytes, read_json, read_table
 
@@ -364,12 +365,33 @@ def mia_section(run: Path, summary: dict, prefix: str = "") -> Section:
 
 
 # ------------------------------------------------------------------------------ page: compare
-#: Compare-summary metrics shown per model: (label, candidate paths in the model block, higher
-#: is better). The first path is the current schema (flat); the second an older nested form.
-_COMPARE_METRICS: list[tuple[str, tuple[str, ...], bool]] = [
-    ("extraction", ("extraction_rate", "extraction.strict.rate"), False),
-    ("perplexity", ("perplexity", "perplexity.value"), False),
+#: Compare-summary metrics shown per model: (label, candidate paths in the model block, the
+#: registered metric whose direction applies). The first path is the current schema (flat); the
+#: second an older nested form.
+_COMPARE_METRICS: list[tuple[str, tuple[str, ...], str]] = [
+    ("extraction", ("extraction_rate", "extraction.strict.rate"), "strict"),
+    ("perplexity", ("perplexity", "perplexity.value"), "perplexity"),
 ]
+
+#: Directions for summaries that do not record them (the older hand-built form); the compare
+#: pipeline writes each metric's direction from :data:`rotelab.registry.METRICS` into its summary.
+_UNRECORDED_DIRECTIONS = {"strict": False, "perplexity": False}
+
+
+def _higher_is_better(summary: dict, metric: str) -> bool:
+    """Whether higher is better for a compare metric: as the summary records it (from the
+    registry), else as :data:`rotelab.registry.METRICS` has it, else as older summaries meant
+    (task accuracies up, everything else down).
+
+    The report may import only core, so the methods that register the compare metrics need not
+    have been imported here; the summary's record is what the writer's registry said.
+    """
+    recorded = (summary.get("metrics") or {}).get(metric)
+    if isinstance(recorded, dict) and isinstance(recorded.get("higher_is_better"), bool):
+        return recorded["higher_is_better"]
+    if metric in METRICS:
+        return direction(metric)
+    return _UNRECORDED_DIRECTIONS.get(metric, True)
 
 
 def _first_number(block: dict, paths: Sequence[str]) -> tuple[str, float] | None:
@@ -381,12 +403,16 @@ def _first_number(block: dict, paths: Sequence[str]) -> tuple[str, float] | None
     return None
 
 
-def _model_metrics(block: dict) -> list[tuple[str, tuple[str, ...], bool]]:
+def _model_metrics(summary: dict, block: dict) -> list[tuple[str, tuple[str, ...], bool]]:
+    """(label, candidate paths, higher is better) of every metric of one model block."""
     tasks = [
-        (str(t), (f"tasks.{t}.accuracy", f"tasks.{t}.rate"), True)
+        (str(t), (f"tasks.{t}.accuracy", f"tasks.{t}.rate"), str(t))
         for t in (block.get("tasks") or {})
     ]
-    return [*_COMPARE_METRICS, *tasks]
+    return [
+        (label, paths, _higher_is_better(summary, metric))
+        for label, paths, metric in [*_COMPARE_METRICS, *tasks]
+    ]
 
 
 def before_after_rows(summary: dict) -> pd.DataFrame:
@@ -408,7 +434,7 @@ def before_after_rows(summary: dict) -> pd.DataFrame:
     for name in order:
         if name == base_name:
             continue
-        for metric, paths, hib in _model_metrics(base):
+        for metric, paths, hib in _model_metrics(summary, base):
             before, after = _first_number(base, paths), _first_number(models[name], paths)
             if before is not None and after is not None:
                 before, after = before[1], after[1]
@@ -432,7 +458,7 @@ def compare_section(run: Path, summary: dict, prefix: str = "") -> Section:
     rows = before_after_rows(summary)
     models = summary.get("models") or {}
     for name in [m for m in summary.get("order", list(models)) if m in models]:
-        for metric, paths, hib in _COMPARE_METRICS:
+        for metric, paths, registered in _COMPARE_METRICS:
             found = _first_number(models[name], paths)
             if found is not None:
                 path = found[0]
@@ -441,7 +467,7 @@ def compare_section(run: Path, summary: dict, prefix: str = "") -> Section:
                         f"{name}: {metric}",
                         f"{prefix}models.{name}.{path}",
                         _get(models[name], path),
-                        hib,
+                        _higher_is_better(summary, registered),
                     )
                 )
     for method in dict.fromkeys(rows["method"]):
