@@ -44,6 +44,7 @@ import torch
 from rotelab.data.corpus import Document
 from rotelab.data.windows import Window, check_window_shape, iter_windows
 from rotelab.errors import RotelabError
+from rotelab.lm import Sampler
 from rotelab.measure.similarity import METRICS, similarity_scores
 from rotelab.stats import CIMethod, rate_with_ci
 
@@ -243,7 +244,7 @@ def score_windows(
         [w.tokens for w in windows],
         targets_from=[len(w.prefix) for w in windows],
         batch_size=batch_size,
-        sampler=(temperature, top_k),
+        sampler=Sampler(temperature=temperature, top_k=top_k),
     )
     for i, sc in passes:
         w = windows[i]
@@ -368,9 +369,7 @@ def free_running(
             [w.prefix for w in windows],
             [len(w.suffix) for w in windows],
             batch_size=batch_size,
-            do_sample=True,
-            temperature=temperature,
-            top_k=top_k,
+            sampler=Sampler(temperature=temperature, top_k=top_k),
             seed=seed,
         )
     heads, contexts, budgets = [], [], []
