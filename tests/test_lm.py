@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rotelab.errors import RotelabError
-from rotelab.lm import LM, block_index
+from rotelab.lm import GREEDY, LM, Sampler, block_index, pad_batch, progress_bar
 
 
 def _reference(model, seq, start):
@@ -65,9 +65,10 @@ def test_greedy_generate_matches_transformers(tiny_model_dir):
 
 
 def test_sampling_is_seeded(tiny_lm):
-    a = tiny_lm.generate([[1, 2, 3]] * 3, 8, do_sample=True, seed=7)
-    b = tiny_lm.generate([[1, 2, 3]] * 3, 8, do_sample=True, seed=7)
-    c = tiny_lm.generate([[1, 2, 3]] * 3, 8, do_sample=True, seed=8)
+    sampler = Sampler()
+    a = tiny_lm.generate([[1, 2, 3]] * 3, 8, sampler=sampler, seed=7)
+    b = tiny_lm.generate([[1, 2, 3]] * 3, 8, sampler=sampler, seed=7)
+    c = tiny_lm.generate([[1, 2, 3]] * 3, 8, sampler=sampler, seed=8)
     assert a == b and a != c
 
 
@@ -216,15 +217,65 @@ def test_gguf_model_loads_when_available(tmp_path, monkeypatch):
     assert named.generate([ids], 3)[0] == out
 
 
-def test_keep_freed_memory_is_set_once_on_glibc(monkeypatch):
+class _FakeLibc:
+    """Stands in for glibc: records each ``mallopt(param, value)`` and answers ``ok``."""
+
+    def __init__(self, ok: int = 1) -> None:
+        self.calls: list[tuple[int, int]] = []
+        self.ok = ok
+
+    def mallopt(self, param: int, value: int) -> int:
+        self.calls.append((param, value))
+        return self.ok
+
+
+def test_keep_freed_memory_sets_both_thresholds_once_per_process(monkeypatch):
+    import ctypes
+
+    from rotelab import lm as lm_mod
+
+    libc = _FakeLibc()
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: libc)
+    monkeypatch.setattr(lm_mod, "_ALLOCATOR_TUNED", False)
+    monkeypatch.delenv("ROTELAB_KEEP_FREED_MEMORY", raising=False)
+    assert lm_mod.keep_freed_memory() is True
+    # M_MMAP_THRESHOLD (-3) to 1 GiB and M_TRIM_THRESHOLD (-1) to 16 GiB, in <malloc.h>'s numbering
+    assert libc.calls == [(-3, 1 << 30), (-1, 1 << 34)]
+    assert lm_mod.keep_freed_memory() is True
+    assert len(libc.calls) == 2  # the second call does not ask glibc again
+
+
+def test_keep_freed_memory_reports_refusal_and_honours_the_switch(monkeypatch):
+    import ctypes
+
+    from rotelab import lm as lm_mod
+
+    refusing = _FakeLibc(ok=0)
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: refusing)
+    monkeypatch.setattr(lm_mod, "_ALLOCATOR_TUNED", False)
+    monkeypatch.setenv("ROTELAB_KEEP_FREED_MEMORY", "0")
+    assert lm_mod.keep_freed_memory() is False and refusing.calls == []  # switched off
+    monkeypatch.delenv("ROTELAB_KEEP_FREED_MEMORY")
+    assert lm_mod.keep_freed_memory() is False  # glibc refused (mallopt returned 0)
+    assert len(refusing.calls) == 2
+
+    def no_glibc(name):
+        raise OSError("libc.so.6: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_glibc)
+    assert lm_mod.keep_freed_memory() is False  # macOS, musl: off, no error
+
+
+def test_keep_freed_memory_is_in_effect_on_glibc(monkeypatch):
     import platform
 
-    from rotelab.lm import keep_freed_memory
+    from rotelab import lm as lm_mod
 
-    first = keep_freed_memory()
-    assert keep_freed_memory() is first  # idempotent
-    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        assert first is True
+    if not (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"):
+        pytest.skip("glibc only")
+    monkeypatch.setattr(lm_mod, "_ALLOCATOR_TUNED", False)
+    monkeypatch.delenv("ROTELAB_KEEP_FREED_MEMORY", raising=False)
+    assert lm_mod.keep_freed_memory() is True  # the real mallopt accepted both settings
 
 
 def test_scoring_one_token_sequences_gives_no_targets(tiny_lm):
@@ -335,3 +386,313 @@ def test_continuations_with_softcapping_and_scale_score_like_whole_sequences():
     for model in _capped_models():
         for got, want in _continuation_cases(LM.from_model(model, make_tokenizer())):
             np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- hook points
+_BLOCK_POINTS = ("resid_in", "attn_out", "mlp_in", "mlp_out", "resid_out")
+
+
+def _hooks_left(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def _hook_case(lm):
+    """Sequences of several lengths and a sampler that reads the whole head."""
+    rng = np.random.default_rng(3)
+    seqs = [rng.integers(1, 96, size=n).tolist() for n in (9, 14, 5, 14)]
+    return seqs, Sampler(temperature=0.8, top_k=7)
+
+
+def _scored(lm, seqs, sampler):
+    out = lm.score(seqs, targets_from=2, batch_size=3, moments=True, sampler=sampler)
+    return np.concatenate([np.concatenate([r.logprobs, r.sigma2, r.sampler_logprobs]) for r in out])
+
+
+def test_every_architecture_has_the_block_hook_points(tiny_model_dir):
+    lm = LM.load(tiny_model_dir, dtype="float32")
+    names = lm.hook_points()
+    blocks = [f"blocks.{i}.{p}" for i in range(lm.num_layers) for p in _BLOCK_POINTS]
+    assert names[: len(blocks)] == blocks
+    linear = [layer.name for layer in lm.linear_layers()]
+    assert names[len(blocks) :] == [f"{n}.{w}" for n in linear for w in ("input", "output")]
+
+
+def test_identity_hooks_change_nothing_and_keep_the_lean_path(tiny_model_dir):
+    from rotelab.lm import _lean_inference
+
+    lm = LM.load(tiny_model_dir, dtype="float32")
+    seqs, sampler = _hook_case(lm)
+    prefixes = [s[:4] for s in seqs]
+    want = _scored(lm, seqs, sampler)
+    want_greedy = lm.generate(prefixes, 6, batch_size=3)
+    want_ragged = lm.generate(seqs, 4, batch_size=3, ragged=True)
+    want_sampled = lm.generate(prefixes, 6, sampler=sampler, seed=5)
+    lean_before = len(_lean_inference(lm.model).mlps)
+    calls = []
+
+    def identity(t):
+        calls.append(1)
+        return t.clone()  # replaces the activation with an equal tensor
+
+    points = [p for p in lm.hook_points() if p.startswith("blocks.")]
+    with lm.hooks({p: identity for p in points}):
+        assert len(_lean_inference(lm.model).mlps) == lean_before  # llama: 2; others: 0
+        got = _scored(lm, seqs, sampler)
+        assert len(calls) >= 2 * len(points)  # the hooks ran (two batches)
+        assert lm.generate(prefixes, 6, batch_size=3) == want_greedy
+        assert lm.generate(seqs, 4, batch_size=3, ragged=True) == want_ragged
+        assert lm.generate(prefixes, 6, sampler=sampler, seed=5) == want_sampled
+    assert np.array_equal(got, want)
+    assert _hooks_left(lm.model) == 0
+
+
+def test_zeroing_mlp_out_is_zeroing_the_mlps_last_projection(tiny_model_dir):
+    import copy
+
+    lm = LM.load(tiny_model_dir, dtype="float32")
+    seqs, sampler = _hook_case(lm)
+    prefixes = [s[:4] for s in seqs]
+    plain = _scored(lm, seqs, sampler)
+    with lm.hooks({"blocks.1.mlp_out": torch.zeros_like}):
+        hooked = _scored(lm, seqs, sampler)
+        hooked_tokens = lm.generate(prefixes, 6)
+    # the reference: the same model with block 1's down projection (weight and bias) zeroed
+    ref = LM.from_model(copy.deepcopy(lm.model), lm.tokenizer)
+    last = ref.mlp_layers(blocks=[1])[-1]
+    with torch.no_grad():
+        last.module.weight.zero_()
+        if last.bias is not None:
+            last.bias.zero_()
+    assert not np.allclose(hooked, plain, atol=1e-4)  # the edit changes the scores
+    np.testing.assert_allclose(hooked, _scored(ref, seqs, sampler), atol=1e-5)
+    assert hooked_tokens == ref.generate(prefixes, 6)
+
+
+def test_input_points_replace_what_the_module_reads(tiny_model_dir):
+    lm = LM.load(tiny_model_dir, dtype="float32")
+    seqs, sampler = _hook_case(lm)
+    with lm.hooks({"blocks.0.resid_out": lambda t: 0.5 * t}):
+        halved_out = _scored(lm, seqs, sampler)
+    with lm.hooks({"blocks.1.resid_in": lambda t: 0.5 * t}):
+        halved_in = _scored(lm, seqs, sampler)
+    assert np.array_equal(halved_in, halved_out)  # block 0's output is block 1's input
+    assert not np.allclose(halved_in, _scored(lm, seqs, sampler), atol=1e-4)
+    seen: dict[str, torch.Tensor] = {}
+
+    def doubled(t):
+        seen["in"] = t
+        return 2 * t
+
+    with lm.hooks({"blocks.1.mlp_in": doubled, "blocks.1.mlp_out": lambda t: seen.update(out=t)}):
+        lm.score(seqs[:1])
+    mlp_name = lm.mlp_layers(blocks=[1])[0].name.rsplit(".", 1)[0]
+    with torch.no_grad():
+        direct = dict(lm.model.named_modules())[mlp_name](2 * seen["in"])
+    torch.testing.assert_close(seen["out"], direct)  # the MLP ran on the replaced input
+
+
+def test_scaling_resid_out_changes_generation(tiny_lm):
+    prefixes = [[3, 9, 4, 1], [5, 6, 7, 8]]
+    plain = tiny_lm.generate(prefixes, 8)
+    with tiny_lm.hooks({"blocks.0.resid_out": lambda t: -50 * t}):
+        edited = tiny_lm.generate(prefixes, 8)
+    assert edited != plain
+    assert tiny_lm.generate(prefixes, 8) == plain  # removed on exit
+
+
+def test_observing_hooks_see_each_points_shape(tiny_model_dir):
+    lm = LM.load(tiny_model_dir, dtype="float32")
+    hidden = lm.config.hidden_size
+    shapes: dict[str, list] = {}
+
+    def record(name):
+        return lambda t: shapes.setdefault(name, []).append(tuple(t.shape))
+
+    up = lm.mlp_layers(blocks=[1])[0]  # gate_proj, c_fc or dense_h_to_4h: hidden -> wide
+    points = [f"blocks.1.{p}" for p in _BLOCK_POINTS] + [f"{up.name}.input", f"{up.name}.output"]
+    with lm.hooks({p: record(p) for p in points}):
+        lm.score([[1, 2, 3, 4, 5], [6, 7, 8]], batch_size=2)
+        lm.generate([[1, 2, 3]], 3)
+    for p in points[:5]:
+        # scoring: (2, 4) positions (the last token is only a target); decoding: prefix, then 1
+        assert shapes[p] == [(2, 4, hidden), (1, 3, hidden), (1, 1, hidden), (1, 1, hidden)], p
+    assert shapes[f"{up.name}.input"][0] == (2, 4, up.in_features)
+    assert shapes[f"{up.name}.output"][0] == (2, 4, up.out_features)
+
+
+def test_hooks_are_removed_on_exceptions_and_contexts_nest(tiny_lm):
+    ids = [[3, 7, 11, 19, 23]]
+    base = tiny_lm.score(ids)[0].logprobs
+    with pytest.raises(KeyError):
+        with tiny_lm.hooks({"blocks.0.mlp_out": lambda t: 2 * t}):
+            raise KeyError("boom")
+    assert _hooks_left(tiny_lm.model) == 0
+
+    def failing(t):
+        raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        with tiny_lm.hooks({"blocks.1.resid_in": failing}):
+            tiny_lm.score(ids)
+    assert _hooks_left(tiny_lm.model) == 0
+
+    seen = []
+    with tiny_lm.hooks({"blocks.1.mlp_out": lambda t: t + 1}):
+        outer_only = tiny_lm.score(ids)[0].logprobs
+        with tiny_lm.hooks({"blocks.1.mlp_out": lambda t: seen.append(t.clone())}):
+            with tiny_lm.hooks({"blocks.1.mlp_out": lambda t: 3 * t}):
+                nested = tiny_lm.score(ids)[0].logprobs
+        assert np.array_equal(tiny_lm.score(ids)[0].logprobs, outer_only)  # inner ones gone
+    with tiny_lm.hooks({"blocks.1.mlp_out": lambda t: 3 * (t + 1)}):
+        composed = tiny_lm.score(ids)[0].logprobs
+    np.testing.assert_allclose(nested, composed, atol=1e-6)  # outer first, then inner
+    with tiny_lm.hooks({"blocks.1.mlp_out": lambda t: seen.append(t.clone())}):
+        tiny_lm.score(ids)
+    torch.testing.assert_close(seen[0], seen[1] + 1)  # the middle one saw the outer's result
+    assert not np.allclose(outer_only, base) and _hooks_left(tiny_lm.model) == 0
+
+
+def test_unknown_points_and_misshapen_replacements_are_refused(tiny_lm):
+    with pytest.raises(RotelabError, match="no hook point 'blocks.9.mlp_out'.*hook_points"):
+        with tiny_lm.hooks({"blocks.9.mlp_out": lambda t: None}):
+            pass
+    with pytest.raises(ValueError, match="blocks.0.mlp_out returned"):
+        with tiny_lm.hooks({"blocks.0.mlp_out": lambda t: t[:, :1]}):
+            tiny_lm.score([[1, 2, 3]])
+    assert _hooks_left(tiny_lm.model) == 0
+
+
+def test_hooking_gate_proj_turns_the_in_place_mlp_off(tiny_lm):
+    from rotelab.lm import _lean_inference
+
+    kept: dict[str, torch.Tensor] = {}
+    points = {
+        "blocks.0.mlp_in": lambda t: kept.setdefault("x", t),
+        "model.layers.0.mlp.gate_proj.output": lambda t: kept.setdefault("g", t),
+    }
+    with tiny_lm.hooks(points):
+        assert len(_lean_inference(tiny_lm.model).mlps) == 1  # block 1's only
+        tiny_lm.score([[3, 7, 11, 19]])
+    gate = tiny_lm.model.model.layers[0].mlp.gate_proj
+    with torch.no_grad():  # the kept gate output was not overwritten by silu in place
+        assert torch.equal(kept["g"], gate(kept["x"]))
+
+
+def test_hidden_states_are_the_residual_stream_hook_points(tiny_model_dir):
+    lm = LM.load(tiny_model_dir, dtype="float32")
+    seqs = [[1, 2, 3, 4, 5, 6], [7, 8, 9]]
+    layers = list(range(lm.num_layers + 1))
+    got = lm.hidden_states(seqs, layers, pool="none")
+    ids = torch.tensor([seqs[0]])
+    with torch.no_grad():
+        ref = lm.model.base_model(input_ids=ids, output_hidden_states=True).hidden_states
+    before = _hooks_left(lm.model)  # transformers may keep hooks of its own for hidden_states
+    for layer in layers[:-1]:  # transformers' layer L is after the final norm; ours is not
+        np.testing.assert_allclose(got[layer][0], ref[layer][0].numpy(), atol=1e-5)
+    kept = []
+    with lm.hooks({f"blocks.{lm.num_layers - 1}.resid_out": kept.append}):
+        with torch.no_grad():
+            lm.model(input_ids=ids)
+    np.testing.assert_allclose(got[lm.num_layers][0], kept[0][0].numpy(), atol=1e-6)
+    assert _hooks_left(lm.model) == before
+
+
+# ------------------------------------------------------------------------------- sampler
+def _hf_probs(logits, temperature, top_k, top_p):
+    """The probabilities transformers' own warpers give (temperature, then top-k, then top-p)."""
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    z = TemperatureLogitsWarper(temperature)(None, logits)
+    if top_k:
+        z = TopKLogitsWarper(top_k)(None, z)
+    if top_p < 1:
+        z = TopPLogitsWarper(top_p)(None, z)
+    return torch.softmax(z, dim=-1)
+
+
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.6), (0.9, 12, 0.8)]
+)
+def test_sampler_probabilities_match_transformers_warpers(temperature, top_k, top_p):
+    logits = torch.randn(20, 96, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    logits = logits * 3
+    sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p)
+    got = sampler.probs(logits)
+    want = _hf_probs(logits, temperature, top_k, top_p)
+    assert torch.equal(got > 0, want > 0)  # the same pool
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(sampler.logprobs(logits).exp(), want)
+    if top_k or top_p < 1:
+        assert (got == 0).any()
+
+
+def test_sampler_top_k_keeps_ties_and_greedy_is_the_argmax():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 3.0, 2.0, 0.0]])
+    assert (Sampler(top_k=3).probs(logits) > 0).tolist() == [[False, True, True, True, True, False]]
+    assert GREEDY.pick(logits).tolist() == [1]
+    assert GREEDY.probs(logits).tolist() == [[0, 1, 0, 0, 0, 0]]
+    draws = Sampler(top_k=1).pick(logits.expand(50, -1), torch.Generator().manual_seed(0))
+    assert set(draws.tolist()) <= {1, 3}  # only the two tied maxima are ever drawn
+    assert Sampler(top_p=1e-6).probs(logits).count_nonzero() == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"temperature": 0.0}, "temperature"), ({"top_k": -1}, "top-k"), ({"top_p": 0.0}, "top-p"),
+     ({"top_p": 1.5}, "top-p")],  # fmt: skip
+)
+def test_sampler_settings_are_checked(kwargs, match):
+    with pytest.raises(RotelabError, match=match):
+        Sampler(**kwargs)
+    Sampler(greedy=True, **kwargs)  # greedy ignores them
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [GREEDY, Sampler(), Sampler(temperature=0.6), Sampler(temperature=1.4, top_k=9),
+     Sampler(top_p=0.7), Sampler(temperature=0.8, top_k=20, top_p=0.5)],  # fmt: skip
+)
+def test_scoring_sampler_logprobs_are_the_samplers_own(tiny_lm, sampler):
+    gen = torch.Generator().manual_seed(1)
+    h = torch.randn(40, 32, generator=gen) * 3
+    targets = torch.randint(0, 96, (40,), generator=gen)
+    logits = h.double() @ tiny_lm.model.lm_head.weight.double().T  # float64 reference
+    targets[:10] = logits[:10].argmax(1)  # some greedy choices
+    got = tiny_lm.head_stats(h, targets, sampler=sampler, vocab_chunk=17)["sampler"]
+    want = sampler.logprobs(logits).gather(1, targets[:, None])[:, 0]
+    assert torch.equal(torch.isfinite(got), torch.isfinite(want))
+    torch.testing.assert_close(got.double()[torch.isfinite(got)], want[torch.isfinite(want)])
+    assert torch.isfinite(got).any()
+
+
+def test_a_one_token_pool_decodes_greedily(tiny_lm):
+    prefixes = [[3, 9, 4, 1], [5, 6, 7, 8], [9, 10, 11, 12]]
+    greedy = tiny_lm.generate(prefixes, 8)
+    assert tiny_lm.generate(prefixes, 8, sampler=Sampler(top_k=1), seed=3) == greedy
+    assert tiny_lm.generate(prefixes, 8, sampler=Sampler(top_p=1e-6), seed=3) == greedy
+    assert tiny_lm.generate(prefixes, 8, sampler=Sampler(temperature=5.0), seed=3) != greedy
+
+
+# --------------------------------------------------------------------- padding and progress
+def test_pad_batch_pads_right_or_left_with_a_mask():
+    ids, mask = pad_batch([[5, 6, 7], [8], []], 0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0], [0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0], [0, 0, 0]]
+    ids, mask = pad_batch([[5, 6, 7], [8]], 9, side="left", device="cpu")
+    assert ids.tolist() == [[5, 6, 7], [9, 9, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert ids.dtype == mask.dtype == torch.long
+    with pytest.raises(ValueError, match="side"):
+        pad_batch([[1]], 0, side="middle")
+
+
+def test_progress_bar_without_a_total_draws_on_stderr(capsys):
+    with progress_bar(True, None, "windows") as advance:
+        advance(3)
+        advance()
+    with progress_bar(False, 5, "off") as advance:
+        advance()
+    assert capsys.readouterr().out == ""

@@ -10,12 +10,17 @@ the memory-bounded softmax live here, so every method gets them the same way:
   never sits in memory.
 - :meth:`LM.score_continuations` scores many continuations of one prefix from its KV cache.
 - :meth:`LM.generate` decodes greedily (or samples) with the KV cache.
+- :class:`Sampler` (greedy, temperature, top-k, top-p) is the one definition of sampling, used by
+  decoding (:meth:`Sampler.pick`) and by scoring (log P_sampler(true token)).
+- :meth:`LM.hooks` installs functions on named hook points (``blocks.3.mlp_out``; see
+  :meth:`LM.hook_points`) for one ``with`` block: to read activations or to replace them.
 - :meth:`LM.hidden_states` returns residual-stream activations at chosen layers.
 - :meth:`LM.linear_layers` presents ``nn.Linear`` and GPT-2's ``Conv1D`` alike (weight as out x in).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import inspect
@@ -24,7 +29,7 @@ import math
 import os
 import pickle
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,13 +49,17 @@ from rotelab.machine import (
 from rotelab.paths import rotelab_home
 
 __all__ = [
+    "GREEDY",
+    "HookFn",
     "LM",
+    "Sampler",
     "check_load_options",
     "keep_freed_memory",
     "LinearLayer",
     "LOGIT_BLOCK",
     "default_vocab_chunk",
     "length_buckets",
+    "pad_batch",
     "progress_bar",
     "TokenScores",
     "NAMED_MODELS",
@@ -127,6 +136,74 @@ class TokenScores:
     sampler_logprobs: np.ndarray | None = None  # (n,) float32: log P_sampler(true token)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Sampler:
+    """How the next token is chosen: greedy, or drawn at ``temperature`` from the top-k/top-p pool.
+
+    The one definition of sampling: :meth:`LM.generate` picks tokens with :meth:`pick`, and
+    :meth:`LM.score` (``sampler=``) reports log P_sampler(true token) under the same rule.
+    As in transformers' logits processors, the logits are divided by ``temperature``, then
+    ``top_k`` keeps every token whose logit reaches the k-th largest (ties stay in the pool), then
+    ``top_p`` keeps the most likely tokens until the probability before them reaches ``top_p``.
+
+    Example:
+        >>> lm.generate(prefixes, 32, sampler=Sampler(temperature=0.7, top_k=40))  # doctest: +SKIP
+    """
+
+    greedy: bool = False  # the argmax; the other fields are ignored
+    temperature: float = 1.0  # > 0
+    top_k: int = 0  # 0: the whole vocabulary
+    top_p: float = 1.0  # in (0, 1]; 1: no nucleus cut
+
+    def __post_init__(self) -> None:
+        if self.greedy:
+            return
+        if not self.temperature > 0:
+            raise RotelabError(f"the sampler's temperature must be > 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise RotelabError(
+                f"the sampler's top-k must be >= 0 (0: the whole vocabulary), got {self.top_k}"
+            )
+        if not 0 < self.top_p <= 1:
+            raise RotelabError(f"the sampler's top-p must be in (0, 1], got {self.top_p}")
+
+    def _filtered(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, V) logits / temperature, -inf outside the top-k/top-p pool."""
+        z = logits / self.temperature
+        if self.top_k and self.top_k < z.shape[-1]:
+            kth = z.topk(self.top_k, dim=-1).values[:, -1:]
+            z = z.masked_fill(z < kth, -math.inf)
+        if self.top_p < 1:
+            ranked, order = z.sort(dim=-1, descending=True)
+            p = torch.softmax(ranked, dim=-1)
+            cut = (p.cumsum(-1) - p) >= self.top_p  # the mass before a token already reaches p
+            z = z.masked_fill(cut.scatter(-1, order, cut), -math.inf)
+        return z
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, V) probabilities of the next token given (N, V) logits (one-hot when greedy)."""
+        if self.greedy:
+            return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+        return torch.softmax(self._filtered(logits), dim=-1)
+
+    def logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, V) log-probabilities of the next token (-inf outside the pool)."""
+        if self.greedy:
+            return self.probs(logits).log()
+        return torch.log_softmax(self._filtered(logits), dim=-1)
+
+    def pick(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(N,) next tokens for (N, V) logits; draws use ``generator`` (a CPU generator)."""
+        if self.greedy:
+            return logits.argmax(dim=-1)
+        probs = self.probs(logits).cpu()
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
+
+
+#: Greedy decoding: :meth:`LM.generate`'s default.
+GREEDY = Sampler(greedy=True)
+
+
 @dataclass
 class LinearLayer:
     """A linear map inside the model, with its weight presented as (out, in)."""
@@ -179,7 +256,9 @@ def _is_gated_mlp(module: nn.Module) -> bool:
     """A Llama-style MLP: ``gate_proj``, ``up_proj``, ``down_proj`` linear layers and ``act_fn``.
 
     Not when a hook watches ``gate_proj``, ``up_proj`` or ``act_fn``: a hook that keeps their
-    output would see it overwritten in place.
+    output would see it overwritten in place. Hooks on the MLP itself (the ``mlp_in``/``mlp_out``
+    hook points) and on ``down_proj`` see tensors the in-place operations never write, so they
+    keep the fast path.
     """
     parts = [getattr(module, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
     act = getattr(module, "act_fn", None)
@@ -213,6 +292,74 @@ class _lean_inference:
     def __exit__(self, *exc) -> None:
         for m in self.mlps:
             vars(m).pop("forward", None)
+
+
+#: A hook function: gets the activation at its hook point; returns a tensor of the same shape to
+#: replace it, or ``None`` to leave it as it is (observe only).
+HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
+
+
+def _holds_linear(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.Linear) or _is_conv1d(m) for m in module.modules())
+
+
+def _transformer_blocks(model: nn.Module) -> nn.ModuleList | None:
+    """The stack of transformer blocks: the ``ModuleList`` of modules of one type holding the most
+    parameters (``model.layers``, ``transformer.h``, ``gpt_neox.layers``), found by structure."""
+    best, size = None, 0
+    for m in model.modules():
+        if isinstance(m, nn.ModuleList) and len(m) and len({type(b) for b in m}) == 1:
+            n = sum(p.numel() for p in m.parameters())
+            if n > size:
+                best, size = m, n
+    return best
+
+
+def _block_parts(block: nn.Module) -> tuple[nn.Module | None, nn.Module | None]:
+    """(attention, MLP) of a block: of its direct children that hold linear layers, the one whose
+    class is an attention (``...Attention``) and the one other; ``None`` where it is ambiguous."""
+    holders = [c for c in block.children() if _holds_linear(c)]
+    attn = [c for c in holders if "attention" in type(c).__name__.lower()]
+    rest = [c for c in holders if c not in attn]
+    return (attn[0] if len(attn) == 1 else None), (rest[0] if len(rest) == 1 else None)
+
+
+def _checked(name: str, old: torch.Tensor, new) -> torch.Tensor:
+    if not isinstance(new, torch.Tensor) or new.shape != old.shape:
+        got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+        want = tuple(old.shape)
+        raise ValueError(f"the hook on {name} returned {got}; return None or a tensor of {want}")
+    return new
+
+
+def _input_hook(name: str, fn: HookFn):
+    """A forward pre-hook giving ``fn`` the input (first positional, or ``hidden_states``)."""
+
+    def hook(module, args, kwargs):
+        if args:
+            new = fn(args[0])
+            return None if new is None else ((_checked(name, args[0], new), *args[1:]), kwargs)
+        if "hidden_states" not in kwargs:
+            raise RuntimeError(f"hook point {name}: the module was called without an input tensor")
+        x = kwargs["hidden_states"]
+        new = fn(x)
+        return None if new is None else (args, {**kwargs, "hidden_states": _checked(name, x, new)})
+
+    return hook
+
+
+def _output_hook(name: str, fn: HookFn):
+    """A forward hook giving ``fn`` the module's output (the first element of a tuple output)."""
+
+    def hook(module, args, output):
+        first = output[0] if isinstance(output, tuple) else output
+        new = fn(first)
+        if new is None:
+            return None
+        new = _checked(name, first, new)
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    return hook
 
 
 _ALLOCATOR_TUNED = False
@@ -408,7 +555,7 @@ class LM:
         targets_from: int | Sequence[int] = 1,
         batch_size: int = 32,
         moments: bool = False,
-        sampler: tuple[float, int] | None = None,
+        sampler: Sampler | None = None,
         vocab_chunk: int | None = None,
         progress: bool = False,
     ) -> list[TokenScores]:
@@ -419,8 +566,7 @@ class LM:
             targets_from: index of the first token to score, per sequence or for all (>= 1).
             batch_size: sequences per forward pass (sequences are bucketed by length).
             moments: also compute E_p[log p] and Var_p[log p] over the vocabulary.
-            sampler: ``(temperature, top_k)``: also log P(true token) under sampling at that
-                temperature from the top-k logits (``top_k=0``: the whole vocabulary).
+            sampler: also log P(true token) under this :class:`Sampler` (``sampler_logprobs``).
             vocab_chunk: vocabulary columns per chunk of the softmax (default: bounded memory).
             progress: show a progress bar.
         """
@@ -444,7 +590,7 @@ class LM:
         targets_from: int | Sequence[int] = 1,
         batch_size: int = 32,
         moments: bool = False,
-        sampler: tuple[float, int] | None = None,
+        sampler: Sampler | None = None,
         vocab_chunk: int | None = None,
         progress: bool = False,
     ) -> Iterator[tuple[int, TokenScores]]:
@@ -546,7 +692,7 @@ class LM:
     @torch.inference_mode()
     def _score_batch(self, seqs, starts, indices, *, moments, sampler, vocab_chunk):
         lengths = [len(s) for s in seqs]
-        ids, mask = self._pad_right(seqs)
+        ids, mask = pad_batch(seqs, self.pad_id, device=self.device)
         # The last column is only ever a target: the model never needs to read it.
         cut = max(1, ids.shape[1] - 1)
         with _lean_inference(self.model):
@@ -609,28 +755,27 @@ class LM:
         targets: torch.Tensor,
         *,
         moments: bool = False,
-        sampler: tuple[float, int] | None = None,
+        sampler: Sampler | None = None,
         vocab_chunk: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Softmax statistics of the LM head at hidden states ``h`` (N, D), chunked over the vocab.
 
         Keeps a running max/sum (log-sum-exp), the top-k logits (k >= 2), the target logit and,
         with ``moments``, the mean and variance of the logits under the softmax, merged chunk by
-        chunk with the parallel-variance formula so nothing cancels catastrophically. With
-        ``sampler=(temperature, top_k)`` it also gives log P_sampler(target): like
-        :meth:`generate`, every token whose logit reaches the k-th largest stays in the pool.
+        chunk with the parallel-variance formula so nothing cancels catastrophically. With a
+        ``sampler`` it also gives log P_sampler(target) as :meth:`Sampler.logprobs` defines it:
+        streamed over the vocabulary chunks for temperature and top-k; a top-p sampler needs the
+        whole sorted distribution, so its rows are taken a bounded block at a time instead.
         """
         vocab = self.vocab_size
         n = h.shape[0]
         if vocab_chunk is None:
             vocab_chunk = default_vocab_chunk(vocab, n)
-        temperature, top_k = sampler if sampler is not None else (1.0, 0)
-        if temperature <= 0:
-            raise RotelabError("the sampler's temperature must be > 0")
-        if top_k < 0:
-            raise RotelabError("the sampler's top-k must be >= 0 (0: the whole vocabulary)")
+        # temperature and top-k stream with the chunks; greedy and top-p are handled below
+        streamed = sampler is not None and not sampler.greedy and sampler.top_p == 1
+        temperature, top_k = (sampler.temperature, sampler.top_k) if streamed else (1.0, 0)
         keep = max(2, top_k)
-        full_temp = sampler is not None and top_k == 0 and temperature != 1.0
+        full_temp = streamed and top_k == 0 and temperature != 1.0
         dev = h.device
         f32 = torch.float32
         run_max = torch.full((n,), -math.inf, device=dev, dtype=f32)
@@ -690,7 +835,11 @@ class LM:
             out["mu"] = run_mean - lse
             out["sigma2"] = run_var
         if sampler is not None:
-            if top_k:
+            if sampler.greedy:
+                sampled = torch.where(out["argmax"] == targets, 0.0, -math.inf)
+            elif not streamed:
+                sampled = self._sampler_logprob(h, targets, sampler)
+            elif top_k:
                 kth = top_v[:, min(top_k, top_v.shape[1]) - 1]
                 pool = torch.logsumexp(top_v[:, :top_k] / temperature, dim=1)
                 sampled = torch.where(
@@ -703,14 +852,14 @@ class LM:
             out["sampler"] = sampled
         return out
 
-    def _pad_right(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
-            mask[i, : len(s)] = 1
-        return ids.to(self.device), mask.to(self.device)
+    def _sampler_logprob(self, h: torch.Tensor, targets: torch.Tensor, sampler: Sampler):
+        """(N,) log P_sampler(target) from whole rows of logits, a block of rows at a time."""
+        out = torch.empty(h.shape[0], device=h.device, dtype=torch.float32)
+        step = max(1, LOGIT_BLOCK // self.vocab_size)
+        for lo in range(0, h.shape[0], step):
+            logp = sampler.logprobs(self.head_logits(h[lo : lo + step]))  # (rows, V)
+            out[lo : lo + step] = logp.gather(1, targets[lo : lo + step, None]).squeeze(1)
+        return out
 
     # ------------------------------------------------------------------ decoding
     @torch.inference_mode()
@@ -720,9 +869,7 @@ class LM:
         max_new_tokens: int | Sequence[int],
         *,
         batch_size: int = 32,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int = 0,
+        sampler: Sampler = GREEDY,
         seed: int = 0,
         ragged: bool = False,
         progress: bool = False,
@@ -732,6 +879,8 @@ class LM:
         Prefixes are batched by exact length so no padding enters the computation (greedy output
         then equals unbatched decoding). Decoding does not stop at end-of-sequence tokens: it runs
         for exactly ``max_new_tokens`` (per prefix or for all) so outputs align with true suffixes.
+        Tokens are picked by ``sampler`` (default greedy); draws come from one generator seeded by
+        ``seed``.
 
         ``ragged=True`` batches prefixes of any lengths together instead (for data whose prefixes
         vary, which exact-length batching would decode almost one at a time): each batch is
@@ -764,22 +913,18 @@ class LM:
         gen = torch.Generator(device="cpu").manual_seed(seed)
         with progress_bar(progress, len(chunks), "decoding") as advance:
             for chunk in chunks:
-                width = max(len(prefixes[i]) for i in chunk)
-                ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, i in enumerate(chunk):  # left padding (none when lengths are equal)
-                    ids[row, width - len(prefixes[i]) :] = torch.as_tensor(list(prefixes[i]))
-                    mask[row, width - len(prefixes[i]) :] = 1
+                # left padding (none when lengths are equal)
+                ids, mask = pad_batch([prefixes[i] for i in chunk], self.pad_id, side="left")
                 steps = max(budgets[i] for i in chunk)
                 padded = bool((mask == 0).any())
                 new = self._decode(ids.to(self.device), mask.to(self.device) if padded else None,
-                                   steps, do_sample, temperature, top_k, gen)  # fmt: skip
+                                   steps, sampler, gen)  # fmt: skip
                 for row, i in enumerate(chunk):
                     results[i] = new[row, : budgets[i]].tolist()
                 advance()
         return results
 
-    def _decode(self, ids, mask, steps, do_sample, temperature, top_k, gen) -> torch.Tensor:
+    def _decode(self, ids, mask, steps, sampler: Sampler, gen) -> torch.Tensor:
         """``steps`` new tokens for each row of ``ids``; ``mask`` marks real tokens of left-padded rows."""
         key = self.cache_arg
         extra = {}
@@ -789,7 +934,7 @@ class LM:
         out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **extra)
         chosen = []
         for step in range(steps):
-            nxt = _pick(out.logits[:, -1, :].float(), do_sample, temperature, top_k, gen)
+            nxt = sampler.pick(out.logits[:, -1, :].float(), gen)
             chosen.append(nxt)
             if step == steps - 1:
                 break
@@ -801,6 +946,74 @@ class LM:
                 input_ids=nxt[:, None], use_cache=True, **{key: getattr(out, key)}, **extra
             )
         return torch.stack(chosen, dim=1).cpu()
+
+    # ------------------------------------------------------------------ hook points
+    def hook_points(self) -> list[str]:
+        """Names :meth:`hooks` accepts, in model order.
+
+        Per block ``i`` (found by the model's structure, not its name): ``blocks.{i}.resid_in``
+        (the residual stream entering the block), ``blocks.{i}.attn_out`` (the attention's
+        output, before it is added to the stream), ``blocks.{i}.mlp_in`` and ``blocks.{i}.mlp_out``
+        (the MLP's input, after its norm, and its output) and ``blocks.{i}.resid_out`` (the stream
+        leaving the block), each (batch, seq, hidden). Then, per linear layer of
+        :meth:`linear_layers`, ``{name}.input`` and ``{name}.output``: what its weight reads
+        (..., in) and writes (..., out).
+        """
+        return list(self._hook_sites())
+
+    def _hook_sites(self) -> dict[str, tuple[nn.Module, str]]:
+        """Hook point name -> (module, ``"input"`` or ``"output"``)."""
+        sites: dict[str, tuple[nn.Module, str]] = {}
+        for i, block in enumerate(_transformer_blocks(self.model) or []):
+            attn, mlp = _block_parts(block)
+            sites[f"blocks.{i}.resid_in"] = (block, "input")
+            if attn is not None:
+                sites[f"blocks.{i}.attn_out"] = (attn, "output")
+            if mlp is not None:
+                sites[f"blocks.{i}.mlp_in"] = (mlp, "input")
+                sites[f"blocks.{i}.mlp_out"] = (mlp, "output")
+            sites[f"blocks.{i}.resid_out"] = (block, "output")
+        for layer in self.linear_layers():
+            sites[f"{layer.name}.input"] = (layer.module, "input")
+            sites[f"{layer.name}.output"] = (layer.module, "output")
+        return sites
+
+    @contextlib.contextmanager
+    def hooks(self, fns: Mapping[str, HookFn]) -> Iterator[LM]:
+        """Run ``fns`` on their hook points for every forward pass inside the ``with`` block.
+
+        Each function gets the activation (a tensor) and returns ``None`` to observe it or a
+        tensor of the same shape that replaces it. The hooks are removed when the block ends,
+        also on an exception. Contexts nest: an inner hook on the same point runs after the
+        outer one and sees what it returned. Scoring's in-place MLP path stays on with hooks on
+        the block points (they sit outside the in-place operations) and steps aside for hooks on
+        an MLP's ``gate_proj``/``up_proj``.
+
+        Example:
+            >>> with lm.hooks({"blocks.1.mlp_out": lambda t: 0.5 * t}):  # doctest: +SKIP
+            ...     damped = lm.score(sequences)
+        """
+        sites = self._hook_sites()
+        unknown = [name for name in fns if name not in sites]
+        if unknown:
+            example = next(iter(sites), None)
+            raise RotelabError(
+                f"{self.name} has no hook point {unknown[0]!r}; lm.hook_points() lists them"
+                + (f" (they look like {example})" if example else "")
+            )
+        handles = []
+        try:
+            for name, fn in fns.items():
+                module, where = sites[name]
+                if where == "input":
+                    hook = _input_hook(name, fn)
+                    handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+                else:
+                    handles.append(module.register_forward_hook(_output_hook(name, fn)))
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
 
     # ------------------------------------------------------------------ internals
     @torch.inference_mode()
@@ -814,6 +1027,8 @@ class LM:
     ) -> dict[int, np.ndarray]:
         """Residual-stream activations after the given blocks (0 = embeddings, L = last block).
 
+        Layer 0 is ``blocks.0.resid_in`` and layer ``l`` is ``blocks.{l-1}.resid_out`` (see
+        :meth:`hook_points`): the stream itself, so layer L is taken before the final norm.
         ``pool`` is ``"last"`` (the last token), ``"mean"`` (over tokens) → arrays (n, hidden);
         ``"none"`` → an object array of (len_i, hidden) arrays per sequence.
         """
@@ -823,23 +1038,36 @@ class LM:
         if bad:
             raise RotelabError(f"layers {bad} out of range 0..{self.num_layers}")
         collected: dict[int, list] = {layer: [None] * len(sequences) for layer in layers}
-        for batch in length_buckets([len(s) for s in sequences], batch_size):
-            ids, mask = self._pad_right([sequences[i] for i in batch])
-            out = self.model.base_model(
-                input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False
-            )
-            for layer in layers:
-                hs = out.hidden_states[layer].float()
-                for row, i in enumerate(batch):
-                    length = len(sequences[i])
-                    seq_h = hs[row, :length]
-                    if pool == "last":
-                        value = seq_h[-1]
-                    elif pool == "mean":
-                        value = seq_h.mean(0)
-                    else:
-                        value = seq_h
-                    collected[layer][i] = value.cpu().numpy()
+        seen: dict[int, torch.Tensor] = {}
+
+        def keep(layer: int) -> HookFn:
+            def fn(t: torch.Tensor) -> None:
+                seen[layer] = t
+
+            return fn
+
+        points = {
+            (f"blocks.{layer - 1}.resid_out" if layer else "blocks.0.resid_in"): keep(layer)
+            for layer in layers
+        }
+        with self.hooks(points):
+            for batch in length_buckets([len(s) for s in sequences], batch_size):
+                rows = [sequences[i] for i in batch]
+                ids, mask = pad_batch(rows, self.pad_id, device=self.device)
+                with _lean_inference(self.model):
+                    self.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
+                for layer in layers:
+                    hs = seen[layer].float()
+                    for row, i in enumerate(batch):
+                        length = len(sequences[i])
+                        seq_h = hs[row, :length]
+                        if pool == "last":
+                            value = seq_h[-1]
+                        elif pool == "mean":
+                            value = seq_h.mean(0)
+                        else:
+                            value = seq_h
+                        collected[layer][i] = value.cpu().numpy()
         result = {}
         for layer, values in collected.items():
             if pool == "none":
@@ -893,19 +1121,6 @@ def _name_matches(name: str, pattern: str) -> bool:
         return False
 
 
-def _pick(logits, do_sample, temperature, top_k, gen) -> torch.Tensor:
-    if not do_sample:
-        return logits.argmax(dim=-1)
-    if temperature <= 0:
-        raise RotelabError("temperature must be > 0 when sampling")
-    logits = logits / temperature
-    if top_k and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, -math.inf)
-    probs = torch.softmax(logits, dim=-1).cpu()
-    return torch.multinomial(probs, 1, generator=gen).squeeze(1).to(logits.device)
-
-
 #: Entries of one block of logits computed at a time (fp32: 32 MiB), by :meth:`LM.head_stats` and
 #: K-FAC's head: large enough for efficient products, small enough to bound memory.
 LOGIT_BLOCK = 8 << 20
@@ -926,23 +1141,51 @@ def length_buckets(lengths: Sequence[int], batch_size: int) -> Iterator[list[int
         yield order[j : j + batch_size]
 
 
+def pad_batch(
+    sequences: Sequence[Sequence[int]],
+    pad_id: int,
+    *,
+    side: str = "right",
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists as one padded batch: (ids, mask), both (batch, longest) int64.
+
+    ``mask`` is 1 at real tokens and 0 at padding; ``side="left"`` pads before the tokens (for
+    decoding, so every row ends at its last real token). On ``device`` when given, else the CPU.
+    """
+    if side not in ("right", "left"):
+        raise ValueError(f"side must be right or left, not {side!r}")
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, s in enumerate(sequences):
+        cols = slice(0, len(s)) if side == "right" else slice(width - len(s), width)
+        ids[row, cols] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[row, cols] = 1
+    if device is not None:
+        ids, mask = ids.to(device), mask.to(device)
+    return ids, mask
+
+
 class progress_bar:  # noqa: N801 - used like a function: ``with progress_bar(...) as advance``
-    """A rich progress bar when asked for; used as ``with ... as advance`` (``advance(n=1)``).
+    """A rich progress bar (on stderr) when asked for; used as ``with ... as advance``
+    (``advance(n=1)``). ``total=None`` when the amount of work is not known in advance.
 
     Every long loop advances one, so ``advance`` is also where a process re-checks its share of the
     cores (:func:`rotelab.machine.share_threads`, at most once a second), bar or no bar.
     """
 
-    def __init__(self, enabled: bool, total: int, label: str) -> None:
+    def __init__(self, enabled: bool, total: int | None, label: str) -> None:
         self.enabled, self.total, self.label = enabled, total, label
         self._bar = None
 
     def __enter__(self):
         if not self.enabled:
             return lambda n=1: share_threads()
+        from rich.console import Console
         from rich.progress import Progress
 
-        self._bar = Progress(transient=True)
+        self._bar = Progress(transient=True, console=Console(stderr=True))
         self._bar.start()
         task = self._bar.add_task(self.label, total=self.total)
 

@@ -184,3 +184,23 @@ def test_band_ratios_relative_to_reference(fitted):
     assert len(table) == 2 * 4 * 4  # 2 data sets x 4 distinct inputs x 4 bands
     with pytest.raises(RotelabError, match="reference"):
         band_ratios(lm, kfac, {"a": _seqs(2)}, reference="clean")
+
+
+def _hook_count(lm) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in lm.model.modules())
+
+
+def test_band_strengths_hook_through_lm_hooks_and_clean_up(fitted):
+    lm, kfac = fitted
+    seqs = _seqs(3, seed=2)
+    before = _hook_count(lm)
+    plain = band_strengths(lm, kfac, seqs)
+    with lm.hooks({"blocks.0.mlp_in": torch.zeros_like}):  # an outer edit: block 0's MLP reads 0
+        zeroed = band_strengths(lm, kfac, seqs)
+    gate = "model.layers.0.mlp.gate_proj+model.layers.0.mlp.up_proj"
+    assert (plain[plain["layer"] == gate]["strength"] > 0).all()
+    assert (zeroed[zeroed["layer"] == gate]["strength"] == 0).all()
+    assert (zeroed[zeroed["layer"].str.contains("layers.1")]["strength"] > 0).all()
+    with pytest.raises(IndexError):  # a token outside the vocabulary fails inside the pass
+        band_strengths(lm, kfac, [[1, 2, 500]])
+    assert _hook_count(lm) == before

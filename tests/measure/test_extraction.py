@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from rotelab.cli import app
 from rotelab.data.windows import Window
 from rotelab.errors import RotelabError
-from rotelab.lm import LM
+from rotelab.lm import LM, Sampler
 from rotelab.measure.extraction import (
     KEY_COLUMNS,
     SCORE_COLUMNS,
@@ -84,7 +84,7 @@ def test_head_statistics_match_dense_float64_reference(tiny_lm, temperature, top
         g = torch.Generator().manual_seed(0)
         h = torch.randn(50, 32, generator=g, dtype=torch.float64) * 3
         t = torch.randint(0, 96, (50,), generator=g)
-        got = lm.head_stats(h, t, sampler=(temperature, top_k))
+        got = lm.head_stats(h, t, sampler=Sampler(temperature=temperature, top_k=top_k))
         logits = h @ lm.model.lm_head.weight.T
         assert torch.allclose(
             got["logprob"].double(),

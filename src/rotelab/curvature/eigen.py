@@ -31,7 +31,7 @@ import torch
 
 from rotelab.curvature.kfac import KFAC
 from rotelab.errors import RotelabError
-from rotelab.lm import LM
+from rotelab.lm import LM, length_buckets, pad_batch
 
 __all__ = [
     "BANDS",
@@ -297,12 +297,11 @@ def band_strengths(
         those directions (no better/worse direction: it is a description).
     """
     from rotelab.curvature.kfac import _as_sequences
-    from rotelab.lm import length_buckets
 
     edit = factors if isinstance(factors, CurvatureEdit) else CurvatureEdit().fit(factors)
     edit._check_fitted()
     kfac = edit.kfac_
-    layers = {layer.name: layer for layer in kfac.check_model(lm)}
+    kfac.check_model(lm)
     groups: dict[str, list[str]] = {}
     for name in kfac.factors_:
         groups.setdefault(kfac.a_groups_.get(name, name), []).append(name)
@@ -314,34 +313,22 @@ def band_strengths(
     bases = {leader: edit.eigen_[leader].u_a.to(torch.float32) for leader in groups}
     state: dict[str, torch.Tensor] = {}
 
-    def hook(leader):
-        def fn(module, args, output):
-            rows = args[0][state["mask"]].float().cpu()  # (n, in)
+    def observe(leader: str):
+        def fn(x: torch.Tensor) -> None:
+            rows = x[state["mask"]].float().cpu()  # (n, in)
             proj = rows @ bases[leader]  # (n, in) coordinates in A's eigenbasis, descending
             for b, sl in enumerate(slices[leader]):
                 sums[leader][b] += proj[:, sl].norm(dim=1).double().sum()
 
         return fn
 
-    handles = []
     n_tokens = 0
-    try:
-        for leader in groups:
-            handles.append(layers[leader].module.register_forward_hook(hook(leader)))
+    with lm.hooks({f"{leader}.input": observe(leader) for leader in groups}):
         for batch in length_buckets([len(s) for s in seqs], batch_size):
-            width = max(len(seqs[i]) for i in batch)
-            ids = torch.full((len(batch), width), lm.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.bool)
-            for row, i in enumerate(batch):
-                ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
-                mask[row, : len(seqs[i])] = True
-            state["mask"] = mask.to(lm.device)
-            lm.model(input_ids=ids.to(lm.device), attention_mask=mask.long().to(lm.device),
-                     use_cache=False)  # fmt: skip
+            ids, mask = pad_batch([seqs[i] for i in batch], lm.pad_id, device=lm.device)
+            state["mask"] = mask.bool()
+            lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
             n_tokens += int(mask.sum())
-    finally:
-        for handle in handles:
-            handle.remove()
     rows = []
     for leader, members in groups.items():
         for b, (lo, hi) in enumerate(bands):

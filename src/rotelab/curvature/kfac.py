@@ -21,7 +21,8 @@ How the collection stays cheap:
   8k-token sequence peaks at 12.9 GB instead of 17.2 GB. Batches default to about
   :data:`TOKENS_PER_PASS` tokens, which bounds the activations kept for the backward pass.
 - Layers that read the same input tensor (``gate_proj``/``up_proj``) share one A, computed once.
-- A is accumulated in the forward hook, so no input is kept beyond what autograd keeps anyway.
+- A is accumulated as each layer reads its input (its ``.input`` hook point, :meth:`LM.hooks`),
+  so no input is kept beyond what autograd keeps anyway.
 - Sums are fp32 whatever the model's dtype; padding is masked out of A and G. Each factor is a
   symmetric Gram matrix, so only its block upper triangle is multiplied (:func:`_add_gram_`).
   A bfloat16 model (``--dtype bfloat16``) multiplies in bfloat16 with fp32 accumulation (about
@@ -50,7 +51,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from rotelab.data.windows import stream_chunks
 from rotelab.distributed import all_reduce_sum_, is_distributed, rank_world
@@ -58,10 +58,12 @@ from rotelab.errors import RotelabError
 from rotelab.lm import (
     LM,
     LOGIT_BLOCK,
+    HookFn,
     LinearLayer,
     block_index,
     check_load_options,
     length_buckets,
+    pad_batch,
     progress_bar,
 )
 
@@ -217,7 +219,11 @@ def _mirror_(acc: torch.Tensor) -> torch.Tensor:
 
 
 class _Collector:
-    """Forward hooks that accumulate A and turn the lowest target outputs into autograd leaves."""
+    """Hooks that accumulate A and turn the lowest target outputs into autograd leaves.
+
+    They sit on the layers' ``{name}.input`` and ``{name}.output`` hook points (:meth:`LM.hooks`);
+    G is summed by tensor hooks on the outputs, which live only as long as the batch's graph.
+    """
 
     def __init__(self, layers: Sequence[LinearLayer], device: torch.device) -> None:
         self.layers = list(layers)
@@ -240,9 +246,16 @@ class _Collector:
         self.leaves = {}
         self._seen = {}
 
-    def hook(self, name: str):
-        def fn(module: nn.Module, args: tuple, output: torch.Tensor):
-            x = args[0]
+    def hooks(self) -> dict[str, HookFn]:
+        """Hook point -> function, for :meth:`LM.hooks`."""
+        fns = {}
+        for layer in self.layers:
+            fns[f"{layer.name}.input"] = self._input_hook(layer.name)
+            fns[f"{layer.name}.output"] = self._output_hook(layer.name)
+        return fns
+
+    def _input_hook(self, name: str):
+        def fn(x: torch.Tensor) -> None:
             seen = self._seen.get(id(x))
             if seen is not None and seen[0] is x:
                 leader = seen[1]
@@ -253,16 +266,21 @@ class _Collector:
             previous = self.a_group.setdefault(name, leader)
             if previous != leader:
                 raise RuntimeError(f"layer {name} changed its input sharing between batches")
-            if not output.requires_grad:
-                # Nothing below needs a gradient: the graph starts here.
-                output = output.detach().requires_grad_(True)
-                self.leaves[name] = output
-            else:
+
+        return fn
+
+    def _output_hook(self, name: str):
+        def fn(output: torch.Tensor) -> torch.Tensor | None:
+            if output.requires_grad:
                 # G takes each gradient as the backward pass makes it, while it is fresh, and the
                 # gradient is freed at once; asking autograd.grad for all of them and multiplying
                 # at the end was 6-9% slower on the bench model (interleaved A/B).
                 output.register_hook(self._g_hook(name))
-            return output
+                return None
+            # Nothing below needs a gradient: the graph starts here.
+            leaf = output.detach().requires_grad_(True)
+            self.leaves[name] = leaf
+            return leaf
 
         return fn
 
@@ -296,16 +314,12 @@ def _collecting(lm: LM, layers: Sequence[LinearLayer]) -> Iterator[_Collector]:
     """Install the K-FAC hooks and freeze all parameters; both undone in ``finally``."""
     collector = _Collector(layers, lm.device)
     flags = [(p, p.requires_grad) for p in lm.model.parameters()]
-    handles = []
     try:
         for p, _ in flags:
             p.requires_grad_(False)
-        for layer in layers:
-            handles.append(layer.module.register_forward_hook(collector.hook(layer.name)))
-        yield collector
+        with lm.hooks(collector.hooks()):
+            yield collector
     finally:
-        for handle in handles:
-            handle.remove()
         for p, flag in flags:
             p.requires_grad_(flag)
 
@@ -474,19 +488,13 @@ class KFAC:
 
     def _step(self, lm: LM, col: _Collector, seqs: list[list[int]], indices: list[int]) -> int:
         inputs = [seqs[i][:-1] for i in indices]
-        width = max(len(s) for s in inputs)
-        ids = torch.full((len(inputs), width), lm.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(inputs), width), dtype=torch.bool)
-        gold = torch.zeros((len(inputs), width), dtype=torch.long)
-        for row, (i, s) in enumerate(zip(indices, inputs)):
-            ids[row, : len(s)] = torch.tensor(s)
-            mask[row, : len(s)] = True
-            gold[row, : len(s)] = torch.tensor(seqs[i][1:])
-        ids, mask = ids.to(lm.device), mask.to(lm.device)
+        ids, attention = pad_batch(inputs, lm.pad_id, device=lm.device)
+        mask = attention.bool()
+        gold, _ = pad_batch([seqs[i][1:] for i in indices], 0)
         col.begin_batch(mask)
         try:
             with torch.enable_grad():
-                hidden = lm.final_hidden(ids, mask.long())  # (B, T, D); A is summed on the way
+                hidden = lm.final_hidden(ids, attention)  # (B, T, D); A is summed on the way
                 if hidden.requires_grad:  # else no target layer reaches the loss: A only
                     rows = col.rows(hidden)  # (N, D), the non-padding positions in order
                     if self.labels is Labels.gold:

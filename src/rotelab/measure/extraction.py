@@ -39,6 +39,7 @@ import torch
 from rotelab.data.corpus import Document
 from rotelab.data.windows import Window, check_window_shape, iter_windows
 from rotelab.errors import RotelabError
+from rotelab.lm import Sampler
 from rotelab.measure.similarity import similarity_names
 from rotelab.registry import register_metric
 from rotelab.stats import CIMethod, rate_with_ci
@@ -278,7 +279,7 @@ def score_windows(
         [w.tokens for w in windows],
         targets_from=[len(w.prefix) for w in windows],
         batch_size=batch_size,
-        sampler=(temperature, top_k),
+        sampler=Sampler(temperature=temperature, top_k=top_k),
     )
     for i, sc in passes:
         w = windows[i]
@@ -403,9 +404,7 @@ def free_running(
             [w.prefix for w in windows],
             [len(w.suffix) for w in windows],
             batch_size=batch_size,
-            do_sample=True,
-            temperature=temperature,
-            top_k=top_k,
+            sampler=Sampler(temperature=temperature, top_k=top_k),
             seed=seed,
         )
     heads, contexts, budgets = [], [], []

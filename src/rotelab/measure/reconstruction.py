@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from rotelab.errors import RotelabError
+from rotelab.lm import Sampler
 from rotelab.measure.similarity import similarity_names, similarity_scores
 from rotelab.registry import SIMILARITY, direction
 from rotelab.stats import rate_with_ci
@@ -99,8 +100,8 @@ def reconstruct_tokens(
             remaining = lengths[i] - len(prefixes[i]) - len(produced[i])
             budgets.append(min(remaining, ctx - len(contexts[i])))
         new = lm.generate(
-            [contexts[i] for i in todo], budgets, batch_size=batch_size, do_sample=sample,
-            temperature=temperature, top_k=top_k, seed=seed + step,
+            [contexts[i] for i in todo], budgets, batch_size=batch_size, seed=seed + step,
+            sampler=Sampler(greedy=not sample, temperature=temperature, top_k=top_k),
         )  # fmt: skip
         for i, tokens in zip(todo, new):
             produced[i].extend(tokens)
