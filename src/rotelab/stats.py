@@ -1,4 +1,4 @@
-"""Rates with binomial confidence intervals, group-by breakdowns, and ROC metrics with bootstrap CIs.
+"""Rates with binomial confidence intervals, group-by breakdowns, ROC metrics with bootstrap CIs.
 
 Every rate rotelab reports (extraction, membership true-positive rates, probe accuracy) is a
 binomial proportion k/n over a finite set of items, often small (20 items per duplication count on
