@@ -37,14 +37,9 @@ import torch  # noqa: E402
 
 from rotelab.machine import configure_threads, describe_machine  # noqa: E402
 from rotelab.measure.exposure import _exposure_row, _plan_secrets, exposure_table  # noqa: E402
-from rotelab.measure.mia import (  # noqa: E402
-    MIAConfig,
-    SpanMode,
-    _exposure_inputs,
-    _ledger_texts,
-    likelihood_scores,
-)
+from rotelab.measure.mia import SpanMode, ledger_texts, likelihood_scores  # noqa: E402
 from rotelab.organism import default_organism, load_organism  # noqa: E402
+from rotelab.pipelines.mia import MIAConfig, _exposure_inputs  # noqa: E402
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k_pp")
 
@@ -174,7 +169,7 @@ def main() -> None:
     print(describe_machine())
     org = load_organism(args.organism) if args.organism else default_organism()
     lm = org.lm()
-    items = _ledger_texts(org.ledger, SpanMode(args.span), lm.context_length)
+    items = ledger_texts(org.ledger, SpanMode(args.span), lm.context_length)
     n_tokens = sum(it.span[1] - it.span[0] for it in items)
 
     likelihood_scores(lm, items[:4], k=args.k)  # warm-up (allocator, kernels)

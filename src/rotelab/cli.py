@@ -378,7 +378,36 @@ def reconstruct_cmd(
     emit(summary, show, run_dir=path)
 
 
-@command("mia", shared=("run", "load", "corpus", "show"))
+def _help_made_by(fill):
+    """A command class whose options' help texts ``fill()`` returns when help is shown.
+
+    For lists read from a registry: the methods fill it when they are imported, which takes
+    seconds (torch), so the CLI imports them only for the help that lists them.
+    """
+    from typer.core import TyperCommand
+
+    class Command(TyperCommand):
+        def get_help(self, ctx):
+            texts = fill()
+            for param in self.params:
+                if param.name in texts:
+                    param.help = texts[param.name]
+            return super().get_help(ctx)
+
+    return Command
+
+
+def _mia_help() -> dict[str, str]:
+    import rotelab.measure.mia  # noqa: F401  (registers the attacks)
+    from rotelab.registry import ATTACKS
+
+    return {
+        "attacks": f"Comma list of registered attacks: {', '.join(ATTACKS.names())}. Default: "
+        "every one the inputs allow (the others are listed in the summary's skipped_attacks)."
+    }
+
+
+@command("mia", shared=("run", "load", "corpus", "show"), cls=_help_made_by(_mia_help))
 def mia_cmd(
     model: ModelOpt = None,
     members: Annotated[
@@ -397,8 +426,7 @@ def mia_cmd(
         typer.Option(help="Non-member texts for the ReCaLL prefix. Default: organism held-out text."),
     ] = None,
     attacks: Annotated[
-        str | None,
-        typer.Option(help="Comma list: loss,zlib,min_k,min_k_pp,reference,neighbourhood,recall,grad_norm."),
+        str | None, typer.Option(help="Comma list of registered attacks (listed by --help).")
     ] = None,
     k: Annotated[float, typer.Option("--k", help="Min-K% / Min-K%++ fraction of lowest tokens.")] = 0.2,
     span: Annotated[
@@ -424,13 +452,13 @@ def mia_cmd(
     show: Show,
 ) -> None:
     """Membership inference: attacks with AUC/TPR CIs by group, blind baseline, exposure."""
-    from rotelab.measure.mia import MIAConfig, format_table, mia
+    from rotelab.pipelines.mia import MIAConfig, format_table, mia
 
     cfg = MIAConfig(
         attacks=[a.strip() for a in attacks.split(",") if a.strip()] if attacks else None,
         k=k, span=span, bootstrap=bootstrap, neighbours=neighbours,
         recall_prefix_tokens=recall_prefix_tokens, exposure=exposure,
-        exposure_samples=exposure_samples, blind=blind, seed=run.seed, batch_size=batch_size,
+        exposure_samples=exposure_samples, blind=blind, batch_size=batch_size,
     )  # fmt: skip
     path, summary = mia(
         model, members=members, nonmembers=nonmembers, reference_model=reference_model,

@@ -1,4 +1,4 @@
-"""Rates with binomial confidence intervals, and group-by breakdowns that put one on every rate.
+"""Rates with binomial confidence intervals, group-by breakdowns, ROC metrics with bootstrap CIs.
 
 Every rate rotelab reports (extraction, membership true-positive rates, probe accuracy) is a
 binomial proportion k/n over a finite set of items, often small (20 items per duplication count on
@@ -8,6 +8,11 @@ the organism). The interval says how much that count supports:
   [0, 1].
 - Clopper-Pearson (Clopper & Pearson 1934): the exact interval from beta quantiles; conservative
   (coverage >= 1 - alpha), for when a guarantee matters more than width.
+
+Scores that rank positives above negatives (membership-inference attacks, the blind baseline) are
+judged as Carlini et al. 2022 ("Membership inference attacks from first principles") advise: ROC
+AUC with a stratified percentile-bootstrap CI, and TPR at a low FPR with a CI, refused when too
+few negatives exist to resolve that FPR (:func:`bootstrap_tpr_at_fpr`).
 
 Example:
     >>> wilson_interval(18, 20)  # doctest: +ELLIPSIS
@@ -22,6 +27,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,11 +37,17 @@ from rotelab.errors import RotelabError
 __all__ = [
     "CIMethod",
     "Rate",
+    "auc_score",
     "binomial_interval",
+    "bootstrap_auc",
+    "bootstrap_tpr_at_fpr",
     "breakdown",
     "breakdown_dict",
     "clopper_pearson",
+    "min_nonmembers",
     "rate_with_ci",
+    "roc_points",
+    "tpr_at_fpr",
     "wilson_interval",
 ]
 
@@ -225,3 +237,131 @@ def breakdown_dict(
             groups["|".join(_key_text(v) for v in key)] = fields(part)
         out[name] = groups
     return out
+
+
+# ------------------------------------------------------------------ ROC: AUC and TPR at low FPR
+def _labels_scores(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    if s.shape != y.shape or s.ndim != 1:
+        raise ValueError("scores and labels must be 1-d arrays of the same length")
+    if not np.isfinite(s).all():
+        raise RotelabError("some attack scores are not finite (NaN or inf); check the inputs")
+    return s, y
+
+
+def auc_score(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """ROC AUC = P(member score > non-member score) + 0.5 P(tie). Higher is better (attacker)."""
+    s, y = _labels_scores(scores, labels)
+    return float(_auc_rows(s[None, y], s[None, ~y])[0])
+
+
+def _auc_rows(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """AUC for each row of (B, n_pos) member and (B, n_neg) non-member scores, via mid-ranks."""
+    from scipy.stats import rankdata
+
+    both = np.concatenate([pos, neg], axis=1)
+    ranks = rankdata(both, axis=1)  # ties get their average rank = the 0.5 convention
+    n_pos, n_neg = pos.shape[1], neg.shape[1]
+    return (ranks[:, :n_pos].sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def _tpr_rows(pos: np.ndarray, neg: np.ndarray, fpr: float) -> np.ndarray:
+    """TPR at FPR <= ``fpr`` for each row: threshold above all but floor(fpr n_neg) non-members."""
+    n_neg = neg.shape[1]
+    allowed = int(math.floor(fpr * n_neg + 1e-9))
+    thresholds = -np.sort(-neg, axis=1)[:, allowed]  # the (allowed+1)-th largest non-member score
+    return (pos > thresholds[:, None]).mean(1)
+
+
+def tpr_at_fpr(scores: Sequence[float], labels: Sequence[bool], fpr: float) -> float:
+    """Largest TPR whose threshold keeps the empirical FPR <= ``fpr`` (strict ``>`` threshold)."""
+    s, y = _labels_scores(scores, labels)
+    return float(_tpr_rows(s[None, y], s[None, ~y], fpr)[0])
+
+
+def _bootstrap_indices(y: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    # Stratified: members and non-members are resampled separately, so every replicate has both.
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    return (
+        pos[rng.integers(len(pos), size=(n_boot, len(pos)))],
+        neg[rng.integers(len(neg), size=(n_boot, len(neg)))],
+    )
+
+
+def _percentile_ci(values: np.ndarray, level: float) -> list[float]:
+    a = (1 - level) / 2
+    return [float(np.quantile(values, a)), float(np.quantile(values, 1 - a))]
+
+
+def bootstrap_auc(
+    scores: Sequence[float],
+    labels: Sequence[bool],
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, list[float] | None]:
+    """AUC and its stratified percentile-bootstrap CI (``None`` when ``n_boot`` is 0)."""
+    s, y = _labels_scores(scores, labels)
+    auc = float(_auc_rows(s[None, y], s[None, ~y])[0])
+    if n_boot <= 0:
+        return auc, None
+    ip, ineg = _bootstrap_indices(y, n_boot, seed)
+    return auc, _percentile_ci(_auc_rows(s[ip], s[ineg]), level)
+
+
+def min_nonmembers(fpr: float, min_false_positives: int) -> int:
+    """Non-members needed to report TPR at ``fpr``: ``ceil(min_false_positives / fpr)``."""
+    return math.ceil(min_false_positives / fpr - 1e-9)
+
+
+def bootstrap_tpr_at_fpr(
+    scores: Sequence[float],
+    labels: Sequence[bool],
+    fpr: float,
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    min_false_positives: int = 5,
+) -> dict[str, Any]:
+    """TPR at ``fpr`` with a bootstrap CI, or a refusal.
+
+    The rule: TPR at FPR α is reported only with at least ``ceil(min_false_positives / α)``
+    non-members, i.e. when the threshold lets through at least ``min_false_positives`` of them.
+    With fewer, the only thresholds with FPR <= α sit above (nearly) every non-member, so the
+    number measures "TPR at FPR 0 on this sample", not at α, and its error is unbounded.
+
+    Returns:
+        ``{"value", "ci", "reason"}``; ``value`` and ``ci`` are ``None`` with a ``reason`` when
+        refused.
+    """
+    s, y = _labels_scores(scores, labels)
+    n_neg = int((~y).sum())
+    need = min_nonmembers(fpr, min_false_positives)
+    if n_neg < need:
+        return {
+            "value": None,
+            "ci": None,
+            "reason": (
+                f"needs >= {need} non-members ({min_false_positives} expected false positives "
+                f"at FPR {fpr:g}); have {n_neg}"
+            ),
+        }
+    value = float(_tpr_rows(s[None, y], s[None, ~y], fpr)[0])
+    ci = None
+    if n_boot > 0:
+        ip, ineg = _bootstrap_indices(y, n_boot, seed)
+        ci = _percentile_ci(_tpr_rows(s[ip], s[ineg], fpr), level)
+    return {"value": value, "ci": ci, "reason": None}
+
+
+def roc_points(scores: Sequence[float], labels: Sequence[bool]) -> pd.DataFrame:
+    """The ROC curve: columns ``fpr, tpr, threshold`` (sklearn's, all thresholds kept)."""
+    from sklearn.metrics import roc_curve
+
+    s, y = _labels_scores(scores, labels)
+    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
+    return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thr})

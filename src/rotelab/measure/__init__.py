@@ -1,7 +1,7 @@
 """Measurements of memorization: extraction, similarity, reconstruction, rates with intervals.
 
-The run-level functions whose names equal their modules (``mia``, ``exposure``) are imported from
-those modules (``from rotelab.measure.mia import mia``), so ``rotelab.measure.mia`` stays the module.
+The function whose name equals its module (``exposure``) is imported from that module
+(``from rotelab.measure.exposure import exposure``), so ``rotelab.measure.exposure`` stays the module.
 """
 
 from rotelab.measure.blind import BlindBaseline
@@ -14,8 +14,6 @@ from rotelab.measure.extraction import (
     verify_windows,
 )
 from rotelab.measure.mia import (
-    Attack,
-    MIAConfig,
     MIAText,
     SpanMode,
     WordSubstitution,
@@ -35,9 +33,7 @@ from rotelab.stats import (
 )
 
 __all__ = [
-    "Attack",
     "BlindBaseline",
-    "MIAConfig",
     "MIAText",
     "SpanMode",
     "WordSubstitution",

@@ -22,11 +22,15 @@ from typing import Any
 import numpy as np
 
 from rotelab.errors import RotelabError
+from rotelab.registry import direction, register_metric
+from rotelab.stats import bootstrap_auc
 
-__all__ = ["BlindBaseline", "HIGHER_IS_BETTER"]
+__all__ = ["BlindBaseline"]
 
-#: The blind AUC measures how separable the split is: higher means a more biased split.
-HIGHER_IS_BETTER = False
+register_metric(
+    "blind_auc", higher_is_better=False,
+    description="out-of-fold AUC of a model-free text classifier: higher = a more biased split",
+)  # fmt: skip
 
 
 @dataclass
@@ -86,8 +90,6 @@ class BlindBaseline:
         """
         from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-        from rotelab.measure.mia import bootstrap_auc
-
         y = np.asarray(members, dtype=bool)
         if len(texts) != len(y):
             raise ValueError("texts and members must have the same length")
@@ -136,7 +138,7 @@ class BlindBaseline:
             "auc_ci": self.auc_ci_,
             "flagged": self.flagged_,
             "folds": self.folds_,
-            "higher_is_better": HIGHER_IS_BETTER,
+            "higher_is_better": direction("blind_auc"),
             "top_member_features": self.top_features_,
             "method": "TF-IDF word + char n-grams, logistic regression, stratified CV",
         }

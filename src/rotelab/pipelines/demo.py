@@ -206,15 +206,14 @@ def _examples(lm, org, scored: pd.DataFrame, n: int) -> pd.DataFrame:
 
 
 def _mia(org, out: Path, cfg: DemoConfig, progress: bool) -> dict[str, Any]:
-    from rotelab.measure.mia import Attack, MIAConfig, mia
+    from rotelab.options import LoadOptions, RunOptions
+    from rotelab.pipelines.mia import MIAConfig, mia
 
-    mcfg = MIAConfig(
-        attacks=[Attack(a) for a in cfg.attacks], bootstrap=cfg.mia_bootstrap, exposure=False,
-        seed=cfg.seed,
-    )  # fmt: skip
+    mcfg = MIAConfig(attacks=list(cfg.attacks), bootstrap=cfg.mia_bootstrap, exposure=False)
     _, summary = mia(
-        org.path, config=mcfg, out=out, device="cpu", dtype="float32", progress=progress
-    )
+        org.path, config=mcfg, run=RunOptions(out, seed=cfg.seed, progress=progress),
+        load=LoadOptions("cpu", "float32"),
+    )  # fmt: skip
     return summary
 
 
