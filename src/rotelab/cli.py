@@ -146,8 +146,9 @@ def _bundle(group: str, kw: dict):
     v = {name: kw.pop(name) for name in list(kw) if name in _GROUPS[group]}
     if group == "load":
         return LoadOptions(v["device"], v["dtype"], v.get("allow_pickle", False))
-    if group == "corpus":
-        return CorpusOptions(v["field"], v["errors"], v["corpus_format"])
+    if group == "corpus":  # a flag left out (``without``) keeps the dataclass default
+        flags = {"field": "field", "errors": "errors", "corpus_format": "format"}
+        return CorpusOptions(**{flags[k]: value for k, value in v.items()})
     if group == "run":
         quiet = kw.get("quiet", False)
         return RunOptions(v.get("out_dir"), v.get("resume", False), v.get("force", False),
