@@ -338,7 +338,7 @@ def real_model(args) -> dict:
 
 
 def organism(args) -> dict:
-    from rotelab.curvature import CurvatureEdit, factor_data
+    from rotelab.curvature import CurvatureEdit, packed_sequences
     from rotelab.organism import default_organism
 
     torch.set_num_threads(args.threads)
@@ -360,7 +360,7 @@ def organism(args) -> dict:
         labels = spec.get("labels", "sampled")
         tokens = int(spec.get("tokens", args.factor_tokens))
         t0 = time.perf_counter()
-        seqs = factor_data(lm, None, tokens=tokens)
+        seqs = packed_sequences(lm, org.train_docs(), max_tokens=tokens)
         kfac = KFAC(layers, blocks=blocks, labels=labels).fit(lm, seqs, batch_size=16)
         t_fit = time.perf_counter() - t0
         edit = CurvatureEdit().fit(kfac)

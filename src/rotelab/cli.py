@@ -514,13 +514,13 @@ def kfac_cmd(
     show: Show,
 ) -> None:
     """Collect K-FAC factors (A = E[aaᵀ], G = E[ggᵀ]) of linear layers; save them (safetensors)."""
-    from rotelab.curvature.kfac import collect_factors
+    from rotelab.pipelines.kfac import kfac
 
-    kfac, path = collect_factors(
+    fitted, path = kfac(
         model, data, layers=layers, blocks=blocks, labels=labels, tokens=tokens, seq_len=seq_len,
         batch_size=batch_size, run=run, load=load, corpus=corpus,
     )  # fmt: skip
-    summary = {"factors": path, "layers": list(kfac.factors_), "tokens": kfac.tokens_}
+    summary = {"factors": path, "layers": list(fitted.factors_), "tokens": fitted.tokens_}
     emit(summary, show, run_dir=path.parent)
 
 
@@ -532,7 +532,10 @@ def edit_cmd(
     model: ModelOpt = None,
     factors: Annotated[
         Path | None,
-        typer.Option(help="Factors from `rotelab kfac`. Default: collect for the model (cached)."),
+        typer.Option(
+            help="Factors from `rotelab kfac`. Default (an organism only): collected on its "
+            "training text (cached)."
+        ),
     ] = None,
     rho: Annotated[
         str, typer.Option(help="Curvature mass kept per layer, in (0, 1]; '0.5,0.6,0.8' sweeps.")
@@ -547,9 +550,9 @@ def edit_cmd(
     show: Show,
 ) -> None:
     """K-FAC curvature edit (Merullo et al. 2025): drop low-curvature weight components."""
-    from rotelab.edit.curvature_edit import kfac_edit
+    from rotelab.pipelines.edit import edit
 
-    result = kfac_edit(
+    result = edit(
         model, factors, rho, layers=layers, blocks=blocks, labels=labels, tokens=tokens, run=run,
         load=load,
     )  # fmt: skip
@@ -599,7 +602,7 @@ def balanced_subnet_cmd(
     show: Show,
 ) -> None:
     """BalancedSubnet (Sakarvadia et al. 2024): learn a pruning mask; write the masked model."""
-    from rotelab.edit.balanced_subnet import balanced_subnet
+    from rotelab.pipelines.unlearn import balanced_subnet
 
     path, summary = balanced_subnet(
         model, forget=forget, retain=retain, min_count=min_count, retain_windows=retain_windows,

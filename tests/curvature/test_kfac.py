@@ -13,9 +13,9 @@ import pytest
 import torch
 from tiny_models import make_tiny_model, make_tokenizer
 
-from rotelab.curvature import KFAC, parse_blocks, select_layers
+from rotelab.curvature import KFAC, check_selection, packed_sequences, parse_blocks, select_layers
 from rotelab.curvature import kfac as kfac_module
-from rotelab.curvature.kfac import _draw, _uniforms, factor_data
+from rotelab.curvature.kfac import _draw, _uniforms
 from rotelab.errors import RotelabError
 from rotelab.lm import LM
 
@@ -122,16 +122,17 @@ def test_default_batch_holds_about_tokens_per_pass(monkeypatch):
     assert KFAC().fit(_lm("llama"), _seqs(), batch_size=5).batch_size_ == 5
 
 
-def test_default_sequence_length_is_capped(monkeypatch, tmp_path):
-    corpus = tmp_path / "c.txt"
-    corpus.write_text("the quick brown fox jumps over the lazy dog " * 40)
+def test_default_sequence_length_is_capped(monkeypatch):
+    texts = ["the quick brown fox jumps over the lazy dog " * 40]
     lm = _lm("llama")  # context 64
-    assert {len(s) for s in factor_data(lm, corpus, tokens=200)} == {64}
+    assert {len(s) for s in packed_sequences(lm, texts, max_tokens=200)} == {64}
     monkeypatch.setattr(kfac_module, "DEFAULT_SEQ_LEN", 10)
-    assert {len(s) for s in factor_data(lm, corpus, tokens=200)} == {11}
-    assert {len(s) for s in factor_data(lm, corpus, tokens=200, seq_len=20)} == {21}
+    assert {len(s) for s in packed_sequences(lm, texts, max_tokens=200)} == {11}
+    assert {len(s) for s in packed_sequences(lm, texts, seq_len=20, max_tokens=200)} == {21}
     with pytest.raises(RotelabError, match="--seq-len must be >= 1"):
-        factor_data(lm, corpus, tokens=200, seq_len=0)  # 0 is not "the default"
+        packed_sequences(lm, texts, seq_len=0, max_tokens=200)  # 0 is not "the default"
+    with pytest.raises(RotelabError, match="context is 64; use --seq-len 63 or less"):
+        packed_sequences(lm, texts, seq_len=64, max_tokens=200)
 
 
 def test_padding_is_masked_and_batching_does_not_matter():
@@ -198,6 +199,25 @@ def test_layer_selection_by_pattern_and_blocks():
 def test_bad_selection_is_a_one_line_error(layers, blocks, message):
     with pytest.raises(RotelabError, match=message):
         KFAC(layers, blocks=blocks).fit(_lm("llama"), _seqs())
+
+
+@pytest.mark.parametrize(
+    "layers, blocks, message",
+    [(None, "a-b", "cannot read blocks"), (None, "-0:", "select no block"),
+     (None, "3-1", "select no block"), (None, [0, -1], "select no block"),
+     ("(", None, "neither a glob"), (["*up_proj", " "], None, "pattern is empty")],
+)  # fmt: skip
+def test_selection_syntax_is_checked_without_a_model(layers, blocks, message):
+    with pytest.raises(RotelabError, match=message):
+        check_selection(layers, blocks)
+
+
+def test_selections_a_model_may_have_pass_the_syntax_check():
+    for layers, blocks in [("*up_proj", "2-3"), (r"mlp\.(up|down)", "-3:"), (["a", "b[0]"], "0,7"),
+                           (None, [0, 5]), ("*.mlp.*", None)]:  # fmt: skip
+        check_selection(layers, blocks)
+    with pytest.raises(RotelabError, match="outside"):  # the model decides what exists
+        select_layers(_lm("llama"), "*up_proj", "2-3")
 
 
 def test_bad_labels_and_empty_data():

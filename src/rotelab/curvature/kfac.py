@@ -36,6 +36,9 @@ Example:
     >>> kfac = KFAC(blocks=[2, 3]).fit(lm, sequences)  # doctest: +SKIP
     >>> A, G = kfac.factors_["model.layers.3.mlp.up_proj"]  # doctest: +SKIP
     >>> kfac.save("factors/")  # doctest: +SKIP
+
+``rotelab kfac`` (inputs, the organism's text, the run directory) is
+:mod:`rotelab.pipelines.kfac`.
 """
 
 from __future__ import annotations
@@ -61,7 +64,6 @@ from rotelab.lm import (
     HookFn,
     LinearLayer,
     block_index,
-    check_load_options,
     length_buckets,
     pad_batch,
     progress_bar,
@@ -73,8 +75,7 @@ __all__ = [
     "FACTORS_FILE",
     "KFAC",
     "Labels",
-    "collect_factors",
-    "factor_data",
+    "check_selection",
     "model_fingerprint",
     "packed_sequences",
     "parse_blocks",
@@ -95,38 +96,67 @@ class Labels(str, Enum):
 
 
 # ------------------------------------------------------------------------------ layer selection
+def _read_blocks(blocks: str | Sequence[int]) -> tuple[set[int], int]:
+    """The block indices a ``--blocks`` value names, and how many last blocks (``-k:``) it adds."""
+    if not isinstance(blocks, str):
+        return {int(b) for b in blocks}, 0
+    text = blocks.strip()
+    out: set[int] = set()
+    try:
+        if re.fullmatch(r"-\d+:", text):
+            return out, int(text[1:-1])
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                out.update(range(int(lo), int(hi) + 1))
+            else:
+                out.add(int(part))
+    except ValueError as exc:
+        raise RotelabError(
+            f"cannot read blocks {blocks!r}; write a range like 2-3, a list like 0,2, "
+            "or -3: for the last three blocks"
+        ) from exc
+    return out, 0
+
+
 def parse_blocks(blocks: str | Sequence[int] | None, num_layers: int) -> list[int] | None:
     """``"2-3"``, ``"0,2"``, ``"-3:"`` (the last three) or a list of ints → sorted block indices."""
     if blocks is None:
         return None
-    if isinstance(blocks, str):
-        text = blocks.strip()
-        out: set[int] = set()
-        try:
-            if re.fullmatch(r"-\d+:", text):
-                k = int(text[1:-1])
-                out.update(range(max(0, num_layers - k), num_layers))
-            else:
-                for part in filter(None, (p.strip() for p in text.split(","))):
-                    if "-" in part[1:]:
-                        lo, hi = part.split("-", 1)
-                        out.update(range(int(lo), int(hi) + 1))
-                    else:
-                        out.add(int(part))
-        except ValueError as exc:
-            raise RotelabError(
-                f"cannot read blocks {blocks!r}; write a range like 2-3, a list like 0,2, "
-                "or -3: for the last three blocks"
-            ) from exc
-        chosen = sorted(out)
-    else:
-        chosen = sorted({int(b) for b in blocks})
+    explicit, last = _read_blocks(blocks)
+    chosen = sorted(explicit | set(range(max(0, num_layers - last), num_layers)))
     bad = [b for b in chosen if not 0 <= b < num_layers]
     if bad or not chosen:
         raise RotelabError(
             f"blocks {blocks!r} are outside this model's blocks 0..{num_layers - 1}"
         )
     return chosen
+
+
+def check_selection(
+    layers: str | Sequence[str] | None = None, blocks: str | Sequence[int] | None = None
+) -> None:
+    """Refuse what a layer selection gets wrong whatever the model: unreadable or empty
+    ``blocks``, negative block indices, and layer patterns that can match no name (empty, or
+    neither a glob nor a regex). :func:`select_layers` checks the rest on the model."""
+    if blocks is not None:
+        explicit, last = _read_blocks(blocks)
+        if (not explicit and not last) or any(b < 0 for b in explicit):
+            raise RotelabError(
+                f"blocks {blocks!r} select no block (blocks count from 0); write a range like "
+                "2-3, a list like 0,2, or -3: for the last three blocks"
+            )
+    for pattern in [layers] if isinstance(layers, str) else list(layers or ()):
+        if not pattern.strip():
+            raise RotelabError("a layer pattern is empty; give --layers a glob such as '*.mlp.*'")
+        if not any(ch in pattern for ch in "*?["):  # a glob always means something; a regex may not
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise RotelabError(
+                    f"layer pattern {pattern!r} is neither a glob (*, ?, [...]) nor a regex "
+                    f"({exc}); give --layers a glob such as '*.mlp.*'"
+                ) from exc
 
 
 def select_layers(
@@ -640,7 +670,7 @@ class KFAC:
         return f"KFAC(layers={self.layers!r}, blocks={self.blocks!r}, labels={self.labels.value}{fitted})"
 
 
-# ------------------------------------------------------------------------------ the command
+# ------------------------------------------------------------------------------ factor data
 #: Tokens of factor data by default (the paper uses ~20M on a 7B model; the organism has ~180k).
 DEFAULT_TOKENS = 131_072
 #: Tokens per forward/backward pass when no batch size is given: 16 sequences of 128 were the
@@ -652,42 +682,15 @@ TOKENS_PER_PASS = 2048
 DEFAULT_SEQ_LEN = 2048
 
 
-def packed_sequences(lm: LM, texts: Iterable[str], *, seq_len: int, max_tokens: int) -> list[list[int]]:
+def packed_sequences(
+    lm: LM, texts: Iterable[str], *, seq_len: int | None = None, max_tokens: int
+) -> list[list[int]]:
     """Documents joined by end-of-text and cut into ``seq_len + 1``-token sequences.
 
     Each sequence gives ``seq_len`` K-FAC tokens (its last token is only a label); packing is how
-    the organism was trained, so the factors see text as the model saw it.
+    the organism was trained, so the factors see text as the model saw it. ``seq_len=None`` is
+    the model's context - 1, at most :data:`DEFAULT_SEQ_LEN`.
     """
-    if seq_len < 1:
-        raise RotelabError(f"sequence length must be >= 1, got {seq_len}")
-    # Just enough text for the sequences the budget needs; each gives seq_len tokens.
-    chunks = stream_chunks(
-        texts,
-        lm.encode,
-        lm.tokenizer.eos_token_id,
-        max_tokens=-(-max_tokens // seq_len) * (seq_len + 1),
-        length=seq_len + 1,
-    )
-    return _within_budget(chunks, max_tokens)
-
-
-def factor_data(
-    lm: LM,
-    data: str | os.PathLike | None,
-    *,
-    tokens: int,
-    seq_len: int | None = None,
-    field: str = "text",
-    errors: str = "strict",
-    corpus_format: str = "auto",
-) -> list[list[int]]:
-    """Sequences for factor collection: a corpus path, or the organism's training text.
-
-    With ``data=None`` the text is the training text of the organism ``lm`` was loaded from, or
-    of the default organism.
-    """
-    if tokens < 1:
-        raise RotelabError(f"--tokens must be >= 1, got {tokens}")
     if seq_len is None:
         seq_len = min(lm.context_length - 1, DEFAULT_SEQ_LEN)
     if seq_len < 1:
@@ -697,102 +700,12 @@ def factor_data(
             f"sequence length {seq_len} needs {seq_len + 1} tokens but the model's context is "
             f"{lm.context_length}; use --seq-len {lm.context_length - 1} or less"
         )
-    if data is None:
-        from rotelab.organism import Organism, default_organism
-        from rotelab.pipelines.inputs import is_organism_dir
-
-        # an organism directory brings its own training text; any other model gets the default's
-        org = Organism(lm.name) if is_organism_dir(lm.name) else default_organism()
-        texts: Iterable[str] = org.train_docs()
-    else:
-        from rotelab.data.corpus import read_corpus
-
-        texts = (doc.text for doc in read_corpus(
-            data, field=field, errors=errors, corpus_format=corpus_format
-        ))
-    seqs = packed_sequences(lm, texts, seq_len=seq_len, max_tokens=tokens)
-    if not seqs:
-        raise RotelabError(f"{data or 'the organism'} holds no text to collect factors on")
-    return seqs
-
-
-def collect_factors(
-    model: LM | str | os.PathLike | None = None,
-    data: str | os.PathLike | None = None,
-    out: str | os.PathLike | None = None,
-    *,
-    layers: str | Sequence[str] | None = None,
-    blocks: str | Sequence[int] | None = None,
-    labels: Labels | str = Labels.sampled,
-    tokens: int = DEFAULT_TOKENS,
-    seq_len: int | None = None,
-    batch_size: int | None = None,
-    seed: int = 0,
-    field: str = "text",
-    errors: str = "strict",
-    corpus_format: str = "auto",
-    device: str = "auto",
-    dtype: str = "auto",
-    force: bool = False,
-    progress: bool = False,
-) -> tuple[KFAC, Path]:
-    """Collect K-FAC factors and save them in a run directory (``rotelab kfac``).
-
-    Args:
-        model: an :class:`LM`, a model path, or ``None`` for the default organism.
-        data: a corpus path; ``None`` = the organism's training text.
-        field, errors, corpus_format: how the corpus is read (see
-            :func:`rotelab.data.read_corpus`).
-        out: run directory (default ``runs/kfac-<time>``); gets ``factors.safetensors``,
-            ``config.json`` and ``summary.json``.
-        layers, blocks, labels, seed: see :class:`KFAC`.
-        tokens: how many tokens to average over.
-        seq_len: tokens per sequence (default: the model's context - 1, at most
-            :data:`DEFAULT_SEQ_LEN`).
-        batch_size: sequences per pass (``None``: about :data:`TOKENS_PER_PASS` tokens each).
-
-    Returns:
-        (the fitted :class:`KFAC`, the factors file).
-    """
-    import time
-
-    from rotelab.distributed import dist_context, is_main, local_device
-    from rotelab.runs import Run, check_output, is_run_dir
-
-    check_load_options(device, dtype)
-    kfac = KFAC(layers, blocks=blocks, labels=labels, seed=seed)
-    config = {
-        "model": model.name if isinstance(model, LM) else model, "data": data,
-        "layers": layers, "blocks": blocks, "labels": kfac.labels.value, "tokens": tokens,
-        "seq_len": seq_len, "batch_size": batch_size, "seed": seed,
-    }  # fmt: skip
-    inputs = (config["model"], data)
-    if out is not None:  # every rank fails here, before the collective work, not rank 0 alone
-        check_output(
-            out, replace=force, owned=is_run_dir, kind="a rotelab run (config.json)",
-            inputs=inputs,
-        )  # fmt: skip
-    with dist_context():
-        from rotelab.options import LoadOptions
-        from rotelab.pipelines.inputs import load_model
-
-        lm = load_model(model, LoadOptions(local_device(device), dtype))
-        select_layers(lm, layers, blocks)  # bad selections fail before any work
-        seqs = factor_data(
-            lm, data, tokens=tokens, seq_len=seq_len, field=field, errors=errors,
-            corpus_format=corpus_format,
-        )  # fmt: skip
-        t0 = time.perf_counter()
-        kfac.fit(lm, seqs, batch_size=batch_size, progress=progress and is_main())
-        seconds = time.perf_counter() - t0
-        if not is_main():  # rank 0 writes; the factors are the same on every rank
-            return kfac, Path(out or ".") / FACTORS_FILE
-        with Run.create(out, "kfac", config, force=force, inputs=inputs) as run:
-            kfac.save(run.path)
-            run.write_summary({
-                "factors": str(run.path / FACTORS_FILE), "layers": list(kfac.factors_), "tokens": kfac.tokens_,
-                "labels": kfac.labels.value, "batch_size": kfac.batch_size_,
-                "seconds": round(seconds, 2),
-                "tokens_per_second": round(kfac.tokens_ / max(seconds, 1e-9), 1),
-            })  # fmt: skip
-    return kfac, run.path / FACTORS_FILE
+    # Just enough text for the sequences the budget needs; each gives seq_len tokens.
+    chunks = stream_chunks(
+        texts,
+        lm.encode,
+        lm.tokenizer.eos_token_id,
+        max_tokens=-(-max_tokens // seq_len) * (seq_len + 1),
+        length=seq_len + 1,
+    )
+    return _within_budget(chunks, max_tokens)

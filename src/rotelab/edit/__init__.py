@@ -1,12 +1,15 @@
-"""Weight edits that remove memorization; each returns or writes a new model, never in place."""
+"""Weight edits that remove memorization; each returns a new model, never edits in place.
+
+The commands that write the edited models are in :mod:`rotelab.pipelines` (``edit``,
+``unlearn``).
+"""
 
 from rotelab.edit.balanced_subnet import BalancedSubnet
-from rotelab.edit.curvature_edit import EDIT_RECORD, cached_factors, kfac_edit, parse_rhos
+from rotelab.edit.curvature_edit import EDIT_RECORD, kfac_edits, parse_rhos
 
 __all__ = [
     "BalancedSubnet",
     "EDIT_RECORD",
-    "cached_factors",
-    "kfac_edit",
+    "kfac_edits",
     "parse_rhos",
 ]

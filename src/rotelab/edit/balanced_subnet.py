@@ -18,15 +18,16 @@ lr 0.1, 5 epochs, w 0.05, and Merullo et al. 2025 report w 0.7, ratio 0.0015, lr
 Example:
     >>> bsn = BalancedSubnet(ratio=0.03, w=0.5).fit(lm, forget, retain)  # doctest: +SKIP
     >>> edited = bsn.apply(lm)  # a new LM; ``lm`` is unchanged  # doctest: +SKIP
+
+``rotelab unlearn balanced-subnet`` (the organism's forget and retain sets, the output directory)
+is :mod:`rotelab.pipelines.unlearn`.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,12 +35,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from rotelab.curvature.kfac import check_selection
 from rotelab.errors import RotelabError
-from rotelab.lm import LM, LinearLayer, check_load_options
+from rotelab.lm import LM, LinearLayer
 from rotelab.machine import autocast, autocast_dtype, parse_precision
-from rotelab.runs import OutputDir, atomic_write_json
 
-__all__ = ["BalancedSubnet", "balanced_subnet", "organism_forget_retain", "DEFAULTS_NOTE", "RECORD"]
+__all__ = ["BalancedSubnet", "DEFAULTS_NOTE", "RECORD"]
 
 #: The file, inside a BalancedSubnet model directory, that records how it was made.
 RECORD = "balanced_subnet.json"
@@ -110,13 +111,21 @@ class BalancedSubnet:
             "precision": self.precision,
         }  # fmt: skip
 
-    def _check(self) -> None:
+    def check(self) -> BalancedSubnet:
+        """Refuse settings no model can use, in one line each, before any work."""
         if not 0 < self.ratio < 1:
             raise RotelabError(f"ratio must be in (0, 1) (the fraction pruned), not {self.ratio}")
         if not 0 <= self.w <= 1:
             raise RotelabError(f"w must be in [0, 1] (the retain-loss weight), not {self.w}")
-        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1:
-            raise RotelabError("lr must be > 0, epochs and batch size >= 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise RotelabError(f"lr must be a number > 0, not {self.lr}")
+        if self.epochs < 1:
+            raise RotelabError(f"epochs must be >= 1, not {self.epochs}")
+        if self.batch_size < 1:
+            raise RotelabError(f"batch size must be >= 1, not {self.batch_size}")
+        parse_precision(self.precision)
+        check_selection(self.layers)
+        return self
 
     def _targets(self, lm: LM) -> list[LinearLayer]:
         targets = lm.mlp_layers() if self.layers is None else lm.linear_layers(self.layers)
@@ -142,7 +151,7 @@ class BalancedSubnet:
             forget_sequences: token id lists to forget.
             retain_sequences: token id lists to keep predicting well.
         """
-        self._check()
+        self.check()
         amp = autocast_dtype(self.precision, lm.device)
         ctx = lm.context_length
         forget = _chunks(forget_sequences, ctx)
@@ -302,147 +311,3 @@ def _chunks(seqs: Sequence[Sequence[int]], max_len: int) -> list[list[int]]:
             if len(piece) >= 2:
                 out.append(piece)
     return out
-
-
-def organism_forget_retain(
-    organism, lm: LM, *, min_count: int = 16, retain_windows: int = 256, seed: int = 0
-) -> tuple[list[list[int]], list[list[int]]]:
-    """The organism's default forget and retain sets.
-
-    Forget: the full token sequences of ledger items inserted at least ``min_count`` times.
-    Retain: ``retain_windows`` context-length windows of the background training text (the stream of
-    training documents joined by end-of-text), drawn with ``seed``.
-    """
-    led = organism.ledger
-    forget = [list(t) for t in led.loc[led["count"] >= min_count, "tokens"]]
-    eos = lm.tokenizer.eos_token_id
-    ctx = lm.context_length
-    stream: list[int] = []
-    for doc in organism.train_docs():
-        stream += lm.encode(doc) + [eos]
-    windows = [stream[i : i + ctx] for i in range(0, len(stream) - ctx + 1, ctx)]
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(windows), size=min(retain_windows, len(windows)), replace=False)
-    return forget, [windows[i] for i in sorted(pick)]
-
-
-def _read_sequences(path: str | os.PathLike, lm: LM, corpus_format: str) -> list[list[int]]:
-    from rotelab.data.corpus import read_corpus
-
-    return [lm.encode(d.text) for d in read_corpus(path, corpus_format=corpus_format)]
-
-
-def balanced_subnet(
-    model: str | os.PathLike | LM | None = None,
-    out: str | os.PathLike | None = None,
-    *,
-    forget: str | os.PathLike | Sequence[Sequence[int]] | None = None,
-    retain: str | os.PathLike | Sequence[Sequence[int]] | None = None,
-    min_count: int = 16,
-    retain_windows: int = 256,
-    ratio: float = 0.03,
-    w: float = 0.5,
-    lr: float = 0.3,
-    epochs: int = 20,
-    batch_size: int = 8,
-    layers: str | Sequence[str] | None = None,
-    seed: int = 0,
-    force: bool = False,
-    device: str = "auto",
-    dtype: str = "auto",
-    precision: str = "auto",
-    corpus_format: str = "auto",
-    progress: bool = False,
-) -> tuple[Path, dict[str, Any]]:
-    """Fit BalancedSubnet and write the masked model as a new model directory.
-
-    Args:
-        model: model directory, LM, or ``None``/``"organism"`` for the default organism.
-        out: new model directory (default ``runs/balanced-subnet-<seed>``); must not exist unless
-            ``force``.
-        forget: corpus path or token sequences to forget; default: the organism's ledger items
-            inserted >= ``min_count`` times (needs an organism model).
-        retain: corpus path or token sequences to keep; default: organism background windows.
-        min_count, retain_windows: the organism defaults (see :func:`organism_forget_retain`).
-        ratio, w, lr, epochs, batch_size, layers, seed: see :class:`BalancedSubnet`.
-        force: replace an existing ``out`` that this function wrote. The new model is written
-            beside it and renamed into place when complete (:class:`rotelab.runs.OutputDir`);
-            an ``out`` that is, is inside or contains the model or a corpus is refused.
-        precision: training precision of the mask (see :class:`BalancedSubnet`).
-        corpus_format: how ``forget``/``retain`` corpus files are read (see
-            :func:`rotelab.data.read_corpus`).
-
-    Returns:
-        ``(out, summary)``; ``out`` holds the model, its tokenizer and ``balanced_subnet.json``
-        (:data:`RECORD`).
-    """
-    from rotelab.organism import Organism
-
-    parse_precision(precision)  # bad values fail before the model is loaded
-    if not isinstance(model, LM):
-        check_load_options(device, dtype)
-    out = Path(out) if out is not None else Path("runs") / f"balanced-subnet-s{seed}"
-    org_path = _source_dir(model)
-    corpora = [c for c in (forget, retain) if isinstance(c, (str, os.PathLike))]
-    output = OutputDir.open(
-        out, replace=force, owned=lambda p: (p / RECORD).is_file(),
-        kind=f"a BalancedSubnet model ({RECORD})",
-        inputs=[model.name if isinstance(model, LM) else model, org_path, *corpora],
-    )  # fmt: skip
-    with output as tmp:
-        if isinstance(model, LM):
-            lm, source = model, model.name
-        else:
-            from rotelab.options import LoadOptions
-            from rotelab.pipelines.inputs import load_model
-
-            lm = load_model(model, LoadOptions(device, dtype))
-            source = "organism" if model in (None, "organism") else str(model)
-        organism = None
-        if org_path is not None and (org_path / "spec.json").exists():
-            organism = Organism(org_path)
-        if forget is None or retain is None:
-            if organism is None:
-                raise RotelabError(
-                    "this model is not an organism, so there is no default forget/retain set; "
-                    "give --forget and --retain corpora"
-                )
-            d_forget, d_retain = organism_forget_retain(
-                organism, lm, min_count=min_count, retain_windows=retain_windows, seed=seed
-            )
-        forget_seqs = (
-            d_forget if forget is None
-            else _read_sequences(forget, lm, corpus_format) if isinstance(forget, (str, os.PathLike)) else forget
-        )  # fmt: skip
-        retain_seqs = (
-            d_retain if retain is None
-            else _read_sequences(retain, lm, corpus_format) if isinstance(retain, (str, os.PathLike)) else retain
-        )  # fmt: skip
-        bsn = BalancedSubnet(
-            ratio=ratio, w=w, lr=lr, epochs=epochs, batch_size=batch_size, layers=layers,
-            seed=seed, precision=precision, progress=progress,
-        )  # fmt: skip
-        bsn.fit(lm, forget_seqs, retain_seqs)
-        bsn.apply(lm).save(tmp)
-        pruned = bsn.pruned_counts()
-        summary = {
-            "source": source,
-            "out": str(out),
-            "params": bsn.get_params(),
-            "defaults_note": DEFAULTS_NOTE,
-            "n_forget": len(forget_seqs),
-            "n_retain": len(retain_seqs),
-            "pruned": pruned,
-            "pruned_total": int(sum(pruned.values())),
-            "masked_total": int(sum(m.numel() for m in bsn.masks_.values())),
-            "first_step": bsn.history_[0],
-            "last_step": bsn.history_[-1],
-        }
-        atomic_write_json(tmp / RECORD, {**summary, "history": bsn.history_})
-    return out, summary
-
-
-def _source_dir(model) -> Path | None:
-    from rotelab.pipelines.inputs import resolve_model
-
-    return resolve_model(model).path()

@@ -305,11 +305,13 @@ def _kfac(lm, org, out: Path, models: Path, cfg: DemoConfig, progress: bool) -> 
 
 
 def _balanced_subnet(org, target: Path, cfg: DemoConfig, progress: bool) -> dict[str, Any]:
-    from rotelab.edit.balanced_subnet import balanced_subnet
+    from rotelab.options import LoadOptions, RunOptions
+    from rotelab.pipelines.unlearn import balanced_subnet
 
     _, summary = balanced_subnet(
-        str(org.path), target, min_count=cfg.min_count, epochs=cfg.bsn_epochs, seed=cfg.seed,
-        device="cpu", dtype="float32", precision=cfg.precision, progress=progress,
+        str(org.path), min_count=cfg.min_count, epochs=cfg.bsn_epochs, precision=cfg.precision,
+        run=RunOptions(target, seed=cfg.seed, progress=progress),
+        load=LoadOptions("cpu", "float32"),
     )  # fmt: skip
     return summary
 
