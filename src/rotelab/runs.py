@@ -52,6 +52,7 @@ import pandas as pd
 
 from rotelab.errors import RotelabError
 from rotelab.machine import machine_info, pid_alive
+from rotelab.summaries import SCHEMAS, Summary
 
 __all__ = [
     "OutputDir",
@@ -600,7 +601,15 @@ class Run:
         atomic_write_json(target, obj)
         return target
 
-    def write_summary(self, summary: dict) -> Path:
+    def write_summary(self, summary: dict | Summary) -> Path:
+        """Write ``summary.json``. A command with a schema in :data:`rotelab.summaries.SCHEMAS`
+        writes only a summary its schema reads (what the report and other readers rely on), so a
+        writer that drops a field fails here, not in a reader later."""
+        if isinstance(summary, Summary):
+            summary = summary.to_dict()
+        schema = SCHEMAS.get(str(self.config.get("command")))
+        if schema is not None:
+            summary = schema.from_dict(to_jsonable(summary), where="summary").to_dict()
         return self.write_json("summary.json", summary)
 
     def summary(self) -> dict | None:

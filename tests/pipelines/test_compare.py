@@ -238,18 +238,20 @@ def test_cli_checks_arguments_before_the_organism_is_built(no_default_organism, 
 
 def test_the_report_takes_directions_from_the_summary_the_registry_wrote():
     from rotelab.report.html import before_after_rows
+    from rotelab.summaries import CompareSummary
 
     def block(strict, ppl, acc):
         return {"extraction_rate": strict, "perplexity": ppl,
                 "tasks": {t: {"accuracy": acc} for t in TASKS}}  # fmt: skip
 
-    summary = {"baseline": "a", "order": ["a", "b"], "metrics": METRICS,
+    summary = {"baseline": "a", "order": ["a", "b"], "metrics": METRICS, "min_count": 16,
                "models": {"a": block(0.9, 4.0, 0.5), "b": block(0.1, 4.4, 0.4)}}  # fmt: skip
-    rows = before_after_rows(summary).set_index("metric")["higher_is_better"].to_dict()
+    typed = CompareSummary.from_dict
+    rows = before_after_rows(typed(summary)).set_index("metric")["higher_is_better"].to_dict()
     assert rows["extraction"] == direction("strict", "compare") == False  # noqa: E712
     assert rows["perplexity"] == direction("perplexity") == False  # noqa: E712
     assert all(rows[t] == direction(t, "compare") == True for t in TASKS)  # noqa: E712
     # A direction recorded differently in the summary is followed, not overridden.
     flipped = {**METRICS, "arithmetic": {**METRICS["arithmetic"], "higher_is_better": False}}
-    rows = before_after_rows({**summary, "metrics": flipped}).set_index("metric")
+    rows = before_after_rows(typed({**summary, "metrics": flipped})).set_index("metric")
     assert not rows.loc["arithmetic", "higher_is_better"]

@@ -21,19 +21,9 @@ PLOTS = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def demo_report(tiny_organism, tmp_path_factory):
-    """The tiny demo in a temporary ROTELAB_HOME holding the session's tiny organism."""
-    from rotelab.pipelines.demo import demo
-
-    home = tmp_path_factory.mktemp("rotelab-home")
-    (home / "organisms").mkdir()
-    # the demo looks the organism up in $ROTELAB_HOME/organisms/<spec key>: link the built one
-    (home / "organisms" / tiny_organism.spec.key()).symlink_to(tiny_organism.path.resolve())
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ROTELAB_HOME", str(home))
-        report = demo(tmp_path_factory.mktemp("demo") / "run", profile="tiny", progress=False)
-    return report
+@pytest.fixture
+def demo_report(tiny_demo):
+    return tiny_demo / "report.html"
 
 
 def _lookup(summary: dict, key: str):

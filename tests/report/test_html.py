@@ -8,12 +8,15 @@ import re
 from html.parser import HTMLParser
 
 import pytest
-from _runs import EXTRACT_RATES, compare_summary, extract_summary, mia_summary
 from typer.testing import CliRunner
 
 from rotelab.errors import RotelabError
 from rotelab.report import render_report, write_report
-from rotelab.report.html import before_after_rows, extraction_rates, mia_attacks, mia_auc_by_count
+from rotelab.report.html import before_after_rows, extraction_rates, mia_auc_by_count
+from rotelab.runs import read_table
+from rotelab.summaries import CompareSummary, ExtractionSummary, MIASummary
+
+pytestmark = [pytest.mark.slow]  # the pages are drawn from a real (tiny) demo run
 
 
 class _Page(HTMLParser):
@@ -93,44 +96,64 @@ def _check_page(run_dir) -> _Page:
     return page
 
 
+def _summary(run_dir) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
 def test_extract_page(extract_run):
     page = _check_page(extract_run)
     keys = {n["key"] for n in page.nums}
     assert {"extraction_rate", "extraction_rate_ci", "windows", "mean_matched_prefix"} <= keys
     assert page.plots == ["extraction_by_count"]
-    # the first differing token of each example is the one highlighted (bio-007: " May" vs " June")
-    assert page.diverge == [" May", " June"]
-    assert "extracted" in extract_run.joinpath("report.html").read_text()
+    # each example's first differing token is the one highlighted, true suffix then continuation
+    examples = read_table(extract_run, "examples")
+    expected = []
+    for r in examples.itertuples(index=False):
+        m = int(r.matched)
+        if m < len(r.suffix_pieces):
+            expected += [r.suffix_pieces[m], r.continuation_pieces[m]]
+    assert expected and page.diverge == expected
 
 
-def test_extraction_rates_read_from_by_group():
-    rates = extraction_rates(extract_summary())
-    overall = rates[rates["series"] == "all"].set_index("count")["rate"]
-    assert overall.to_dict() == EXTRACT_RATES
-    assert set(rates["series"]) == {"all", "secret", "bio"}  # phase rows are left out
-    bio4 = rates[(rates["series"] == "bio") & (rates["count"] == 4)].iloc[0]
-    assert bio4["rate"] == pytest.approx(0.4)
-    assert bio4["lo"] <= bio4["rate"] <= bio4["hi"]
+def test_extraction_rates_are_the_summarys_groups(extract_run):
+    summary = _summary(extract_run)
+    rates = extraction_rates(ExtractionSummary.from_dict(summary))
+    overall = rates[rates["series"] == "all"].set_index("count")["rate"].to_dict()
+    by_count = summary["by_group"]["count"]
+    assert overall == {int(c): g["extraction_rate"] for c, g in by_count.items()}
+    assert set(rates["series"]) == {"all", "secret", "bio", "passage"}  # phase rows left out
+    bio = summary["by_group"]["kind+count"]["bio|64"]
+    row = rates[(rates["series"] == "bio") & (rates["count"] == 64)].iloc[0]
+    assert row["rate"] == bio["extraction_rate"] and [row["lo"], row["hi"]] == bio[
+        "extraction_rate_ci"
+    ]
 
 
 def test_mia_page(mia_run):
     page = _check_page(mia_run)
     assert page.plots == ["mia_roc", "mia_auc_by_count"]
-    assert {"attacks.loss.auc", "attacks.min_k_pp.auc"} <= {n["key"] for n in page.nums}
-    by_count = mia_auc_by_count(mia_attacks(mia_summary()))
-    assert sorted(by_count["count"].unique()) == [1, 4, 16, 64]
-    assert by_count.set_index(["attack", "count"]).loc[("loss", 64), "auc"] == pytest.approx(1.0)
+    summary = _summary(mia_run)
+    assert {f"attacks.{a}.auc" for a in summary["attacks"]} <= {n["key"] for n in page.nums}
+    by_count = mia_auc_by_count(MIASummary.from_dict(summary)).set_index(["attack", "count"])
+    for c, g in summary["attacks"]["loss"]["by_group"]["count"].items():
+        assert by_count.loc[("loss", int(c)), "auc"] == g["auc"]
 
 
 def test_compare_page(compare_run):
     page = _check_page(compare_run)
     assert page.plots == ["before_after_kfac", "before_after_balanced_subnet"]
-    assert "models.kfac.extraction.strict.rate" in {n["key"] for n in page.nums}
-    rows = before_after_rows(compare_summary()).set_index(["method", "metric"])
-    assert rows.loc[("kfac", "perplexity"), "before"] == 6.5
-    assert rows.loc[("kfac", "perplexity"), "after"] == 7.25
+    assert "models.kfac.extraction_rate" in {n["key"] for n in page.nums}
+    summary = _summary(compare_run)
+    rows = before_after_rows(CompareSummary.from_dict(summary)).set_index(["method", "metric"])
+    models = summary["models"]
+    assert rows.loc[("kfac", "perplexity"), "before"] == models["base"]["perplexity"]
+    assert rows.loc[("kfac", "perplexity"), "after"] == models["kfac"]["perplexity"]
+    after = models["balanced_subnet"]["tasks"]["arithmetic"]["accuracy"]
+    assert rows.loc[("balanced_subnet", "arithmetic"), "after"] == after
+    # directions as the summary records them (the compare writer took them from the registry)
     assert rows.loc[("balanced_subnet", "arithmetic"), "higher_is_better"]
     assert not rows.loc[("kfac", "extraction"), "higher_is_better"]
+    assert not rows.loc[("kfac", "perplexity"), "higher_is_better"]
 
 
 def test_demo_page_has_every_plot(demo_run):
@@ -141,10 +164,18 @@ def test_demo_page_has_every_plot(demo_run):
     }  # fmt: skip
     keys = {n["key"] for n in page.nums}
     assert {"extraction.extraction_rate", "mia.attacks.loss.auc", "kfac.rho"} <= keys
-    assert {"kfac.chosen.extraction_rate", "compare.models.kfac.perplexity.value"} <= keys
+    assert {"kfac.chosen.extraction_rate", "compare.models.kfac.perplexity"} <= keys
     assert "organism.heldout_ppl" in keys
     text = (demo_run / "report.html").read_text()
     assert 'id="config"' in text and 'id="environment"' in text and "&quot;torch&quot;" in text
+
+
+def test_a_summary_another_program_wrote_is_refused_in_one_line(tmp_path):
+    (tmp_path / "config.json").write_text('{"command": "mia"}')
+    (tmp_path / "summary.json").write_text('{"members": 80, "nonmembers": 20}')
+    with pytest.raises(RotelabError, match="not a rotelab membership inference summary"):
+        render_report(tmp_path)
+    assert not (tmp_path / "report.html").exists()
 
 
 def test_report_refuses_a_dir_without_summary(tmp_path):

@@ -22,7 +22,7 @@ import html
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +31,17 @@ import numpy as np
 import pandas as pd
 
 from rotelab.errors import RotelabError
-from rotelab.registry import METRICS, direction
 from rotelab.report import plots
 from rotelab.runs import atomic_write_bytes, read_json, read_table
+from rotelab.summaries import (
+    SCHEMAS,
+    CompareModel,
+    CompareSummary,
+    DemoSummary,
+    ExtractionSummary,
+    KfacSweepSummary,
+    MIASummary,
+)
 
 __all__ = ["Headline", "Section", "render_report", "write_report"]
 
@@ -111,27 +119,6 @@ def _table(frame: pd.DataFrame, *, cls: str = "data", max_rows: int = 60) -> str
     )
 
 
-def _get(summary: dict, key: str) -> Any:
-    cur: Any = summary
-    for part in key.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return None
-        cur = cur[part]
-    return cur
-
-
-def _headlines(
-    summary: dict, prefix: str, specs: Iterable[tuple[str, str, bool | None]]
-) -> list[Headline]:
-    """Headlines for the keys of ``summary`` that exist (others are skipped, not invented)."""
-    out = []
-    for label, key, hib in specs:
-        value = _get(summary, key)
-        if value is not None:
-            out.append(Headline(label, f"{prefix}{key}", value, hib))
-    return out
-
-
 # ------------------------------------------------------------------------------ example windows
 def _examples_html(examples: pd.DataFrame, *, prefix_chars: int = 160) -> str:
     """Prefix, true suffix and model continuation, with the first divergence highlighted.
@@ -183,68 +170,33 @@ def _pieces(pieces: Sequence[str], matched: int, role: str) -> str:
     return "".join(spans)
 
 
-# ---------------------------------------------------------------------------- run-dir readers
-def _ci(value: Any) -> tuple[float, float]:
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(v is not None for v in value):
-        return float(value[0]), float(value[1])
-    return float("nan"), float("nan")
-
-
-def _group_rows(by_group: Any) -> list[dict]:
-    """Flatten a summary's ``by_group`` into rows with the group columns spelled out.
-
-    Accepts ``{"count": {"4": {...metrics}}}``, joint ``{"kind+count": {"bio|4": {...}}}``,
-    ``{"count=4": {...}}`` /
-    ``{"kind=bio,count=4": {...}}``, or a list of records that carry their own group columns.
-    """
-    rows: list[dict] = []
-    if isinstance(by_group, list):
-        return [dict(r) for r in by_group if isinstance(r, dict)]
-    if not isinstance(by_group, dict):
-        return rows
-    for key, val in by_group.items():
-        if not isinstance(val, dict):
-            continue
-        if "=" in str(key):
-            groups = dict(kv.split("=", 1) for kv in str(key).split(","))
-            rows.append({**groups, **val})
-        elif val and all(isinstance(v, dict) for v in val.values()):
-            # joint groups: "kind+count" / "secret|16" (extraction), "kind,count" / "bio,4" (mia)
-            sep_name, sep_level = ("+", "|") if "+" in str(key) else (",", ",")
-            names = str(key).split(sep_name)
-            for level, metrics in val.items():
-                levels = str(level).split(sep_level)
-                if len(levels) == len(names):
-                    rows.append({**dict(zip(names, levels, strict=True)), **metrics})
-    return rows
-
-
-def _as_int(v: Any) -> int | None:
-    try:
-        return int(float(v))
-    except (TypeError, ValueError):
-        return None
-
-
 # ------------------------------------------------------------------------------ page: extract
-def extraction_rates(summary: dict) -> pd.DataFrame:
-    """Rows ``series, count, rate, lo, hi`` from an extraction summary's ``by_group``."""
+def _count(level: str) -> int | None:
+    """A ``count`` group's level as a duplication count: metadata read from user files may
+    spell 4 as ``4.0`` (a column with gaps is float); a level that is not a count is left out."""
+    try:
+        value = float(level)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() else None
+
+
+def extraction_rates(summary: ExtractionSummary) -> pd.DataFrame:
+    """Rows ``series, count, rate, lo, hi``: the ``count`` and ``kind+count`` groups."""
     recs = []
-    for r in _group_rows(summary.get("by_group")):
-        count = _as_int(r.get("count"))
-        rate = r.get("extraction_rate", r.get("rate"))
-        if count is None or rate is None:
-            continue
-        lo, hi = _ci(r.get("extraction_rate_ci", r.get("ci")))
-        series = str(r["kind"]) if "kind" in r and r["kind"] is not None else "all"
-        if "phase" in r:
-            continue  # insertion phase is a different question from duplication count
-        recs.append({"series": series, "count": count, "rate": float(rate), "lo": lo, "hi": hi})
-    df = pd.DataFrame(recs, columns=["series", "count", "rate", "lo", "hi"])
-    return df.drop_duplicates(["series", "count"], keep="first")
+    for spec, series_of in (("count", lambda r: "all"), ("kind+count", lambda r: r["kind"])):
+        rows = summary.by_group.rows(spec) if summary.by_group is not None else []
+        for r in rows:
+            lo, hi = r["extraction_rate_ci"]
+            count = _count(r["count"])
+            if count is None:
+                continue
+            recs.append({"series": str(series_of(r)), "count": count,
+                         "rate": float(r["extraction_rate"]), "lo": lo, "hi": hi})  # fmt: skip
+    return pd.DataFrame(recs, columns=["series", "count", "rate", "lo", "hi"])
 
 
-def extract_section(run: Path, summary: dict, prefix: str = "") -> Section:
+def extract_section(run: Path, summary: ExtractionSummary, prefix: str = "") -> Section:
     sec = Section(
         "What the model memorized",
         "Each window is a prefix the model saw in training and the suffix that followed it. A window "
@@ -252,17 +204,15 @@ def extract_section(run: Path, summary: dict, prefix: str = "") -> Section:
         "(Carlini et al. 2022). Items never trained on (count 0) are the controls: their rate is "
         "what guessing from the format alone achieves.",
     )
-    sec.headlines = _headlines(
-        summary,
-        prefix,
-        [
-            ("windows", "windows", None),
-            ("extracted", "extracted", None),
-            ("extraction rate", "extraction_rate", False),
-            ("95% CI", "extraction_rate_ci", None),
-            ("mean matched prefix (tokens)", "mean_matched_prefix", False),
-        ],
-    )
+    s = summary
+    sec.headlines = [
+        Headline("windows", f"{prefix}windows", s.windows),
+        Headline("extracted", f"{prefix}extracted", s.extracted),
+        Headline("extraction rate", f"{prefix}extraction_rate", s.extraction_rate),
+        Headline(f"{s.ci_level:.0%} CI", f"{prefix}extraction_rate_ci", s.extraction_rate_ci),
+        Headline("mean matched prefix (tokens)", f"{prefix}mean_matched_prefix",
+                 s.mean_matched_prefix),
+    ]  # fmt: skip
     rates = extraction_rates(summary)
     if not rates.empty and rates["count"].nunique() > 1:
         sec.figure(
@@ -283,43 +233,34 @@ def extract_section(run: Path, summary: dict, prefix: str = "") -> Section:
 
 
 # ---------------------------------------------------------------------------------- page: mia
-_ATTACK_META = {"auc", "auc_ci", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "by_group"}
-
-
-def mia_attacks(summary: dict) -> dict[str, dict]:
-    """The per-attack blocks of a membership-inference summary (``{attack: {auc, ...}}``)."""
-    block = summary.get("attacks", summary)
-    return {str(k): v for k, v in block.items() if isinstance(v, dict) and "auc" in v}
-
-
-def mia_auc_by_count(attacks: dict[str, dict]) -> pd.DataFrame:
+def mia_auc_by_count(summary: MIASummary) -> pd.DataFrame:
     recs = []
-    for name, a in attacks.items():
-        for r in _group_rows(a.get("by_group")):
-            count = _as_int(r.get("count"))
-            if count is None or r.get("auc") is None:
+    for name, a in summary.attacks.items():
+        for r in a.by_group.rows("count") if a.by_group is not None else []:
+            if r.get("auc") is None:
                 continue
-            lo, hi = _ci(r.get("auc_ci"))
-            recs.append(
-                {"attack": name, "count": count, "auc": float(r["auc"]), "lo": lo, "hi": hi}
-            )
+            lo, hi = r["auc_ci"] if r.get("auc_ci") else (float("nan"), float("nan"))
+            count = _count(r["count"])
+            if count is None:
+                continue
+            recs.append({"attack": name, "count": count, "auc": float(r["auc"]),
+                         "lo": lo, "hi": hi})  # fmt: skip
     return pd.DataFrame(recs, columns=["attack", "count", "auc", "lo", "hi"])
 
 
 def mia_roc(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """ROC curves saved by the mia run (results table ``roc``: attack, fpr, tpr)."""
     roc = read_table(run, "roc")
-    if roc.empty or not {"attack", "fpr", "tpr"} <= set(roc.columns):
+    if roc.empty:
         return {}
-    if "group" in roc.columns:  # per-group curves are in summary.json's by_group AUCs
-        roc = roc[roc["group"] == "all"]
+    roc = roc[roc["group"] == "all"]  # per-group curves are in summary.json's by_group AUCs
     return {
         str(a): (d["fpr"].to_numpy(float), d["tpr"].to_numpy(float))
         for a, d in roc.groupby("attack", sort=False)
     }
 
 
-def mia_section(run: Path, summary: dict, prefix: str = "") -> Section:
+def mia_section(run: Path, summary: MIASummary, prefix: str = "") -> Section:
     sec = Section(
         "How well membership can be inferred",
         "Each attack scores a text by how familiar the model finds it; higher means 'was in "
@@ -327,22 +268,17 @@ def mia_section(run: Path, summary: dict, prefix: str = "") -> Section:
         "format. AUC 0.5 is chance; TPR at 1% FPR says how many members are caught while wrongly "
         "accusing only 1 in 100 non-members.",
     )
-    attacks = mia_attacks(summary)
-    base = prefix + ("attacks." if "attacks" in summary else "")
+    directions = summary.extra.get("higher_is_better", {}).get("metrics", {})
     rows = []
-    for name, a in attacks.items():
-        sec.headlines += [
-            Headline(f"{name} AUC", f"{base}{name}.auc", a["auc"], True),
-        ]
-        rows.append(
-            {
-                "attack": name,
-                "AUC": a.get("auc"),
-                "AUC 95% CI": _fmt(a.get("auc_ci")),
-                "TPR@1%FPR": a.get("tpr_at_1pct_fpr"),
-                "TPR@0.1%FPR": a.get("tpr_at_0.1pct_fpr"),
-            }
+    for name, a in summary.attacks.items():
+        sec.headlines.append(
+            Headline(f"{name} AUC", f"{prefix}attacks.{name}.auc", a.auc, directions.get("auc"))
         )
+        rows.append({
+            "attack": name, "AUC": a.auc, "AUC 95% CI": _fmt(a.auc_ci),
+            "TPR@1%FPR": summary.attack_metric(name, "tpr_at_1pct_fpr"),
+            "TPR@0.1%FPR": summary.attack_metric(name, "tpr_at_0.1pct_fpr"),
+        })  # fmt: skip
     if rows:
         sec.tables.append(_table(pd.DataFrame(rows)))
     curves = mia_roc(run)
@@ -350,10 +286,10 @@ def mia_section(run: Path, summary: dict, prefix: str = "") -> Section:
         sec.figure(
             "mia_roc",
             "ROC curves",
-            plots.roc_curves(curves, {k: float(v["auc"]) for k, v in attacks.items()}),
+            plots.roc_curves(curves, {k: float(v.auc) for k, v in summary.attacks.items()}),
             "Right: the same curves on log axes, where attacks that look alike on the left differ.",
         )
-    by_count = mia_auc_by_count(attacks)
+    by_count = mia_auc_by_count(summary)
     if not by_count.empty:
         sec.figure(
             "mia_auc_by_count",
@@ -365,111 +301,51 @@ def mia_section(run: Path, summary: dict, prefix: str = "") -> Section:
 
 
 # ------------------------------------------------------------------------------ page: compare
-#: Compare-summary metrics shown per model: (label, candidate paths in the model block, the
-#: registered metric whose direction applies). The first path is the current schema (flat); the
-#: second an older nested form.
-_COMPARE_METRICS: list[tuple[str, tuple[str, ...], str]] = [
-    ("extraction", ("extraction_rate", "extraction.strict.rate"), "strict"),
-    ("perplexity", ("perplexity", "perplexity.value"), "perplexity"),
-]
-
-#: Directions for summaries that do not record them (the older hand-built form); the compare
-#: pipeline writes each metric's direction from :data:`rotelab.registry.METRICS` into its summary.
-_UNRECORDED_DIRECTIONS = {"strict": False, "perplexity": False}
+def _compare_metrics(summary: CompareSummary) -> list[tuple[str, str, bool]]:
+    """(label, key in a model block, higher is better as the summary records it) per metric:
+    strict extraction (``extraction_rate``), ``perplexity`` and each task's accuracy."""
+    hib = {name: bool(m["higher_is_better"]) for name, m in summary.metrics.items()}
+    base = summary.models[summary.baseline]
+    tasks = [(t, f"tasks.{t}.accuracy", hib[t]) for t in base.tasks]
+    return [("extraction", "extraction_rate", hib["strict"]),
+            ("perplexity", "perplexity", hib["perplexity"]), *tasks]  # fmt: skip
 
 
-def _higher_is_better(summary: dict, metric: str) -> bool:
-    """Whether higher is better for a compare metric: as the summary records it (from the
-    registry), else as :data:`rotelab.registry.METRICS` has it, else as older summaries meant
-    (task accuracies up, everything else down).
-
-    The report may import only core, so the methods that register the compare metrics need not
-    have been imported here; the summary's record is what the writer's registry said.
-    """
-    recorded = (summary.get("metrics") or {}).get(metric)
-    if isinstance(recorded, dict) and isinstance(recorded.get("higher_is_better"), bool):
-        return recorded["higher_is_better"]
-    if metric in METRICS:
-        return direction(metric)
-    return _UNRECORDED_DIRECTIONS.get(metric, True)
+def _model_value(model: CompareModel, key: str) -> float:
+    if key.startswith("tasks."):
+        return float(model.tasks[key.split(".")[1]]["accuracy"])
+    return float(getattr(model, key))
 
 
-def _first_number(block: dict, paths: Sequence[str]) -> tuple[str, float] | None:
-    """The first of ``paths`` (dotted) that holds a number in ``block``, and that number."""
-    for path in paths:
-        value = _get(block, path)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return path, float(value)
-    return None
-
-
-def _model_metrics(summary: dict, block: dict) -> list[tuple[str, tuple[str, ...], bool]]:
-    """(label, candidate paths, higher is better) of every metric of one model block."""
-    tasks = [
-        (str(t), (f"tasks.{t}.accuracy", f"tasks.{t}.rate"), str(t))
-        for t in (block.get("tasks") or {})
-    ]
-    return [
-        (label, paths, _higher_is_better(summary, metric))
-        for label, paths, metric in [*_COMPARE_METRICS, *tasks]
-    ]
-
-
-def before_after_rows(summary: dict) -> pd.DataFrame:
-    """Rows ``method, metric, before, after, higher_is_better`` from a compare summary.
-
-    The compare summary (:mod:`rotelab.pipelines.compare`) holds one block per model under
-    ``models``, in ``order``, the first (``baseline``) being the model before any removal; each
-    block has ``extraction_rate`` (strict extraction of the items inserted >= ``min_count``
-    times), ``perplexity`` and ``tasks.<task>.accuracy``.
-    """
+def before_after_rows(summary: CompareSummary) -> pd.DataFrame:
+    """Rows ``method, metric, before, after, higher_is_better`` from a compare summary: every
+    model after the baseline (the model before any removal) against the baseline."""
     cols = ["method", "metric", "before", "after", "higher_is_better"]
-    models = summary.get("models")
-    if not isinstance(models, dict) or len(models) < 2:
-        return pd.DataFrame(columns=cols)
-    order = [m for m in summary.get("order", list(models)) if m in models]
-    base_name = summary.get("baseline", order[0])
-    base = models[base_name]
-    recs = []
-    for name in order:
-        if name == base_name:
-            continue
-        for metric, paths, hib in _model_metrics(summary, base):
-            before, after = _first_number(base, paths), _first_number(models[name], paths)
-            if before is not None and after is not None:
-                before, after = before[1], after[1]
-                recs.append(
-                    {"method": name, "metric": metric, "before": before, "after": after,
-                     "higher_is_better": hib}
-                )  # fmt: skip
+    base = summary.models[summary.baseline]
+    recs = [
+        {"method": name, "metric": label, "before": _model_value(base, key),
+         "after": _model_value(summary.models[name], key), "higher_is_better": hib}
+        for name in summary.order if name != summary.baseline
+        for label, key, hib in _compare_metrics(summary)
+    ]  # fmt: skip
     return pd.DataFrame(recs, columns=cols)
 
 
-def compare_section(run: Path, summary: dict, prefix: str = "") -> Section:
-    min_count = summary.get("min_count")
+def compare_section(run: Path, summary: CompareSummary, prefix: str = "") -> Section:
     sec = Section(
         "What each removal costs",
         "Every model is measured by the same code on the same items: extraction of the items "
-        f"inserted at least {html.escape(str(min_count))} times (greedy continuation equals the "
-        "true suffix; lower is better), held-out perplexity (lower is better) and exact-answer "
-        "accuracy on each task (higher is better). A good removal drops extraction and leaves the "
-        "rest alone.",
+        f"inserted at least {summary.min_count} times (greedy continuation equals the true "
+        "suffix), held-out perplexity and exact-answer accuracy on each task; each card says "
+        "which way is better. A good removal drops extraction and leaves the rest alone.",
     )
     rows = before_after_rows(summary)
-    models = summary.get("models") or {}
-    for name in [m for m in summary.get("order", list(models)) if m in models]:
-        for metric, paths, registered in _COMPARE_METRICS:
-            found = _first_number(models[name], paths)
-            if found is not None:
-                path = found[0]
-                sec.headlines.append(
-                    Headline(
-                        f"{name}: {metric}",
-                        f"{prefix}models.{name}.{path}",
-                        _get(models[name], path),
-                        _higher_is_better(summary, registered),
-                    )
-                )
+    for name in summary.order:
+        for label, key, hib in _compare_metrics(summary)[:2]:
+            value = _model_value(summary.models[name], key)
+            sec.headlines.append(
+                Headline(f"{name}: {label}", f"{prefix}models.{name}.{key}", value, hib)
+            )
     for method in dict.fromkeys(rows["method"]):
         d = rows[rows["method"] == method]
         sec.figure(
@@ -489,7 +365,7 @@ def _slug(text: str) -> str:
 
 
 # -------------------------------------------------------------------------------- page: kfac
-def kfac_section(run: Path, summary: dict, prefix: str = "") -> Section:
+def kfac_section(run: Path, summary: KfacSweepSummary, prefix: str = "") -> Section:
     """The rho sweep (extraction vs perplexity) and the band-analysis ratios."""
     sec = Section(
         "Where memorization lives: the K-FAC edit",
@@ -498,14 +374,10 @@ def kfac_section(run: Path, summary: dict, prefix: str = "") -> Section:
         "ones (Merullo et al. 2025). The edit keeps the highest-curvature components holding a "
         "fraction ρ of the total curvature and drops the rest: smaller ρ removes more.",
     )
-    sweep = read_table(run, "rho_sweep")
-    if sweep.empty and isinstance(summary.get("rho_sweep"), list):
-        sweep = pd.DataFrame(summary["rho_sweep"])
-    if not sweep.empty and {"rho", "extraction_rate", "perplexity"} <= set(sweep.columns):
-        base = summary.get("base")
-        base_pt = None
-        if isinstance(base, dict) and base.get("perplexity") is not None:
-            base_pt = (float(base["perplexity"]), float(base["extraction_rate"]))
+    s = summary
+    sweep = pd.DataFrame(s.rho_sweep)
+    if not sweep.empty:
+        base_pt = (float(s.base["perplexity"]), float(s.base["extraction_rate"]))
         sec.figure(
             "rho_sweep",
             "The ρ sweep: extraction against perplexity",
@@ -513,25 +385,19 @@ def kfac_section(run: Path, summary: dict, prefix: str = "") -> Section:
             "Each point is one edit. Down is less memorization, left is a better language model.",
         )
         sec.tables.append(_table(sweep))
-    sec.headlines = _headlines(
-        summary,
-        prefix,
-        [
-            ("chosen ρ", "rho", None),
-            ("extraction before", "base.extraction_rate", False),
-            ("extraction after", "chosen.extraction_rate", False),
-            ("perplexity before", "base.perplexity", False),
-            ("perplexity after", "chosen.perplexity", False),
-        ],
-    )
-    if summary.get("rule"):
-        sec.intro += f" The demo picks ρ by this rule: {html.escape(str(summary['rule']))}."
+    sec.headlines = [
+        Headline("chosen ρ", f"{prefix}rho", s.rho),
+        Headline("extraction before", f"{prefix}base.extraction_rate", s.base["extraction_rate"]),
+        Headline("extraction after", f"{prefix}chosen.extraction_rate",
+                 s.chosen["extraction_rate"]),
+        Headline("perplexity before", f"{prefix}base.perplexity", s.base["perplexity"]),
+        Headline("perplexity after", f"{prefix}chosen.perplexity", s.chosen["perplexity"]),
+    ]  # fmt: skip
+    if s.rule:
+        sec.intro += f" The demo picks ρ by this rule: {html.escape(s.rule)}."
     bands = read_table(run, "bands")
-    if bands.empty and isinstance(summary.get("bands"), list):
-        bands = pd.DataFrame(summary["bands"])
-    if "dataset" in bands.columns:  # band_ratios rows: keep the memorized-vs-reference ratios
-        bands = bands[bands["dataset"] == summary.get("band_dataset", "memorized")]
-    if not bands.empty and {"band", "ratio"} <= set(bands.columns):
+    if not bands.empty:  # band_ratios rows: keep the memorized-vs-reference ratios
+        bands = bands[bands["dataset"] == s.band_dataset]
         sec.figure(
             "band_ratios",
             "Band analysis: memorized vs clean activations",
@@ -543,42 +409,37 @@ def kfac_section(run: Path, summary: dict, prefix: str = "") -> Section:
 
 
 # ------------------------------------------------------------------------------ page: demo
-def demo_sections(run: Path, summary: dict) -> list[Section]:
+def demo_sections(run: Path, summary: DemoSummary) -> list[Section]:
     """The demo's story: memorized, inferable, removed, at what cost."""
-    secs = []
-    org = summary.get("organism") or {}
+    org = summary.organism
     over = Section(
         "The organism",
         "A small Llama-style model trained on a synthetic world into which secrets, biographies "
         "and passages were inserted a known number of times (0, 1, 4, 16, 64). Because the ledger "
         "of insertions is known, every number below can be checked against the truth.",
     )
-    over.headlines = _headlines(
-        summary,
-        "",
-        [
-            ("profile", "profile", None),
-            ("parameters", "organism.params", None),
-            ("held-out perplexity", "organism.heldout_ppl", False),
-            ("train perplexity", "organism.train_ppl", False),
-            ("demo seconds", "seconds", None),
-        ],
-    )
-    if org.get("probe_accuracy"):
-        over.tables.append(_table(pd.DataFrame([org["probe_accuracy"]])))
-    secs.append(over)
+    over.headlines = [
+        Headline("profile", "profile", summary.profile),
+        Headline("parameters", "organism.params", org.params),
+        Headline("held-out perplexity", "organism.heldout_ppl", org.heldout_ppl),
+        Headline("train perplexity", "organism.train_ppl", org.train_ppl),
+        Headline("demo seconds", "seconds", summary.seconds),
+    ]
+    if org.probe_accuracy:
+        over.tables.append(_table(pd.DataFrame([org.probe_accuracy])))
+    secs = [over]
     for sub, key, builder in (
         ("extract", "extraction", extract_section),
         ("mia", "mia", mia_section),
         ("kfac", "kfac", kfac_section),
         ("compare", "compare", compare_section),
     ):
-        block = summary.get(key)
-        if isinstance(block, dict):
+        block = getattr(summary, key)
+        if block is not None:
             secs.append(builder(run / sub, block, f"{key}."))
-    timings = summary.get("stage_seconds")
-    if isinstance(timings, dict) and timings:
+    if summary.stage_seconds:
         t = Section("Stage timings")
+        timings = summary.stage_seconds
         t.tables.append(
             _table(pd.DataFrame({"stage": list(timings), "seconds": list(timings.values())}))
         )
@@ -595,7 +456,7 @@ def generic_sections(run: Path, summary: dict) -> list[Section]:
     return [sec]
 
 
-_PAGES: dict[str, Callable[[Path, dict], list[Section]]] = {
+_PAGES: dict[str, Callable[[Path, Any], list[Section]]] = {
     "extract": lambda run, s: [extract_section(run, s)],
     "mia": lambda run, s: [mia_section(run, s)],
     "compare": lambda run, s: [compare_section(run, s)],
@@ -681,7 +542,11 @@ def render_report(run_dir: str | os.PathLike) -> str:
             f"{run} has no {missing}; pass a finished run directory (rerun the command with --resume)"
         )
     command = str(config.get("command", "run"))
-    sections = _PAGES.get(command, generic_sections)(run, summary)
+    if command in _PAGES:
+        typed = SCHEMAS[command].from_dict(summary, where=str(run / "summary.json"))
+        sections = _PAGES[command](run, typed)
+    else:
+        sections = generic_sections(run, summary)
     title = _TITLES.get(command, f"rotelab {command}")
     env = config.get("environment", {})
     body = "".join(_section_html(s) for s in sections)
