@@ -57,6 +57,17 @@ def tiny_organism(tmp_path_factory):
     return build_organism(spec, out=root / spec.key(), progress=False)
 
 
+@pytest.fixture
+def no_organism(monkeypatch):
+    """Building (or loading) the default organism fails the test: for checks that must come
+    before any work. The pipelines get the default organism only through this name."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the default organism was built")
+
+    monkeypatch.setattr("rotelab.pipelines.inputs.default_organism", fail)
+
+
 #: Fixtures that build (or load) an organism: a test using one is slow (`pytest -m "not slow"`
 #: is the quick run). Tests that build one themselves carry `@pytest.mark.slow` by hand.
 ORGANISM_FIXTURES = {"tiny_organism"}

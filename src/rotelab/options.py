@@ -53,6 +53,14 @@ class RunOptions:
             raise RotelabError("--out is empty; pass a directory")
         return self
 
+    def one_seed(self, config_seed: int) -> int:
+        """The run's seed, given in a method's config or here (refused if the two differ)."""
+        if config_seed and self.seed and config_seed != self.seed:
+            raise RotelabError(
+                f"two seeds: {config_seed} in the config and {self.seed} in the run options"
+            )
+        return config_seed or self.seed
+
     @property
     def out_path(self) -> Path | None:
         return None if self.out is None else Path(self.out)

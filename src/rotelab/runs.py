@@ -492,6 +492,22 @@ class Run:
         self._output = output
 
     @classmethod
+    def check(
+        cls,
+        out: str | os.PathLike | None,
+        *,
+        resume: bool = False,
+        force: bool = False,
+        inputs: Iterable[str | os.PathLike | None] = (),
+    ) -> None:
+        """What :meth:`create` would refuse about ``out``, checked before any work (nothing is
+        created or locked); ``None`` (a fresh ``runs/<command>-<time>``) always passes."""
+        if resume and force:
+            raise RotelabError("use either --resume or --force, not both")
+        if out is not None:
+            check_output(out, **_run_output(resume, force, inputs))
+
+    @classmethod
     def create(
         cls,
         out: str | os.PathLike | None,
@@ -528,11 +544,7 @@ class Run:
         path = Path(out)
         args = {k: v for k, v in to_jsonable(config).items() if k not in _IGNORED_CONFIG_KEYS}
         record = {"command": command, "arguments": args}
-        output = OutputDir.open(
-            path, replace=force or resume, owned=is_run_dir, kind="a rotelab run (config.json)",
-            inputs=inputs, hint="pass --resume to continue it or --force to replace it",
-            keep_own_runs=True,
-        )  # fmt: skip
+        output = OutputDir.open(path, **_run_output(resume, force, inputs), keep_own_runs=True)
         try:
             if resume and _occupied(path):
                 old = _resumable(path, record)
@@ -614,6 +626,14 @@ class Run:
 
     def summary(self) -> dict | None:
         return read_json(self.path / "summary.json")
+
+
+def _run_output(resume: bool, force: bool, inputs) -> dict[str, Any]:
+    """The output rules of a run directory (shared by :meth:`Run.check` and :meth:`Run.create`)."""
+    return {
+        "replace": force or resume, "owned": is_run_dir, "kind": "a rotelab run (config.json)",
+        "inputs": inputs, "hint": "pass --resume to continue it or --force to replace it",
+    }  # fmt: skip
 
 
 def read_table(run_dir: str | os.PathLike, table: str) -> pd.DataFrame:

@@ -405,15 +405,6 @@ def test_cli_default_runs_on_the_organism_ledger(tiny_organism, tmp_path, monkey
 
 
 # ------------------------------------------------------------------------------ inputs first
-@pytest.fixture
-def no_organism(monkeypatch):
-    """Fail the test if the default organism is built (or loaded from the cache)."""
-    import rotelab.pipelines.inputs as inputs
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the default organism was built")
-
-    monkeypatch.setattr(inputs, "default_organism", refuse)
 
 
 @pytest.fixture

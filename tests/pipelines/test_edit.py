@@ -21,16 +21,6 @@ from rotelab.pipelines.edit import edit
 TEXT = "the cat sat on the mat. a dog ran to the park and the bird sang. " * 30
 
 
-@pytest.fixture
-def no_organism(monkeypatch):
-    """Building (or loading) the default organism fails the test."""
-
-    def fail(*args, **kwargs):
-        raise AssertionError("the default organism was built")
-
-    monkeypatch.setattr("rotelab.pipelines.inputs.default_organism", fail)
-
-
 @pytest.fixture(scope="module")
 def factors_dir(tiny_llama_dir, tmp_path_factory):
     corpus = tmp_path_factory.mktemp("corpus") / "text.txt"

@@ -7,22 +7,13 @@ import json
 
 import pytest
 
-import rotelab.pipelines.inputs as inputs
 from rotelab.errors import RotelabError
 from rotelab.lm import LM
 from rotelab.options import CorpusOptions
 from rotelab.pipelines.inputs import check_group_by, resolve_data, resolve_model
 
 
-@pytest.fixture
-def no_organism_build(monkeypatch):
-    def fail(*a, **k):
-        raise AssertionError("the default organism was built")
-
-    monkeypatch.setattr(inputs, "default_organism", fail)
-
-
-def test_the_default_organism_is_resolved_not_built(no_organism_build):
+def test_the_default_organism_is_resolved_not_built(no_organism):
     for given in (None, "organism"):
         model = resolve_model(given)
         assert model.is_organism and model.is_default_organism and model.label == "organism"
@@ -30,7 +21,7 @@ def test_the_default_organism_is_resolved_not_built(no_organism_build):
         model.organism()  # only asking for it builds it
 
 
-def test_an_organism_directory_is_that_organism(no_organism_build, tiny_organism):
+def test_an_organism_directory_is_that_organism(no_organism, tiny_organism):
     model = resolve_model(tiny_organism.path)
     assert model.is_organism and not model.is_default_organism
     assert model.organism().path == tiny_organism.path
@@ -38,7 +29,7 @@ def test_an_organism_directory_is_that_organism(no_organism_build, tiny_organism
 
 
 def test_a_plain_model_is_not_an_organism_and_has_no_default_data(
-    no_organism_build, tiny_llama_dir
+    no_organism, tiny_llama_dir
 ):
     model = resolve_model(tiny_llama_dir)
     assert not model.is_organism and model.organism() is None
@@ -49,13 +40,13 @@ def test_a_plain_model_is_not_an_organism_and_has_no_default_data(
 
 
 @pytest.mark.parametrize("given", ["/nonexistent/model", "./missing-dir", "x.gguf"])
-def test_a_missing_model_path_is_one_line(no_organism_build, given):
+def test_a_missing_model_path_is_one_line(no_organism, given):
     with pytest.raises(RotelabError) as err:
         resolve_model(given)
     assert "does not exist" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_lm_load_never_picks_the_organism_itself(no_organism_build):
+def test_lm_load_never_picks_the_organism_itself(no_organism):
     with pytest.raises(RotelabError, match="default_organism"):
         LM.load(None)
 

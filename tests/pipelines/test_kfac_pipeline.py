@@ -20,16 +20,6 @@ TEXT = "the cat sat on the mat. a dog ran to the park and the bird sang. " * 30
 
 
 @pytest.fixture
-def no_organism(monkeypatch):
-    """Building (or loading) the default organism fails the test."""
-
-    def fail(*args, **kwargs):
-        raise AssertionError("the default organism was built")
-
-    monkeypatch.setattr("rotelab.pipelines.inputs.default_organism", fail)
-
-
-@pytest.fixture
 def corpus(tmp_path):
     path = tmp_path / "text.txt"
     path.write_text(TEXT)

@@ -29,16 +29,6 @@ def split_files(tmp_path):
     return mem, non
 
 
-@pytest.fixture()
-def no_organism(monkeypatch):
-    """Fail the test if anything builds (or loads) the default organism."""
-
-    def built():
-        pytest.fail("the default organism was built before the inputs were checked")
-
-    monkeypatch.setattr("rotelab.pipelines.inputs.default_organism", built)
-
-
 def _mia(args, out):
     return runner.invoke(app, ["mia", *args, "--out", str(out), "--quiet"])
 

@@ -23,16 +23,6 @@ from rotelab.pipelines.unlearn import balanced_subnet, organism_forget_retain
 
 
 @pytest.fixture
-def no_organism(monkeypatch):
-    """Building (or loading) the default organism fails the test."""
-
-    def fail(*args, **kwargs):
-        raise AssertionError("the default organism was built")
-
-    monkeypatch.setattr("rotelab.pipelines.inputs.default_organism", fail)
-
-
-@pytest.fixture
 def corpora(tmp_path):
     """A corpus directory holding forget.txt and retain.txt."""
     folder = tmp_path / "corpus"

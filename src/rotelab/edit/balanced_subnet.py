@@ -37,7 +37,7 @@ from torch.nn import functional as F
 
 from rotelab.curvature.kfac import check_selection
 from rotelab.errors import RotelabError
-from rotelab.lm import LM, LinearLayer
+from rotelab.lm import LM, LinearLayer, pad_batch
 from rotelab.machine import autocast, autocast_dtype, parse_precision
 
 __all__ = ["BalancedSubnet", "DEFAULTS_NOTE", "RECORD"]
@@ -284,13 +284,7 @@ def _causal_ce(
     model: nn.Module, params: dict, seqs: list[list[int]], pad_id: int, device
 ) -> torch.Tensor:
     """Mean next-token cross-entropy over the real (unpadded) tokens of ``seqs``."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = pad_batch(seqs, pad_id, device=device)
     out = torch.func.functional_call(
         model, params, (), {"input_ids": ids, "attention_mask": mask, "use_cache": False}
     )

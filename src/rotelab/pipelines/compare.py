@@ -74,7 +74,7 @@ from rotelab.options import LoadOptions, RunOptions
 from rotelab.organism import Organism
 from rotelab.pipelines.inputs import ModelInput, is_organism_dir, resolve_model
 from rotelab.registry import direction, metric_entry, register_metric
-from rotelab.runs import Run, check_output, is_run_dir
+from rotelab.runs import Run
 from rotelab.stats import rate_with_ci
 
 __all__ = ["METRICS", "TASKS", "compare", "format_table"]
@@ -162,11 +162,9 @@ def compare(
     specs = _model_specs(models)
     org_input = _organism_input(organism, specs)
     if run.out is not None:
-        check_output(
-            run.out, replace=run.force or run.resume, owned=is_run_dir,
-            kind="a rotelab run (config.json)",
+        Run.check(
+            run.out, resume=run.resume, force=run.force,
             inputs=[m.source for _, _, m in specs] + [org_input.source],
-            hint="pass --resume to continue it or --force to replace it",
         )  # fmt: skip
 
     # 2. The organism (built now if it is the default one) and what it measures the models on.

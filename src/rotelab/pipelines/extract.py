@@ -33,7 +33,7 @@ from rotelab.data.corpus import read_corpus
 from rotelab.data.windows import Window, check_window_shape
 from rotelab.distributed import all_gather_objects, broadcast_object, dist_context, local_device
 from rotelab.errors import RotelabError
-from rotelab.lm import LM
+from rotelab.lm import LM, progress_bar
 from rotelab.measure.extraction import (
     LEDGER_META,
     DocumentTally,
@@ -53,9 +53,9 @@ from rotelab.measure.extraction import (
 from rotelab.measure.similarity import similarity_names, similarity_scores
 from rotelab.options import CorpusOptions, LoadOptions, RunOptions
 from rotelab.pipelines.inputs import ModelInput, resolve_data, resolve_model
-from rotelab.runs import Run, check_output, is_run_dir
+from rotelab.runs import Run
 
-__all__ = ["LEDGER_GROUPS", "ExtractResult", "check_run_output", "extract", "one_seed"]
+__all__ = ["LEDGER_GROUPS", "ExtractResult", "extract"]
 
 #: How the organism's ledger is broken down unless ``group_by`` says otherwise.
 LEDGER_GROUPS = ("count", "kind", "phase", "kind+count")
@@ -68,23 +68,6 @@ class ExtractResult:
     summary: dict
     run_dir: Path | None
     is_main: bool = True
-
-
-def check_run_output(run: RunOptions, inputs: tuple[str | os.PathLike | None, ...]) -> None:
-    """What :meth:`rotelab.runs.Run.create` refuses about ``run.out``, checked before any work."""
-    if run.out is not None:
-        check_output(
-            run.out, replace=run.force or run.resume, owned=is_run_dir,
-            kind="a rotelab run (config.json)", inputs=inputs,
-            hint="pass --resume to continue it or --force to replace it",
-        )  # fmt: skip
-
-
-def one_seed(config_seed: int, run: RunOptions) -> int:
-    """The run's seed, given in the method's config or in ``run`` (refused if they differ)."""
-    if config_seed and run.seed and config_seed != run.seed:
-        raise RotelabError(f"two seeds: {config_seed} in the config and {run.seed} in run options")
-    return config_seed or run.seed
 
 
 def extract(
@@ -160,7 +143,7 @@ def extract(
             docs = DocumentTally(cfg.part_size)
             doc_parts = 0
             n_tokens = verified = verify_ties = rechecked = 0
-            with _Bar(run.progress and main, "extracting") as bar:
+            with progress_bar(run.progress and main, None, "extracting") as advance:
                 parts = _parts(stream, cfg.part_size)
                 index = 0
                 while batch_parts := list(itertools.islice(parts, world)):
@@ -198,7 +181,7 @@ def extract(
                             if "verified" in frame.columns:
                                 verified += int(frame["verified"].notna().sum())
                                 verify_ties += int((frame["verified"] == 0).sum())
-                            bar.advance(len(part))
+                            advance(len(part))
                     index += len(batch_parts)
             summary = None
             if main:
@@ -230,7 +213,7 @@ def _check(model, data, config, run, load, corpus):
             f"{', '.join(given)} apply only with --data (a corpus); the organism's ledger fixes "
             "its own windows"
         )
-    cfg = replace(cfg.with_defaults(), seed=one_seed(cfg.seed, run))
+    cfg = replace(cfg.with_defaults(), seed=run.one_seed(cfg.seed))
     cfg.validate()
     data_path = resolve_data(data, corpus, model=model_in)
     if data_path is None:
@@ -248,7 +231,7 @@ def _check(model, data, config, run, load, corpus):
         meta, free_running=cfg.free_running, verify=cfg.verify > 0, recheck=cfg.recheck
     )
     check_group_by(group_by, columns)
-    check_run_output(run, (model_in.source, data_path))
+    Run.check(run.out, resume=run.resume, force=run.force, inputs=(model_in.source, data_path))
     return model_in, data_path, cfg, tuple(group_by)
 
 
@@ -371,30 +354,3 @@ def _summary(lm, cfg, data, described, tally, docs, world, n_tokens, t0) -> dict
         "elapsed_s": round(elapsed, 2),
         "tokens_per_s": round(n_tokens / elapsed, 1) if elapsed > 0 else None,
     }
-
-
-class _Bar:
-    """A rich progress bar over windows when enabled, else nothing."""
-
-    def __init__(self, enabled: bool, label: str) -> None:
-        self.enabled, self.label = enabled, label
-        self.progress_bar = None
-        self._task = None
-
-    def __enter__(self) -> _Bar:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import Progress
-
-            self.progress_bar = Progress(transient=True, console=Console(stderr=True))
-            self.progress_bar.start()
-            self._task = self.progress_bar.add_task(self.label, total=None)
-        return self
-
-    def advance(self, n: int) -> None:
-        if self.progress_bar is not None:
-            self.progress_bar.advance(self._task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self.progress_bar is not None:
-            self.progress_bar.stop()

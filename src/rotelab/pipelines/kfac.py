@@ -33,7 +33,7 @@ from rotelab.errors import RotelabError
 from rotelab.lm import LM
 from rotelab.options import CorpusOptions, LoadOptions, RunOptions
 from rotelab.pipelines.inputs import resolve_data, resolve_model
-from rotelab.runs import Run, check_output, is_run_dir
+from rotelab.runs import Run
 
 __all__ = ["check_lengths", "kfac"]
 
@@ -95,10 +95,7 @@ def kfac(
     }  # fmt: skip
     inputs = (config["model"], data)
     if run.out is not None:  # every rank fails here, before the collective work, not rank 0 alone
-        check_output(
-            run.out, replace=run.force, owned=is_run_dir, kind="a rotelab run (config.json)",
-            inputs=inputs,
-        )  # fmt: skip
+        Run.check(run.out, force=run.force, inputs=inputs)
 
     with dist_context():
         # 2. the model, its layers (checked before any text is read), the factors

@@ -55,7 +55,7 @@ from rotelab.options import CorpusOptions, LoadOptions, RunOptions
 from rotelab.organism import Organism
 from rotelab.pipelines.inputs import ModelInput, resolve_data, resolve_model
 from rotelab.registry import ATTACKS, direction
-from rotelab.runs import Run, check_output, is_run_dir
+from rotelab.runs import Run
 
 __all__ = ["MIAConfig", "format_table", "mia"]
 
@@ -341,11 +341,9 @@ def _check(
     attacks, skipped = _choose_attacks(cfg.attacks, available)
     if run.out is not None:
         # What Run.create will check, before the organism is built and the models loaded.
-        check_output(
-            run.out, replace=run.force or run.resume, owned=is_run_dir,
-            kind="a rotelab run (config.json)",
+        Run.check(
+            run.out, resume=run.resume, force=run.force,
             inputs=(target.source, members, nonmembers, reference_model, recall_prefix_file),
-            hint="pass --resume to continue it or --force to replace it",
         )  # fmt: skip
     return _Checked(
         cfg, target, member_docs, nonmember_docs, reference, prefix_docs, attacks, skipped

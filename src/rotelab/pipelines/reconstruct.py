@@ -27,7 +27,6 @@ from rotelab.measure.reconstruction import (
     reconstruction_summary,
 )
 from rotelab.options import CorpusOptions, RunOptions
-from rotelab.pipelines.extract import check_run_output, one_seed
 from rotelab.pipelines.inputs import ModelInput, resolve_data, resolve_model
 from rotelab.runs import Run
 
@@ -58,7 +57,7 @@ def reconstruct(
     strict/loose rates with CIs). Returns ``(run directory, summary)``.
     """
     cfg = config or ReconstructConfig()
-    cfg = replace(cfg, seed=one_seed(cfg.seed, run))
+    cfg = replace(cfg, seed=run.one_seed(cfg.seed))
     cfg.validate()
     if batch_size < 1:
         raise RotelabError(f"--batch-size must be >= 1, got {batch_size}")
@@ -73,7 +72,7 @@ def reconstruct(
             raise RotelabError(f"{data} holds no documents; pass a corpus with text")
         meta, groups = list(_scalar(first.meta)), list(group_by)
     check_group_by(groups, document_columns(meta))
-    check_run_output(run, (model_in.source, data_path))
+    Run.check(run.out, resume=run.resume, force=run.force, inputs=(model_in.source, data_path))
     settings = {"model": model, "data": data, **asdict(cfg), "group_by": list(group_by),
                 "field": corpus.field, "errors": corpus.errors, "format": corpus.format,
                 "batch_size": batch_size}  # fmt: skip
