@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from rotelab.errors import RotelabError
 
@@ -60,10 +59,6 @@ class RunOptions:
                 f"two seeds: {config_seed} in the config and {self.seed} in the run options"
             )
         return config_seed or self.seed
-
-    @property
-    def out_path(self) -> Path | None:
-        return None if self.out is None else Path(self.out)
 
 
 @dataclass(frozen=True)

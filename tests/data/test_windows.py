@@ -43,13 +43,6 @@ def test_windows_never_reencode_the_prefix():
     assert calls == ["abcdefgh"]
 
 
-def test_shard_partitions_windows():
-    wins = Windows.from_documents([Document("d", "a" * 40)], _encode, 2, 2, 1)
-    shards = [wins.shard(r, 3) for r in range(3)]
-    assert sum(len(s) for s in shards) == len(wins)
-    assert {w.offset for s in shards for w in s} == {w.offset for w in wins}
-
-
 @pytest.mark.parametrize(
     ("prefix", "suffix", "stride", "ctx", "message"),
     [

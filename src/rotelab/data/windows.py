@@ -126,10 +126,6 @@ class Windows(Sequence[Window]):
     def __iter__(self) -> Iterator[Window]:
         return iter(self._items)
 
-    def shard(self, rank: int, world: int) -> Windows:
-        """Every ``world``-th window starting at ``rank`` (for data-parallel runs)."""
-        return Windows(self._items[rank::world])
-
     def sequences(self) -> list[list[int]]:
         return [w.tokens for w in self._items]
 

@@ -71,7 +71,7 @@ from rotelab.errors import RotelabError
 from rotelab.lm import LM
 from rotelab.measure.quality import perplexity, pooled_perplexity, probe_accuracy
 from rotelab.options import LoadOptions, RunOptions
-from rotelab.organism import Organism
+from rotelab.organism import Organism, Task
 from rotelab.pipelines.inputs import ModelInput, is_organism_dir, resolve_model
 from rotelab.registry import direction, metric_entry, register_metric
 from rotelab.runs import Run
@@ -79,7 +79,7 @@ from rotelab.stats import rate_with_ci
 
 __all__ = ["METRICS", "TASKS", "compare", "format_table"]
 
-TASKS = ("closed_book", "open_book", "arithmetic", "in_context")
+TASKS = tuple(t.value for t in Task)  # the organism's probe tasks, in its order
 
 # Directions from a removal method's point of view (less extraction is better); "perplexity" is
 # registered by rotelab.measure.quality.

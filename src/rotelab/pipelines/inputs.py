@@ -152,11 +152,6 @@ def check_group_by(group_by: Sequence[str], columns: Iterable[str], *, where: st
             )
 
 
-def organism_of(model: str | os.PathLike | LM | None) -> Organism | None:
-    """The organism a ``--model`` stands for (the default one is built), else ``None``."""
-    return resolve_model(model).organism()
-
-
 def load_model(model: str | os.PathLike | LM | None, options: LoadOptions = LoadOptions()) -> LM:
     """:func:`resolve_model` and load: the default organism when ``model`` is ``None``."""
     return resolve_model(model).load(options)

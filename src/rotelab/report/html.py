@@ -55,7 +55,6 @@ class Headline:
     key: str
     value: Any
     higher_is_better: bool | None = None  # None: not a quality metric (a count, a size)
-    note: str = ""
 
 
 @dataclass
