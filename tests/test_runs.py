@@ -230,6 +230,7 @@ def _whole_run(out) -> int:
     return summary["pid"]
 
 
+@pytest.mark.slow  # kills real rotelab processes at several points
 def test_resume_after_sigkill_gives_exactly_the_uninterrupted_rows(tmp_path):
     out, log = tmp_path / "run", tmp_path / "log"
     assert kill_when(_worker(tmp_path, "new"), lambda pid: _parts(tmp_path / f".run.tmp-{pid}") >= 4)
@@ -249,6 +250,7 @@ def test_resume_after_sigkill_gives_exactly_the_uninterrupted_rows(tmp_path):
     assert len(started) in (12, 13)  # the killed run may have started one part it never wrote
 
 
+@pytest.mark.slow  # kills real rotelab processes at several points
 def test_sigkill_during_force_leaves_the_old_run_or_the_new_one_whole(tmp_path):
     out = tmp_path / "run"
     subprocess.run(_worker(tmp_path, "new", 0.0), check=True)
@@ -269,6 +271,7 @@ def test_sigkill_during_force_leaves_the_old_run_or_the_new_one_whole(tmp_path):
     assert leftovers(tmp_path) == []  # the killed runs' temporary directories are gone
 
 
+@pytest.mark.slow  # kills real rotelab processes at several points
 def test_two_writers_at_once_the_second_is_refused_with_one_line(tmp_path):
     out = tmp_path / "run"
     first = subprocess.Popen(_worker(tmp_path, "new", 0.8))

@@ -183,6 +183,7 @@ def test_force_replaces_an_edit_but_never_a_directory_edit_did_not_write(
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow  # kills real rotelab processes at several points
 def test_sigkill_during_force_leaves_the_old_model_or_the_new_one_whole(
     tiny_llama_dir, factors_dir, tmp_path
 ):

@@ -179,6 +179,7 @@ def test_an_output_over_the_model_or_a_corpus_is_refused_force_or_not(
     assert digest(model) == before and digest(corpora) == corpus_before
 
 
+@pytest.mark.slow  # kills real rotelab processes at several points
 def test_sigkill_during_force_leaves_the_old_model_or_the_new_one_whole(
     tiny_llama_dir, corpora, tmp_path
 ):
