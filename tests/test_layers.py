@@ -32,6 +32,7 @@ LAYER_OF = {
     "stats": CORE,
     "options": CORE,
     "registry": CORE,
+    "sources": CORE,
     "summaries": CORE,
     "data": CORE,
     "measure": METHODS,

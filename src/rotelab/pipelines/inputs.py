@@ -21,9 +21,10 @@ from pathlib import Path
 
 from rotelab.data.corpus import scan_corpus
 from rotelab.errors import RotelabError
-from rotelab.lm import LM, check_model_exists
+from rotelab.lm import LM
 from rotelab.options import CorpusOptions, LoadOptions
 from rotelab.organism import Organism, default_organism
+from rotelab.sources import check_model_exists
 
 __all__ = [
     "ModelInput", "check_group_by", "is_organism_dir", "load_model", "resolve_data",
