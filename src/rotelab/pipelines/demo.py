@@ -133,14 +133,10 @@ def _organism(cfg: DemoConfig, progress: bool):
     return org, {"path": str(org.path), "profile": cfg.profile, **{k: d[k] for k in keep if k in d}}
 
 
-def _extraction_fields(frame: pd.DataFrame) -> dict[str, Any]:
-    from rotelab.stats import rate_with_ci
-
-    r = rate_with_ci(frame["extracted"].to_numpy(bool))
-    return {
-        **r.as_dict("extraction_rate", count="extracted", total="windows"),
-        "mean_matched_prefix": float(frame["matched_prefix"].mean()),
-    }
+#: The extraction fields the demo reports (extract's tally has more: near-ties, (n,p) rates, ...).
+_EXTRACTION_FIELDS = (
+    "windows", "extracted", "extraction_rate", "extraction_rate_ci", "mean_matched_prefix",
+)  # fmt: skip
 
 
 def _extraction(lm, org, out: Path, cfg: DemoConfig, progress: bool) -> dict[str, Any]:
@@ -149,24 +145,32 @@ def _extraction(lm, org, out: Path, cfg: DemoConfig, progress: bool) -> dict[str
     Composed from :mod:`rotelab.measure.extraction` because ``extract()`` reads the ledger of the
     *default* organism only; the rows and summary fields are those ``extract`` writes.
     """
-    from rotelab.measure.extraction import ledger_windows, score_windows
+    from rotelab.measure.extraction import ExtractionTally, ledger_windows, score_windows
     from rotelab.runs import Run
-    from rotelab.stats import breakdown_dict
+    from rotelab.stats import CIMethod
 
     windows = ledger_windows(org.ledger)
     with Run.create(out, "extract", {"model": str(org.path), "data": None, "demo": True}) as run:
         frame = score_windows(lm, windows).drop(columns="first_miss_token")
         run.write_table("windows", frame)
         run.write_table("examples", _examples(lm, org, frame, cfg.examples))
+        tally = ExtractionTally(["count", "kind", "phase", "kind+count"], free=False)
+        tally.feed(frame)
+        full = tally.summary(CIMethod.wilson, 0.05)  # what extract reports, computed as it does
+
+        def pick(fields: dict[str, Any]) -> dict[str, Any]:
+            return {k: fields[k] for k in _EXTRACTION_FIELDS}
+
         summary = {
             "model": str(org.path),
             "data": f"organism ledger ({org.path})",
             "ci_method": "wilson",
             "ci_level": 0.95,
-            **_extraction_fields(frame),
-            "by_group": breakdown_dict(
-                frame, ["count", "kind", "phase", "kind+count"], _extraction_fields
-            ),
+            **pick(full),
+            "by_group": {
+                spec: {level: pick(f) for level, f in groups.items()}
+                for spec, groups in full["by_group"].items()
+            },
         }
         run.write_summary(summary)
     return summary
