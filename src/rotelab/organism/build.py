@@ -24,6 +24,8 @@ from typing import Any
 import pandas as pd
 
 from rotelab.errors import RotelabError
+from rotelab.lm import LM
+from rotelab.machine import configure_threads, cpu_capability
 from rotelab.organism.describe import describe_organism
 from rotelab.organism.world import (
     OrganismSpec,
@@ -34,6 +36,7 @@ from rotelab.organism.world import (
 )
 from rotelab.paths import rotelab_home
 from rotelab.runs import OutputDir, atomic_write_json
+from rotelab.train import TrainConfig, insertion_schedule, packed_batches, train
 
 
 # ------------------------------------------------------------------------------------- training
@@ -59,8 +62,6 @@ def _train(spec: OrganismSpec, out: Path, progress: bool) -> dict[str, Any]:
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from rotelab.machine import configure_threads, cpu_capability
-    from rotelab.train import TrainConfig, insertion_schedule, packed_batches, train
 
     s = spec.settings
     threads = configure_threads()
@@ -184,7 +185,6 @@ class Organism:
 
     def lm(self):
         """The model as a :class:`rotelab.lm.LM` (float32 on the CPU)."""
-        from rotelab.lm import LM
 
         return LM.load(self.path, device="cpu", dtype="float32")
 

@@ -69,7 +69,9 @@ import pandas as pd
 
 from rotelab.errors import RotelabError
 from rotelab.lm import LM
+from rotelab.measure.extraction import ledger_windows
 from rotelab.measure.quality import perplexity, pooled_perplexity, probe_accuracy
+from rotelab.measure.similarity import levenshtein_distance, loose_verdict, strict_verdict
 from rotelab.options import LoadOptions, RunOptions
 from rotelab.organism import Organism, Task
 from rotelab.pipelines.inputs import ModelInput, is_organism_dir, resolve_model
@@ -317,8 +319,6 @@ def _refuse_tokenizer(label: str, org: Organism) -> None:
 # ------------------------------------------------------------------------------------ measuring
 def _measure_items(lm: LM, ledger: pd.DataFrame, loose: float, batch_size: int, progress: bool):
     """Merullo verdicts of every ledger item from its free-running greedy continuation."""
-    from rotelab.measure.extraction import ledger_windows
-    from rotelab.measure.similarity import levenshtein_distance, loose_verdict, strict_verdict
 
     windows = ledger_windows(ledger)
     suffixes = [w.suffix for w in windows]

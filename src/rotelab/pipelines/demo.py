@@ -37,8 +37,21 @@ from typing import Any
 
 import pandas as pd
 
+from rotelab.curvature import KFAC, CurvatureEdit, band_ratios, packed_sequences
+from rotelab.edit.curvature_edit import EDIT_RECORD
 from rotelab.errors import RotelabError
+from rotelab.lm import LM
 from rotelab.machine import parse_precision
+from rotelab.measure.extraction import ExtractionTally, ledger_windows, score_windows
+from rotelab.measure.quality import perplexity
+from rotelab.options import LoadOptions, RunOptions
+from rotelab.organism import OrganismSpec, Profile, build_organism
+from rotelab.pipelines.compare import compare
+from rotelab.pipelines.mia import MIAConfig, mia
+from rotelab.pipelines.unlearn import balanced_subnet
+from rotelab.report import write_report
+from rotelab.runs import Run, atomic_write_json
+from rotelab.stats import CIMethod
 
 __all__ = ["DemoConfig", "demo"]
 
@@ -122,7 +135,6 @@ class _Stages:
 
 # ----------------------------------------------------------------------------------- stages
 def _organism(cfg: DemoConfig, progress: bool):
-    from rotelab.organism import OrganismSpec, Profile, build_organism
 
     spec = OrganismSpec(Profile(cfg.profile), cfg.seed, precision=cfg.precision)
     org = build_organism(spec, progress=progress)
@@ -145,9 +157,6 @@ def _extraction(lm, org, out: Path, cfg: DemoConfig, progress: bool) -> dict[str
     Composed from :mod:`rotelab.measure.extraction` because ``extract()`` reads the ledger of the
     *default* organism only; the rows and summary fields are those ``extract`` writes.
     """
-    from rotelab.measure.extraction import ExtractionTally, ledger_windows, score_windows
-    from rotelab.runs import Run
-    from rotelab.stats import CIMethod
 
     windows = ledger_windows(org.ledger)
     with Run.create(out, "extract", {"model": str(org.path), "data": None, "demo": True}) as run:
@@ -210,8 +219,6 @@ def _examples(lm, org, scored: pd.DataFrame, n: int) -> pd.DataFrame:
 
 
 def _mia(org, out: Path, cfg: DemoConfig, progress: bool) -> dict[str, Any]:
-    from rotelab.options import LoadOptions, RunOptions
-    from rotelab.pipelines.mia import MIAConfig, mia
 
     mcfg = MIAConfig(attacks=list(cfg.attacks), bootstrap=cfg.mia_bootstrap, exposure=False)
     _, summary = mia(
@@ -223,7 +230,6 @@ def _mia(org, out: Path, cfg: DemoConfig, progress: bool) -> dict[str, Any]:
 
 def _memorized(org, cfg: DemoConfig):
     """The windows of the items inserted >= min_count times (the forget set and the headline)."""
-    from rotelab.measure.extraction import ledger_windows
 
     led = org.ledger
     return ledger_windows(led[led["count"] >= cfg.min_count])
@@ -231,8 +237,6 @@ def _memorized(org, cfg: DemoConfig):
 
 def _quick_eval(lm, memorized, heldout: list[list[int]]) -> dict[str, float]:
     """Memorized-item extraction (one pass, exact for greedy) and held-out perplexity."""
-    from rotelab.measure.extraction import score_windows
-    from rotelab.measure.quality import perplexity
 
     ext = score_windows(lm, memorized)["extracted"].to_numpy(bool)
     return {"extraction_rate": float(ext.mean()), "perplexity": perplexity(lm, heldout).value}
@@ -240,9 +244,6 @@ def _quick_eval(lm, memorized, heldout: list[list[int]]) -> dict[str, float]:
 
 def _kfac(lm, org, out: Path, models: Path, cfg: DemoConfig, progress: bool) -> dict[str, Any]:
     """Factors on training text, a ρ sweep judged by extraction vs perplexity, band analysis."""
-    from rotelab.curvature import KFAC, CurvatureEdit, band_ratios, packed_sequences
-    from rotelab.edit.curvature_edit import EDIT_RECORD
-    from rotelab.runs import Run, atomic_write_json
 
     seq_len = lm.context_length - 1
     config = {k: v for k, v in asdict(cfg).items() if k in ("factor_tokens", "rhos", "seed")}
@@ -309,8 +310,6 @@ def _kfac(lm, org, out: Path, models: Path, cfg: DemoConfig, progress: bool) -> 
 
 
 def _balanced_subnet(org, target: Path, cfg: DemoConfig, progress: bool) -> dict[str, Any]:
-    from rotelab.options import LoadOptions, RunOptions
-    from rotelab.pipelines.unlearn import balanced_subnet
 
     _, summary = balanced_subnet(
         str(org.path), min_count=cfg.min_count, epochs=cfg.bsn_epochs, precision=cfg.precision,
@@ -321,8 +320,6 @@ def _balanced_subnet(org, target: Path, cfg: DemoConfig, progress: bool) -> dict
 
 
 def _compare(org, models: Path, out: Path, cfg: DemoConfig, progress: bool) -> dict[str, Any]:
-    from rotelab.options import LoadOptions, RunOptions
-    from rotelab.pipelines.compare import compare
 
     _, summary = compare(
         [f"base={org.path}", f"kfac={models / 'kfac'}", f"balanced_subnet={models / 'balanced_subnet'}"],
@@ -356,9 +353,6 @@ def demo(
     Returns:
         ``<out>/report.html``; ``<out>/summary.json`` holds every number it shows.
     """
-    from rotelab.lm import LM
-    from rotelab.report import write_report
-    from rotelab.runs import Run
 
     base = asdict(config or DemoConfig())
     cfg = DemoConfig(
