@@ -204,23 +204,46 @@ def main() -> None:
 
     bound32 = flops32 / (2 * params)
     print(describe_machine())
-    print(f"model {lm.name}  non-embedding params {params / 1e6:.1f}M  windows {len(wins)} ({p}/{s})  "
-          f"batch {args.batch_size}  threads {args.threads}  best of {args.repeats} interleaved  "
-          f"load {os.getloadavg()[0]:.1f}")  # fmt: skip
-    print(f"matmul fp32 {flops32 / 1e9:.0f} GFLOP/s (median over the run's batches) -> bound {bound32:,.0f} tok/s; bf16 {flops16 / 1e9:.0f} GFLOP/s")
-    for name, sec, bound in (("one-pass fp32", t_one, bound32), ("HF generate fp32", t_gen, bound32),
-                             ("one-pass bf16", t_half, bound32),
-                             ("bf16 + fp32 recheck", t_mixed, bound32),
-                             ("plain HF forward", t_plain, bound32),
-                             ("its GEMMs alone", t_gemm, bound32)):  # fmt: skip
-        print(f"  {name:<20} {sec:7.2f} s  {tokens / sec:9,.0f} tok/s  {tokens / sec / bound:6.1%} of fp32 bound")
-    print(f"generate / one-pass time ratio: {t_gen / t_one:.2f}x;  bf16 speed-up over fp32: {t_one / t_half:.2f}x")
-    print(f"verdicts identical to generate (matched length, every window): {same}  (differ: {differ[:10]})")
-    print(f"bf16 + fp32 recheck: {int(mixed['rechecked'].sum())} of {len(mixed)} windows rechecked; "
-          f"generate / it: {t_gen / t_mixed:.2f}x; verdicts identical to generate: "
-          f"{mixed['matched_prefix'].tolist() == gen}")  # fmt: skip
-    print(f"bf16 vs fp32: {int(flip.sum())} windows differ, {unflagged} of them not flagged as near-ties; "
-          f"extraction rate fp32 {one['extracted'].mean():.3f}, bf16 {half['extracted'].mean():.3f}")
+    print(
+        f"model {lm.name}  non-embedding params {params / 1e6:.1f}M  "
+        f"windows {len(wins)} ({p}/{s})  batch {args.batch_size}  threads {args.threads}  "
+        f"best of {args.repeats} interleaved  load {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"matmul fp32 {flops32 / 1e9:.0f} GFLOP/s (median over the run's batches) -> "
+        f"bound {bound32:,.0f} tok/s; bf16 {flops16 / 1e9:.0f} GFLOP/s"
+    )
+    rows = [
+        ("one-pass fp32", t_one),
+        ("HF generate fp32", t_gen),
+        ("one-pass bf16", t_half),
+        ("bf16 + fp32 recheck", t_mixed),
+        ("plain HF forward", t_plain),
+        ("its GEMMs alone", t_gemm),
+    ]
+    for name, sec in rows:
+        print(
+            f"  {name:<20} {sec:7.2f} s  {tokens / sec:9,.0f} tok/s  "
+            f"{tokens / sec / bound32:6.1%} of fp32 bound"
+        )
+    print(
+        f"generate / one-pass time ratio: {t_gen / t_one:.2f}x;  "
+        f"bf16 speed-up over fp32: {t_one / t_half:.2f}x"
+    )
+    print(
+        "verdicts identical to generate (matched length, every window): "
+        f"{same}  (differ: {differ[:10]})"
+    )
+    print(
+        f"bf16 + fp32 recheck: {int(mixed['rechecked'].sum())} of {len(mixed)} windows "
+        f"rechecked; generate / it: {t_gen / t_mixed:.2f}x; verdicts identical to generate: "
+        f"{mixed['matched_prefix'].tolist() == gen}"
+    )
+    print(
+        f"bf16 vs fp32: {int(flip.sum())} windows differ, {unflagged} of them not flagged as "
+        f"near-ties; extraction rate fp32 {one['extracted'].mean():.3f}, "
+        f"bf16 {half['extracted'].mean():.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ rotelab's K-FAC on all MLP layers on the same random tokens (``--tokens`` in seq
 items by count (teacher-forced argmax on the ledger's prefix/suffix) and held-out perplexity.
 
 curvlinops is a bench-only dependency: ``pip install torch==<same> curvlinops-for-pytorch`` then
-``pip uninstall -y torchvision``. Run: ``python bench/kfac.py [timing|model|organism] [--repeats N]``.
+``pip uninstall -y torchvision``.
+Run: ``python bench/kfac.py [timing|model|organism] [--repeats N]``.
 ``timing`` and ``model`` print their JSON and then their rows as a Markdown table.
 """
 
@@ -94,8 +95,8 @@ def _interleaved(methods: dict, repeats: int) -> dict:
             name = names[(rep + j) % len(names)]
             samples[name].append(_measure(methods[name]))
     return {
-        name: {"wall_s": statistics.median(w for w, _ in xs), "cpu_s": statistics.median(c for _, c in xs),
-               "raw": xs}
+        name: {"wall_s": statistics.median(w for w, _ in xs),
+               "cpu_s": statistics.median(c for _, c in xs), "raw": xs}
         for name, xs in samples.items()
     }  # fmt: skip
 
@@ -196,8 +197,8 @@ def timing(args) -> dict:
     batches = [(seqs[i : i + bs, :-1], seqs[i : i + bs, 1:]) for i in range(0, n_seq, bs)]
     seq_lists = seqs.tolist()
     results = {"config": {
-        "model": f"Llama 4 layers, hidden 256, intermediate {args.intermediate}, vocab {args.vocab}, "
-        "4 heads (random init)",
+        "model": f"Llama 4 layers, hidden 256, intermediate {args.intermediate}, "
+        f"vocab {args.vocab}, 4 heads (random init)",
         "tokens": n_seq * seq_len, "batch": f"{bs} x {seq_len}", "threads": args.threads,
         "repeats": args.repeats, "torch": torch.__version__,
     }}  # fmt: skip
@@ -293,7 +294,8 @@ def extraction_and_ppl(lm: LM, org, max_ppl_tokens: int = 20_000) -> dict:
     )
     extracted = np.array([bool(sc.argmax_match.all()) for sc in scores])
     by_count = {
-        int(c): float(extracted[(led["count"] == c).to_numpy()].mean()) for c in sorted(led["count"].unique())
+        int(c): float(extracted[(led["count"] == c).to_numpy()].mean())
+        for c in sorted(led["count"].unique())
     }
     hi = (led["count"] >= 16).to_numpy()
     eos = lm.tokenizer.eos_token_id
@@ -391,8 +393,9 @@ def markdown_table(result: dict) -> str:
         f"{cfg['model']}, {cfg['tokens']} tokens ({cfg['batch']}), {cfg['threads']} threads, "
         f"median of {cfg['repeats']}",
         "",
-        "| layers | plain | rotelab | curvlinops | rotelab / plain (wall, CPU) | speed-up vs curvlinops "
-        "| agreement A, G | bf16 model / bf16 plain, / fp32 plain | GEMMs alone, rotelab / plain |",
+        "| layers | plain | rotelab | curvlinops | rotelab / plain (wall, CPU) "
+        "| speed-up vs curvlinops | agreement A, G | bf16 model / bf16 plain, / fp32 plain "
+        "| GEMMs alone, rotelab / plain |",
         "|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for label in ("all MLP layers", "top 3 blocks"):
@@ -433,10 +436,13 @@ def main() -> None:
     ap.add_argument("--factor-tokens", type=int, default=131_072)
     ap.add_argument(
         "--variants", default="",
-        help="';'-separated collection variants, each 'blocks=2-3,layers=*gate_proj,labels=gold,tokens=N'",
+        help="';'-separated collection variants, "
+        "each 'blocks=2-3,layers=*gate_proj,labels=gold,tokens=N'",
     )  # fmt: skip
-    ap.add_argument("--bf16", default="auto", choices=["auto", "on", "off"],
-                    help="timing: bf16 runs (auto: only where bf16 is native on this CPU)")  # fmt: skip
+    ap.add_argument(
+        "--bf16", default="auto", choices=["auto", "on", "off"],
+        help="timing: bf16 runs (auto: only where bf16 is native on this CPU)",
+    )  # fmt: skip
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     args.threads = args.threads or configure_threads()

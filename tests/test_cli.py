@@ -49,7 +49,9 @@ def test_python_dash_m_works():
 @pytest.fixture()
 def corpus(tmp_path):
     path = tmp_path / "corpus.jsonl"
-    path.write_text("".join(json.dumps({"text": "the cat sat on the mat " * 8}) + "\n" for _ in range(3)))
+    path.write_text(
+        "".join(json.dumps({"text": "the cat sat on the mat " * 8}) + "\n" for _ in range(3))
+    )
     return path
 
 
@@ -73,7 +75,9 @@ def test_missing_model_path(tmp_path, corpus):
 def test_missing_model_path_without_data_says_so(tmp_path, command):
     # Without --data the commands look for an organism; a missing path is still "does not exist".
     out = tmp_path / "run"
-    res = _fails([command, "--model", str(tmp_path / "nope"), "--out", str(out)], "does not exist", out)
+    res = _fails(
+        [command, "--model", str(tmp_path / "nope"), "--out", str(out)], "does not exist", out
+    )
     assert "not an organism" not in res.output
 
 
@@ -97,8 +101,9 @@ def test_corrupt_model_is_one_line_exit_2(tmp_path, tiny_llama_dir, corpus):
     model = shutil.copytree(tiny_llama_dir, tmp_path / "model")
     (model / "model.safetensors").write_bytes(b"not safetensors")
     out = tmp_path / "run"
-    res = _fails(["extract", "--model", str(model), "--data", str(corpus), "--out", str(out),
-                  "--prefix-len", "4", "--suffix-len", "4", "--quiet"], "is corrupt or truncated", out)  # fmt: skip
+    args = ["extract", "--model", str(model), "--data", str(corpus), "--out", str(out),
+            "--prefix-len", "4", "--suffix-len", "4", "--quiet"]  # fmt: skip
+    res = _fails(args, "is corrupt or truncated", out)
     assert len(res.output.strip().splitlines()) == 1
 
 
@@ -109,8 +114,16 @@ def test_corrupt_model_is_one_line_exit_2(tmp_path, tiny_llama_dir, corpus):
         (b'{"text": "ok ok ok ok ok ok ok ok ok ok"}\n{"text": "\xff"}\n', [], "offset 52"),
         (b'{"text": "ok"}\n{"text": \n', [], "line 2 is not valid JSON"),
         (b'{"body": "ok"}\n', [], "no field 'text'"),
-        (b'{"text": "the cat sat on the mat the cat sat"}\n', ["--prefix-len", "40", "--suffix-len", "40"], "context"),
-        (b'{"text": "the cat sat on the mat the cat sat"}\n', ["--stride", "0"], "stride must be > 0"),
+        (
+            b'{"text": "the cat sat on the mat the cat sat"}\n',
+            ["--prefix-len", "40", "--suffix-len", "40"],
+            "context",
+        ),
+        (
+            b'{"text": "the cat sat on the mat the cat sat"}\n',
+            ["--stride", "0"],
+            "stride must be > 0",
+        ),
     ],
     ids=["empty", "undecodable", "malformed", "missing-field", "too-long", "stride"],
 )

@@ -44,15 +44,22 @@ def test_torchrun_two_processes_give_the_rows_of_one(tiny_llama_dir, tmp_path):
     rng = np.random.default_rng(0)
     with open(corpus, "w") as f:
         for i in range(6):
-            f.write(json.dumps({"text": " ".join(rng.choice(["the", "cat", "sat", "dog", "ran"], 40 + 4 * i))}) + "\n")
-    common = ["extract", "--model", str(tiny_llama_dir), "--data", str(corpus), "--prefix-len", "8",
-              "--suffix-len", "6", "--stride", "5", "--part-size", "7", "--quiet", "--json"]  # fmt: skip
+            f.write(
+                json.dumps(
+                    {"text": " ".join(rng.choice(["the", "cat", "sat", "dog", "ran"], 40 + 4 * i))}
+                )
+                + "\n"
+            )
+    common = ["extract", "--model", str(tiny_llama_dir), "--data", str(corpus),
+              "--prefix-len", "8", "--suffix-len", "6", "--stride", "5", "--part-size", "7",
+              "--quiet", "--json"]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, "-m", "rotelab", *common, "--out", str(tmp_path / "one")],
                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert one.returncode == 0, one.stderr
     two = subprocess.run(
-        [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "rotelab", *common, "--out", str(tmp_path / "two")],
+        [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "rotelab", *common,
+         "--out", str(tmp_path / "two")],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]

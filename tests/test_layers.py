@@ -137,9 +137,7 @@ def test_imports_point_down():
 def test_the_check_catches(tmp_path, monkeypatch, source, expected):
     """The checker itself fails on each kind of wrong import (in a method module)."""
     fake = PACKAGE / "measure" / "_layers_probe.py"
-    monkeypatch.setattr(
-        "test_layers._files", lambda: [fake], raising=True
-    )
+    monkeypatch.setattr("test_layers._files", lambda: [fake], raising=True)
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: source)
     with pytest.raises(AssertionError, match=expected):
         test_imports_point_down()

@@ -46,22 +46,41 @@ def make_tiny_model(arch: str, vocab: int = VOCAB, seed: int = 0):
     torch.manual_seed(seed)
     if arch == "llama":
         cfg = LlamaConfig(
-            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-            bos_token_id=0, eos_token_id=0, pad_token_id=0,
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
         )
         return LlamaForCausalLM(cfg)
     if arch == "gpt2":
         cfg = GPT2Config(
-            vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-            bos_token_id=0, eos_token_id=0, pad_token_id=0,
+            vocab_size=vocab,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=64,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
         )
         return GPT2LMHeadModel(cfg)
     if arch == "neox":
         cfg = GPTNeoXConfig(
-            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=64,
-            bos_token_id=0, eos_token_id=0, pad_token_id=0,
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
         )
         return GPTNeoXForCausalLM(cfg)
     raise ValueError(arch)

@@ -29,7 +29,13 @@ from typing import Any
 from rotelab.errors import RotelabError
 
 __all__ = [
-    "ATTACKS", "METRICS", "SIMILARITY", "Entry", "Registry", "direction", "metric_entry",
+    "ATTACKS",
+    "METRICS",
+    "SIMILARITY",
+    "Entry",
+    "Registry",
+    "direction",
+    "metric_entry",
     "register_metric",
 ]
 
@@ -82,9 +88,7 @@ class Registry:
         try:
             return self._entries[name]
         except KeyError:
-            raise RotelabError(
-                f"unknown {self.kind} {name!r}; registered: {self.help()}"
-            ) from None
+            raise RotelabError(f"unknown {self.kind} {name!r}; registered: {self.help()}") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
@@ -97,16 +101,15 @@ class Registry:
 
     def names(self, **where: Any) -> list[str]:
         """Registered names, optionally only those whose meta has the given values."""
-        return [
-            e.name for e in self if all(e.meta.get(k) == v for k, v in where.items())
-        ]
+        return [e.name for e in self if all(e.meta.get(k) == v for k, v in where.items())]
 
     def help(self) -> str:
         """The names as one comma list, for ``--help`` texts and error messages."""
         return ",".join(self._entries)
 
     def parse(self, text: str | None, *, flag: str) -> list[str] | None:
-        """A comma list of names (``--attacks loss,zlib``), each checked; ``None`` stays ``None``."""
+        """A comma list of names (``--attacks loss,zlib``), each checked; ``None`` stays
+        ``None``."""
         if text is None:
             return None
         names = [t.strip() for t in text.split(",") if t.strip()]

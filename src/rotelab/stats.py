@@ -86,7 +86,8 @@ def wilson_interval(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
 
 
 def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
-    """Exact (Clopper-Pearson) interval for ``k / n`` from beta quantiles; ``(nan, nan)`` at n = 0."""
+    """Exact (Clopper-Pearson) interval for ``k / n`` from beta quantiles; ``(nan, nan)`` at
+    n = 0."""
     _check_counts(k, n, alpha)
     if n == 0:
         return (math.nan, math.nan)
@@ -202,8 +203,13 @@ def breakdown(
         for c in rates:
             r = rate_with_ci(part[c].to_numpy(dtype=float), method=method, alpha=alpha)
             row.update(
-                {f"{c}_k": r.k, f"{c}_n": r.n, f"{c}_rate": r.rate, f"{c}_ci_lo": r.lo,
-                 f"{c}_ci_hi": r.hi}  # fmt: skip
+                {
+                    f"{c}_k": r.k,
+                    f"{c}_n": r.n,
+                    f"{c}_rate": r.rate,
+                    f"{c}_ci_lo": r.lo,
+                    f"{c}_ci_hi": r.hi,
+                }  # fmt: skip
             )
         for c in means:
             values = pd.to_numeric(part[c], errors="coerce")

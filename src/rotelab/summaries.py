@@ -39,6 +39,7 @@ __all__ = [
     "read_summary",
 ]
 
+
 @dataclass
 class Groups:
     """A ``by_group`` block: group spec -> level -> metrics.

@@ -180,7 +180,9 @@ def test_band_ratios_relative_to_reference(fitted):
     assert np.allclose(table[table["dataset"] == "clean"]["ratio"], 1.0)
     other = table[table["dataset"] == "other"]
     clean = table[table["dataset"] == "clean"]
-    assert np.allclose(other["ratio"].to_numpy(), other["strength"].to_numpy() / clean["strength"].to_numpy())
+    assert np.allclose(
+        other["ratio"].to_numpy(), other["strength"].to_numpy() / clean["strength"].to_numpy()
+    )
     assert len(table) == 2 * 4 * 4  # 2 data sets x 4 distinct inputs x 4 bands
     with pytest.raises(RotelabError, match="reference"):
         band_ratios(lm, kfac, {"a": _seqs(2)}, reference="clean")

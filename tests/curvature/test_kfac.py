@@ -37,7 +37,8 @@ def _seqs(seed: int = 0) -> list[list[int]]:
 
 
 def _reference(lm: LM, seqs, names, labels: str, seed: int = 0):
-    """Dense float64 factors: one unpadded sequence at a time, plain autograd, a loop over tokens."""
+    """Dense float64 factors: one unpadded sequence at a time, plain autograd, a loop over
+    tokens."""
     model = copy.deepcopy(lm.model).double()
     modules = dict(model.named_modules())
     a_sum = {n: 0.0 for n in names}
@@ -162,7 +163,9 @@ def test_no_weight_gradients_and_backward_stops_at_lowest_target():
 
     def record(name):
         def fn(module, args, output):
-            seen[name] = output[0].requires_grad if isinstance(output, tuple) else output.requires_grad
+            seen[name] = (
+                output[0].requires_grad if isinstance(output, tuple) else output.requires_grad
+            )
 
         return fn
 

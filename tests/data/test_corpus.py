@@ -15,7 +15,10 @@ from rotelab.errors import RotelabError
 def test_reads_txt_jsonl_parquet_and_directories(tmp_path):
     (tmp_path / "a.txt").write_text("hello world")
     (tmp_path / "b.jsonl").write_text(
-        json.dumps({"text": "first", "source": "x"}) + "\n\n" + json.dumps({"text": "second"}) + "\n"
+        json.dumps({"text": "first", "source": "x"})
+        + "\n\n"
+        + json.dumps({"text": "second"})
+        + "\n"
     )
     pd.DataFrame({"body": ["p0", "p1"], "count": [4, 16]}).to_parquet(tmp_path / "c.parquet")
     (tmp_path / "ignored.csv").write_text("nope")
@@ -87,7 +90,9 @@ def test_text_file_with_any_name_is_one_document(tmp_path, name):
 
 def test_jsonl_and_parquet_are_sniffed_by_content(tmp_path):
     log = tmp_path / "events.log"
-    log.write_text("\n" + json.dumps({"text": "a", "source": "s"}) + "\n" + json.dumps({"text": "b"}))
+    log.write_text(
+        "\n" + json.dumps({"text": "a", "source": "s"}) + "\n" + json.dumps({"text": "b"})
+    )
     docs = [(d.doc_id, d.text) for d in read_corpus(log)]
     assert docs == [("events.log:2", "a"), ("events.log:3", "b")]
     pd.DataFrame({"text": ["p0", "p1"]}).to_parquet(tmp_path / "rows.bin")

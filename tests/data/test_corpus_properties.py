@@ -14,14 +14,18 @@ from rotelab.data.corpus import read_corpus, scan_corpus
 from rotelab.errors import RotelabError
 
 SETTINGS = settings(
-    max_examples=int(os.environ.get("ROTELAB_HYPOTHESIS_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=int(os.environ.get("ROTELAB_HYPOTHESIS_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 SUFFIXES = ["", ".txt", ".jsonl", ".parquet", ".0", ".log"]
 FORMATS = ["auto", "text", "jsonl", "parquet"]
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=5), kids, max_size=3),
+    lambda kids: (
+        st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=5), kids, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -65,7 +69,12 @@ def test_random_json_lines_read_or_fail_with_one_line(tmp_path_factory, records,
 
 
 @SETTINGS
-@given(text=st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=300))
+@given(
+    text=st.text(
+        alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
+        max_size=300,
+    )
+)
 def test_any_text_file_is_one_document_exactly(tmp_path_factory, text):
     path = tmp_path_factory.mktemp("t") / "LICENSE"
     path.write_bytes(text.encode("utf-8"))

@@ -55,7 +55,9 @@ def test_windows_never_reencode_the_prefix():
 )
 def test_bad_window_settings(prefix, suffix, stride, ctx, message):
     with pytest.raises(RotelabError, match=message):
-        Windows.from_documents([Document("d", "a" * 100)], _encode, prefix, suffix, stride, context_length=ctx)
+        Windows.from_documents(
+            [Document("d", "a" * 100)], _encode, prefix, suffix, stride, context_length=ctx
+        )
 
 
 def test_empty_corpus_and_too_short_documents():

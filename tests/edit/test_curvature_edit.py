@@ -65,7 +65,7 @@ def test_one_edited_copy_per_rho_with_its_record(fitted):
 
 def test_blocks_restrict_the_edit(fitted):
     lm, kfac = fitted
-    (_, _, record), = kfac_edits(lm, kfac, [0.5], blocks="1")
+    ((_, _, record),) = kfac_edits(lm, kfac, [0.5], blocks="1")
     assert {row["layer"].split(".")[2] for row in record["layers"]} == {"1"}
 
 

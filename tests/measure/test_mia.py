@@ -223,9 +223,7 @@ def test_evaluate_attacks_metrics_and_roc_per_group():
         }
     )
     frame["count"] = np.where(frame["member"], 1 + (np.arange(n) % 4 == 0) * 3, 0)
-    metrics, roc = M.evaluate_attacks(
-        frame, ["x"], ["count", "phase", ("kind", "count")], n_boot=0
-    )
+    metrics, roc = M.evaluate_attacks(frame, ["x"], ["count", "phase", ("kind", "count")], n_boot=0)
     assert metrics["x"]["auc"] == M.attack_metrics(frame["x"], frame["member"], n_boot=0)["auc"]
     by_group = M.by_group_metrics(frame, ["x"], ["count", ("kind", "count")], n_boot=0)["x"]
     assert metrics["x"]["by_group"] == by_group  # "phase" is not a column: left out

@@ -66,7 +66,9 @@ def test_cli_reports_overall_and_per_chunk_similarity(tiny_llama_dir, tiny_lm, t
         # per-chunk strictness agrees with the token-by-token comparison
         ref = ids[10:]
         for c in mine.itertuples():
-            assert c.strict == (want[c.chunk * 8 : c.chunk * 8 + 8] == ref[c.chunk * 8 : c.chunk * 8 + 8])
+            assert c.strict == (
+                want[c.chunk * 8 : c.chunk * 8 + 8] == ref[c.chunk * 8 : c.chunk * 8 + 8]
+            )
     assert list(docs.reset_index().columns) == ["name", *document_columns([])]
     assert summary["documents"] == 2 and set(summary["by_group"]["name"]) == {"long", "short"}
     assert summary["strict"] == int(docs["strict"].sum())

@@ -78,8 +78,8 @@ def test_cli_refuses_duplicate_labels_with_one_line(tmp_path):
     for name in "ABC":
         (tmp_path / name).mkdir()
     out = tmp_path / "cmp"
-    res = CliRunner().invoke(app, ["compare", "--models", f"x={tmp_path / 'A'}",
-                                   f"x={tmp_path / 'B'}", f"x-2={tmp_path / 'C'}", "-o", str(out)])  # fmt: skip
+    models = [f"x={tmp_path / 'A'}", f"x={tmp_path / 'B'}", f"x-2={tmp_path / 'C'}"]
+    res = CliRunner().invoke(app, ["compare", "--models", *models, "-o", str(out)])
     assert res.exit_code == 2
     assert res.output.strip() == (
         "error: two models are labelled 'x'; give each a label of its own (LABEL=PATH)"
@@ -97,7 +97,9 @@ def test_compare_two_models_same_windows_schema_plot_and_resume(
     assert summary["order"] == ["base", "damaged"] and summary["baseline"] == "base"
     assert "base" not in summary  # the baseline's label is written once, as "baseline"
     assert summary["metrics"] == METRICS
-    assert all(m["higher_is_better"] is direction(k, "compare") for k, m in summary["metrics"].items())
+    assert all(
+        m["higher_is_better"] is direction(k, "compare") for k, m in summary["metrics"].items()
+    )
     n_items = len(tiny_organism.ledger)
     items = pd.read_parquet(out / "results" / "items")
     # Same windows: every model saw exactly the ledger's items.

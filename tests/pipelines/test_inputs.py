@@ -28,9 +28,7 @@ def test_an_organism_directory_is_that_organism(no_organism, tiny_organism):
     assert model.path() == tiny_organism.path
 
 
-def test_a_plain_model_is_not_an_organism_and_has_no_default_data(
-    no_organism, tiny_llama_dir
-):
+def test_a_plain_model_is_not_an_organism_and_has_no_default_data(no_organism, tiny_llama_dir):
     model = resolve_model(tiny_llama_dir)
     assert not model.is_organism and model.organism() is None
     with pytest.raises(RotelabError, match="not an organism.*pass --data"):

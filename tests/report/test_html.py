@@ -124,9 +124,10 @@ def test_extraction_rates_are_the_summarys_groups(extract_run):
     assert set(rates["series"]) == {"all", "secret", "bio", "passage"}  # phase rows left out
     bio = summary["by_group"]["kind+count"]["bio|64"]
     row = rates[(rates["series"] == "bio") & (rates["count"] == 64)].iloc[0]
-    assert row["rate"] == bio["extraction_rate"] and [row["lo"], row["hi"]] == bio[
-        "extraction_rate_ci"
-    ]
+    assert (
+        row["rate"] == bio["extraction_rate"]
+        and [row["lo"], row["hi"]] == bio["extraction_rate_ci"]
+    )
 
 
 def test_mia_page(mia_run):

@@ -93,8 +93,10 @@ def test_packed_batches_put_items_at_row_starts():
 
 def _tiny_model(seed=0):
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)  # fmt: skip
+    cfg = LlamaConfig(
+        vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
+    )  # fmt: skip
     return LlamaForCausalLM(cfg)
 
 
@@ -135,6 +137,7 @@ def test_train_extra_loss_is_applied_and_callback_sees_the_log():
     train(plain, _pattern_batches(10), cfg)
     seen = []
     model = _tiny_model()
+
     def penalty(m, b, logits):
         return 10.0 * sum(p.pow(2).sum() for p in m.parameters())
 

@@ -185,7 +185,9 @@ class CurvatureEdit:
         if not hasattr(self, "eigen_"):
             raise RotelabError("CurvatureEdit is not fitted; call fit(factors) first")
 
-    def edited_weight(self, weight: torch.Tensor, name: str, rho: float) -> tuple[torch.Tensor, dict]:
+    def edited_weight(
+        self, weight: torch.Tensor, name: str, rho: float
+    ) -> tuple[torch.Tensor, dict]:
         """W' for one layer and what was kept.
 
         Args:
@@ -372,6 +374,7 @@ def band_ratios(
     table = pd.concat(frames, ignore_index=True)
     ref = table[table["dataset"] == reference].set_index(["layer", "band"])["strength"]
     table["ratio"] = [
-        s / ref[(layer, band)] for layer, band, s in zip(table["layer"], table["band"], table["strength"])
+        s / ref[(layer, band)]
+        for layer, band, s in zip(table["layer"], table["band"], table["strength"])
     ]
     return table[["layer", "band", "dataset", "strength", "tokens", "ratio"]]

@@ -1,4 +1,5 @@
-"""K-FAC factors of chosen linear layers: A = E[a aᵀ] over inputs, G = E[g gᵀ] over output gradients.
+"""K-FAC factors of chosen linear layers: A = E[a aᵀ] over inputs, G = E[g gᵀ] over output
+gradients.
 
 The curvature that Merullo et al. 2025 ("From Memorization to Reasoning in the Spectrum of Loss
 Curvature") use to find, and remove, the weight directions memorized data lives in. Per token
@@ -127,9 +128,7 @@ def parse_blocks(blocks: str | Sequence[int] | None, num_layers: int) -> list[in
     chosen = sorted(explicit | set(range(max(0, num_layers - last), num_layers)))
     bad = [b for b in chosen if not 0 <= b < num_layers]
     if bad or not chosen:
-        raise RotelabError(
-            f"blocks {blocks!r} are outside this model's blocks 0..{num_layers - 1}"
-        )
+        raise RotelabError(f"blocks {blocks!r} are outside this model's blocks 0..{num_layers - 1}")
     return chosen
 
 
@@ -174,7 +173,11 @@ def select_layers(
     if not chosen:
         example = lm.mlp_layers()[:1] or lm.linear_layers()[:1]
         hint = f" (names look like {example[0].name})" if example else ""
-        what = "no MLP layers" if layers is None else f"layer pattern {layers!r} matches no linear layer"
+        what = (
+            "no MLP layers"
+            if layers is None
+            else f"layer pattern {layers!r} matches no linear layer"
+        )
         raise RotelabError(f"{what} in this model{hint}; give --layers a glob such as '*.mlp.*'")
     if wanted is not None:
         chosen = [layer for layer in chosen if block_index(layer.name) in set(wanted)]
@@ -530,7 +533,9 @@ class KFAC:
                     if self.labels is Labels.gold:
                         draws = col.rows(gold.to(lm.device))
                     else:  # one uniform per position, from the sequence's own generator
-                        draws = torch.cat([_uniforms(self.seed, i, len(s)) for i, s in zip(indices, inputs)])
+                        draws = torch.cat(
+                            [_uniforms(self.seed, i, len(s)) for i, s in zip(indices, inputs)]
+                        )
                     col.accumulate_g(rows, self._grad_hidden(lm, rows, draws))
         finally:
             col.end_batch()
@@ -641,7 +646,8 @@ class KFAC:
         file = path / FACTORS_FILE if path.is_dir() else path
         if not file.is_file():
             raise RotelabError(
-                f"no K-FAC factors at {path} (expected {FACTORS_FILE}); collect them with `rotelab kfac`"
+                f"no K-FAC factors at {path} (expected {FACTORS_FILE}); "
+                "collect them with `rotelab kfac`"
             )
         try:
             with safe_open(str(file), framework="pt") as f:
@@ -666,8 +672,13 @@ class KFAC:
         return kfac
 
     def __repr__(self) -> str:
-        fitted = f", {len(self.factors_)} layers, {self.tokens_} tokens" if hasattr(self, "factors_") else ""
-        return f"KFAC(layers={self.layers!r}, blocks={self.blocks!r}, labels={self.labels.value}{fitted})"
+        fitted = (
+            f", {len(self.factors_)} layers, {self.tokens_} tokens"
+            if hasattr(self, "factors_")
+            else ""
+        )
+        labels = self.labels.value
+        return f"KFAC(layers={self.layers!r}, blocks={self.blocks!r}, labels={labels}{fitted})"
 
 
 # ------------------------------------------------------------------------------ factor data

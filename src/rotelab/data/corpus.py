@@ -18,7 +18,12 @@ from pathlib import Path
 from rotelab.errors import RotelabError
 
 __all__ = [
-    "CorpusFormat", "CorpusScan", "Document", "read_corpus", "scan_corpus", "SUPPORTED_SUFFIXES"
+    "CorpusFormat",
+    "CorpusScan",
+    "Document",
+    "read_corpus",
+    "scan_corpus",
+    "SUPPORTED_SUFFIXES",
 ]
 
 # Enough to see a NUL byte in any binary format's header without reading a large file twice.
@@ -230,7 +235,9 @@ def _read_jsonl(file, name, field, errors, id_field) -> Iterator[Document]:
             text = record.pop(field)
             if not isinstance(text, str):
                 raise RotelabError(f"{file}: line {lineno}: field {field!r} is not a string")
-            doc_id = str(record.pop(id_field)) if id_field and id_field in record else f"{name}:{lineno}"
+            doc_id = (
+                str(record.pop(id_field)) if id_field and id_field in record else f"{name}:{lineno}"
+            )
             yield Document(doc_id, text, record)
 
 
@@ -255,7 +262,9 @@ def _read_parquet(file, name, field, id_field) -> Iterator[Document]:
     for batch in pf.iter_batches():
         for record in batch.to_pylist():
             text = record.pop(field)
-            doc_id = str(record.pop(id_field)) if id_field and id_field in record else f"{name}:{row}"
+            doc_id = (
+                str(record.pop(id_field)) if id_field and id_field in record else f"{name}:{row}"
+            )
             row += 1
             if text is None:
                 continue

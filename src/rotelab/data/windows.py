@@ -50,8 +50,8 @@ def check_window_shape(
         raise RotelabError(f"stride must be > 0, got {stride}")
     if context_length is not None and prefix_len + suffix_len > context_length:
         raise RotelabError(
-            f"prefix ({prefix_len}) plus suffix ({suffix_len}) is {prefix_len + suffix_len} tokens, "
-            f"longer than the model's context of {context_length}; shorten them"
+            f"prefix ({prefix_len}) plus suffix ({suffix_len}) is {prefix_len + suffix_len} "
+            f"tokens, longer than the model's context of {context_length}; shorten them"
         )
 
 
@@ -107,7 +107,11 @@ class Windows(Sequence[Window]):
         docs = list(docs)
         if not docs:
             raise RotelabError("the corpus is empty: no documents were found")
-        wins = cls(iter_windows(docs, encode, prefix_len, suffix_len, stride, context_length=context_length))
+        wins = cls(
+            iter_windows(
+                docs, encode, prefix_len, suffix_len, stride, context_length=context_length
+            )
+        )
         if not wins:
             raise RotelabError(
                 f"no windows: every document is shorter than prefix+suffix "

@@ -62,7 +62,6 @@ def _train(spec: OrganismSpec, out: Path, progress: bool) -> dict[str, Any]:
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-
     s = spec.settings
     threads = configure_threads()
     tokenizer = AutoTokenizer.from_pretrained(out)
@@ -189,14 +188,14 @@ class Organism:
         return LM.load(self.path, device="cpu", dtype="float32")
 
     def describe(self, *, refresh: bool = False) -> dict[str, Any]:
-        """Extraction by count and kind, perplexities and probe accuracies (cached in describe.json)."""
+        """Extraction by count and kind, perplexities and probe accuracies (cached in
+        describe.json)."""
         cache = self.path / "describe.json"
         if cache.exists() and not refresh:
             return json.loads(cache.read_text())
         result = describe_organism(self)
         atomic_write_json(cache, result)
         return result
-
 
 
 # --------------------------------------------------------------------------------- build / cache
@@ -228,7 +227,8 @@ def build_organism(
         org = Organism(target)
         if org.spec.to_dict() != spec.to_dict():
             raise RotelabError(
-                f"{target} holds a different organism ({org.spec.key()}); use --force or another --out"
+                f"{target} holds a different organism ({org.spec.key()}); "
+                "use --force or another --out"
             )
         return org
     # An organism left incomplete (by an older rotelab) is rebuilt without --force, as before.
@@ -288,5 +288,3 @@ def organism_command(
     spec = OrganismSpec(Profile(profile), seed, corpus_tokens, precision=precision)
     org = build_organism(spec, out=out, force=force)
     return org.path, (org.describe() if describe else None)
-
-

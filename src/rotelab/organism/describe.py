@@ -51,9 +51,7 @@ def describe_organism(org) -> dict[str, Any]:
         },
         "items_per_cell": int(s.items_per_cell),
         "train_ppl": round(perplexity(lm, org.train_docs(), max_tokens=s.eval_tokens).value, 3),
-        "heldout_ppl": round(
-            perplexity(lm, org.heldout_docs(), max_tokens=s.eval_tokens).value, 3
-        ),
+        "heldout_ppl": round(perplexity(lm, org.heldout_docs(), max_tokens=s.eval_tokens).value, 3),
         "probe_accuracy": {
             t: round(float(v), 4) for t, v in probes.groupby("task")["correct"].mean().items()
         },
@@ -91,7 +89,8 @@ def format_description(d: dict[str, Any]) -> str:
     )
     if "train_seconds" in d:
         lines.append(
-            f"params {d['params']:,}  trained {d['train_seconds']:.0f}s on {d['train_tokens']:,} tokens"
+            f"params {d['params']:,}  trained {d['train_seconds']:.0f}s "
+            f"on {d['train_tokens']:,} tokens"
             + (f" in {d['precision']} ({d['cpu_capability']})" if "precision" in d else "")
         )
     return "\n".join(lines)

@@ -118,7 +118,8 @@ class OrganismSpec:
         seed: seeds the world, the tokenizer corpus order, the schedule and the training.
         corpus_tokens: approximate background training tokens (dilution studies); ``None`` uses the
             profile's value.
-        items_per_cell: inserted items per (kind, count) in phase ``all``; ``None``: profile's value.
+        items_per_cell: inserted items per (kind, count) in phase ``all``; ``None``: the
+            profile's value.
         precision: training precision, ``auto`` (bf16 autocast where bf16 is native on this CPU,
             else fp32; see :mod:`rotelab.machine`), ``fp32`` or ``bf16``. Resolved when the spec
             is made, so the cache key says how the organism was trained and machines that train
@@ -332,7 +333,8 @@ class _Gen:
         return f"{task}: {' '.join(letters)} ->", " " + " ".join(out) + ".", task
 
     def date(self) -> str:
-        return f"{self.pick(_MONTHS)} {int(self.rng.integers(1, 29))}, {int(self.rng.integers(1940, 2005))}"
+        day, year = int(self.rng.integers(1, 29)), int(self.rng.integers(1940, 2005))
+        return f"{self.pick(_MONTHS)} {day}, {year}"
 
     def digits(self, n: int) -> str:
         return "".join(self.pick(SECRET_ALPHABET) for _ in range(n))
@@ -346,7 +348,8 @@ def _arith_pairs(n: int) -> list[tuple[str, str, str]]:
 
 
 def _approx_tokens(text: str) -> int:
-    # Words and punctuation; the BPE tokenizer splits rare names further (≈1.03 tokens per unit here).
+    # Words and punctuation; the BPE tokenizer splits rare names further (≈1.03 tokens per unit
+    # here).
     return len(re.findall(r"\w+|[^\w\s]", text))
 
 
@@ -541,5 +544,3 @@ def write_world(spec: OrganismSpec, out: str | os.PathLike) -> Path:
     pd.DataFrame(world.entities).to_parquet(out / "entities.parquet", index=False)
     (out / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2, sort_keys=True))
     return out
-
-

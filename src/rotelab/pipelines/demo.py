@@ -269,9 +269,10 @@ def _kfac(lm, org, out: Path, models: Path, cfg: DemoConfig, progress: bool) -> 
         limit = base["perplexity"] * (1 + cfg.max_ppl_increase)
         ok = sweep[sweep["perplexity"] <= limit]
         # Least extraction within the perplexity budget; ties go to the larger ρ (less removed).
-        best = ok.sort_values(["extraction_rate", "rho"], ascending=[True, False]).iloc[0] if len(ok) else (
-            sweep.sort_values("rho", ascending=False).iloc[0]
-        )  # fmt: skip
+        if len(ok):
+            best = ok.sort_values(["extraction_rate", "rho"], ascending=[True, False]).iloc[0]
+        else:
+            best = sweep.sort_values("rho", ascending=False).iloc[0]
         rho = float(best["rho"])
         chosen = edit.apply(lm, rho)
         target = models / "kfac"
@@ -310,7 +311,6 @@ def _kfac(lm, org, out: Path, models: Path, cfg: DemoConfig, progress: bool) -> 
 
 
 def _balanced_subnet(org, target: Path, cfg: DemoConfig, progress: bool) -> dict[str, Any]:
-
     _, summary = balanced_subnet(
         str(org.path), min_count=cfg.min_count, epochs=cfg.bsn_epochs, precision=cfg.precision,
         run=RunOptions(target, seed=cfg.seed, progress=progress),
@@ -320,9 +320,12 @@ def _balanced_subnet(org, target: Path, cfg: DemoConfig, progress: bool) -> dict
 
 
 def _compare(org, models: Path, out: Path, cfg: DemoConfig, progress: bool) -> dict[str, Any]:
-
     _, summary = compare(
-        [f"base={org.path}", f"kfac={models / 'kfac'}", f"balanced_subnet={models / 'balanced_subnet'}"],
+        [
+            f"base={org.path}",
+            f"kfac={models / 'kfac'}",
+            f"balanced_subnet={models / 'balanced_subnet'}",
+        ],
         organism=org.path, min_count=cfg.min_count, heldout_tokens=cfg.heldout_tokens,
         run=RunOptions(out=out, seed=cfg.seed, progress=progress),
         load=LoadOptions(device="cpu", dtype="float32"),

@@ -129,9 +129,7 @@ def document_texts(
         [m for _, m in docs],
         text_ids=ids,
         char_spans=[_doc_span(d) for d, _ in docs],
-        groups=[
-            {g: d.meta[g] for g in ("count", "phase", "kind") if g in d.meta} for d, _ in docs
-        ],
+        groups=[{g: d.meta[g] for g in ("count", "phase", "kind") if g in d.meta} for d, _ in docs],
     )
 
 

@@ -160,9 +160,7 @@ def evaluate_attacks(
     metrics, roc_rows = {}, []
     for a in attacks:
         s = frame[a].to_numpy(float)
-        m = attack_metrics(
-            s, y, n_boot=n_boot, seed=seed, min_false_positives=min_false_positives
-        )
+        m = attack_metrics(s, y, n_boot=n_boot, seed=seed, min_false_positives=min_false_positives)
         m["by_group"] = per_group.get(a, {})
         metrics[a] = m
         roc_rows.append(roc_points(s, y).assign(attack=a, group="all", value="all"))
