@@ -72,7 +72,7 @@ from rotelab.lm import LM
 from rotelab.measure.quality import perplexity, pooled_perplexity, probe_accuracy
 from rotelab.options import LoadOptions, RunOptions
 from rotelab.organism import Organism
-from rotelab.pipelines.inputs import ModelInput, is_organism_dir, resolve_model
+from rotelab.pipelines.inputs import ModelInput, check_min_count, is_organism_dir, resolve_model
 from rotelab.registry import direction, metric_entry, register_metric
 from rotelab.runs import Run, check_output, is_run_dir
 from rotelab.stats import rate_with_ci
@@ -161,21 +161,17 @@ def compare(
         raise RotelabError(f"batch size must be >= 1, not {batch_size}")
     specs = _model_specs(models)
     org_input = _organism_input(organism, specs)
-    if run.out is not None:
-        check_output(
-            run.out, replace=run.force or run.resume, owned=is_run_dir,
-            kind="a rotelab run (config.json)",
-            inputs=[m.source for _, _, m in specs] + [org_input.source],
-            hint="pass --resume to continue it or --force to replace it",
-        )  # fmt: skip
+    check_min_count(org_input, min_count)
+    check_output(
+        run.out, replace=run.force or run.resume, owned=is_run_dir,
+        kind="a rotelab run (config.json)",
+        inputs=[m.source for _, _, m in specs] + [org_input.source],
+        hint="pass --resume to continue it or --force to replace it",
+    )  # fmt: skip
 
     # 2. The organism (built now if it is the default one) and what it measures the models on.
     org = org_input.organism()
     ledger = org.ledger
-    if not (ledger["count"] >= min_count).any():
-        raise RotelabError(
-            f"the organism has no item inserted >= {min_count} times; lower --min-count"
-        )
     heldout_text = org.heldout_docs()
     if not heldout_text:
         raise RotelabError("the organism has no held-out text to measure perplexity on")

@@ -72,12 +72,11 @@ class ExtractResult:
 
 def check_run_output(run: RunOptions, inputs: tuple[str | os.PathLike | None, ...]) -> None:
     """What :meth:`rotelab.runs.Run.create` refuses about ``run.out``, checked before any work."""
-    if run.out is not None:
-        check_output(
-            run.out, replace=run.force or run.resume, owned=is_run_dir,
-            kind="a rotelab run (config.json)", inputs=inputs,
-            hint="pass --resume to continue it or --force to replace it",
-        )  # fmt: skip
+    check_output(
+        run.out, replace=run.force or run.resume, owned=is_run_dir,
+        kind="a rotelab run (config.json)", inputs=inputs,
+        hint="pass --resume to continue it or --force to replace it",
+    )  # fmt: skip
 
 
 def one_seed(config_seed: int, run: RunOptions) -> int:

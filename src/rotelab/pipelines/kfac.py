@@ -94,11 +94,11 @@ def kfac(
         "seq_len": seq_len, "batch_size": batch_size, "seed": run.seed,
     }  # fmt: skip
     inputs = (config["model"], data)
-    if run.out is not None:  # every rank fails here, before the collective work, not rank 0 alone
-        check_output(
-            run.out, replace=run.force, owned=is_run_dir, kind="a rotelab run (config.json)",
-            inputs=inputs,
-        )  # fmt: skip
+    # every rank fails here, before the collective work, not rank 0 alone
+    check_output(
+        run.out, replace=run.force, owned=is_run_dir, kind="a rotelab run (config.json)",
+        inputs=inputs,
+    )  # fmt: skip
 
     with dist_context():
         # 2. the model, its layers (checked before any text is read), the factors
