@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -288,3 +289,21 @@ def test_two_writers_at_once_the_second_is_refused_with_one_line(tmp_path):
         )
     assert first.wait() == 0
     assert _whole_run(out) == first.pid
+
+
+# ------------------------------------------------------------------ outputs that cannot be made
+def test_check_creatable_refuses_what_cannot_be_made_and_leaves_nothing(tmp_path):
+    from rotelab.runs import check_creatable
+
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    deep = tmp_path / "a" / "b" / "run"
+    check_creatable(deep)  # missing parents are fine: they are made when the run starts
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # the probe is gone
+    for bad, message in [(afile / "run", "is not a directory"), (Path("."), "names no directory"),
+                         (tmp_path / "..", "names no directory")]:  # fmt: skip
+        with pytest.raises(RotelabError, match=message):
+            check_creatable(bad)
+    if Path("/proc/self").exists():  # root passes permission bits; /proc refuses even root
+        with pytest.raises(RotelabError, match="nothing can be created in /proc"):
+            check_creatable("/proc/rotelab-run/x")

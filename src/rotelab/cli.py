@@ -5,22 +5,81 @@ A :class:`~rotelab.errors.RotelabError` becomes one red line on stderr and exit 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from rotelab.errors import RotelabError
 from rotelab.options import CorpusOptions, LoadOptions, RunOptions
 
+try:  # typer >= 0.22 carries its own copy of click
+    from typer._click import exceptions as _click_errors
+except ImportError:  # pragma: no cover - older typer runs on click itself
+    from click import exceptions as _click_errors
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _error_line(message: str) -> None:
+    """A user error as one red line on stderr (the CLI's whole answer to bad input).
+
+    The message quotes what the user typed, so it is shown as text: brackets are not markup
+    (``data[/b].jsonl`` would be a markup error, ``x[bold]y`` would lose its ``[bold]``) and
+    characters that end or move a line (newline, NEL, U+2028, escapes) are written escaped.
+    """
+    from rich.markup import escape
+
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in message)
+    console.print(f"[red]error:[/red] {escape(shown)}", highlight=False, soft_wrap=True)
+
+
+class _UsageLine(_click_errors.ClickException):
+    """A click usage error (a value that does not parse, an unknown option) shown as one line."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        _error_line(self.message)
+
+
+@contextlib.contextmanager
+def _one_line_usage() -> Iterator[None]:
+    try:
+        yield
+    except _click_errors.UsageError as exc:
+        if isinstance(exc, getattr(_click_errors, "NoArgsIsHelpError", ())):
+            raise  # no arguments: the help, as click shows it
+        where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        raise _UsageLine(" ".join(exc.format_message().split()) + where) from None
+
+
+class _Group(TyperGroup):
+    """The root group: click's usage errors, raised while parsing the root's or a command's
+    options, become one line and exit code 2 like a :class:`RotelabError`."""
+
+    def make_context(self, *args, **kwargs):
+        with _one_line_usage():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _one_line_usage():
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="rotelab",
     help="Measure, explain and remove memorization in language models.",
     no_args_is_help=True,
@@ -28,8 +87,6 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,  # docstrings hold formulas like E[a a^T]; show them as written
 )
-console = Console(stderr=True)
-out = Console()
 
 # ---------------------------------------------------------------- shared options
 ModelOpt = Annotated[
@@ -74,7 +131,8 @@ PrecisionOpt = Annotated[
 PickleOpt = Annotated[
     bool, typer.Option("--allow-pickle", help="Allow loading pickle checkpoints (runs code!).")
 ]
-SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
+#: Seeds are offset per part and document and handed to torch, which takes 64 bits: 32 leave room.
+SeedOpt = Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Random seed, 0 to 2^32-1.")]
 FieldOpt = Annotated[str, typer.Option("--field", help="Text field of JSONL/Parquet records.")]
 ErrorsOpt = Annotated[
     str, typer.Option("--errors", help="strict (fail on bad UTF-8) or replace.")
@@ -155,6 +213,25 @@ def _bundle(group: str, kw: dict):
     return Show(d["as_json"], d["quiet"])
 
 
+#: What a whole-number option may hold: Python's ints are unbounded, the libraries (itertools,
+#: numpy, torch) take 64 bits and fail with a traceback beyond.
+_INT64 = 2**63 - 1
+
+
+def _check_int64(flag: str, value: int) -> None:
+    if not -_INT64 <= value <= _INT64:
+        raise RotelabError(f"{flag} {value} is out of range; numbers must lie within ±(2^63-1)")
+
+
+def _flag(param: inspect.Parameter) -> str:
+    """The long flag of a command parameter (its declared one, else ``--name-with-dashes``)."""
+    for meta in getattr(param.annotation, "__metadata__", ()):
+        declared = [d for d in getattr(meta, "param_decls", None) or () if d.startswith("--")]
+        if declared:
+            return declared[0].split("/")[0]
+    return "--" + param.name.replace("_", "-")
+
+
 def command(
     name: str | None = None,
     *,
@@ -185,17 +262,22 @@ def command(
             if flag not in without
         ]
 
+        params = own + added
+        flags = {p.name: _flag(p) for p in params}
+
         @functools.wraps(fn)
         def wrapper(*args, **kw):
             try:
+                for name, value in kw.items():
+                    if isinstance(value, int) and not isinstance(value, bool):
+                        _check_int64(flags[name], value)
                 bundles = {group: _bundle(group, kw) for group in ("run", "load", "corpus", "show")
                            if group in shared}  # fmt: skip
                 return fn(*args, **kw, **bundles)
             except RotelabError as exc:
-                console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+                _error_line(str(exc))
                 raise typer.Exit(2) from None
 
-        params = own + added
         wrapper.__signature__ = sig.replace(parameters=params)
         wrapper.__annotations__ = {p.name: p.annotation for p in params}
         return (parent or app).command(name, **kwargs)(wrapper)
@@ -430,8 +512,10 @@ def mia_cmd(
     ] = None,
     k: Annotated[float, typer.Option("--k", help="Min-K% / Min-K%++ fraction of lowest tokens.")] = 0.2,
     span: Annotated[
-        str, typer.Option(help="Organism items: auto (secret/bio span, whole passage), full, sensitive.")
-    ] = "auto",
+        str | None,
+        typer.Option(help="Organism items only: auto (secret/bio span, whole passage), full, "
+                     "sensitive. Default: auto."),
+    ] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates for CIs (0: none).")] = 1000,
     neighbours: Annotated[int, typer.Option(help="Neighbours per text (neighbourhood attack).")] = 8,
     recall_prefix_tokens: Annotated[int, typer.Option(help="ReCaLL prefix length in tokens.")] = 32,
@@ -542,8 +626,15 @@ def edit_cmd(
     ] = "0.6",
     layers: LayersOpt = None,
     blocks: BlocksOpt = None,
-    labels: LabelsOpt = "sampled",
-    tokens: FactorTokensOpt = 131_072,
+    labels: Annotated[
+        str | None,
+        typer.Option(help="Without --factors: labels of the factors collected (see kfac). "
+                     "Default: sampled."),
+    ] = None,
+    tokens: Annotated[
+        int | None,
+        typer.Option(help="Without --factors: tokens the factors average over. Default: 131072."),
+    ] = None,
     *,
     run: RunOptions,
     load: LoadOptions,
@@ -584,8 +675,14 @@ def balanced_subnet_cmd(
     retain: Annotated[
         Path | None, typer.Option(help="Clean corpus to keep. Default: organism background text.")
     ] = None,
-    min_count: Annotated[int, typer.Option(help="Default forget set: items inserted >= this.")] = 16,
-    retain_windows: Annotated[int, typer.Option(help="Default retain set: windows drawn.")] = 256,
+    min_count: Annotated[
+        int | None,
+        typer.Option(help="Default forget set (no --forget): items inserted >= this. Default: 16."),
+    ] = None,
+    retain_windows: Annotated[
+        int | None,
+        typer.Option(help="Default retain set (no --retain): windows drawn. Default: 256."),
+    ] = None,
     ratio: Annotated[float, typer.Option(help="Fraction of each MLP matrix pruned.")] = 0.03,
     w: Annotated[float, typer.Option("--w", help="Retain-loss weight; forget gets 1 - w.")] = 0.5,
     lr: Annotated[float, typer.Option(help="SGD learning rate on the scores.")] = 0.3,
@@ -699,5 +796,5 @@ def main() -> None:
     try:
         app()
     except RotelabError as exc:  # raised outside a command body (e.g. while parsing)
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        _error_line(str(exc))
         sys.exit(2)

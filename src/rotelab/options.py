@@ -46,6 +46,8 @@ class RunOptions:
     progress: bool = True
 
     def check(self) -> RunOptions:
+        if not 0 <= self.seed < 2**32:
+            raise RotelabError(f"--seed must be in 0 .. 2^32 - 1, got {self.seed}")
         if self.resume and self.force:
             raise RotelabError("use either --resume or --force, not both")
         if self.out is not None and not str(self.out).strip():

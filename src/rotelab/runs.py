@@ -59,6 +59,7 @@ __all__ = [
     "Run",
     "atomic_write_bytes",
     "atomic_write_json",
+    "check_creatable",
     "check_output",
     "environment",
     "is_run_dir",
@@ -216,8 +217,42 @@ def _refuse_inputs(target: Path, inputs: Iterable[str | os.PathLike | None]) -> 
             )
 
 
+def check_creatable(target: str | os.PathLike, *, shown: str | None = None) -> None:
+    """Raise a one-line :class:`RotelabError` when ``target`` could not be created.
+
+    The output is written in a sibling of ``target`` and renamed into place, so what must be
+    writable is the parent directory, or, where that does not exist yet, its first existing
+    ancestor (the directories in between are created): it must be a directory in which a
+    directory can be made. That is tried (a hidden directory made and removed at once), because
+    permission bits do not tell: root passes ``os.access`` on a read-only directory, and
+    ``/proc`` or ``/sys`` refuse what their modes allow. ``shown`` names the output in the
+    message (default: ``target``).
+    """
+    target = Path(target)
+    shown = shown or str(target)
+    if target.name in ("", ".", ".."):
+        raise RotelabError(
+            f"the output {target} names no directory of its own; give the path of a new directory"
+        )
+    ancestor = Path(os.path.abspath(target.expanduser())).parent
+    while not ancestor.exists() and not ancestor.is_symlink():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RotelabError(
+            f"cannot write the output {shown}: {ancestor} is not a directory; choose another "
+            "output"
+        )
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".rotelab-probe-", dir=ancestor))
+    except OSError as exc:
+        raise RotelabError(
+            f"cannot write the output {shown}: nothing can be created in {ancestor} "
+            f"({exc.strerror or exc}); choose another output"
+        ) from None
+
+
 def check_output(
-    target: str | os.PathLike,
+    target: str | os.PathLike | None,
     *,
     replace: bool,
     owned: Callable[[Path], bool],
@@ -228,7 +263,8 @@ def check_output(
     """Raise a one-line :class:`RotelabError` when ``target`` may not be written.
 
     Args:
-        target: the output directory.
+        target: the output directory; ``None``, a run's default (``runs/<command>-<time>`` in
+            the working directory), of which only that it can be created is checked.
         replace: an existing output of this kind may be replaced (``--force``).
         owned: whether an existing directory is an output of this kind that rotelab wrote; one
             that is not is never replaced.
@@ -236,8 +272,12 @@ def check_output(
         inputs: paths the command reads; the output may not be, be inside, or contain one.
         hint: what to do when ``target`` exists and ``replace`` is false.
     """
+    if target is None:
+        check_creatable(Path("runs") / "run", shown="runs/ (the default without --out)")
+        return
     target = Path(target)
     _refuse_inputs(target, inputs)
+    check_creatable(target)
     if not _occupied(target):
         return
     if not target.is_dir():
@@ -383,6 +423,7 @@ class OutputDir:
         """
         target = Path(target)
         _refuse_inputs(target, inputs)
+        check_creatable(target)
         lock = _Lock(target)
         lock.acquire()
         try:
@@ -501,11 +542,10 @@ class Run:
         inputs: Iterable[str | os.PathLike | None] = (),
     ) -> None:
         """What :meth:`create` would refuse about ``out``, checked before any work (nothing is
-        created or locked); ``None`` (a fresh ``runs/<command>-<time>``) always passes."""
+        left behind); ``None`` checks that the default ``runs/`` can be created."""
         if resume and force:
             raise RotelabError("use either --resume or --force, not both")
-        if out is not None:
-            check_output(out, **_run_output(resume, force, inputs))
+        check_output(out, **_run_output(resume, force, inputs))
 
     @classmethod
     def create(

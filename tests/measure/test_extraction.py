@@ -383,7 +383,7 @@ def test_cli_empty_data(tiny_llama_dir, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     res = _extract(tiny_llama_dir, empty, tmp_path / "e")
-    assert res.exit_code == 2 and "no windows" in res.output
+    assert res.exit_code == 2 and "holds no text" in res.output  # the corpus pre-pass
     assert not (tmp_path / "e").exists()
 
 
@@ -434,7 +434,7 @@ def test_missing_data_without_model_fails_before_the_organism(no_organism, tmp_p
 def test_empty_data_without_model_fails_before_the_organism(no_organism, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    _fails(["extract", "--data", str(empty)], "no windows", tmp_path / "o")
+    _fails(["extract", "--data", str(empty)], "holds no text", tmp_path / "o")
 
 
 @pytest.mark.parametrize(

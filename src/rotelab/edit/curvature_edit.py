@@ -33,9 +33,11 @@ EDIT_RECORD = "rotelab_edit.json"
 def parse_rhos(text: str | float | Sequence[float]) -> list[float]:
     """``"0.6"`` or ``"0.5,0.6,0.8"`` (or numbers) → validated ρ values."""
     if isinstance(text, str):
-        parts = [p.strip() for p in text.split(",") if p.strip()]
-        if not parts:
+        parts = [p.strip() for p in text.split(",")]
+        if not any(parts):
             raise RotelabError("give --rho a value in (0, 1], or several separated by commas")
+        if not all(parts):
+            raise RotelabError(f"--rho {text!r} has an empty value between commas")
         values: list = []
         for p in parts:
             try:

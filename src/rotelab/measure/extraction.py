@@ -178,16 +178,16 @@ class ExtractConfig:
             raise RotelabError(f"batch size must be >= 1, got {self.batch_size}")
         if self.part_size < 1:
             raise RotelabError(f"part size must be >= 1, got {self.part_size}")
-        if not self.temperature > 0:
-            raise RotelabError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.temperature < math.inf:
+            raise RotelabError(f"temperature must be a finite number > 0, got {self.temperature}")
         if self.top_k < 0:
             raise RotelabError(f"top-k must be >= 0 (0 = whole vocabulary), got {self.top_k}")
         if self.n < 1:
             raise RotelabError(f"n must be >= 1, got {self.n}")
         if not 0 < self.p <= 1:
             raise RotelabError(f"p must be in (0, 1], got {self.p}")
-        if self.near_tie is not None and self.near_tie < 0:
-            raise RotelabError(f"near-tie margin must be >= 0, got {self.near_tie}")
+        if self.near_tie is not None and not 0 <= self.near_tie < math.inf:
+            raise RotelabError(f"near-tie margin must be a finite number >= 0, got {self.near_tie}")
         if self.verify < 0:
             raise RotelabError(f"--verify must be >= 0, got {self.verify}")
         if self.sample and not self.free_running:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import html
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -67,6 +68,13 @@ class ReconstructConfig:
             )
         if self.max_docs is not None and self.max_docs < 1:
             raise RotelabError(f"--max-docs must be >= 1, got {self.max_docs}")
+        # Checked with or without --sample: a bad value is a mistake either way.
+        if not 0 < self.temperature < math.inf:
+            raise RotelabError(
+                f"temperature must be a finite number > 0, got {self.temperature}"
+            )
+        if self.top_k < 0:
+            raise RotelabError(f"top-k must be >= 0 (0 = whole vocabulary), got {self.top_k}")
 
 
 def reconstruct_tokens(

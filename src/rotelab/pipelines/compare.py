@@ -74,7 +74,7 @@ from rotelab.measure.quality import perplexity, pooled_perplexity, probe_accurac
 from rotelab.measure.similarity import levenshtein_distance, loose_verdict, strict_verdict
 from rotelab.options import LoadOptions, RunOptions
 from rotelab.organism import Organism, Task
-from rotelab.pipelines.inputs import ModelInput, is_organism_dir, resolve_model
+from rotelab.pipelines.inputs import ModelInput, check_min_count, is_organism_dir, resolve_model
 from rotelab.registry import direction, metric_entry, register_metric
 from rotelab.runs import Run
 from rotelab.stats import rate_with_ci
@@ -163,19 +163,15 @@ def compare(
         raise RotelabError(f"batch size must be >= 1, not {batch_size}")
     specs = _model_specs(models)
     org_input = _organism_input(organism, specs)
-    if run.out is not None:
-        Run.check(
-            run.out, resume=run.resume, force=run.force,
-            inputs=[m.source for _, _, m in specs] + [org_input.source],
-        )  # fmt: skip
+    check_min_count(org_input, min_count)
+    Run.check(
+        run.out, resume=run.resume, force=run.force,
+        inputs=[m.source for _, _, m in specs] + [org_input.source],
+    )  # fmt: skip
 
     # 2. The organism (built now if it is the default one) and what it measures the models on.
     org = org_input.organism()
     ledger = org.ledger
-    if not (ledger["count"] >= min_count).any():
-        raise RotelabError(
-            f"the organism has no item inserted >= {min_count} times; lower --min-count"
-        )
     heldout_text = org.heldout_docs()
     if not heldout_text:
         raise RotelabError("the organism has no held-out text to measure perplexity on")

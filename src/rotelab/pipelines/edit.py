@@ -115,8 +115,8 @@ def edit(
     *,
     layers: str | Sequence[str] | None = None,
     blocks: str | Sequence[int] | None = None,
-    labels: Labels | str = Labels.sampled,
-    tokens: int = DEFAULT_TOKENS,
+    labels: Labels | str | None = None,
+    tokens: int | None = None,
     run: RunOptions = RunOptions(),
     load: LoadOptions = LoadOptions(),
 ) -> Path | dict[float, Path]:
@@ -131,6 +131,8 @@ def edit(
         rho: fraction of curvature mass kept per layer, in (0, 1]; a float (or ``"0.6"``) gives
             one model, a sequence (or ``"0.5,0.8"``) a sweep that decomposes the factors once.
         layers, blocks: edit only these layers (default: every layer that has factors).
+        labels, tokens: how factors are collected when ``factors`` is ``None`` (default sampled
+            labels, :data:`~rotelab.curvature.kfac.DEFAULT_TOKENS`); refused with ``factors``.
         run: ``run.out`` is the new model directory (one ρ) or the parent of ``rho-<ρ>``
             directories (a sweep), default ``runs/edit-<time>``; ``run.force`` replaces an
             ``out`` that ``edit`` wrote. The new output is written beside it and renamed into
@@ -149,6 +151,15 @@ def edit(
     load.check()
     if run.resume:
         raise RotelabError("rotelab edit writes a new model and cannot resume; pass --force")
+    if factors is not None:
+        given_flags = [f for f, v in (("--labels", labels), ("--tokens", tokens)) if v is not None]
+        if given_flags:
+            raise RotelabError(
+                f"{', '.join(given_flags)} set how factors are collected, so they do not apply "
+                "with --factors (already collected); leave them out or leave out --factors"
+            )
+    labels = Labels.sampled if labels is None else labels
+    tokens = DEFAULT_TOKENS if tokens is None else tokens
     check_lengths(tokens)
     check_selection(layers, blocks)
     KFAC(layers, blocks=blocks, labels=labels)  # a bad --labels fails here

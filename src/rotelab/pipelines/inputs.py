@@ -23,12 +23,12 @@ from rotelab.data.corpus import scan_corpus
 from rotelab.errors import RotelabError
 from rotelab.lm import LM
 from rotelab.options import CorpusOptions, LoadOptions
-from rotelab.organism import Organism, default_organism
+from rotelab.organism import COUNTS, Organism, default_organism
 from rotelab.sources import check_model_exists
 
 __all__ = [
-    "ModelInput", "check_group_by", "is_organism_dir", "load_model", "resolve_data",
-    "resolve_model",
+    "ModelInput", "check_group_by", "check_min_count", "is_organism_dir", "load_model",
+    "resolve_data", "resolve_model",
 ]
 
 #: What ``--model`` may say to mean the default organism (besides leaving it out).
@@ -137,6 +137,9 @@ def resolve_data(
             )
         return None
     scan = scan_corpus(data, **corpus.read_kwargs())
+    if not scan.characters:
+        what = f"only {scan.documents} empty documents" if scan.documents else "it is empty"
+        raise RotelabError(f"{flag} {data} holds no text ({what}); pass a corpus with text")
     check_group_by(group_by, scan.fields, where=f"the documents of {flag} {data}")
     return Path(data).expanduser()
 
@@ -151,6 +154,23 @@ def check_group_by(group_by: Sequence[str], columns: Iterable[str], *, where: st
             raise RotelabError(
                 f"--group-by {spec}: no column {missing[0]!r} in {where} (columns: {fields})"
             )
+
+
+def check_min_count(model: ModelInput, min_count: int, *, flag: str = "--min-count") -> None:
+    """Some item of the organism ``model`` is inserted at least ``min_count`` times.
+
+    Read from the organism's ledger; for the default organism, not built yet, from the counts
+    every organism inserts (:data:`rotelab.organism.COUNTS`), so no build precedes the refusal.
+    """
+    if model.is_default_organism:
+        top = max(COUNTS)
+    else:
+        top = int(model.organism().ledger["count"].max())
+    if min_count > top:
+        raise RotelabError(
+            f"{flag} {min_count}: no item of the organism is inserted more than {top} times; "
+            f"use at most {top}"
+        )
 
 
 def load_model(model: str | os.PathLike | LM | None, options: LoadOptions = LoadOptions()) -> LM:

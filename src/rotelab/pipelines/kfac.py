@@ -94,8 +94,8 @@ def kfac(
         "seq_len": seq_len, "batch_size": batch_size, "seed": run.seed,
     }  # fmt: skip
     inputs = (config["model"], data)
-    if run.out is not None:  # every rank fails here, before the collective work, not rank 0 alone
-        Run.check(run.out, force=run.force, inputs=inputs)
+    # every rank fails here, before the collective work, not rank 0 alone
+    Run.check(run.out, force=run.force, inputs=inputs)
 
     with dist_context():
         # 2. the model, its layers (checked before any text is read), the factors

@@ -45,6 +45,7 @@ from rotelab.measure.mia import (
     check_k,
     check_neighbour_fraction,
     check_recall_prefix_tokens,
+    check_recall_room,
     check_same_tokenizer,
     document_texts,
     evaluate_attacks,
@@ -67,7 +68,8 @@ class MIAConfig:
     Attributes:
         attacks: registered attack names (default: every one the inputs allow).
         k: Min-K% / Min-K%++ fraction.
-        span: organism items: which tokens are scored (see :class:`SpanMode`).
+        span: organism items: which tokens are scored (see :class:`SpanMode`; ``None``: auto);
+            refused with member/non-member files, whose spans come from their own fields.
         bootstrap: bootstrap replicates for every CI (0: no CIs).
         min_false_positives: TPR at FPR α needs ``ceil(min_false_positives / α)`` non-members.
         neighbours: neighbours per text for the neighbourhood attack.
@@ -82,7 +84,7 @@ class MIAConfig:
 
     attacks: list[str] | None = None
     k: float = 0.2
-    span: SpanMode | str = SpanMode.auto
+    span: SpanMode | str | None = None
     bootstrap: int = 1000
     min_false_positives: int = 5
     neighbours: int = 8
@@ -198,6 +200,7 @@ def mia(
             )
         if "recall_prefix" in needed:
             attack_inputs.recall_prefix = recall_prefix(lm, prefix_texts, cfg.recall_prefix_tokens)
+            check_recall_room(lm, items, attack_inputs.recall_prefix)  # before any score is written
 
         texts_frame = pd.DataFrame(
             [
@@ -312,6 +315,11 @@ def _check(
     corpus: CorpusOptions,
 ) -> _Checked:
     """Every check that needs no model: one line before anything is loaded, built or written."""
+    if cfg.span is not None and members is not None:
+        raise RotelabError(
+            "--span chooses the tokens scored of the organism's items, so it does not apply with "
+            "--members/--nonmembers (spans there come from span_char_start/span_char_end)"
+        )
     cfg = _validate_config(cfg)
     run.check()
     load.check()
@@ -339,12 +347,11 @@ def _check(
     if prefix_docs is not None or member_docs is None:  # an organism's held-out text by default
         available.add("recall_prefix")
     attacks, skipped = _choose_attacks(cfg.attacks, available)
-    if run.out is not None:
-        # What Run.create will check, before the organism is built and the models loaded.
-        Run.check(
-            run.out, resume=run.resume, force=run.force,
-            inputs=(target.source, members, nonmembers, reference_model, recall_prefix_file),
-        )  # fmt: skip
+    # What Run.create will check, before the organism is built and the models loaded.
+    Run.check(
+        run.out, resume=run.resume, force=run.force,
+        inputs=(target.source, members, nonmembers, reference_model, recall_prefix_file),
+    )  # fmt: skip
     return _Checked(
         cfg, target, member_docs, nonmember_docs, reference, prefix_docs, attacks, skipped
     )
@@ -369,7 +376,7 @@ def _validate_config(cfg: MIAConfig) -> MIAConfig:
     if cfg.min_false_positives < 1:
         raise RotelabError(f"min_false_positives must be >= 1, got {cfg.min_false_positives}")
     try:
-        span = SpanMode(cfg.span)
+        span = SpanMode.auto if cfg.span is None else SpanMode(cfg.span)
     except ValueError:
         raise RotelabError(f"--span must be auto, full or sensitive, not {cfg.span!r}") from None
     attacks = None

@@ -26,16 +26,25 @@ from rotelab.errors import RotelabError
 from rotelab.lm import LM
 from rotelab.options import CorpusOptions, LoadOptions, RunOptions
 from rotelab.organism import Organism
-from rotelab.pipelines.inputs import resolve_data, resolve_model
+from rotelab.pipelines.inputs import check_min_count, resolve_data, resolve_model
 from rotelab.runs import OutputDir, atomic_write_json
 
 __all__ = ["balanced_subnet", "organism_forget_retain"]
 
 Corpus = str | os.PathLike | Sequence[Sequence[int]]
 
+#: The organism's default forget set: items inserted at least this often; its retain set: this
+#: many background windows.
+_DEFAULT_MIN_COUNT, _DEFAULT_RETAIN_WINDOWS = 16, 256
+
 
 def organism_forget_retain(
-    organism: Organism, lm: LM, *, min_count: int = 16, retain_windows: int = 256, seed: int = 0
+    organism: Organism,
+    lm: LM,
+    *,
+    min_count: int = _DEFAULT_MIN_COUNT,
+    retain_windows: int = _DEFAULT_RETAIN_WINDOWS,
+    seed: int = 0,
 ) -> tuple[list[list[int]], list[list[int]]]:
     """The organism's default forget and retain sets.
 
@@ -72,8 +81,8 @@ def balanced_subnet(
     *,
     forget: Corpus | None = None,
     retain: Corpus | None = None,
-    min_count: int = 16,
-    retain_windows: int = 256,
+    min_count: int | None = None,
+    retain_windows: int | None = None,
     ratio: float = 0.03,
     w: float = 0.5,
     lr: float = 0.3,
@@ -93,7 +102,8 @@ def balanced_subnet(
             organism's ledger items inserted >= ``min_count`` times.
         retain: corpus path or token sequences to keep; default (an organism only): organism
             background windows.
-        min_count, retain_windows: the organism defaults (see :func:`organism_forget_retain`).
+        min_count, retain_windows: the organism defaults (see :func:`organism_forget_retain`;
+            ``None``: 16 and 256); each is refused with the corpus it would have replaced.
         ratio, w, lr, epochs, batch_size, layers, precision: see :class:`BalancedSubnet`;
             ``run.seed`` seeds it and the retain windows.
         run: ``run.out`` is the new model directory (default ``runs/balanced-subnet-s<seed>``);
@@ -122,8 +132,24 @@ def balanced_subnet(
     for flag, (value, default) in defaults.items():
         if value is None or _is_path(value):
             resolve_data(value, corpus, model=given, flag=flag, default=default)
+    shapes = {"--min-count": (min_count, forget, "forget"),
+              "--retain-windows": (retain_windows, retain, "retain")}  # fmt: skip
+    for flag, (value, given_set, name) in shapes.items():
+        if value is not None and given_set is not None:
+            raise RotelabError(
+                f"{flag} shapes the organism's default {name} set, so it does not apply with "
+                f"--{name}; leave one of them out"
+            )
+    min_count = _DEFAULT_MIN_COUNT if min_count is None else min_count
+    retain_windows = _DEFAULT_RETAIN_WINDOWS if retain_windows is None else retain_windows
     if retain is None and retain_windows < 1:
         raise RotelabError(f"--retain-windows must be >= 1, got {retain_windows}")
+    if forget is None:
+        if min_count < 1:
+            raise RotelabError(
+                f"--min-count must be >= 1 (the items inserted at least once), got {min_count}"
+            )
+        check_min_count(given, min_count)
     out = Path(run.out) if run.out is not None else Path("runs") / f"balanced-subnet-s{run.seed}"
     output = OutputDir.open(
         out, replace=run.force, owned=lambda p: (p / RECORD).is_file(),

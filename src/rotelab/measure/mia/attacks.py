@@ -290,25 +290,33 @@ def recall_scores(
     compares like with like. Shape (n,); higher = member.
     """
     prefix = list(prefix_tokens)
-    if not prefix:
-        raise RotelabError("ReCaLL needs a non-empty non-member prefix")
+    check_recall_room(lm, items, prefix)
     room = lm.context_length - len(prefix)
     plain, cond, s_plain, s_cond = [], [], [], []
     for it in items:
         start, end = it.span
         end = min(end, room)
-        if end <= start:
-            raise RotelabError(
-                f"text {it.text_id!r}: no room for the span after a {len(prefix)}-token ReCaLL "
-                f"prefix in a {lm.context_length}-token context; use a shorter "
-                "--recall-prefix-tokens"
-            )
         plain.append(it.tokens[:end])
         s_plain.append(start)
         cond.append(prefix + list(it.tokens[:end]))
         s_cond.append(start + len(prefix))
     kw = {"batch_size": batch_size, "progress": progress}
     return mean_nll(lm, cond, s_cond, **kw) / mean_nll(lm, plain, s_plain, **kw)
+
+
+def check_recall_room(lm: LM, items: Sequence[MIAText], prefix_tokens: Sequence[int]) -> None:
+    """One line unless every text keeps part of its span once the prefix is prepended (checked
+    before any attack runs, so a run is refused before it writes scores)."""
+    if not prefix_tokens:
+        raise RotelabError("ReCaLL needs a non-empty non-member prefix")
+    room = lm.context_length - len(prefix_tokens)
+    for it in items:
+        if min(it.span[1], room) <= it.span[0]:
+            raise RotelabError(
+                f"text {it.text_id!r}: no room for the span after a {len(prefix_tokens)}-token "
+                f"ReCaLL prefix in a {lm.context_length}-token context; use a shorter "
+                "--recall-prefix-tokens"
+            )
 
 
 def check_recall_prefix_tokens(n_tokens: int) -> None:

@@ -1,0 +1,487 @@
+"""The bad-input table (issue 26): every command, every kind of mistake a user makes first.
+
+Each case is a command line and a fragment of the message it must get. For every case the CLI
+must answer with exit code 2 and exactly one line on stderr (no traceback, nothing on stdout),
+leave nothing behind (no run directory, no temporary or lock file, no cache entry, no input
+touched), never build the default organism and, unless the case says the mistake can only be
+seen in the model itself (``loads=True``: a window longer than its context, a layer it does not
+have), never load a model. Runs in-process through typer's ``CliRunner``.
+
+Placeholders in a case: ``{model}`` a tiny Llama, ``{org}`` the tiny organism, ``{data}`` a good
+JSONL corpus (fields ``text`` and ``group``), ``{factors}`` a ``rotelab kfac`` run of ``{model}``,
+``{inputs}`` the directory holding all of these, ``{out}`` the output asked for, ``{file}`` a
+regular file, ``{missing}`` a path that does not exist; the rest are broken inputs (see
+:func:`inputs`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rotelab.cli import app
+
+runner = CliRunner()
+
+#: The base of most cases, per command: a run that would succeed, plus the mistake.
+EXTRACT = "extract -m {model} -d {data} --prefix-len 4 --suffix-len 4 -o {out} -q"
+RECON = "reconstruct -m {model} -d {data} --prefix-len 4 -o {out} -q"
+MIA = "mia -m {model} --members {data} --nonmembers {data2} -o {out} -q"
+KFAC = "kfac -m {model} -d {data} --tokens 64 -o {out} -q"
+EDIT = "edit -m {model} --factors {factors} -o {out} -q"
+BSN = "unlearn balanced-subnet -m {model} --forget {data} --retain {data2} --epochs 1 -o {out} -q"
+COMPARE = "compare --models {org} -o {out} -q"
+ORGANISM = "organism --profile tiny"
+DEMO = "demo --profile tiny -q"
+
+_ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
+
+
+def case(argv: str, fragment: str, *, loads: bool = False, cwd: str | None = None,
+         skip: str | None = None, id: str | None = None):  # noqa: A002  # fmt: skip
+    """One row of the table; ``cwd`` runs it elsewhere (``/proc``: an unwritable directory)."""
+    marks = []
+    if "{org}" in argv:
+        marks.append(pytest.mark.slow)
+    if skip:
+        marks.append(pytest.mark.skip(reason=skip))
+    return pytest.param(argv, fragment, loads, cwd, marks=marks, id=id or argv)
+
+
+_NO_CUDA = "CUDA is present here" if torch.cuda.is_available() else None
+_NO_PROC = None if Path("/proc/self").exists() and Path("/sys").is_dir() else "no /proc or /sys"
+
+CASES = [
+    # --------------------------------------------------------------- extract
+    case("extract -m {missing} -d {data} -o {out}", "does not exist"),
+    case("extract -m {model} -d {missing} -o {out}", "does not exist"),
+    case("extract -m {model} -o {out}", "not an organism"),
+    case(f"{EXTRACT} --prefix-len 0", "prefix"),
+    case(f"{EXTRACT} --prefix-len -3", "prefix"),
+    case(f"{EXTRACT} --suffix-len 0", "suffix"),
+    case(f"{EXTRACT} --suffix-len -1", "suffix"),
+    case(f"{EXTRACT} --stride 0", "stride"),
+    case(f"{EXTRACT} --stride -4", "stride"),
+    case(f"{EXTRACT} --prefix-len 40 --suffix-len 40", "context", loads=True),
+    case("extract --prefix-len 100000 --suffix-len 10 -o {out}", "apply only with --data"),
+    case("extract --stride 8 -o {out}", "apply only with --data"),
+    case(f"{EXTRACT} --batch-size 0", "batch size"),
+    case(f"{EXTRACT} --batch-size -1", "batch size"),
+    case(f"{EXTRACT} --batch-size nan", "--batch-size"),
+    case(f"{EXTRACT} --batch-size abc", "--batch-size"),
+    case(f"{EXTRACT} --part-size 0", "part size"),
+    case(f"{EXTRACT} --part-size 9223372036854775808", "out of range"),
+    case(f"{EXTRACT} --top-k -100000000000000000000000", "out of range"),
+    case(f"{EXTRACT} --verify -1", "--verify"),
+    case(f"{EXTRACT} --verify 100000", "--verify 100000", loads=True),
+    case(f"{EXTRACT} --temperature 0", "temperature"),
+    case(f"{EXTRACT} --temperature -1", "temperature"),
+    case(f"{EXTRACT} --temperature nan", "temperature"),
+    case(f"{EXTRACT} --temperature inf", "temperature"),
+    case(f"{EXTRACT} --top-k -1", "top-k"),
+    case(f"{EXTRACT} --n 0", "n must be"),
+    case(f"{EXTRACT} --p 0", "p must be"),
+    case(f"{EXTRACT} --p 1.5", "p must be"),
+    case(f"{EXTRACT} --p nan", "p must be"),
+    case(f"{EXTRACT} --p -inf", "p must be"),
+    case(f"{EXTRACT} --near-tie -1", "near-tie"),
+    case(f"{EXTRACT} --near-tie nan", "near-tie"),
+    case(f"{EXTRACT} --near-tie inf", "near-tie"),
+    case(f"{EXTRACT} --ci bogus", "--ci"),
+    case(f"{EXTRACT} --dtype float8", "dtype"),
+    case(f"{EXTRACT} --device tpu", "tpu"),
+    case(f"{EXTRACT} --device cuda", "CUDA", skip=_NO_CUDA),
+    case(f"{EXTRACT} --device cuda:x", "cuda:x"),
+    case(f"{EXTRACT} --errors bogus", "errors"),
+    case(f"{EXTRACT} --format csv", "--format"),
+    case(f"{EXTRACT} --field ''", "--field"),
+    case(f"{EXTRACT} --field body", "body"),
+    case(f"{EXTRACT} --group-by nosuch", "nosuch"),
+    case(f"{EXTRACT} --group-by group+nosuch", "nosuch"),
+    # what the user typed is quoted as text: a newline stays on the line, brackets are no markup
+    case(f"{EXTRACT} --group-by 'a\nb\x85c\u2028d'", "a\\nb\\x85c\\u2028d"),
+    case("extract -m {model} -d 'x[/b]' -o {out}", "x[/b] does not exist"),
+    case("extract -m {model} -d 'x[bold]y' -o {out}", "x[bold]y does not exist"),
+    case(f"{EXTRACT} --sample", "--free-running"),
+    case(f"{EXTRACT} --seed -1", "--seed"),
+    case(f"{EXTRACT} --seed 1180591620717411303424 --free-running --sample", "--seed"),
+    case(f"{EXTRACT} --resume --force", "--resume or --force"),
+    case(f"{EXTRACT} --bogus", "--bogus"),
+    case("extract -m {model} -d {broken} --prefix-len 4 --suffix-len 4 -o {out}", "line 800"),
+    case("extract -m {model} -d {late_byte} --prefix-len 4 --suffix-len 4 -o {out}", "UTF-8"),
+    case("extract -m {model} -d {late_byte_jsonl} --prefix-len 4 --suffix-len 4 -o {out}",
+         "UTF-8"),  # fmt: skip
+    case("extract -m {model} -d {no_field} --prefix-len 4 --suffix-len 4 -o {out}", "text"),
+    case("extract -m {model} -d {binary} --prefix-len 4 --suffix-len 4 -o {out}", "binary"),
+    case("extract -m {model} -d {empty} --prefix-len 4 --suffix-len 4 -o {out}", "empty"),
+    case("extract -m {model} -d {empty_dir} --prefix-len 4 --suffix-len 4 -o {out}", "empty_dir"),
+    case("extract -m {model} -d {bad_parquet} --prefix-len 4 --suffix-len 4 -o {out}", "Parquet"),
+    case("extract -m {model} -d {arrays} --prefix-len 4 --suffix-len 4 -o {out}", "JSON object"),
+    case("extract -m {model} -d {data} -o {out} --format parquet", "Parquet"),
+    case("extract -m {corrupt_model} -d {data} --prefix-len 4 --suffix-len 4 -o {out}",
+         "corrupt", loads=True),  # fmt: skip
+    case("extract -m {org} --prefix-len 8 -o {out}", "apply only with --data"),
+    case("extract -m {org} --group-by nosuch -o {out}", "nosuch"),
+    # --------------------------------------------------------------- reconstruct
+    case("reconstruct -m {model} -o {out}", "not an organism"),
+    case("reconstruct -m {model} -d {missing} -o {out}", "does not exist"),
+    case(f"{RECON} --prefix-len 0", "prefix"),
+    case(f"{RECON} --prefix-len -1", "prefix"),
+    case(f"{RECON} --prefix-len 100000", "--prefix-len", loads=True),
+    case(f"{RECON} --chunk-len 0", "chunk"),
+    case(f"{RECON} --max-tokens 0", "max"),
+    case(f"{RECON} --max-tokens -5", "max"),
+    case(f"{RECON} --max-docs 0", "max"),
+    case(f"{RECON} --max-docs -1", "max"),
+    case(f"{RECON} --temperature 0", "temperature"),
+    case(f"{RECON} --temperature nan", "temperature"),
+    case(f"{RECON} --temperature inf", "temperature"),
+    case(f"{RECON} --top-k -1", "top-k"),
+    case(f"{RECON} --batch-size 0", "batch"),
+    case(f"{RECON} --batch-size -2", "batch"),
+    case(f"{RECON} --group-by nosuch", "nosuch"),
+    case(f"{RECON} --seed -5", "--seed"),
+    case(f"{RECON} --seed 4294967296 --sample", "--seed"),
+    case("reconstruct -m {model} -d {broken} --prefix-len 4 -o {out}", "line 800"),
+    case("reconstruct -m {model} -d {late_byte} --prefix-len 4 -o {out}", "UTF-8"),
+    case("reconstruct -m {model} -d {data} --prefix-len 4 -o {data}", "is the input"),
+    case("reconstruct -m {org} --group-by nosuch -o {out}", "nosuch"),
+    # --------------------------------------------------------------- mia
+    case("mia -m {model} --members {data} -o {out}", "both --members and --nonmembers"),
+    case("mia -m {model} -o {out}", "not an organism"),
+    case("mia -m {model} --members {missing} --nonmembers {data} -o {out}", "does not exist"),
+    case(f"{MIA} --k 0", "k"),
+    case(f"{MIA} --k 1.5", "k"),
+    case(f"{MIA} --k -0.1", "k"),
+    case(f"{MIA} --k nan", "k"),
+    case(f"{MIA} --bootstrap -1", "--bootstrap"),
+    case(f"{MIA} --bootstrap 100000000000000000000", "out of range"),
+    case(f"{MIA} --neighbours 0", "--neighbours"),
+    case(f"{MIA} --recall-prefix-tokens 0", "recall"),
+    case(f"{MIA} --exposure-samples 1", "--exposure-samples"),
+    case(f"{MIA} --batch-size 0", "--batch-size"),
+    case(f"{MIA} --span bogus", "--span"),
+    case(f"{MIA} --attacks bogus", "bogus"),
+    case(f"{MIA} --attacks reference", "--reference-model"),
+    case(f"{MIA} --reference-model {{missing}}", "does not exist"),
+    case(f"{MIA} --recall-prefix {{missing}}", "does not exist"),
+    case(f"{MIA} --recall-prefix {{empty}}", "empty"),
+    case(f"{MIA} --device tpu", "tpu"),
+    case(f"{MIA} --dtype half-ish", "dtype"),
+    case(f"{MIA} --seed -1", "--seed"),
+    case(f"{MIA} --span full", "does not apply"),
+    case("mia -m {model} --members {broken} --nonmembers {data} -o {out}", "line 800"),
+    case("mia -m {model} --members {data} --nonmembers {blank} -o {out}", "no non-empty texts"),
+    case("mia -m {model} --members {data} --nonmembers {data2} -o {data}", "is the input"),
+    case("mia -m {org} --exposure-samples 0 -o {out}", "--exposure-samples"),
+    case("mia -m {org} --span secret -o {out}", "--span"),
+    # --------------------------------------------------------------- kfac
+    case("kfac -m {model} -o {out}", "not an organism"),
+    case(f"{KFAC} --tokens 0", "--tokens"),
+    case(f"{KFAC} --tokens -1", "--tokens"),
+    case(f"{KFAC} --seq-len 0", "--seq-len"),
+    case(f"{KFAC} --batch-size 0", "--batch-size"),
+    case(f"{KFAC} --labels bogus", "bogus"),
+    case(f"{KFAC} --layers '*.nosuch'", "nosuch", loads=True),
+    case(f"{KFAC} --blocks x", "blocks 'x'"),
+    case(f"{KFAC} --blocks 3-1", "blocks '3-1' select no block"),
+    case(f"{KFAC} --blocks 99", "99", loads=True),
+    case(f"{KFAC} --resume", "resume"),
+    case(f"{KFAC} --seed -1", "--seed"),
+    case("kfac -m {model} -d {broken} --tokens 64 -o {out}", "line 800"),
+    case("kfac -m {model} -d {binary} --tokens 64 -o {out}", "binary"),
+    case("kfac -m {model} -d {data} --tokens 64 -o {model}", "is the input"),
+    # --------------------------------------------------------------- edit
+    case("edit -m {model} -o {out}", "not an organism"),
+    case("edit -m {model} --factors {missing} -o {out}", "no K-FAC factors at"),
+    case("edit -m {model} --factors {data} -o {out}", "not a readable safetensors file"),
+    case("edit -m {model} --factors {empty_dir} -o {out}", "no K-FAC factors at"),
+    case(f"{EDIT} --rho 0", "rho"),
+    case(f"{EDIT} --rho 1.5", "rho"),
+    case(f"{EDIT} --rho -1", "rho"),
+    case(f"{EDIT} --rho nan", "rho"),
+    case(f"{EDIT} --rho inf", "rho"),
+    case(f"{EDIT} --rho abc", "rho"),
+    case(f"{EDIT} --rho ''", "rho"),
+    case(f"{EDIT} --rho 0.5,,0.6", "rho"),
+    case(f"{EDIT} --tokens 0", "--tokens"),
+    case("edit -m {org} --labels bogus -o {out}", "bogus"),
+    case(f"{EDIT} --blocks x", "blocks 'x'"),
+    case(f"{EDIT} --resume", "resume"),
+    case(f"{EDIT} --tokens 64", "do not apply"),
+    case(f"{EDIT} --labels gold", "do not apply"),
+    case("edit -m {model} --factors {factors} -o {factors} --force", "is the input"),
+    case("edit -m {model} --factors {factors} -o {model} --force", "is the input"),
+    case("edit -m {org} --tokens 0 -o {out}", "--tokens"),
+    # --------------------------------------------------------------- unlearn balanced-subnet
+    case("unlearn balanced-subnet -m {model} -o {out}", "not an organism"),
+    case("unlearn balanced-subnet -m {model} --forget {missing} --retain {data} -o {out}",
+         "does not exist"),  # fmt: skip
+    case(f"{BSN} --ratio 0", "ratio"),
+    case(f"{BSN} --ratio 1.5", "ratio"),
+    case(f"{BSN} --ratio nan", "ratio"),
+    case(f"{BSN} --w -0.1", "w"),
+    case(f"{BSN} --w 1.5", "w"),
+    case(f"{BSN} --w nan", "w"),
+    case(f"{BSN} --lr 0", "lr"),
+    case(f"{BSN} --lr nan", "lr"),
+    case(f"{BSN} --lr inf", "lr"),
+    case(f"{BSN} --epochs 0", "epochs"),
+    case(f"{BSN} --batch-size 0", "batch"),
+    case(f"{BSN} --precision fp8", "fp8"),
+    case(f"{BSN} --format csv", "--format"),
+    case(f"{BSN} --resume", "resume"),
+    case(f"{BSN} --seed -1", "--seed"),
+    case(f"{BSN} --min-count 4", "does not apply"),
+    case(f"{BSN} --retain-windows 8", "does not apply"),
+    case("unlearn balanced-subnet --min-count 0 -o {out}", "--min-count must be >= 1"),
+    case("unlearn balanced-subnet --min-count -3 -o {out}", "--min-count must be >= 1"),
+    case("unlearn balanced-subnet -m {model} --forget {broken} --retain {data} -o {out}",
+         "line 800"),  # fmt: skip
+    case("unlearn balanced-subnet --retain-windows 0 -o {out}", "--retain-windows"),
+    case("unlearn balanced-subnet --min-count 100000 -o {out}", "--min-count"),
+    case("unlearn balanced-subnet -m {model} --forget {data} --retain {data2} -o {data2} --force",
+         "is the input"),  # fmt: skip
+    case("unlearn balanced-subnet -m {org} --min-count 100000 -o {out}", "--min-count"),
+    # --------------------------------------------------------------- compare
+    case("compare --models x={org} x={model} -o {out}", "two models are labelled 'x'"),
+    case("compare --models {missing} -o {out}", "does not exist"),
+    case("compare --models {model} -o {out}", "none of the models is an organism"),
+    case("compare --models {model} --organism {model} -o {out}", "not an organism directory"),
+    case("compare --models =x -o {out}", "bad model"),
+    case("compare --min-count -1 -o {out}", "min count"),
+    case("compare --heldout-tokens 1 -o {out}", "held-out tokens"),
+    case("compare --batch-size 0 -o {out}", "batch size"),
+    case("compare --min-count 100000 -o {out}", "--min-count"),
+    case(f"{COMPARE} --min-count 100000", "--min-count"),
+    case(f"{COMPARE} {{model}}", "tokenizer"),
+    case(f"{COMPARE} --device tpu", "tpu"),
+    case(f"{COMPARE} --seed -1", "--seed"),
+    case("compare --models {org} -o {org} --force", "is the input"),
+    # --------------------------------------------------------------- organism
+    case("organism --profile huge", "huge"),
+    case("organism --precision fp8", "fp8"),
+    case("organism --corpus-tokens 10", "--corpus-tokens"),
+    case("organism --corpus-tokens -1", "--corpus-tokens"),
+    case("organism --corpus-tokens 100000000000000000000", "out of range"),
+    case("organism --seed -1", "--seed"),
+    case(f"{ORGANISM} --out {{file}}", "not a directory"),
+    case(f"{ORGANISM} --out {{file}}/org", "not a directory"),
+    case(f"{ORGANISM} --out {{inputs}}", "not an organism"),
+    case(f"{ORGANISM} --seed 1 --out {{org}}", "different organism"),
+    # --------------------------------------------------------------- demo
+    case("demo --profile huge", "huge"),
+    case("demo --precision fp8", "fp8"),
+    case(f"{DEMO} --out {{file}}", "not a directory"),
+    case(f"{DEMO} --out {{file}}/demo", "not a directory"),
+    case(f"{DEMO} --out {{inputs}}", "not a rotelab run"),
+    case(f"{DEMO} --out ''", "names no directory"),
+    # --------------------------------------------------------------- report, machine, the CLI
+    case("report {missing}", "not a directory"),
+    case("report {file}", "not a directory"),
+    case("report {empty_dir}", "empty_dir"),
+    case("report {model}", "model"),
+    case("report {bad_summary_run}", "summary.json"),
+    case("report", "run_dir"),
+    case("machine --device tpu", "tpu"),
+    case("machine --device cuda:x", "cuda:x"),
+    case("machine --device ''", "device"),
+    case("nosuchcommand", "nosuchcommand"),
+    case("unlearn nosuch", "nosuch"),
+    # --------------------------------------------------------------- outputs that cannot be written
+    case(f"{EXTRACT} -o {{file}}", "not a directory"),
+    case(f"{EXTRACT} -o {{file}}/run", "not a directory"),
+    case(f"{EXTRACT} -o /proc/rotelab-run", "/proc", skip=_NO_PROC),
+    case(f"{EXTRACT} -o /sys/rotelab-run", "/sys", skip=_NO_PROC),
+    case(f"{EXTRACT} -o {{read_only}}/run", "read_only",
+         skip="root writes anywhere" if _ROOT else None),  # fmt: skip
+    case(f"{EXTRACT} -o {{model}}", "is the input"),
+    case(f"{EXTRACT} -o {{model}}/run", "is inside the input"),
+    case(f"{EXTRACT} -o {{inputs}}", "contains the input"),
+    case(f"{EXTRACT} -o ''", "names no directory"),
+    case(f"{EXTRACT} -o .", "names no directory"),
+    case(f"{RECON} -o {{file}}/run", "not a directory"),
+    case(f"{RECON} -o /proc/rotelab-run", "/proc", skip=_NO_PROC),
+    case(f"{MIA} -o {{file}}/run", "not a directory"),
+    case(f"{MIA} -o /sys/rotelab-run", "/sys", skip=_NO_PROC),
+    case(f"{KFAC} -o {{file}}", "not a directory"),
+    case(f"{KFAC} -o {{file}}/run", "not a directory"),
+    case(f"{KFAC} -o /proc/rotelab-run", "/proc", skip=_NO_PROC),
+    case(f"{EDIT} -o {{file}}", "not a directory"),
+    case(f"{EDIT} -o {{file}}/model", "not a directory"),
+    case(f"{EDIT} -o /proc/rotelab-model", "/proc", skip=_NO_PROC),
+    case(f"{BSN} -o {{file}}", "not a directory"),
+    case(f"{BSN} -o {{file}}/model", "not a directory"),
+    case(f"{BSN} -o /sys/rotelab-model", "/sys", skip=_NO_PROC),
+    case(f"{COMPARE.replace('{out}', '{file}/run')}", "not a directory"),
+    case(f"{ORGANISM} --out /proc/rotelab-org", "/proc", skip=_NO_PROC),
+    case(f"{DEMO} --out /proc/rotelab-demo", "/proc", skip=_NO_PROC),
+    # no --out, in a directory nothing can be written in: runs/<command>-<time> is refused first
+    *[
+        case(argv.replace(" -o {out}", ""), "runs", cwd="/proc", skip=_NO_PROC,
+             id=f"{argv.split()[0]} in /proc without --out")  # fmt: skip
+        for argv in (EXTRACT, RECON, MIA, KFAC, EDIT, BSN, COMPARE, DEMO)
+    ],
+]
+
+
+# ------------------------------------------------------------------------------------ the inputs
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
+    """Every input the cases name, made once; the cases must leave all of it as it is."""
+    from rotelab.options import RunOptions
+    from rotelab.pipelines.kfac import kfac
+
+    root = tmp_path_factory.mktemp("inputs")
+    p = {"inputs": root, "model": Path(shutil.copytree(tiny_llama_dir, root / "model"))}
+    line = "the cat sat on the mat and the dog ran to the park. "
+
+    def jsonl(name: str, rows: list, tail: bytes = b"") -> Path:
+        path = root / name
+        path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in rows) + tail)
+        return path
+
+    p["data"] = jsonl("data.jsonl", [{"text": line * 3, "group": i % 2} for i in range(6)])
+    p["data2"] = jsonl("data2.jsonl", [{"text": line * 2 + str(i)} for i in range(6)])
+    # A mistake far from the start: the whole file must be read before anything is written.
+    many = [{"text": line * 2} for _ in range(799)]
+    p["broken"] = jsonl("broken.jsonl", many, b'{"text": "unterminated\n')
+    p["late_byte_jsonl"] = jsonl("late.jsonl", many, b'{"text": "caf\xe9"}\n')
+    p["no_field"] = jsonl("no_field.jsonl", many + [{"body": line}])
+    p["arrays"] = jsonl("arrays.jsonl", [["not", "an", "object"]])
+    p["blank"] = jsonl("blank.jsonl", [{"text": "   "}, {"text": ""}])
+    p["late_byte"] = root / "book.txt"
+    p["late_byte"].write_bytes((line * 2000).encode() + b"\xff\xfe tail")
+    p["binary"] = root / "blob.bin"
+    p["binary"].write_bytes(bytes(range(256)) * 8)
+    p["empty"] = root / "empty.txt"
+    p["empty"].write_bytes(b"")
+    p["bad_parquet"] = root / "table.parquet"
+    p["bad_parquet"].write_bytes(b"PAR1 this is not parquet")
+    p["empty_dir"] = root / "empty_dir"
+    p["empty_dir"].mkdir()
+    p["file"] = root / "notes.txt"
+    p["file"].write_text("a user's notes\n")
+    p["corrupt_model"] = Path(shutil.copytree(p["model"], root / "corrupt_model"))
+    (p["corrupt_model"] / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{")
+    p["read_only"] = root / "read_only"
+    p["read_only"].mkdir()
+    p["read_only"].chmod(0o555)
+    run = p["bad_summary_run"] = root / "bad_summary_run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"command": "extract", "arguments": {}}))
+    (run / "summary.json").write_text('{"windows": 3, "extr')
+    kfac(str(p["model"]), str(p["data"]), tokens=64,
+         run=RunOptions(out=root / "factors", progress=False))  # fmt: skip
+    p["factors"] = root / "factors"
+    return p
+
+
+def _tree(*roots: Path) -> dict[str, tuple]:
+    """Every path under ``roots`` with its kind, size and modification time."""
+    seen: dict[str, tuple] = {}
+    for root in roots:
+        if not root.exists():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                path = Path(dirpath) / name
+                st = path.lstat()
+                seen[str(path)] = (path.is_dir(), st.st_size if not path.is_dir() else 0,
+                                   st.st_mtime_ns)  # fmt: skip
+    return seen
+
+
+class _Built(BaseException):
+    """Raised where an organism would be built: a case must fail before that."""
+
+
+@pytest.fixture()
+def sandbox(request, inputs, tmp_path, monkeypatch):
+    """The placeholders' values, a fresh working directory and ROTELAB_HOME, and the recorders
+    of organism builds and model loads."""
+    from rotelab.lm import LM
+    from rotelab.organism import build
+
+    paths = {k: str(v) for k, v in inputs.items()}
+    if any("{org}" in str(a) for a in request.node.callspec.params.values()):
+        paths["org"] = str(request.getfixturevalue("tiny_organism").path)
+    work, home = tmp_path / "work", tmp_path / "home"
+    work.mkdir()
+    home.mkdir()
+    paths.update(out=str(work / "out"), missing=str(work / "nope"))
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("ROTELAB_HOME", str(home))
+    events: dict[str, list] = {"built": [], "loaded": []}
+
+    def no_build(*args, **kwargs):
+        events["built"].append(args[:1])
+        raise _Built()
+
+    monkeypatch.setattr(build, "write_world", no_build)
+    monkeypatch.setattr(build, "_train", no_build)
+    original = LM.load.__func__
+
+    def load(cls, *args, **kwargs):
+        events["loaded"].append(args[:1])
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(LM, "load", classmethod(load))
+    return paths, [inputs["inputs"], work, home], events
+
+
+@pytest.mark.parametrize(("argv", "fragment", "loads", "cwd"), CASES)
+def test_bad_input_is_one_line_and_leaves_nothing(sandbox, monkeypatch, argv, fragment, loads, cwd):
+    paths, watched, events = sandbox
+    args = [a.format(**paths) for a in shlex.split(argv)]
+    fragment = fragment.format(**paths)
+    if cwd is not None:
+        monkeypatch.chdir(cwd)
+    before = _tree(*watched)
+    try:
+        res = runner.invoke(app, args)
+    except _Built:  # a BaseException: CliRunner lets it through
+        pytest.fail(f"{argv}: [built] the default organism was built")
+    after = _tree(*watched)
+    problems = _problems(res, fragment, before, after, events, loads)
+    assert not problems, f"{argv}: {'; '.join(problems)}\nstderr: {res.stderr}"
+
+
+def _problems(res, fragment: str, before: dict, after: dict, events: dict, loads: bool) -> list:
+    """What is wrong with an answer to bad input, tagged for counting (``[traceback]`` ...)."""
+    problems = []
+    exc = res.exception
+    if exc is not None and not isinstance(exc, SystemExit):
+        problems.append(f"[traceback] {type(exc).__name__}: {str(exc)[:200]}")
+    elif res.exit_code != 2:
+        problems.append(f"[exit {res.exit_code}]")
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    if len(lines) != 1:
+        problems.append(f"[lines] {len(lines)} lines on stderr")
+    if fragment not in res.stderr:
+        problems.append(f"[message] no {fragment!r}")
+    if res.stdout.strip():
+        problems.append(f"[stdout] {res.stdout.strip()[:100]!r}")
+    changed = sorted(set(before.items()) ^ set(after.items()))
+    if changed:
+        problems.append(f"[left-behind] {sorted({p for p, _ in changed})[:5]}")
+    if events["built"]:
+        problems.append("[built] the default organism was built")
+    if events["loaded"] and not loads:
+        problems.append(f"[loaded] a model was loaded: {events['loaded'][:2]}")
+    return problems
+
+
+def test_the_table_covers_every_command():
+    """At least 100 cases, and every command has some (the issue's acceptance)."""
+    commands = {p.values[0].split()[0] for p in CASES}
+    assert len(CASES) >= 100
+    assert {"extract", "reconstruct", "mia", "kfac", "edit", "unlearn", "compare", "organism",
+            "demo", "report", "machine"} <= commands  # fmt: skip
