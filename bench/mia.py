@@ -10,9 +10,11 @@ This script times both on the organism's ledger items (members and controls, the
 
 It also times Secret-Sharer exposure on the organism's secrets, with the arguments ``rotelab mia``
 uses: ``exposure_table``, which runs each secret's prefix once and scores its ~1000 candidates from
-the prefix's KV cache (``LM.score_continuations``), against the way exposure was computed before,
-every candidate as a whole sequence ``prefix + candidate`` scored from scratch in batches shared by
-all secrets. It checks that ranks and exposures are identical and prints a second Markdown row.
+the prefix's KV cache (``LM.score_continuations``), the candidates' shared leading digits once per
+distinct leading prefix; the same with the prefix cache alone (no memory for shared levels); and
+the way exposure was computed before, every candidate as a whole sequence ``prefix + candidate``
+scored from scratch in batches shared by all secrets. It checks that ranks and exposures are
+identical and prints a second Markdown row.
 
     python bench/mia.py                      # the default organism (built on first use)
     python bench/mia.py --organism DIR       # any built organism directory
@@ -27,6 +29,7 @@ import math
 import os
 import time
 import zlib
+from unittest import mock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -35,6 +38,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+import rotelab.lm  # noqa: E402
 from rotelab.machine import configure_threads, describe_machine  # noqa: E402
 from rotelab.measure.exposure import _exposure_row, _plan_secrets, exposure_table  # noqa: E402
 from rotelab.measure.mia import SpanMode, ledger_texts, likelihood_scores  # noqa: E402
@@ -94,8 +98,22 @@ def exposure_from_scratch(lm, inputs: dict, level: float = 0.95) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+def prefix_cache_only(lm, **inputs) -> pd.DataFrame:
+    """``exposure_table`` with no memory for shared levels: every candidate from the prefix cache."""
+    with mock.patch.object(rotelab.lm, "SHARED_CACHE_BYTES", 0):
+        return exposure_table(lm, **inputs)
+
+
+def _same_ranks(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    return bool(
+        (a["n_better"] == b["n_better"]).all()
+        and np.allclose(a["rank"], b["rank"], rtol=1e-9, atol=0)
+    )
+
+
 def bench_exposure(lm, org, n_secrets: int, repeats: int, threads: int) -> None:
-    """Time ``exposure_table`` against :func:`exposure_from_scratch`, taking turns."""
+    """Time ``exposure_table``, the prefix cache alone and :func:`exposure_from_scratch`, taking
+    turns."""
     led = org.ledger
     secrets = led[led["kind"] == "secret"]
     if n_secrets:
@@ -103,22 +121,24 @@ def bench_exposure(lm, org, n_secrets: int, repeats: int, threads: int) -> None:
     inputs = _exposure_inputs(lm, secrets, MIAConfig())
     warm_up = _exposure_inputs(lm, secrets.head(1), MIAConfig())  # the cache path's first calls
     exposure_table(lm, **warm_up)
+    prefix_cache_only(lm, **warm_up)
     exposure_from_scratch(lm, warm_up)
-    t_cache, t_scratch = [], []
+    t_cache, t_prefix, t_scratch = [], [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         cached = exposure_table(lm, **inputs)
         t_cache.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
+        prefix_only = prefix_cache_only(lm, **inputs)
+        t_prefix.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
         scratch = exposure_from_scratch(lm, inputs)
         t_scratch.append(time.perf_counter() - t0)
-    ranks_same = bool(
-        (cached["n_better"] == scratch["n_better"]).all()
-        and np.allclose(cached["rank"], scratch["rank"], rtol=1e-9, atol=0)
-    )
+    ranks_same = _same_ranks(cached, scratch) and _same_ranks(prefix_only, scratch)
     d_logppl = float(np.max(np.abs(cached["secret_logppl"] - scratch["secret_logppl"])))
     d_exposure = float(np.max(np.abs(cached["exposure"] - scratch["exposure"])))
     fast, slow = float(np.median(t_cache)), float(np.median(t_scratch))
+    mid = float(np.median(t_prefix))
     n_cands = int(cached["n_candidates"].sum())
     prefix_tokens = secrets["prefix_tokens"].map(len)
     result = {
@@ -128,23 +148,26 @@ def bench_exposure(lm, org, n_secrets: int, repeats: int, threads: int) -> None:
         "secret_tokens": int(secrets["suffix_tokens"].map(len).max()),
         "batch_size": inputs["batch_size"],
         "threads": threads,
-        "prefix_cache_s": round(fast, 3),
+        "shared_levels_s": round(fast, 3),
+        "prefix_cache_only_s": round(mid, 3),
         "from_scratch_s": round(slow, 3),
         "speedup": round(slow / fast, 2),
+        "speedup_of_shared_levels": round(mid / fast, 2),
         "ranks_identical": ranks_same,
         "max_abs_secret_logppl_diff": d_logppl,
         "max_abs_exposure_diff": d_exposure,
     }
     print(json.dumps(result, indent=2))
     print(
-        "| secrets (candidates, prefix/secret tokens) | from scratch | prefix cache | speed-up "
-        "| ranks identical | max abs logppl / exposure difference |\n|---|---|---|---|---|---|"
+        "| secrets (candidates, prefix/secret tokens) | from scratch | prefix cache "
+        "| + shared leading digits | speed-up | ranks identical "
+        "| max abs logppl / exposure difference |\n|---|---|---|---|---|---|---|"
     )
     print(
         f"| {len(secrets)} secrets ({n_cands} candidates, {prefix_tokens.mean():.1f}/"
-        f"{result['secret_tokens']} tokens), {threads} threads | {slow:.2f} s | {fast:.2f} s "
-        f"| {slow / fast:.1f}x | {'yes' if ranks_same else 'NO'} | {d_logppl:.1e} / "
-        f"{d_exposure:.1e} |"
+        f"{result['secret_tokens']} tokens), {threads} threads | {slow:.2f} s | {mid:.2f} s "
+        f"| {fast:.2f} s | {slow / fast:.1f}x ({mid / fast:.2f}x of the prefix cache) "
+        f"| {'yes' if ranks_same else 'NO'} | {d_logppl:.1e} / {d_exposure:.1e} |"
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -360,15 +362,44 @@ def test_head_logits_are_the_models_logits_with_softcapping_and_scale():
         assert not torch.allclose(raw, ref, atol=1e-3)  # the cap or scale really changes them
 
 
+def _continuation_sets(rng):
+    """(prefix length, continuations): random tokens (first tokens mostly unique) and a three-token
+    alphabet whose leading tokens repeat, with two continuations given twice."""
+    yield 1, rng.integers(1, 96, size=(11, 4))
+    yield 13, rng.integers(1, 96, size=(11, 1))
+    yield 29, rng.integers(1, 96, size=(11, 6))
+    shared = rng.choice([5, 17, 40], size=(30, 6))
+    yield 9, np.concatenate([shared, shared[[3, 7]]])
+    yield 2, rng.choice([5, 17, 40, 61], size=(40, 3))
+
+
+def _token_bytes(lm, prefix) -> float:
+    """KV-cache bytes per token of this model, as ``score_continuations`` measures them."""
+    from rotelab.lm import _cache_bytes
+
+    with torch.no_grad():
+        out = lm.model.base_model(input_ids=torch.tensor([prefix]), use_cache=True)
+    return _cache_bytes(getattr(out, lm.cache_arg)) / len(prefix)
+
+
+def _distinct(conts, t) -> int:
+    return len(np.unique(conts[:, :t], axis=0))
+
+
 def _continuation_cases(lm):
-    """Continuations scored from the prefix cache and as whole sequences from scratch."""
+    """Continuations scored from the prefix cache (the shared levels at their default budget,
+    then none, then one) and as whole sequences from scratch."""
     rng = np.random.default_rng(0)
-    for prefix_len, length in ((1, 4), (13, 1), (29, 6)):
+    for prefix_len, conts in _continuation_sets(rng):
         prefix = rng.integers(1, 96, size=prefix_len).tolist()
-        conts = rng.integers(1, 96, size=(11, length))
-        got = lm.score_continuations(prefix, conts, batch_size=4, vocab_chunk=17)
         whole = lm.score([prefix + c for c in conts.tolist()], targets_from=prefix_len)
-        yield got, np.stack([w.logprobs for w in whole])
+        want = np.stack([w.logprobs for w in whole])
+        one_level = _distinct(conts, 1) * (prefix_len + 1) * _token_bytes(lm, prefix)
+        for budget in (None, 0, one_level):
+            got = lm.score_continuations(
+                prefix, conts, batch_size=4, vocab_chunk=17, shared_cache_bytes=budget
+            )
+            yield got, want
 
 
 def test_continuations_from_the_prefix_cache_score_like_whole_sequences(tiny_model_dir):
@@ -386,6 +417,84 @@ def test_continuations_with_softcapping_and_scale_score_like_whole_sequences():
     for model in _capped_models():
         for got, want in _continuation_cases(LM.from_model(model, make_tokenizer())):
             np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_shared_levels_are_the_deepest_that_halve_the_rows_and_fit_the_budget():
+    from rotelab.lm import _shared_depth
+
+    conts = np.array(
+        [[1, 1, 1, 0], [1, 1, 1, 1], [1, 2, 1, 0], [1, 2, 2, 0],
+         [3, 1, 1, 0], [3, 1, 1, 1], [3, 2, 1, 0], [3, 2, 1, 1]]
+    )  # fmt: skip
+    # distinct leading prefixes: 2 of one token, 4 of two, 5 of three (more than half of 8)
+    cost = [0, 2 * (10 + 1), 4 * (10 + 2)]  # rows x tokens per level, with a 10-token prefix
+    assert _shared_depth(conts, 10, 1.0, budget=1e9) == 2
+    assert _shared_depth(conts, 10, 1.0, budget=cost[2]) == 2
+    assert _shared_depth(conts, 10, 1.0, budget=cost[2] - 1) == 1
+    assert _shared_depth(conts, 10, 2.0, budget=2 * cost[1]) == 1
+    assert _shared_depth(conts, 10, 1.0, budget=cost[1] - 1) == 0
+    assert _shared_depth(conts[:7], 10, 1.0, budget=1e9) == 1  # 4 pairs among 7: not halved
+    assert _shared_depth(conts[:, :1], 10, 1.0, budget=1e9) == 0  # one token: only a target
+    assert _shared_depth(np.array([[1, 2], [1, 2]]), 3, 1.0, budget=1e9) == 1
+
+
+def test_shared_levels_run_once_per_distinct_leading_prefix(tiny_model_dir):
+    """What block 0 reads, per forward: the prefix, then one row per distinct leading prefix of
+    each shared level, then the remaining tokens of each batch of continuations."""
+    lm = LM.load(tiny_model_dir, dtype="float32")
+    rng = np.random.default_rng(1)
+    prefix = rng.integers(1, 96, size=7).tolist()
+    # every triple of {3, 8, 21} twice, the two copies told apart by their 4th token
+    triples = np.array(list(itertools.product([3, 8, 21], repeat=3)))
+    conts = np.concatenate(
+        [np.repeat(triples, 2, axis=0), np.tile([[3], [8]], (27, 1)), rng.choice([3, 8], (54, 1))],
+        axis=1,
+    )  # (54, 5): levels of 3, 9, 27 rows halve the 54 continuations, the 4th (54 rows) does not
+    levels = [3, 9, 27]
+    whole = lm.score([prefix + c for c in conts.tolist()], targets_from=7)
+    want = np.stack([w.logprobs for w in whole])
+    tb = _token_bytes(lm, prefix)
+    seen: list[tuple[int, int]] = []
+    record = {"blocks.0.resid_in": lambda t: seen.append(tuple(t.shape[:2]))}
+    for budget, depth in ((None, 3), (0, 0), (3 * 8 * tb, 1), (9 * 9 * tb, 2), (9 * 9 * tb - 1, 1)):
+        seen.clear()
+        with lm.hooks(record):
+            got = lm.score_continuations(prefix, conts, batch_size=16, shared_cache_bytes=budget)
+        rest = 5 - 1 - depth
+        batches = [(16, rest), (16, rest), (16, rest), (6, rest)]
+        assert seen == [(1, 7)] + [(n, 1) for n in levels[:depth]] + batches, budget
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_continuations_score_under_hooks_as_whole_sequences_do(tiny_model_dir):
+    """Hook points apply on the shared levels and the per-continuation batches alike."""
+    lm = LM.load(tiny_model_dir, dtype="float32")
+    rng = np.random.default_rng(2)
+    prefix = rng.integers(1, 96, size=6).tolist()
+    conts = rng.choice([4, 9, 30], size=(40, 5))  # 3, then 9 distinct leading prefixes: depth 2
+
+    def scored():
+        cached = lm.score_continuations(prefix, conts, batch_size=8, vocab_chunk=17)
+        whole = lm.score([prefix + c for c in conts.tolist()], targets_from=6)
+        return cached, np.stack([w.logprobs for w in whole])
+
+    plain, plain_whole = scored()
+    calls = []
+
+    def identity(t):
+        calls.append(1)
+        return t.clone()
+
+    points = [p for p in lm.hook_points() if p.startswith("blocks.")]
+    with lm.hooks({p: identity for p in points}):
+        same, _ = scored()
+    assert len(calls) >= 2 * len(points) * 3  # prefix, two levels and the batches all ran them
+    assert np.array_equal(same, plain)
+    with lm.hooks({"blocks.0.resid_out": lambda t: 0.5 * t}):
+        halved, halved_whole = scored()
+    np.testing.assert_allclose(halved, halved_whole, atol=1e-5)
+    np.testing.assert_allclose(plain, plain_whole, atol=1e-5)
+    assert not np.allclose(halved, plain, atol=1e-3)  # the hook changed what was scored
 
 
 # ---------------------------------------------------------------------------- hook points

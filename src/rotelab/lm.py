@@ -69,6 +69,7 @@ __all__ = [
     "progress_bar",
     "TokenScores",
     "NAMED_MODELS",
+    "SHARED_CACHE_BYTES",
     "resolve_dtype",
     "resolve_device",
 ]
@@ -628,20 +629,34 @@ class LM:
         *,
         batch_size: int = 32,
         vocab_chunk: int | None = None,
+        shared_cache_bytes: int | None = None,
     ) -> np.ndarray:
         """Log-probabilities of many continuations of one prefix, from the prefix's KV cache.
 
         Row ``i`` equals ``score([prefix + continuations[i]], targets_from=len(prefix))[0]
-        .logprobs`` up to float rounding, but the prefix runs through the model once: for each
-        batch of ``batch_size`` continuations its cache is repeated along the batch (never for
-        all continuations at once) and only the continuation tokens are computed. Meant for
-        ranking many candidates after one context, as Secret-Sharer exposure does.
+        .logprobs`` up to float rounding, but the prefix runs through the model once, and so do
+        the leading tokens that continuations share: the first ``depth`` tokens are computed
+        once per distinct leading prefix, level by level down the trie of continuations (each
+        level's rows gather their parent's cache rows), and the rest once per continuation, a
+        batch of ``batch_size`` at a time, from its level-``depth`` cache. Each distinct
+        ``(leading prefix, next token)`` pair down to level ``depth`` is scored once.
+
+        ``depth`` is the deepest level that still halves the rows (at most half as many distinct
+        leading prefixes as continuations) and whose cache fits in ``shared_cache_bytes``
+        (distinct leading prefixes x their tokens x KV bytes per token; two levels are held at
+        once while one is built). A level's one-token rows each gather and extend a whole cache
+        row: for 1000 random 8-digit candidates (10 first digits, about 100 first pairs, 630
+        first triples) on the default organism the third level cost more than it saved, so the
+        depth there is 2. Big models' budget lowers it; 0 is the plain prefix cache repeated
+        for every continuation.
 
         Args:
             prefix: token ids before the continuations (at least one).
             continuations: (n, L) token ids, all of one length L >= 1.
-            batch_size: continuations per forward pass.
+            batch_size: continuations per forward pass after the shared levels.
             vocab_chunk: vocabulary columns per chunk of the softmax (default: bounded memory).
+            shared_cache_bytes: memory for the shared levels' caches (default
+                :data:`SHARED_CACHE_BYTES`).
 
         Returns:
             (n, L) float32: log p(continuation token t | prefix, the continuation before t).
@@ -649,6 +664,8 @@ class LM:
         conts = np.asarray(continuations, dtype=np.int64)
         if conts.ndim != 2 or conts.size == 0:
             raise ValueError("continuations must be an (n, L) array of token ids with n, L >= 1")
+        if batch_size < 1:
+            raise RotelabError("batch size must be >= 1")
         n, length = conts.shape
         ctx = self.context_length
         if len(prefix) == 0:
@@ -658,29 +675,63 @@ class LM:
                 f"prefix ({len(prefix)} tokens) plus continuations of {length} tokens exceed the "
                 f"model's context of {ctx}"
             )
+        budget = SHARED_CACHE_BYTES if shared_cache_bytes is None else shared_cache_bytes
         key = self.cache_arg
         base = self.model.base_model
-        ids = torch.as_tensor(conts, device=self.device)
+        dev = self.device
         out = np.empty((n, length), dtype=np.float32)
         with _lean_inference(self.model):
-            first = base(input_ids=torch.tensor([list(prefix)], device=self.device), use_cache=True)
+            first = base(input_ids=torch.tensor([list(prefix)], device=dev), use_cache=True)
             cache = getattr(first, key)
-            last = first.last_hidden_state[:, -1:]  # (1, 1, D): predicts every first token
-            for batch in length_buckets([length] * n, batch_size):  # equal lengths: input order
-                rows = ids[torch.as_tensor(batch, device=self.device)]  # (B, L)
-                b = len(batch)
-                hidden = last.expand(b, 1, -1)
-                if length > 1:
-                    # The forward appends to the cache it is given, so each batch gets its own copy.
-                    past = copy.deepcopy(cache)
-                    past.batch_repeat_interleave(b)
-                    rest = base(input_ids=rows[:, :-1], use_cache=True, **{key: past})
-                    hidden = torch.cat([hidden, rest.last_hidden_state], dim=1)  # (B, L, D)
-                stats = self.head_stats(
-                    hidden.reshape(b * length, -1), rows.reshape(-1), vocab_chunk=vocab_chunk
+            hidden = first.last_hidden_state[:, -1]  # (nodes, D): predicts each node's next token
+            depth = _shared_depth(conts, len(prefix), _cache_bytes(cache) / len(prefix), budget)
+            node = np.zeros(n, dtype=np.int64)  # each continuation's trie node at level t
+            for t in range(depth + 1):
+                # the next level's nodes: distinct (node, token t) pairs, each scored once
+                pairs, child = np.unique(
+                    np.stack([node, conts[:, t]], axis=1), axis=0, return_inverse=True
                 )
-                out[batch] = stats["logprob"].view(b, length).cpu().numpy()
+                parents = torch.as_tensor(pairs[:, 0], device=dev)
+                tokens = torch.as_tensor(pairs[:, 1], device=dev)
+                logp = self._target_logprobs(hidden[parents], tokens, vocab_chunk)
+                out[:, t] = logp[child.reshape(-1)]
+                if t == depth:
+                    break
+                step = base(
+                    input_ids=tokens[:, None], use_cache=True, **{key: _cache_rows(cache, parents)}
+                )
+                cache, hidden = getattr(step, key), step.last_hidden_state[:, 0]
+                node = child.reshape(-1)
+            if depth == length - 1:
+                return out
+            ids = torch.as_tensor(conts[:, depth:], device=dev)  # (n, L - depth)
+            for batch in length_buckets([length] * n, batch_size):  # equal lengths: input order
+                rows = ids[torch.as_tensor(batch, device=dev)]  # (B, L - depth)
+                past = _cache_rows(cache, torch.as_tensor(node[batch], device=dev))
+                rest = base(input_ids=rows[:, :-1], use_cache=True, **{key: past})
+                h = rest.last_hidden_state  # (B, L - depth - 1, D): predicts tokens depth + 1...
+                logp = self._target_logprobs(h.flatten(0, 1), rows[:, 1:].flatten(), vocab_chunk)
+                out[batch, depth + 1 :] = logp.reshape(len(batch), -1)
         return out
+
+    def _target_logprobs(
+        self, h: torch.Tensor, targets: torch.Tensor, vocab_chunk: int | None
+    ) -> np.ndarray:
+        """(N,) log p(target) at hidden states ``h`` (N, D), chunked over the vocabulary: the
+        ``logprob`` of :meth:`head_stats` without the top-k and margins it also keeps."""
+        vocab, n = self.vocab_size, h.shape[0]
+        chunk = vocab_chunk or default_vocab_chunk(vocab, n)
+        lse = torch.full((n,), -math.inf, device=h.device, dtype=torch.float32)
+        target_logit = torch.zeros(n, device=h.device, dtype=torch.float32)
+        for lo in range(0, vocab, chunk):
+            hi = min(vocab, lo + chunk)
+            logits = self.head_logits(h, lo, hi)  # (N, chunk)
+            inside = (targets >= lo) & (targets < hi)
+            picked = logits.gather(1, (targets - lo).clamp(0, hi - lo - 1)[:, None]).squeeze(1)
+            target_logit = torch.where(inside, picked, target_logit)
+            top = logits.amax(dim=1)  # in place below: faster than torch.logsumexp on the CPU
+            lse = torch.logaddexp(lse, logits.sub_(top[:, None]).exp_().sum(1).log_().add_(top))
+        return (target_logit - lse).cpu().numpy()
 
     def final_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(batch, seq, hidden) output of the final norm, before the LM head."""
@@ -1118,6 +1169,47 @@ def _name_matches(name: str, pattern: str) -> bool:
         return re.search(pattern, name) is not None
     except re.error:
         return False
+
+
+#: Default memory for the shared levels of :meth:`LM.score_continuations` (bytes of KV cache).
+SHARED_CACHE_BYTES = 256 << 20
+
+
+def _cache_bytes(cache) -> int:
+    """Bytes of the keys and values a KV cache holds."""
+    tensors = [getattr(layer, name, None) for layer in cache.layers for name in ("keys", "values")]
+    return sum(t.nbytes for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _cache_rows(cache, rows: torch.Tensor):
+    """A new cache of ``cache``'s batch rows ``rows`` (repeats allowed); ``cache`` is unchanged.
+
+    The forward appends to the cache it is given, so each forward gets its own: the layers are
+    copied shallowly and the cache's row gather (``reorder_cache``, an ``index_select``: on the
+    CPU about 3x faster than the advanced indexing of ``batch_select_indices``) then replaces
+    their tensors by gathered copies.
+    """
+    picked = copy.copy(cache)
+    picked.layers = [copy.copy(layer) for layer in cache.layers]
+    picked.reorder_cache(rows)
+    return picked
+
+
+def _shared_depth(conts: np.ndarray, prefix_len: int, token_bytes: float, budget: float) -> int:
+    """How many leading positions of (n, L) continuations to compute once per distinct prefix.
+
+    Level ``t`` holds one cache row of ``prefix_len + t`` tokens per distinct leading ``t``
+    tokens; the deepest level, at most L - 1 (the last token is only ever a target), with at
+    most half as many rows as continuations and rows that fit in ``budget`` bytes.
+    """
+    n, length = conts.shape
+    depth = 0
+    for t in range(1, length):
+        nodes = len(np.unique(conts[:, :t], axis=0))
+        if nodes * (prefix_len + t) * token_bytes > budget or 2 * nodes > n:
+            break
+        depth = t
+    return depth
 
 
 #: Entries of one block of logits computed at a time (fp32: 32 MiB), by :meth:`LM.head_stats` and

@@ -77,8 +77,22 @@ def _from_scratch(lm, prefix, continuations, *, batch_size):
     return np.stack([s.logprobs for s in scores])
 
 
-def test_cached_candidates_rank_like_whole_sequences(tiny_model_dir, monkeypatch):
+@pytest.mark.parametrize("shared_levels", [True, False])
+def test_cached_candidates_rank_like_whole_sequences(tiny_model_dir, monkeypatch, shared_levels):
+    """From the prefix cache, with candidates' shared leading digits computed once (or, with no
+    memory for them, not) vs every candidate scored from scratch."""
+    import rotelab.lm
+
     lm = LM.load(tiny_model_dir, dtype="float32")
+    shared_depth, depths = rotelab.lm._shared_depth, []
+
+    def recorded(*args):
+        depths.append(shared_depth(*args))
+        return depths[-1]
+
+    monkeypatch.setattr(rotelab.lm, "_shared_depth", recorded)
+    if not shared_levels:
+        monkeypatch.setattr(rotelab.lm, "SHARED_CACHE_BYTES", 0)
     rng = np.random.default_rng(0)
     small, large = [7, 11, 13], [20, 21, 22, 23, 24, 25]
     # (prefix length, alphabet, secret length): 3^3 = 27 candidates enumerated, 6^5 sampled
@@ -91,6 +105,10 @@ def test_cached_candidates_rank_like_whole_sequences(tiny_model_dir, monkeypatch
         batch_size=7,  # divides neither 27 nor the ~60 sampled candidates
     )  # fmt: skip
     cached = exposure_table(lm, **kwargs)
+    if shared_levels:  # 3^3 exact candidates share 2 levels; ~60 of 6^5 their first token
+        assert depths[0] == depths[2] == 2 and min(depths) >= 1, depths
+    else:
+        assert depths == [0] * 5
     monkeypatch.setattr(LM, "score_continuations", _from_scratch)
     whole = exposure_table(lm, **kwargs)
     assert cached["method"].tolist() == ["exact", "sampled", "exact", "sampled", "sampled"]

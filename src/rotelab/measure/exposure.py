@@ -65,7 +65,8 @@ def exposure_table(
     batch_size: int = 256,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Exposure of each secret; its prefix runs once and its candidates are scored from its cache.
+    """Exposure of each secret; its prefix runs once and its candidates are scored from its cache,
+    their shared leading tokens once per distinct leading prefix (:meth:`LM.score_continuations`).
 
     Args:
         lm: the model.
