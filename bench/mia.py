@@ -99,7 +99,8 @@ def exposure_from_scratch(lm, inputs: dict, level: float = 0.95) -> pd.DataFrame
 
 
 def prefix_cache_only(lm, **inputs) -> pd.DataFrame:
-    """``exposure_table`` with no memory for shared levels: every candidate from the prefix cache."""
+    """``exposure_table`` with no memory for shared levels: every candidate from the prefix
+    cache."""
     with mock.patch.object(rotelab.lm, "SHARED_CACHE_BYTES", 0):
         return exposure_table(lm, **inputs)
 

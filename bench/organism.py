@@ -62,8 +62,10 @@ def timed_builds(profile: str, precision: str, n: int, seed: int = 0) -> list[di
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="tiny", choices=["tiny", "default"])
-    ap.add_argument("--precisions", default=None,
-                    help="comma list of fp32,bf16 (default: fp32, plus bf16 where native)")  # fmt: skip
+    ap.add_argument(
+        "--precisions", default=None,
+        help="comma list of fp32,bf16 (default: fp32, plus bf16 where native)",
+    )  # fmt: skip
     ap.add_argument("--concurrent", type=int, default=0, help="also start N builds together")
     args = ap.parse_args()
     precisions = (args.precisions or ("fp32,bf16" if bf16_native() else "fp32")).split(",")

@@ -116,8 +116,9 @@ CASES = [
     case(f"{EXTRACT} --bogus", "--bogus"),
     case("extract -m {model} -d {broken} --prefix-len 4 --suffix-len 4 -o {out}", "line 800"),
     case("extract -m {model} -d {late_byte} --prefix-len 4 --suffix-len 4 -o {out}", "UTF-8"),
-    case("extract -m {model} -d {late_byte_jsonl} --prefix-len 4 --suffix-len 4 -o {out}",
-         "UTF-8"),  # fmt: skip
+    case(
+        "extract -m {model} -d {late_byte_jsonl} --prefix-len 4 --suffix-len 4 -o {out}", "UTF-8"
+    ),  # fmt: skip
     case("extract -m {model} -d {no_field} --prefix-len 4 --suffix-len 4 -o {out}", "text"),
     case("extract -m {model} -d {binary} --prefix-len 4 --suffix-len 4 -o {out}", "binary"),
     case("extract -m {model} -d {empty} --prefix-len 4 --suffix-len 4 -o {out}", "empty"),
@@ -125,8 +126,11 @@ CASES = [
     case("extract -m {model} -d {bad_parquet} --prefix-len 4 --suffix-len 4 -o {out}", "Parquet"),
     case("extract -m {model} -d {arrays} --prefix-len 4 --suffix-len 4 -o {out}", "JSON object"),
     case("extract -m {model} -d {data} -o {out} --format parquet", "Parquet"),
-    case("extract -m {corrupt_model} -d {data} --prefix-len 4 --suffix-len 4 -o {out}",
-         "corrupt", loads=True),  # fmt: skip
+    case(
+        "extract -m {corrupt_model} -d {data} --prefix-len 4 --suffix-len 4 -o {out}",
+        "corrupt",
+        loads=True,
+    ),  # fmt: skip
     case("extract -m {org} --prefix-len 8 -o {out}", "apply only with --data"),
     case("extract -m {org} --group-by nosuch -o {out}", "nosuch"),
     # --------------------------------------------------------------- reconstruct
@@ -222,8 +226,10 @@ CASES = [
     case("edit -m {org} --tokens 0 -o {out}", "--tokens"),
     # --------------------------------------------------------------- unlearn balanced-subnet
     case("unlearn balanced-subnet -m {model} -o {out}", "not an organism"),
-    case("unlearn balanced-subnet -m {model} --forget {missing} --retain {data} -o {out}",
-         "does not exist"),  # fmt: skip
+    case(
+        "unlearn balanced-subnet -m {model} --forget {missing} --retain {data} -o {out}",
+        "does not exist",
+    ),  # fmt: skip
     case(f"{BSN} --ratio 0", "ratio"),
     case(f"{BSN} --ratio 1.5", "ratio"),
     case(f"{BSN} --ratio nan", "ratio"),
@@ -243,12 +249,15 @@ CASES = [
     case(f"{BSN} --retain-windows 8", "does not apply"),
     case("unlearn balanced-subnet --min-count 0 -o {out}", "--min-count must be >= 1"),
     case("unlearn balanced-subnet --min-count -3 -o {out}", "--min-count must be >= 1"),
-    case("unlearn balanced-subnet -m {model} --forget {broken} --retain {data} -o {out}",
-         "line 800"),  # fmt: skip
+    case(
+        "unlearn balanced-subnet -m {model} --forget {broken} --retain {data} -o {out}", "line 800"
+    ),  # fmt: skip
     case("unlearn balanced-subnet --retain-windows 0 -o {out}", "--retain-windows"),
     case("unlearn balanced-subnet --min-count 100000 -o {out}", "--min-count"),
-    case("unlearn balanced-subnet -m {model} --forget {data} --retain {data2} -o {data2} --force",
-         "is the input"),  # fmt: skip
+    case(
+        "unlearn balanced-subnet -m {model} --forget {data} --retain {data2} -o {data2} --force",
+        "is the input",
+    ),  # fmt: skip
     case("unlearn balanced-subnet -m {org} --min-count 100000 -o {out}", "--min-count"),
     # --------------------------------------------------------------- compare
     case("compare --models x={org} x={model} -o {out}", "two models are labelled 'x'"),
@@ -300,8 +309,11 @@ CASES = [
     case(f"{EXTRACT} -o {{file}}/run", "not a directory"),
     case(f"{EXTRACT} -o /proc/rotelab-run", "/proc", skip=_NO_PROC),
     case(f"{EXTRACT} -o /sys/rotelab-run", "/sys", skip=_NO_PROC),
-    case(f"{EXTRACT} -o {{read_only}}/run", "read_only",
-         skip="root writes anywhere" if _ROOT else None),  # fmt: skip
+    case(
+        f"{EXTRACT} -o {{read_only}}/run",
+        "read_only",
+        skip="root writes anywhere" if _ROOT else None,
+    ),  # fmt: skip
     case(f"{EXTRACT} -o {{model}}", "is the input"),
     case(f"{EXTRACT} -o {{model}}/run", "is inside the input"),
     case(f"{EXTRACT} -o {{inputs}}", "contains the input"),
@@ -325,8 +337,13 @@ CASES = [
     case(f"{DEMO} --out /proc/rotelab-demo", "/proc", skip=_NO_PROC),
     # no --out, in a directory nothing can be written in: runs/<command>-<time> is refused first
     *[
-        case(argv.replace(" -o {out}", ""), "runs", cwd="/proc", skip=_NO_PROC,
-             id=f"{argv.split()[0]} in /proc without --out")  # fmt: skip
+        case(
+            argv.replace(" -o {out}", ""),
+            "runs",
+            cwd="/proc",
+            skip=_NO_PROC,
+            id=f"{argv.split()[0]} in /proc without --out",
+        )  # fmt: skip
         for argv in (EXTRACT, RECON, MIA, KFAC, EDIT, BSN, COMPARE, DEMO)
     ],
 ]

@@ -25,7 +25,9 @@ def _reference(model, seq, start):
         "argmax": logp.argmax(1).numpy(),
         "mu": mu.numpy(),
         "sigma2": ((p * logp.square()).sum(1) - mu.square()).numpy(),
-        "margin": (lambda t: (t[:, 0] - t[:, 1]).numpy())(logits[start - 1 : len(seq) - 1].topk(2).values),
+        "margin": (lambda t: (t[:, 0] - t[:, 1]).numpy())(
+            logits[start - 1 : len(seq) - 1].topk(2).values
+        ),
     }
 
 
@@ -60,9 +62,13 @@ def test_greedy_generate_matches_transformers(tiny_model_dir):
     ours = lm.generate(prefixes, 6, batch_size=2)
     for prefix, got in zip(prefixes, ours):
         ref = lm.model.generate(
-            torch.tensor([prefix]), max_new_tokens=6, do_sample=False, pad_token_id=0,
-            eos_token_id=None, min_new_tokens=6,
-        )[0, len(prefix):].tolist()
+            torch.tensor([prefix]),
+            max_new_tokens=6,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+            min_new_tokens=6,
+        )[0, len(prefix) :].tolist()
         assert got == ref
 
 
@@ -299,7 +305,6 @@ def test_lean_inference_mlps_are_bit_identical_and_restored(tiny_lm):
             got = model(input_ids=ids).logits
     assert torch.equal(ref, got)
     assert not any("forward" in vars(m) for m in lean.mlps)
-
 
 
 def test_lean_inference_leaves_hooked_mlps_alone(tiny_lm):
@@ -751,8 +756,12 @@ def test_sampler_top_k_keeps_ties_and_greedy_is_the_argmax():
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"temperature": 0.0}, "temperature"), ({"top_k": -1}, "top-k"), ({"top_p": 0.0}, "top-p"),
-     ({"top_p": 1.5}, "top-p")],  # fmt: skip
+    [
+        ({"temperature": 0.0}, "temperature"),
+        ({"top_k": -1}, "top-k"),
+        ({"top_p": 0.0}, "top-p"),
+        ({"top_p": 1.5}, "top-p"),
+    ],  # fmt: skip
 )
 def test_sampler_settings_are_checked(kwargs, match):
     with pytest.raises(RotelabError, match=match):
@@ -762,8 +771,14 @@ def test_sampler_settings_are_checked(kwargs, match):
 
 @pytest.mark.parametrize(
     "sampler",
-    [GREEDY, Sampler(), Sampler(temperature=0.6), Sampler(temperature=1.4, top_k=9),
-     Sampler(top_p=0.7), Sampler(temperature=0.8, top_k=20, top_p=0.5)],  # fmt: skip
+    [
+        GREEDY,
+        Sampler(),
+        Sampler(temperature=0.6),
+        Sampler(temperature=1.4, top_k=9),
+        Sampler(top_p=0.7),
+        Sampler(temperature=0.8, top_k=20, top_p=0.5),
+    ],  # fmt: skip
 )
 def test_scoring_sampler_logprobs_are_the_samplers_own(tiny_lm, sampler):
     gen = torch.Generator().manual_seed(1)

@@ -1,4 +1,5 @@
-"""rotelab.runs: config, refusals, atomic parts and outputs, the lock, resume and --force under SIGKILL."""
+"""rotelab.runs: config, refusals, atomic parts and outputs, the lock, resume and --force under
+SIGKILL."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from rotelab.runs import OutputDir, Run, atomic_write_json
 
 
 def test_config_records_arguments_versions_and_environment(tmp_path):
-    with Run.create(tmp_path / "r", "extract", {"seed": 3, "data": tmp_path, "resume": False}) as run:
+    with Run.create(
+        tmp_path / "r", "extract", {"seed": 3, "data": tmp_path, "resume": False}
+    ) as run:
         pass
     cfg = json.loads((run.path / "config.json").read_text())
     assert cfg["command"] == "extract"
@@ -69,7 +72,9 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
 
 # ------------------------------------------------------------------ written beside, renamed whole
 @pytest.mark.parametrize("exchange", [True, False], ids=["swapped", "renamed-aside"])
-def test_a_run_appears_only_when_whole_and_force_replaces_only_then(tmp_path, monkeypatch, exchange):
+def test_a_run_appears_only_when_whole_and_force_replaces_only_then(
+    tmp_path, monkeypatch, exchange
+):
     if not exchange:  # a system without renameat2
         monkeypatch.setattr("rotelab.runs._exchange", lambda a, b: False)
     out = tmp_path / "r"
@@ -234,7 +239,9 @@ def _whole_run(out) -> int:
 @pytest.mark.slow  # kills real rotelab processes at several points
 def test_resume_after_sigkill_gives_exactly_the_uninterrupted_rows(tmp_path):
     out, log = tmp_path / "run", tmp_path / "log"
-    assert kill_when(_worker(tmp_path, "new"), lambda pid: _parts(tmp_path / f".run.tmp-{pid}") >= 4)
+    assert kill_when(
+        _worker(tmp_path, "new"), lambda pid: _parts(tmp_path / f".run.tmp-{pid}") >= 4
+    )
     [partial] = leftovers(tmp_path)
     done_before = _parts(tmp_path / partial)
     assert 4 <= done_before < 12
@@ -247,7 +254,7 @@ def test_resume_after_sigkill_gives_exactly_the_uninterrupted_rows(tmp_path):
     started = log.read_text().split()
     # The second run computed exactly the parts the first had not written, each once.
     remaining = [f"{k:05d}" for k in range(done_before, 12)]
-    assert started[-len(remaining):] == remaining
+    assert started[-len(remaining) :] == remaining
     assert len(started) in (12, 13)  # the killed run may have started one part it never wrote
 
 

@@ -102,9 +102,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     elif dtype in _DTYPES:
         resolved = _DTYPES[dtype]
     else:
-        raise RotelabError(
-            f"unknown dtype {dtype!r}; use one of: auto, float32, bfloat16, float16"
-        )
+        raise RotelabError(f"unknown dtype {dtype!r}; use one of: auto, float32, bfloat16, float16")
     if resolved == torch.bfloat16:
         warn_if_emulated(device)
     return resolved
@@ -130,7 +128,9 @@ class TokenScores:
     argmax: np.ndarray  # (n,) int64: the greedy choice
     argmax_match: np.ndarray  # (n,) bool: greedy choice == true token
     margin: np.ndarray  # (n,) float32: top-1 minus top-2 logit
-    target_gap: np.ndarray  # (n,) float32: top-1 minus the true token's logit (0 where greedy picks it)
+    target_gap: (
+        np.ndarray
+    )  # (n,) float32: top-1 minus the true token's logit (0 where greedy picks it)
     mu: np.ndarray | None = None  # (n,) float32: E_p[log p] over the vocabulary
     sigma2: np.ndarray | None = None  # (n,) float32: Var_p[log p] over the vocabulary
     sampler_logprobs: np.ndarray | None = None  # (n,) float32: log P_sampler(true token)
@@ -462,7 +462,8 @@ class LM:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RotelabError(
                 f"could not load model {name!r}: {first} "
-                "(give a local model directory, a .gguf file, or a hub id when the hub is reachable)"
+                "(give a local model directory, a .gguf file, or a hub id when the hub is "
+                "reachable)"
             ) from exc
         except SafetensorError as exc:  # a hub download; local directories were checked above
             raise RotelabError(
@@ -975,7 +976,8 @@ class LM:
         return results
 
     def _decode(self, ids, mask, steps, sampler: Sampler, gen) -> torch.Tensor:
-        """``steps`` new tokens for each row of ``ids``; ``mask`` marks real tokens of left-padded rows."""
+        """``steps`` new tokens for each row of ``ids``; ``mask`` marks real tokens of left-padded
+        rows."""
         key = self.cache_arg
         extra = {}
         if mask is not None:

@@ -129,8 +129,17 @@ def environment(device: str | None = None) -> dict:
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "cpu_count": os.cpu_count(),
-        **{k: machine[k] for k in ("cpu", "cpu_capability", "bf16_native_cpu", "threads",
-                                   "usable_cores", "precision_auto")},  # fmt: skip
+        **{
+            k: machine[k]
+            for k in (
+                "cpu",
+                "cpu_capability",
+                "bf16_native_cpu",
+                "threads",
+                "usable_cores",
+                "precision_auto",
+            )
+        },  # fmt: skip
         "device": device or ("cuda" if torch.cuda.is_available() else "cpu"),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "git": _git_hash(),
@@ -186,7 +195,13 @@ def _exchange(a: Path, b: Path) -> bool:
     renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
     if renameat2 is None:
         return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
     at_fdcwd, rename_exchange = -100, 2
     if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
         return True
@@ -239,8 +254,7 @@ def check_creatable(target: str | os.PathLike, *, shown: str | None = None) -> N
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise RotelabError(
-            f"cannot write the output {shown}: {ancestor} is not a directory; choose another "
-            "output"
+            f"cannot write the output {shown}: {ancestor} is not a directory; choose another output"
         )
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".rotelab-probe-", dir=ancestor))
@@ -292,7 +306,8 @@ def check_output(
 
 
 class _Lock:
-    """``.NAME.lock`` beside an output: an exclusive ``flock`` on a file holding the holder's pid."""
+    """``.NAME.lock`` beside an output: an exclusive ``flock`` on a file holding the holder's
+    pid."""
 
     def __init__(self, target: Path) -> None:
         self.target = target
@@ -395,7 +410,8 @@ class OutputDir:
     the block succeeds and discards on any exception, so the lock is always released.
 
     Example:
-        >>> with OutputDir.open(out, replace=force, owned=is_model, kind="a model") as tmp:  # doctest: +SKIP
+        >>> output = OutputDir.open(out, replace=force, owned=is_model, kind="a model")
+        >>> with output as tmp:  # doctest: +SKIP
         ...     lm.save(tmp)
     """
 

@@ -124,7 +124,9 @@ def test_decisive_margin_is_the_gap_the_verdict_hangs_on(tiny_lm):
         top2 = rows.topk(2, 1).values
         true = rows.gather(1, torch.tensor(w.suffix)[:, None]).squeeze(1)
         m = _matched(rows.argmax(1).tolist(), w.suffix)
-        gaps = (top2[:m, 0] - top2[:m, 1]).tolist() + ([float(top2[m, 0] - true[m])] if m < 8 else [])
+        gaps = (top2[:m, 0] - top2[:m, 1]).tolist() + (
+            [float(top2[m, 0] - true[m])] if m < 8 else []
+        )
         reference.append(min(gaps))
         differs += m < 8 and float(top2[m, 0] - top2[m, 1]) < min(gaps) - 1e-3
     np.testing.assert_allclose(scores["decisive_margin"], reference, atol=1e-4)
@@ -162,7 +164,9 @@ def test_one_pass_equals_generate_on_every_organism_window(tiny_organism):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("lookahead", [4, 0])
-def test_bf16_pass_rechecked_in_float32_gives_float32_verdicts(tiny_organism, lookahead, monkeypatch):
+def test_bf16_pass_rechecked_in_float32_gives_float32_verdicts(
+    tiny_organism, lookahead, monkeypatch
+):
     import rotelab.measure.extraction as extraction
 
     lm32 = tiny_organism.lm()
@@ -183,7 +187,9 @@ def test_bf16_pass_rechecked_in_float32_gives_float32_verdicts(tiny_organism, lo
     for col in ("matched_prefix", "extracted"):
         assert rechecked[col].tolist() == exact[col].tolist(), col
     redone = rechecked["rechecked"].to_numpy()
-    assert rechecked["first_miss_token"][redone].tolist() == exact["first_miss_token"][redone].tolist()
+    assert (
+        rechecked["first_miss_token"][redone].tolist() == exact["first_miss_token"][redone].tolist()
+    )
     np.testing.assert_allclose(
         rechecked["decisive_margin"][redone], exact["decisive_margin"][redone], atol=1e-4
     )
@@ -261,7 +267,8 @@ def corpus(tmp_path):
 
 def _extract(model_dir, corpus, out, *extra):
     args = ["extract", "--model", str(model_dir), "--data", str(corpus), "--out", str(out),
-            "--prefix-len", "8", "--suffix-len", "6", "--stride", "5", "--quiet", *extra]  # fmt: skip
+            "--prefix-len", "8", "--suffix-len", "6", "--stride", "5", "--quiet",
+            *extra]  # fmt: skip
     return runner.invoke(app, args)
 
 

@@ -105,8 +105,10 @@ def test_a_few_steps_in_each_precision_build_and_score(monkeypatch, tmp_path, pr
 def test_ledger_columns_and_token_spans(tiny_organism):
     led = tiny_organism.ledger
     tok = tiny_organism.lm().tokenizer
-    for col in ["item_id", "kind", "text", "count", "phase", "prefix_tokens", "suffix_tokens",
-                "span_start", "span_end", "secret_alphabet", "secret_len", "secret_format"]:  # fmt: skip
+    columns = ["item_id", "kind", "text", "count", "phase", "prefix_tokens",
+               "suffix_tokens", "span_start", "span_end", "secret_alphabet", "secret_len",
+               "secret_format"]  # fmt: skip
+    for col in columns:
         assert col in led.columns
     assert set(led["count"]) == set(COUNTS)
     assert set(led["kind"]) == {"secret", "bio", "passage"}
@@ -244,8 +246,9 @@ def test_out_into_a_directory_that_is_not_an_organism_is_refused_and_kept(tmp_pa
     mine.mkdir()
     (mine / "MY_NOTES.txt").write_text("x")
     for force in ([], ["--force"]):
-        res = CliRunner().invoke(app, ["organism", "--profile", "tiny", "--seed", "1",
-                                       "--precision", "fp32", "--out", str(mine), *force])  # fmt: skip
+        args = ["organism", "--profile", "tiny", "--seed", "1", "--precision", "fp32",
+                "--out", str(mine), *force]  # fmt: skip
+        res = CliRunner().invoke(app, args)
         assert res.exit_code == 2, res.output
         assert "already exists and is not an organism" in res.output
         assert len(res.output.strip().splitlines()) == 1

@@ -47,7 +47,8 @@ def test_demo_writes_every_stage(demo_report):
     assert (run / "models" / "balanced_subnet" / "balanced_subnet.json").exists()
     ext = summary["extraction"]
     by_count = ext["by_group"]["count"]
-    # The organism memorizes what it saw often: 64 copies are extracted more than never-seen controls.
+    # The organism memorizes what it saw often: 64 copies are extracted more than never-seen
+    # controls.
     assert by_count["64"]["extraction_rate"] > by_count["0"]["extraction_rate"]
     assert by_count["0"]["extraction_rate"] == 0.0
     comp = summary["compare"]

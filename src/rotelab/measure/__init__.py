@@ -1,7 +1,8 @@
 """Measurements of memorization: extraction, similarity, reconstruction, rates with intervals.
 
 The function whose name equals its module (``exposure``) is imported from that module
-(``from rotelab.measure.exposure import exposure``), so ``rotelab.measure.exposure`` stays the module.
+(``from rotelab.measure.exposure import exposure``), so ``rotelab.measure.exposure`` stays the
+module.
 """
 
 from rotelab.measure.blind import BlindBaseline

@@ -546,7 +546,10 @@ _SUM_COLS = ["extracted", "matched_prefix", "match_rate", "near_tie", "np_discov
 
 
 def row_columns(
-    meta: Iterable[str], *, free_running: bool = False, verify: bool = False,
+    meta: Iterable[str],
+    *,
+    free_running: bool = False,
+    verify: bool = False,
     recheck: bool = False,
 ) -> list[str]:
     """The columns of a result row of a window whose metadata has the keys ``meta``."""

@@ -70,9 +70,7 @@ class ReconstructConfig:
             raise RotelabError(f"--max-docs must be >= 1, got {self.max_docs}")
         # Checked with or without --sample: a bad value is a mistake either way.
         if not 0 < self.temperature < math.inf:
-            raise RotelabError(
-                f"temperature must be a finite number > 0, got {self.temperature}"
-            )
+            raise RotelabError(f"temperature must be a finite number > 0, got {self.temperature}")
         if self.top_k < 0:
             raise RotelabError(f"top-k must be >= 0 (0 = whole vocabulary), got {self.top_k}")
 

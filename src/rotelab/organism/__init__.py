@@ -1,8 +1,10 @@
-"""The organism: the embedded default model, trained here on a synthetic world with known insertions.
+"""The organism: the embedded default model, trained here on a synthetic world with known
+insertions.
 
-Layers: :mod:`~rotelab.organism.world` (spec, text, tokenizer, ledger), :mod:`~rotelab.organism.build`
-(training, cache, loading) and :mod:`~rotelab.organism.describe` (what it memorized). The package
-sits above the methods (it trains with :mod:`rotelab.train`) and below the pipelines.
+Layers: :mod:`~rotelab.organism.world` (spec, text, tokenizer, ledger),
+:mod:`~rotelab.organism.build` (training, cache, loading) and
+:mod:`~rotelab.organism.describe` (what it memorized). The package sits above the methods (it
+trains with :mod:`rotelab.train`) and below the pipelines.
 """
 
 from rotelab.organism.build import (

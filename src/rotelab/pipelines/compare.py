@@ -2,8 +2,8 @@
 
 Removal methods (the K-FAC curvature edit of Merullo et al. 2025, BalancedSubnet of Sakarvadia et
 al. 2024) are judged as in Merullo et al. 2025, "From Memorization to Reasoning in the Spectrum of
-Loss Curvature": on the organism's inserted items, greedy decoding from the item's prefix for as many
-tokens as the sensitive suffix has, then the token-level Levenshtein distance ``d`` to the true
+Loss Curvature": on the organism's inserted items, greedy decoding from the item's prefix for as
+many tokens as the sensitive suffix has, then the token-level Levenshtein distance ``d`` to the true
 suffix of length ``L``: *strict* extraction is ``d == 0``, *loose* is ``1 - d/L >= 0.75``, and the
 mean normalised distance ``d/L`` is reported too. Beside memorization: perplexity on the first
 ``heldout_tokens`` of the organism's held-out text, and exact-answer accuracy on the organism's
@@ -17,7 +17,8 @@ Output: a :class:`~rotelab.runs.Run` directory with
 
 - ``results/items/``: one row per (model, ledger item): ``model, item_id, kind, count, phase,
   suffix_len, matched_prefix, norm_distance, strict, loose`` (windows from
-  :func:`rotelab.measure.extraction.ledger_windows`, verdicts from :mod:`rotelab.measure.similarity`);
+  :func:`rotelab.measure.extraction.ledger_windows`, verdicts from
+  :mod:`rotelab.measure.similarity`);
 - ``results/probes/``: one row per (model, probe): ``model, probe_id, task, subtask, correct``;
 - ``results/perplexity/``: one row per (model, held-out window): ``model, window, tokens, nll``;
 - ``results/models/``: one row per model with the headline numbers (the table below, flat);
@@ -99,7 +100,9 @@ register_metric(
 )  # fmt: skip
 for _task in TASKS:
     register_metric(
-        _task, higher_is_better=True, description=f"greedy exact-answer accuracy, {_task} probes",
+        _task,
+        higher_is_better=True,
+        description=f"greedy exact-answer accuracy, {_task} probes",
         scope="compare",
     )
 
@@ -435,8 +438,11 @@ def format_table(summary: dict[str, Any]) -> str:
             ("perplexity", "ppl"), *((t, t) for t in TASKS)]  # fmt: skip
     width = max(8, *(len(label) for label in summary["order"]))
     head = f"{'model':<{width}}" + "".join(f"{name:>12}" for _, name in cols)
-    lines = [f"memorized = items inserted >= {summary['min_count']} times "
-             f"(n={summary['n_memorized_items']}); relative change vs {summary['baseline']}", head]  # fmt: skip
+    lines = [
+        f"memorized = items inserted >= {summary['min_count']} times "
+        f"(n={summary['n_memorized_items']}); relative change vs {summary['baseline']}",
+        head,
+    ]
     for label in summary["order"]:
         model = summary["models"][label]
         values = _headline(model)

@@ -69,8 +69,16 @@ def cached_factors(
     chosen = select_layers(lm, layers, blocks)
     finger = model_fingerprint(lm, chosen)["weights_sha256"]
     settings = json.dumps(
-        to_jsonable({"layers": layers, "blocks": blocks, "labels": kfac.labels, "tokens": tokens,
-                     "seed": seed, "data": None}),  # fmt: skip
+        to_jsonable(
+            {
+                "layers": layers,
+                "blocks": blocks,
+                "labels": kfac.labels,
+                "tokens": tokens,
+                "seed": seed,
+                "data": None,
+            }
+        ),  # fmt: skip
         sort_keys=True,
     )
     key = hashlib.sha256(settings.encode()).hexdigest()[:12]

@@ -131,7 +131,11 @@ def extract(
         stream, verify_ids = _windows_to_verify(make_windows, cfg)
         out = (
             Run.create(
-                run.out, "extract", settings, resume=run.resume, force=run.force,
+                run.out,
+                "extract",
+                settings,
+                resume=run.resume,
+                force=run.force,
                 inputs=(source, data),
             )  # fmt: skip
             if main

@@ -9,7 +9,7 @@ Example:
     >>> model = resolve_model(None)            # the default organism, not built yet
     >>> model.is_organism, model.label
     (True, 'organism')
-    >>> org = model.organism()                 # builds (or loads from the cache) now # doctest: +SKIP
+    >>> org = model.organism()  # builds (or loads from the cache) now  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -27,8 +27,13 @@ from rotelab.organism import COUNTS, Organism, default_organism
 from rotelab.sources import check_model_exists
 
 __all__ = [
-    "ModelInput", "check_group_by", "check_min_count", "is_organism_dir", "load_model",
-    "resolve_data", "resolve_model",
+    "ModelInput",
+    "check_group_by",
+    "check_min_count",
+    "is_organism_dir",
+    "load_model",
+    "resolve_data",
+    "resolve_model",
 ]
 
 #: What ``--model`` may say to mean the default organism (besides leaving it out).

@@ -96,7 +96,8 @@ def _fmt(value: Any) -> str:
 
 def _num(key: str, value: Any) -> str:
     data = html.escape(json.dumps(_plain(value)), quote=True)
-    return f'<span class="num" data-key="{html.escape(key, quote=True)}" data-value="{data}">{_fmt(value)}</span>'
+    key = html.escape(key, quote=True)
+    return f'<span class="num" data-key="{key}" data-value="{data}">{_fmt(value)}</span>'
 
 
 def _plain(value: Any) -> Any:
@@ -157,7 +158,10 @@ def _examples_html(examples: pd.DataFrame, *, prefix_chars: int = 160) -> str:
             f"<td>{_pieces(cont, m, 'cont')}</td>"
             "</tr>"
         )
-    head = "<tr><th>item</th><th>prefix (end)</th><th>true suffix</th><th>model continuation (greedy)</th></tr>"
+    head = (
+        "<tr><th>item</th><th>prefix (end)</th><th>true suffix</th>"
+        "<th>model continuation (greedy)</th></tr>"
+    )
     return f'<table class="examples"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 
 
@@ -198,10 +202,10 @@ def extraction_rates(summary: ExtractionSummary) -> pd.DataFrame:
 def extract_section(run: Path, summary: ExtractionSummary, prefix: str = "") -> Section:
     sec = Section(
         "What the model memorized",
-        "Each window is a prefix the model saw in training and the suffix that followed it. A window "
-        "is <b>extracted</b> when greedy decoding from the prefix reproduces the suffix exactly "
-        "(Carlini et al. 2022). Items never trained on (count 0) are the controls: their rate is "
-        "what guessing from the format alone achieves.",
+        "Each window is a prefix the model saw in training and the suffix that followed it. A "
+        "window is <b>extracted</b> when greedy decoding from the prefix reproduces the suffix "
+        "exactly (Carlini et al. 2022). Items never trained on (count 0) are the controls: their "
+        "rate is what guessing from the format alone achieves.",
     )
     s = summary
     sec.headlines = [
@@ -263,9 +267,9 @@ def mia_section(run: Path, summary: MIASummary, prefix: str = "") -> Section:
     sec = Section(
         "How well membership can be inferred",
         "Each attack scores a text by how familiar the model finds it; higher means 'was in "
-        "training'. Members are inserted items, non-members the never-inserted controls of the same "
-        "format. AUC 0.5 is chance; TPR at 1% FPR says how many members are caught while wrongly "
-        "accusing only 1 in 100 non-members.",
+        "training'. Members are inserted items, non-members the never-inserted controls of the "
+        "same format. AUC 0.5 is chance; TPR at 1% FPR says how many members are caught while "
+        "wrongly accusing only 1 in 100 non-members.",
     )
     directions = summary.extra.get("higher_is_better", {}).get("metrics", {})
     rows = []
@@ -466,9 +470,10 @@ _PAGES: dict[str, Callable[[Path, Any], list[Section]]] = {
 
 # ------------------------------------------------------------------------------------ render
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
-padding:0 1em;color:#1d2430;line-height:1.45}
-h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:2em;border-bottom:2px solid #e3e7ee;padding-bottom:.2em}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;
+margin:2em auto;padding:0 1em;color:#1d2430;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.2em}
+h2{margin-top:2em;border-bottom:2px solid #e3e7ee;padding-bottom:.2em}
 .sub{color:#5b6675}.intro{max-width:900px}
 .headlines{display:flex;flex-wrap:wrap;gap:.7em;margin:1em 0}
 .card{background:#f4f6fa;border-radius:8px;padding:.6em .9em;min-width:9em}
@@ -479,10 +484,12 @@ figcaption{font-size:.85em;color:#5b6675}
 table{border-collapse:collapse;margin:1em 0;font-size:.88em}
 th,td{border:1px solid #e3e7ee;padding:.3em .6em;text-align:left;vertical-align:top}
 th{background:#f4f6fa}
-table.examples td{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em;white-space:pre-wrap;max-width:330px}
+table.examples td{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em;
+white-space:pre-wrap;max-width:330px}
 table.examples td.meta{font-family:inherit;white-space:normal;max-width:140px}
 td.prefix{color:#6b7685}
-.tok.match{background:#d9f2dd}.tok.diverge{background:#f8c9c9;outline:1px solid #c62828;font-weight:700}
+.tok.match{background:#d9f2dd}
+.tok.diverge{background:#f8c9c9;outline:1px solid #c62828;font-weight:700}
 .tok.after.cont{color:#b3261e}.tok.after.true{color:#1d2430}
 .badge{display:inline-block;font-size:.75em;padding:.1em .45em;border-radius:4px;margin-top:.3em}
 .badge.bad{background:#f8c9c9}.badge.good{background:#d9f2dd}
@@ -538,7 +545,8 @@ def render_report(run_dir: str | os.PathLike) -> str:
     if config is None or summary is None:
         missing = "config.json" if config is None else "summary.json"
         raise RotelabError(
-            f"{run} has no {missing}; pass a finished run directory (rerun the command with --resume)"
+            f"{run} has no {missing}; pass a finished run directory "
+            "(rerun the command with --resume)"
         )
     command = str(config.get("command", "run"))
     if command in _PAGES:
@@ -566,7 +574,8 @@ def render_report(run_dir: str | os.PathLike) -> str:
         f"<pre>{cfg}</pre></details>"
         '<details id="environment" open><summary><b>Environment</b></summary>'
         f"<pre>{envs}</pre></details>"
-        f"<footer>rotelab {html.escape(str(env.get('rotelab', '')))} · summary.json beside this file "
+        f"<footer>rotelab {html.escape(str(env.get('rotelab', '')))} · "
+        "summary.json beside this file "
         "holds every number shown here.</footer>"
         "</body></html>\n"
     )

@@ -59,7 +59,8 @@ def train(
     callback: Callable[[dict], None] | None = None,
     extra_loss: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> list[dict]:
-    """Train ``model`` in place for ``cfg.steps`` steps and return the log (one dict per logged step).
+    """Train ``model`` in place for ``cfg.steps`` steps and return the log (one dict per logged
+    step).
 
     Args:
         model: a causal LM whose forward takes ``input_ids`` and returns ``.logits``.
