@@ -127,8 +127,10 @@ def main() -> None:
     cap = torch.backends.cpu.get_cpu_capability()
     print(f"\nCPU capability {cap} ({cpu_capability()}), fp32, {rows[0]['threads']} threads, "
           f"{args.repeats} pass(es), batches interleaved; per-batch median ratio in brackets")  # fmt: skip
-    print("| model | tokens | seq len | plain tok/s | body tok/s | entropy tok/s "
-          "| speed vs plain | vs body |")
+    print(
+        "| model | tokens | seq len | plain tok/s | body tok/s | entropy tok/s "
+        "| speed vs plain | vs body |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         t = r["tokens_per_s"]

@@ -530,7 +530,8 @@ def entropy_cmd(
     data: Annotated[
         Path | None,
         typer.Option(
-            "--data", "-d",
+            "--data",
+            "-d",
             help="Corpus (text, JSONL or Parquet file, or a directory of them). "
             "Default: the organism's held-out text.",
         ),

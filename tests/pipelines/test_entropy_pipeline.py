@@ -112,7 +112,11 @@ def test_what_the_model_decides_fails_before_any_text_is_read(tiny_llama_dir, co
 
 def test_a_patch_as_long_as_the_context_works(tiny_llama_dir, corpus, tmp_path):
     result = entropy(
-        str(tiny_llama_dir), corpus, patch=64, tokens=200, run=RunOptions(tmp_path / "e", progress=False)
+        str(tiny_llama_dir),
+        corpus,
+        patch=64,
+        tokens=200,
+        run=RunOptions(tmp_path / "e", progress=False),
     )
     assert result.summary["seq_len"] == 64 and result.summary["tokens"] == 192
 
