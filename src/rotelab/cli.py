@@ -608,6 +608,42 @@ def kfac_cmd(
     emit(summary, show, run_dir=path.parent)
 
 
+@command("entropy", shared=("run", "load", "corpus", "show"), without=("resume",))
+def entropy_cmd(
+    model: ModelOpt = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Corpus (text, JSONL or Parquet file, or a directory of them). "
+            "Default: the organism's held-out text.",
+        ),
+    ] = None,
+    tokens: Annotated[int, typer.Option(help="Tokens to read from the corpus.")] = 65_536,
+    patch: Annotated[int, typer.Option(help="Tokens per patch (the paper: 8).")] = 8,
+    blocks: BlocksOpt = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Sequences per forward pass. Default: about 4096 tokens.")
+    ] = None,
+    *,
+    run: RunOptions,
+    load: LoadOptions,
+    corpus: CorpusOptions,
+    show: Show,
+) -> None:
+    """Matrix-based entropy (Rényi-2, Yu 2025) of each block's residual stream, on patches."""
+    from rotelab.pipelines.entropy import entropy, format_table
+
+    result = entropy(
+        model, data, tokens=tokens, patch=patch, blocks=blocks, batch_size=batch_size, run=run,
+        load=load, corpus=corpus,
+    )  # fmt: skip
+    if not show.as_json and not show.quiet:
+        out.print(format_table(result.summary), highlight=False, soft_wrap=True)
+    emit(result.summary, show, run_dir=result.run_dir)
+
+
 @command(
     "edit", shared=("run", "load", "show"), without=("resume",),
     override={"out_dir": EditOutOpt},
