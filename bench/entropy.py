@@ -86,8 +86,10 @@ def bench_model(name: str, lm: LM, tokens: int, repeats: int, seed: int = 0) -> 
             for j in range(len(names)):
                 m = names[(rep + b + j) % len(names)]
                 samples[m].append(_measure(functools.partial(methods[m], b)))
-    total = {m: {"wall_s": sum(w for w, _ in xs) / repeats,
-                 "cpu_s": sum(c for _, c in xs) / repeats} for m, xs in samples.items()}  # fmt: skip
+    total = {
+        m: {"wall_s": sum(w for w, _ in xs) / repeats, "cpu_s": sum(c for _, c in xs) / repeats}
+        for m, xs in samples.items()
+    }
 
     def paired(a: str, b: str) -> float:
         return statistics.median(x[0] / y[0] for x, y in zip(samples[a], samples[b]))
@@ -125,8 +127,10 @@ def main() -> None:
         rows.append(bench_model(name, load(name), args.tokens, args.repeats))
         print(json.dumps(rows[-1]), flush=True)
     cap = torch.backends.cpu.get_cpu_capability()
-    print(f"\nCPU capability {cap} ({cpu_capability()}), fp32, {rows[0]['threads']} threads, "
-          f"{args.repeats} pass(es), batches interleaved; per-batch median ratio in brackets")  # fmt: skip
+    print(
+        f"\nCPU capability {cap} ({cpu_capability()}), fp32, {rows[0]['threads']} threads, "
+        f"{args.repeats} pass(es), batches interleaved; per-batch median ratio in brackets"
+    )
     print(
         "| model | tokens | seq len | plain tok/s | body tok/s | entropy tok/s "
         "| speed vs plain | vs body |"

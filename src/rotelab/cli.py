@@ -134,9 +134,7 @@ PickleOpt = Annotated[
 #: Seeds are offset per part and document and handed to torch, which takes 64 bits: 32 leave room.
 SeedOpt = Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Random seed, 0 to 2^32-1.")]
 FieldOpt = Annotated[str, typer.Option("--field", help="Text field of JSONL/Parquet records.")]
-ErrorsOpt = Annotated[
-    str, typer.Option("--errors", help="strict (fail on bad UTF-8) or replace.")
-]
+ErrorsOpt = Annotated[str, typer.Option("--errors", help="strict (fail on bad UTF-8) or replace.")]
 FormatOpt = Annotated[
     str,
     typer.Option(
@@ -254,7 +252,9 @@ def command(
         own = [p for p in sig.parameters.values() if p.name not in shared]
         added = [
             inspect.Parameter(
-                flag, inspect.Parameter.KEYWORD_ONLY, default=default,
+                flag,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=default,
                 annotation=(override or {}).get(flag, annotation),
             )  # fmt: skip
             for group in shared
@@ -291,7 +291,9 @@ def command(
 
 @command("organism")
 def organism_cmd(
-    profile: Annotated[str, typer.Option(help="tiny (seconds, for tests) or default (the demo's).")] = "default",
+    profile: Annotated[
+        str, typer.Option(help="tiny (seconds, for tests) or default (the demo's).")
+    ] = "default",
     seed: SeedOpt = 0,
     corpus_tokens: Annotated[
         int | None, typer.Option(help="Background corpus size in tokens (dilution studies).")
@@ -498,26 +500,36 @@ def mia_cmd(
     ] = None,
     nonmembers: Annotated[
         Path | None,
-        typer.Option(help="Non-member texts (file or directory). Default: same-kind count-0 items."),
+        typer.Option(
+            help="Non-member texts (file or directory). Default: same-kind count-0 items."
+        ),
     ] = None,
     reference_model: Annotated[
         str | None, typer.Option(help="Reference model (same tokenizer) for the reference attack.")
     ] = None,
     recall_prefix: Annotated[
         Path | None,
-        typer.Option(help="Non-member texts for the ReCaLL prefix. Default: organism held-out text."),
+        typer.Option(
+            help="Non-member texts for the ReCaLL prefix. Default: organism held-out text."
+        ),
     ] = None,
     attacks: Annotated[
         str | None, typer.Option(help="Comma list of registered attacks (listed by --help).")
     ] = None,
-    k: Annotated[float, typer.Option("--k", help="Min-K% / Min-K%++ fraction of lowest tokens.")] = 0.2,
+    k: Annotated[
+        float, typer.Option("--k", help="Min-K% / Min-K%++ fraction of lowest tokens.")
+    ] = 0.2,
     span: Annotated[
         str | None,
-        typer.Option(help="Organism items only: auto (secret/bio span, whole passage), full, "
-                     "sensitive. Default: auto."),
+        typer.Option(
+            help="Organism items only: auto (secret/bio span, whole passage), full, "
+            "sensitive. Default: auto."
+        ),
     ] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates for CIs (0: none).")] = 1000,
-    neighbours: Annotated[int, typer.Option(help="Neighbours per text (neighbourhood attack).")] = 8,
+    neighbours: Annotated[
+        int, typer.Option(help="Neighbours per text (neighbourhood attack).")
+    ] = 8,
     recall_prefix_tokens: Annotated[int, typer.Option(help="ReCaLL prefix length in tokens.")] = 32,
     exposure: Annotated[
         bool, typer.Option("--exposure/--no-exposure", help="Secret Sharer exposure of secrets.")
@@ -555,7 +567,9 @@ def mia_cmd(
 
 LayersOpt = Annotated[
     str | None,
-    typer.Option(help="Glob/regex of linear layers, e.g. '*.mlp.up_proj'. Default: all MLP layers."),
+    typer.Option(
+        help="Glob/regex of linear layers, e.g. '*.mlp.up_proj'. Default: all MLP layers."
+    ),
 ]
 BlocksOpt = Annotated[
     str | None, typer.Option(help="Only these blocks: 2-3, 0,2 or -3: (the last three).")
@@ -563,7 +577,9 @@ BlocksOpt = Annotated[
 LabelsOpt = Annotated[
     str, typer.Option(help="sampled (from the model: true Fisher) or gold (the data's next token).")
 ]
-FactorTokensOpt = Annotated[int, typer.Option("--tokens", help="Tokens to average the factors over.")]
+FactorTokensOpt = Annotated[
+    int, typer.Option("--tokens", help="Tokens to average the factors over.")
+]
 EditOutOpt = Annotated[
     Path | None,
     typer.Option("--out", "-o", help="New model dir (one rho) or parent of rho-<x> dirs."),
@@ -664,8 +680,9 @@ def edit_cmd(
     blocks: BlocksOpt = None,
     labels: Annotated[
         str | None,
-        typer.Option(help="Without --factors: labels of the factors collected (see kfac). "
-                     "Default: sampled."),
+        typer.Option(
+            help="Without --factors: labels of the factors collected (see kfac). Default: sampled."
+        ),
     ] = None,
     tokens: Annotated[
         int | None,
@@ -706,7 +723,9 @@ def balanced_subnet_cmd(
     model: ModelOpt = None,
     forget: Annotated[
         Path | None,
-        typer.Option(help="Corpus to forget. Default: organism items inserted >= --min-count times."),
+        typer.Option(
+            help="Corpus to forget. Default: organism items inserted >= --min-count times."
+        ),
     ] = None,
     retain: Annotated[
         Path | None, typer.Option(help="Clean corpus to keep. Default: organism background text.")
@@ -760,7 +779,9 @@ def compare_cmd(
     ] = None,
     organism: Annotated[
         Path | None,
-        typer.Option(help="Organism dir for items, probes, held-out text. Default: from the models."),
+        typer.Option(
+            help="Organism dir for items, probes, held-out text. Default: from the models."
+        ),
     ] = None,
     min_count: Annotated[int, typer.Option(help="Memorized = items inserted >= this.")] = 16,
     heldout_tokens: Annotated[int, typer.Option(help="Held-out tokens for perplexity.")] = 20_000,
@@ -786,7 +807,8 @@ def compare_cmd(
 @command("report")
 def report_cmd(
     run_dir: Annotated[
-        Path, typer.Argument(help="A run directory (extract, mia, compare, demo).", show_default=False)
+        Path,
+        typer.Argument(help="A run directory (extract, mia, compare, demo).", show_default=False),
     ],
 ) -> None:
     """Write a self-contained report.html (plots embedded, opens offline) for a run directory."""
@@ -799,13 +821,15 @@ def report_cmd(
 def demo_cmd(
     out_dir: OutOpt = None,
     profile: Annotated[
-        str, typer.Option(help="Organism profile: default (the demo's) or tiny (seconds, for tests).")
+        str,
+        typer.Option(help="Organism profile: default (the demo's) or tiny (seconds, for tests)."),
     ] = "default",
     force: ForceOpt = False,
     precision: PrecisionOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
-    """The whole story on the organism: memorized, inferable, removed, at what cost; prints report.html."""
+    """The whole story on the organism: memorized, inferable, removed, at what cost; prints
+    report.html."""
     from rotelab.pipelines.demo import demo
 
     report = demo(out_dir, profile=profile, force=force, progress=not quiet, precision=precision)
