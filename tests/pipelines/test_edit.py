@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from cli_helpers import TEXT
 from kill_helpers import assert_whole_after_kills, digest, leftovers, rotelab
 from typer.testing import CliRunner
 
@@ -17,8 +18,6 @@ from rotelab.errors import RotelabError
 from rotelab.lm import LM
 from rotelab.options import RunOptions
 from rotelab.pipelines.edit import edit
-
-TEXT = "the cat sat on the mat. a dog ran to the park and the bird sang. " * 30
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import TEXT, fails_leaving
 from typer.testing import CliRunner
 
 from rotelab.cli import app
@@ -16,8 +17,6 @@ from rotelab.lm import LM
 from rotelab.measure.entropy import block_entropy
 from rotelab.options import RunOptions
 from rotelab.pipelines.entropy import entropy
-
-TEXT = "the cat sat on the mat. a dog ran to the park and the bird sang. " * 30
 
 
 @pytest.fixture
@@ -28,10 +27,7 @@ def corpus(tmp_path):
 
 
 def _fails(args, message, tmp_path, keep=("text.txt",)):
-    res = CliRunner().invoke(app, ["entropy", *args])
-    assert res.exit_code == 2, res.output
-    assert message in res.output and len(res.output.strip().splitlines()) == 1, res.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)  # nothing written
+    return fails_leaving(["entropy", *args], message, tmp_path, keep)
 
 
 def test_entropy_writes_the_method_s_numbers(tiny_llama_dir, corpus, tmp_path):

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from cli_helpers import TEXT, fails_leaving
 from typer.testing import CliRunner
 
 from rotelab.cli import app
@@ -15,8 +16,6 @@ from rotelab.curvature import KFAC, packed_sequences
 from rotelab.lm import LM
 from rotelab.options import RunOptions
 from rotelab.pipelines.kfac import kfac
-
-TEXT = "the cat sat on the mat. a dog ran to the park and the bird sang. " * 30
 
 
 @pytest.fixture
@@ -27,10 +26,7 @@ def corpus(tmp_path):
 
 
 def _fails(args, message, tmp_path, keep=("text.txt",)):
-    res = CliRunner().invoke(app, ["kfac", *args])
-    assert res.exit_code == 2, res.output
-    assert message in res.output and len(res.output.strip().splitlines()) == 1, res.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)  # nothing written
+    return fails_leaving(["kfac", *args], message, tmp_path, keep)
 
 
 def test_kfac_writes_factors_equal_to_a_direct_fit(tiny_llama_dir, corpus, tmp_path):
