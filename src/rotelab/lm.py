@@ -639,8 +639,9 @@ class LM:
         the leading tokens that continuations share: the first ``depth`` tokens are computed
         once per distinct leading prefix, level by level down the trie of continuations (each
         level's rows gather their parent's cache rows), and the rest once per continuation, a
-        batch of ``batch_size`` at a time, from its level-``depth`` cache. Each distinct
-        ``(leading prefix, next token)`` pair down to level ``depth`` is scored once.
+        batch of ``batch_size`` at a time, from its level-``depth`` cache. Down to level
+        ``depth``, each distinct leading prefix's softmax is computed once, and each distinct
+        ``(leading prefix, next token)`` pair scored once.
 
         ``depth`` is the deepest level that still halves the rows (at most half as many distinct
         leading prefixes as continuations) and whose cache fits in ``shared_cache_bytes``
@@ -694,7 +695,7 @@ class LM:
                 )
                 parents = torch.as_tensor(pairs[:, 0], device=dev)
                 tokens = torch.as_tensor(pairs[:, 1], device=dev)
-                logp = self._target_logprobs(hidden[parents], tokens, vocab_chunk)
+                logp = self._target_logprobs(hidden, tokens, vocab_chunk, rows=parents)
                 out[:, t] = logp[child.reshape(-1)]
                 if t == depth:
                     break
@@ -716,23 +717,31 @@ class LM:
         return out
 
     def _target_logprobs(
-        self, h: torch.Tensor, targets: torch.Tensor, vocab_chunk: int | None
+        self,
+        h: torch.Tensor,
+        targets: torch.Tensor,
+        vocab_chunk: int | None,
+        rows: torch.Tensor | None = None,
     ) -> np.ndarray:
-        """(N,) log p(target) at hidden states ``h`` (N, D), chunked over the vocabulary: the
-        ``logprob`` of :meth:`head_stats` without the top-k and margins it also keeps."""
-        vocab, n = self.vocab_size, h.shape[0]
-        chunk = vocab_chunk or default_vocab_chunk(vocab, n)
-        lse = torch.full((n,), -math.inf, device=h.device, dtype=torch.float32)
-        target_logit = torch.zeros(n, device=h.device, dtype=torch.float32)
+        """(N,) log p(``targets[i]``) at hidden state ``h[rows[i]]`` (``h``: (M, D); ``rows``
+        default: ``i``), chunked over the vocabulary: the ``logprob`` of :meth:`head_stats`
+        without the top-k and margins it also keeps, and its normaliser once per row of ``h``
+        however many targets share it."""
+        vocab = self.vocab_size
+        chunk = vocab_chunk or default_vocab_chunk(vocab, h.shape[0])
+        if rows is None:
+            rows = torch.arange(len(targets), device=h.device)
+        lse = torch.full((h.shape[0],), -math.inf, device=h.device, dtype=torch.float32)
+        target_logit = torch.zeros(len(targets), device=h.device, dtype=torch.float32)
         for lo in range(0, vocab, chunk):
             hi = min(vocab, lo + chunk)
-            logits = self.head_logits(h, lo, hi)  # (N, chunk)
+            logits = self.head_logits(h, lo, hi)  # (M, chunk)
             inside = (targets >= lo) & (targets < hi)
-            picked = logits.gather(1, (targets - lo).clamp(0, hi - lo - 1)[:, None]).squeeze(1)
+            picked = logits[rows, (targets - lo).clamp(0, hi - lo - 1)]
             target_logit = torch.where(inside, picked, target_logit)
             top = logits.amax(dim=1)  # in place below: faster than torch.logsumexp on the CPU
             lse = torch.logaddexp(lse, logits.sub_(top[:, None]).exp_().sum(1).log_().add_(top))
-        return (target_logit - lse).cpu().numpy()
+        return (target_logit - lse[rows]).cpu().numpy()
 
     def final_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(batch, seq, hidden) output of the final norm, before the LM head."""
