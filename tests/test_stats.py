@@ -83,7 +83,7 @@ def test_breakdown_by_single_and_joint_groups():
     joint = breakdown_dict(df, ["kind+count"], lambda part: {"n": len(part)})
     assert joint["kind+count"] == {"a|0": {"n": 1}, "a|4": {"n": 2}, "b|0": {"n": 1},
                                    "b|4": {"n": 1}, "b|64": {"n": 1}}  # fmt: skip
-    with pytest.raises(RotelabError, match="no such column"):
+    with pytest.raises(RotelabError, match="no such metadata column"):
         breakdown(df, "source", rates=["hit"])
 
 

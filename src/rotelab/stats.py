@@ -38,6 +38,7 @@ __all__ = [
     "CIMethod",
     "Rate",
     "auc_score",
+    "check_group_by",
     "binomial_interval",
     "bootstrap_auc",
     "bootstrap_tpr_at_fpr",
@@ -161,14 +162,24 @@ def rate_with_ci(
     return Rate(k, n, rate, lo, hi, CIMethod(method).value, alpha)
 
 
+def check_group_by(group_by: Iterable[str | Sequence[str]], columns: Iterable[str]) -> None:
+    """Refuse a group (``a``, joint ``a+b`` or a list of columns) naming a column that is not
+    there, in one line listing the columns that are (the one check every command uses)."""
+    have = [str(c) for c in columns]
+    for spec in group_by:
+        cols = spec.split("+") if isinstance(spec, str) else list(spec)
+        missing = [c for c in cols if c not in have]
+        if missing:
+            available = ", ".join(c for c in have if not c.startswith("_")) or "none"
+            raise RotelabError(
+                f"cannot group by {', '.join(missing)}: no such metadata column "
+                f"(available: {available})"
+            )
+
+
 def _group_keys(df: pd.DataFrame, spec: str | Sequence[str]) -> tuple[str, list[str]]:
+    check_group_by([spec], df.columns)
     cols = spec.split("+") if isinstance(spec, str) else list(spec)
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        available = ", ".join(str(c) for c in df.columns)
-        raise RotelabError(
-            f"cannot group by {', '.join(missing)}: no such column (available: {available})"
-        )
     return "+".join(cols), cols
 
 

@@ -10,7 +10,8 @@ import pytest
 from rotelab.errors import RotelabError
 from rotelab.lm import LM
 from rotelab.options import CorpusOptions
-from rotelab.pipelines.inputs import check_group_by, resolve_data, resolve_model
+from rotelab.pipelines.inputs import resolve_corpus, resolve_data, resolve_model
+from rotelab.stats import check_group_by
 
 
 def test_the_default_organism_is_resolved_not_built(no_organism):
@@ -66,8 +67,13 @@ def test_group_by_columns_are_checked_against_every_document(tmp_path):
     rows = [{"text": "a", "source": "web", "year": 1}, {"text": "b", "source": "book"}]
     data.write_text("\n".join(json.dumps(r) for r in rows))
     assert resolve_data(data, group_by=["source"]) == data
-    with pytest.raises(RotelabError, match="--group-by source\\+year: no column 'year'"):
+    with pytest.raises(RotelabError, match="cannot group by year: no such metadata column"):
         resolve_data(data, group_by=["source+year"])  # not every document has a year
-    check_group_by(["count+kind"], ["count", "kind", "phase"], where="the ledger")
-    with pytest.raises(RotelabError, match="columns: count, kind"):
-        check_group_by(["nope"], ["count", "kind"], where="the ledger")
+    scan = resolve_corpus(data).scan
+    assert scan.documents == 2 and scan.fields == {"source"}
+    nested = tmp_path / "n.jsonl"  # a field no row keeps (not a scalar) is not a group
+    nested.write_text(json.dumps({"text": "a", "tags": ["x"], "source": "web"}))
+    assert resolve_corpus(nested).scan.fields == {"source"}
+    check_group_by(["count+kind"], ["count", "kind", "phase"])
+    with pytest.raises(RotelabError, match=r"\(available: count, kind\)"):
+        check_group_by(["nope"], ["count", "kind"])

@@ -18,13 +18,6 @@ from rotelab.options import RunOptions
 from rotelab.pipelines.kfac import kfac
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "text.txt"
-    path.write_text(TEXT)
-    return path
-
-
 def _fails(args, message, tmp_path, keep=("text.txt",)):
     return fails_leaving(["kfac", *args], message, tmp_path, keep)
 

@@ -119,13 +119,18 @@ def _read_files(files, base, fmt, field, errors, id_field) -> Iterator[Document]
             yield from _read_parquet(file, name, field, id_field)
 
 
+_SCALARS = (str, int, float, bool)
+
+
 @dataclass(frozen=True)
 class CorpusScan:
     """What one streaming pass over a corpus found (see :func:`scan_corpus`)."""
 
     documents: int
     characters: int
-    fields: frozenset[str]  # metadata fields every document has (JSONL keys, Parquet columns)
+    #: metadata fields every document has with a scalar value (JSONL keys, Parquet columns): the
+    #: ones a result row keeps, so the ones a command can group by
+    fields: frozenset[str]
 
 
 def scan_corpus(
@@ -146,7 +151,7 @@ def scan_corpus(
     ):
         documents += 1
         characters += len(doc.text)
-        keys = set(doc.meta)
+        keys = {k for k, v in doc.meta.items() if v is None or isinstance(v, _SCALARS)}
         fields = keys if fields is None else fields & keys
     return CorpusScan(documents, characters, frozenset(fields or ()))
 

@@ -42,7 +42,7 @@ from rotelab.errors import RotelabError
 from rotelab.lm import Sampler
 from rotelab.measure.similarity import similarity_names
 from rotelab.registry import register_metric
-from rotelab.stats import CIMethod, rate_with_ci
+from rotelab.stats import CIMethod, check_group_by, rate_with_ci
 
 __all__ = [
     "DEFAULT_PREFIX_LEN",
@@ -54,7 +54,6 @@ __all__ = [
     "DocumentTally",
     "ExtractConfig",
     "ExtractionTally",
-    "check_group_by",
     "corpus_windows",
     "default_near_tie",
     "document_spans",
@@ -561,18 +560,6 @@ def row_columns(
     if verify:
         cols.append("verified")
     return cols
-
-
-def check_group_by(group_by: Iterable[str], columns: Iterable[str]) -> None:
-    """Refuse a group (``a`` or joint ``a+b``) naming a column the rows do not have."""
-    have = list(columns)
-    for spec in group_by:
-        missing = [c for c in spec.split("+") if c not in have]
-        if missing:
-            raise RotelabError(
-                f"cannot group by {', '.join(missing)}: no such metadata column "
-                f"(available: {', '.join(c for c in have if not c.startswith('_'))})"
-            )
 
 
 class ExtractionTally:

@@ -25,7 +25,7 @@ from rotelab.errors import RotelabError
 from rotelab.lm import Sampler
 from rotelab.measure.similarity import similarity_names, similarity_scores
 from rotelab.registry import SIMILARITY, direction
-from rotelab.stats import rate_with_ci
+from rotelab.stats import check_group_by, rate_with_ci
 
 __all__ = [
     "ReconstructConfig",
@@ -192,9 +192,8 @@ def reconstruction_summary(result: Reconstruction, groups: Sequence[str]) -> dic
     and, under ``by_group``, per value of each metadata column in ``groups``."""
     frame = result.documents
     summary = {**_fields(frame, result.chunks), "by_group": {}}
+    check_group_by(groups, frame.columns)
     for g in groups:
-        if g not in frame.columns:
-            raise RotelabError(f"cannot group by {g}: no such metadata column")
         summary["by_group"][g] = {
             str(k): _fields(part, None) for k, part in frame.groupby(g, sort=True)
         }

@@ -39,21 +39,20 @@ from rotelab.measure.extraction import (
     DocumentTally,
     ExtractConfig,
     ExtractionTally,
-    check_group_by,
     corpus_windows,
     default_near_tie,
     free_running,
     ledger_windows,
     recheck_near_ties,
     row_columns,
-    scalar_meta,
     score_windows,
     verify_windows,
 )
 from rotelab.measure.similarity import similarity_names, similarity_scores
 from rotelab.options import CorpusOptions, LoadOptions, RunOptions
-from rotelab.pipelines.inputs import ModelInput, resolve_data, resolve_model
+from rotelab.pipelines.inputs import ModelInput, resolve_corpus, resolve_model
 from rotelab.runs import Run
+from rotelab.stats import check_group_by
 
 __all__ = ["LEDGER_GROUPS", "ExtractResult", "extract"]
 
@@ -219,17 +218,13 @@ def _check(model, data, config, run, load, corpus):
         )
     cfg = replace(cfg.with_defaults(), seed=run.one_seed(cfg.seed))
     cfg.validate()
-    data_path = resolve_data(data, corpus, model=model_in)
-    if data_path is None:
+    data_in = resolve_corpus(data, corpus, model=model_in)
+    data_path = data_in.path
+    if data_in.scan is None:
         meta = [*LEDGER_META, "doc_tokens"]
         group_by = cfg.group_by or LEDGER_GROUPS
-    else:
-        # Documents may differ in their metadata; the first one is what can be checked now (a
-        # column missing from a later part is still refused when that part is tallied).
-        first = next(read_corpus(data_path, **corpus.read_kwargs()), None)
-        if first is None:
-            raise _no_windows(cfg)
-        meta = [*scalar_meta(first.meta), "doc_tokens"]
+    else:  # the scalar fields every document has (the resolver read them all)
+        meta = [*sorted(data_in.scan.fields), "doc_tokens"]
         group_by = cfg.group_by
     columns = row_columns(
         meta, free_running=cfg.free_running, verify=cfg.verify > 0, recheck=cfg.recheck

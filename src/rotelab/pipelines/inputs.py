@@ -15,23 +15,25 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rotelab.data.corpus import scan_corpus
+from rotelab.data.corpus import CorpusScan, scan_corpus
 from rotelab.errors import RotelabError
 from rotelab.lm import LM
 from rotelab.options import CorpusOptions, LoadOptions
 from rotelab.organism import COUNTS, Organism, default_organism
 from rotelab.sources import check_model_exists
+from rotelab.stats import check_group_by
 
 __all__ = [
+    "DataInput",
     "ModelInput",
-    "check_group_by",
     "check_min_count",
     "is_organism_dir",
     "load_model",
+    "resolve_corpus",
     "resolve_data",
     "resolve_model",
 ]
@@ -116,7 +118,16 @@ def resolve_model(model: str | os.PathLike | LM | None) -> ModelInput:
     return ModelInput(model, text, text, False)
 
 
-def resolve_data(
+@dataclass(frozen=True)
+class DataInput:
+    """A resolved corpus argument: its path (``None``: the organism's data) and what the one
+    streaming pass found (``None`` for the organism's data)."""
+
+    path: Path | None
+    scan: CorpusScan | None = None
+
+
+def resolve_corpus(
     data: str | os.PathLike | None,
     corpus: CorpusOptions = CorpusOptions(),
     *,
@@ -124,14 +135,15 @@ def resolve_data(
     flag: str = "--data",
     default: str = "the organism's data",
     group_by: Sequence[str] = (),
-) -> Path | None:
+) -> DataInput:
     """Check a corpus argument before any work, with one streaming pass over the whole corpus.
 
     ``None`` is allowed only when ``model`` is an organism (its data is the default; pass
     ``model=None`` where no default depends on the model); otherwise the error says what to pass.
     Given data is read once (:func:`~rotelab.data.corpus.scan_corpus`): a bad byte, line or field
     anywhere fails now, with the reader's one line, before a run directory exists. ``group_by``
-    columns (``a+b`` for joint groups) must be fields every document has.
+    columns (``a+b`` for joint groups) must be scalar fields every document has; the scan's
+    ``fields`` let a command check groups over the columns its rows add.
     """
     corpus.check()
     if data is None:
@@ -140,25 +152,22 @@ def resolve_data(
                 f"{model.label} is not an organism, so it has no default data; pass {flag} "
                 f"(a text, JSONL or Parquet file or a directory of them) instead of {default}"
             )
-        return None
+        return DataInput(None)
     scan = scan_corpus(data, **corpus.read_kwargs())
     if not scan.characters:
         what = f"only {scan.documents} empty documents" if scan.documents else "it is empty"
         raise RotelabError(f"{flag} {data} holds no text ({what}); pass a corpus with text")
-    check_group_by(group_by, scan.fields, where=f"the documents of {flag} {data}")
-    return Path(data).expanduser()
+    check_group_by(group_by, scan.fields)
+    return DataInput(Path(data).expanduser(), scan)
 
 
-def check_group_by(group_by: Sequence[str], columns: Iterable[str], *, where: str) -> None:
-    """Each ``--group-by`` spec (``a`` or joint ``a+b``) names columns that exist."""
-    have = set(columns)
-    for spec in group_by:
-        missing = [c for c in spec.split("+") if c not in have]
-        if missing:
-            fields = ", ".join(sorted(have)) or "none"
-            raise RotelabError(
-                f"--group-by {spec}: no column {missing[0]!r} in {where} (columns: {fields})"
-            )
+def resolve_data(
+    data: str | os.PathLike | None,
+    corpus: CorpusOptions = CorpusOptions(),
+    **kwargs,
+) -> Path | None:
+    """:func:`resolve_corpus`'s path: what commands that need no more than the check take."""
+    return resolve_corpus(data, corpus, **kwargs).path
 
 
 def check_min_count(model: ModelInput, min_count: int, *, flag: str = "--min-count") -> None:

@@ -19,7 +19,6 @@ from pathlib import Path
 from rotelab.data.corpus import read_corpus
 from rotelab.errors import RotelabError
 from rotelab.lm import LM
-from rotelab.measure.extraction import check_group_by
 from rotelab.measure.reconstruction import (
     ReconstructConfig,
     document_columns,
@@ -27,8 +26,9 @@ from rotelab.measure.reconstruction import (
     reconstruction_summary,
 )
 from rotelab.options import CorpusOptions, RunOptions
-from rotelab.pipelines.inputs import ModelInput, resolve_data, resolve_model
+from rotelab.pipelines.inputs import ModelInput, resolve_corpus, resolve_model
 from rotelab.runs import Run
+from rotelab.stats import check_group_by
 
 __all__ = ["PASSAGE_GROUPS", "reconstruct"]
 
@@ -63,14 +63,12 @@ def reconstruct(
         raise RotelabError(f"--batch-size must be >= 1, got {batch_size}")
     run.check()
     model_in = resolve_model(model)
-    data_path = resolve_data(data, corpus, model=model_in)
-    if data_path is None:
+    data_in = resolve_corpus(data, corpus, model=model_in)
+    data_path = data_in.path
+    if data_in.scan is None:
         meta, groups = list(_PASSAGE_META), list(group_by) or list(PASSAGE_GROUPS)
-    else:
-        first = next(read_corpus(data_path, **corpus.read_kwargs()), None)
-        if first is None:
-            raise RotelabError(f"{data} holds no documents; pass a corpus with text")
-        meta, groups = list(_scalar(first.meta)), list(group_by)
+    else:  # the scalar fields every document has (the resolver read them all)
+        meta, groups = sorted(data_in.scan.fields), list(group_by)
     check_group_by(groups, document_columns(meta))
     Run.check(run.out, resume=run.resume, force=run.force, inputs=(model_in.source, data_path))
     settings = {"model": model, "data": data, **asdict(cfg), "group_by": list(group_by),
