@@ -121,9 +121,15 @@ def load_vista(directory: str | os.PathLike) -> tuple[Vista, list[str]]:
     directory = Path(directory)
     if (directory / "models" / "vista").is_dir():
         directory = directory / "models" / "vista"
+    refusal = f"{directory} holds no VISTA model; pass a `rotelab recsys train` run"
     if not (directory / "config.json").is_file() or not (directory / "model.safetensors").is_file():
-        raise RotelabError(f"{directory} holds no VISTA model; pass a `rotelab recsys train` run")
-    meta = json.loads((directory / "config.json").read_text())
+        raise RotelabError(refusal)
+    try:
+        meta = json.loads((directory / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise RotelabError(refusal) from None
+    if not isinstance(meta, dict) or meta.get("config", {}).get("kind") != "vista":
+        raise RotelabError(refusal)
     state = load_file(str(directory / "model.safetensors"))
     model = build_model(ModelConfig(**meta["config"]), state["embed.categories"], seed=0)
     model.load_state_dict(state)
