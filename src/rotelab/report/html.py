@@ -465,7 +465,8 @@ def recsys_sections(run: Path, summary: RecsysTrainSummary) -> list[Section]:
     attention and last-N, with the oracle's AUC and the int8 cache's cost."""
     sec = Section(
         "VISTA against full target attention and last-N, per history length",
-        intro=f"{html.escape(summary.data)} data; mean over {summary.seeds} seed(s), 95% t-interval "
+        intro=f"{html.escape(summary.data)} data; mean over {summary.seeds} seed(s), 95% "
+        "t-interval "
         "over seeds where there are several. <i>long users</i>: users whose long-term interests "
         "(seen only early in the history) drive clicks. NE: normalized entropy, lower is better.",
     )
