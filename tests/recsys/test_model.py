@@ -24,7 +24,7 @@ def test_kernel_matches_brute_force_float64():
     hist = torch.as_tensor(WORLD.history(0, 37))[None]
     got = m.summary(hist)[0]
     x = m.embed(hist)[0]  # (L, D)
-    k, v = m.stage1.kv(x).chunk(2, dim=-1)
+    k, v = m.stage1.kv(m.stage1.norm_in(x)).chunk(2, dim=-1)
     q = F.silu(m.stage1.q(m.stage1.seeds))  # (k, D)
     ref = torch.zeros(5, 16, dtype=torch.float64)
     for h in range(4):

@@ -166,8 +166,9 @@ def train(
     length: int = 1000,
     eval_users: int = 200,
     eval_lengths: str | list[int] = "1000,10000",
-    epochs: int = 6,
+    epochs: int = 8,
     lr: float = 1e-2,
+    weight_decay: float = 0.0,
     seeds: int = 1,
     dim: int = 32,
     tokens: int = 16,
@@ -185,7 +186,8 @@ def train(
         users, length: synthetic training users and their history length.
         eval_users, eval_lengths: synthetic users per evaluation bucket and the buckets' history
             lengths (each bucket its own users, never trained on).
-        epochs, lr: Adam on the click log loss (+ VISTA's reconstruction loss).
+        epochs, lr, weight_decay: AdamW on the click log loss (+ VISTA's reconstruction
+            loss); each model keeps its epoch of best AUC on 10% of the training users.
         seeds: replicates (model initialisation and batch order ``run.seed + r``); the AUC's
             interval is over them.
         dim, tokens, last_n: embedding width, VISTA's summary tokens, last-N's window.
@@ -198,6 +200,8 @@ def train(
     run.check()
     if run.resume:
         raise RotelabError("rotelab recsys train cannot resume a run; start again (--force)")
+    if not 0 <= weight_decay < 1:
+        raise RotelabError(f"--weight-decay must be in [0, 1), got {weight_decay}")
     _check_positive(users=users, length=length, eval_users=eval_users, epochs=epochs, lr=lr,
                     seeds=seeds, dim=dim, tokens=tokens, last_n=last_n, targets=targets,
                     negatives=negatives)  # fmt: skip
@@ -209,7 +213,8 @@ def train(
     log = read_log(data) if data is not None else None
     config = {
         "data": data, "users": users, "length": length, "eval_users": eval_users,
-        "eval_lengths": lengths, "epochs": epochs, "lr": lr, "seeds": seeds, "dim": dim,
+        "eval_lengths": lengths, "epochs": epochs, "lr": lr, "weight_decay": weight_decay,
+        "seeds": seeds, "dim": dim,
         "tokens": tokens, "last_n": last_n, "quant": quant, "targets": targets,
         "negatives": negatives, "seed": run.seed,
     }  # fmt: skip
@@ -242,7 +247,16 @@ def train(
                    for lo, hi in zip(edges[:-1], edges[1:], strict=True)]  # fmt: skip
         buckets = [(name, idx) for name, idx in buckets if len(idx)]
 
-    # 3. train and evaluate every model on the same users
+    # 3. train and evaluate every model on the same users; 10% of the training users (seeded)
+    # validate: every model keeps its epoch of best validation AUC
+    if len(train_set) < 2:
+        raise RotelabError(f"{len(train_set)} training user(s) are too few to hold 10% out")
+    order = np.random.default_rng(run.seed).permutation(len(train_set))
+    n_val = max(1, len(train_set) // 10)
+    fit_set, val_set = (
+        train_set.take(np.sort(order[n_val:])),
+        train_set.take(np.sort(order[:n_val])),
+    )
     rows, scores = [], []
     vista0: Vista | None = None
     folded0: dict[int, Folded] = {}  # VISTA's stage-1 output per bucket (first seed): the cache
@@ -252,7 +266,8 @@ def train(
             cfg = ModelConfig(kind=kind, n_items=n_items, n_categories=n_cats, dim=dim,
                               seeds=tokens, last_n=last_n)  # fmt: skip
             model = build_model(cfg, categories, seed)
-            losses = fit(model, train_set, epochs=epochs, lr=lr, seed=seed)
+            log = fit(model, fit_set, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                      seed=seed, val=val_set)  # fmt: skip
             if r == 0 and kind == "vista":
                 vista0 = model
             for b, (bucket, ids) in enumerate(buckets):
@@ -270,8 +285,10 @@ def train(
                     if subset == "long_users" and long is None:
                         continue
                     m = _metrics(probs, test.labels, mask)
+                    best = int(np.argmax([e["val_auc"] for e in log]))
                     rows.append({"seed": seed, "model": kind, "bucket": str(bucket),
-                                 "subset": subset, **m, "final_loss": losses[-1]})  # fmt: skip
+                                 "subset": subset, **m, "train_loss": log[-1]["loss"],
+                                 "best_epoch": best, "val_auc": log[best]["val_auc"]})  # fmt: skip
                 if r == 0:
                     scores.append(pd.DataFrame({
                         "model": kind, "bucket": str(bucket),

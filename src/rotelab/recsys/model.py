@@ -124,7 +124,10 @@ class QuasiLinearSummarizer(nn.Module):
         if dim % heads:
             raise ValueError(f"dim {dim} is not a multiple of heads {heads}")
         self.heads, self.dh = heads, dim // heads
-        self.seeds = nn.Parameter(torch.randn(seeds, dim) * 0.1)
+        self.seeds = nn.Parameter(torch.randn(seeds, dim))
+        # pre-norm of the items: without it the mean state of ~0.1-scale embeddings is ~1e-4 and
+        # the output LayerNorm's epsilon flattens every user to the same summary (measured)
+        self.norm_in = nn.LayerNorm(dim)
         self.q = nn.Linear(dim, dim, bias=False)
         self.kv = nn.Linear(dim, 2 * dim, bias=False)
         self.norm = nn.LayerNorm(dim)
@@ -137,7 +140,7 @@ class QuasiLinearSummarizer(nn.Module):
             x: (B, L, D) embedded items; mask: (B, L) True where an item is present.
         """
         b, n, _ = x.shape
-        k, v = self.kv(x).chunk(2, dim=-1)  # (B, L, D) each
+        k, v = self.kv(self.norm_in(x)).chunk(2, dim=-1)  # (B, L, D) each
         k = F.silu(k).view(b, n, self.heads, self.dh) * mask[:, :, None, None]  # (B, L, H, dh)
         v = v.view(b, n, self.heads, self.dh)  # (B, L, H, dh)
         s = torch.einsum("blhi,blhj->bhij", k, v)  # (B, H, dh, dh)

@@ -44,22 +44,30 @@ def fit(
     *,
     epochs: int = 3,
     lr: float = 3e-3,
+    weight_decay: float = 0.0,
     batch_size: int = 64,
     seed: int = 0,
+    val: Batch | None = None,
     progress: Callable[[int, float], None] | None = None,
-) -> list[float]:
-    """Adam on the click log loss (+ VISTA's reconstruction loss); returns the mean loss per epoch.
+) -> list[dict[str, float]]:
+    """AdamW on the click log loss (+ VISTA's reconstruction loss).
 
-    The order of users is seeded, so the same seed gives the same model.
+    With ``val``, the weights of the epoch with the best validation AUC are kept (early
+    stopping, the same rule for every model). The order of users is seeded, so the same seed
+    gives the same model.
+
+    Returns:
+        Per epoch: the mean training loss and, with ``val``, the validation AUC.
     """
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     hist = torch.as_tensor(data.history, dtype=torch.long)
     cand = torch.as_tensor(data.candidates, dtype=torch.long)
     labels = torch.as_tensor(data.labels, dtype=torch.float32)
-    losses = []
-    model.train()
+    log: list[dict[str, float]] = []
+    best, best_state = -1.0, None
     for epoch in range(epochs):
+        model.train()
         order = torch.randperm(len(data), generator=gen)
         total = 0.0
         for start in range(0, len(order), batch_size):
@@ -70,11 +78,19 @@ def fit(
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
-        losses.append(total / len(data))
+        entry = {"epoch": epoch, "loss": total / len(data)}
+        if val is not None:
+            entry["val_auc"] = auc(score_batch(model, val), val.labels)
+            if entry["val_auc"] > best:
+                best = entry["val_auc"]
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        log.append(entry)
         if progress is not None:
-            progress(epoch, losses[-1])
+            progress(epoch, entry["loss"])
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
-    return losses
+    return log
 
 
 @torch.no_grad()
