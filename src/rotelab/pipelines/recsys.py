@@ -42,6 +42,7 @@ from rotelab.recsys import (
     fold_batch,
     model_version,
     normalized_entropy,
+    read_candidates,
     read_log,
     score_batch,
     score_long,
@@ -403,7 +404,7 @@ def serve(
     model, vocab = load_vista(model_dir)
     cache_dir = Path(cache) if cache is not None else Path(model_dir) / "cache"
     store = SummaryCache.open(cache_dir, model_version(model))
-    frame = _read_candidates(Path(candidates), {v: i + 1 for i, v in enumerate(vocab)})
+    frame = read_candidates(candidates, {v: i + 1 for i, v in enumerate(vocab)})
     inputs = (model_dir, candidates, cache_dir)
     Run.check(run.out, force=run.force, inputs=inputs)
 
@@ -434,26 +435,6 @@ def serve(
         out.write_table("scores", frame.drop(columns=["item_id"]))
         out.write_summary(summary)
     return RecsysRun(summary, out.path)
-
-
-def _read_candidates(path: Path, vocab: dict[str, int]) -> pd.DataFrame:
-    from rotelab.recsys.data import _read_frame
-
-    df = _read_frame(path)
-    for col in ("user", "item"):
-        if col not in df.columns:
-            raise RotelabError(f"{path} has no column {col!r}; candidates need user,item[,label]")
-    if df.empty:
-        raise RotelabError(f"{path} has no rows; nothing to score")
-    if "label" in df.columns and not df["label"].isin([0, 1]).all():
-        raise RotelabError(f"{path}: labels must be 0 or 1")
-    ids = df["item"].astype(str).map(vocab)
-    if ids.isna().any():
-        unknown = df["item"][ids.isna()]
-        raise RotelabError(
-            f"{path}: {unknown.nunique()} item(s) unknown to the model (e.g. {unknown.iloc[0]!r})"
-        )
-    return df.assign(item_id=ids.astype(np.int64))
 
 
 # -------------------------------------------------------------------------------------- bench

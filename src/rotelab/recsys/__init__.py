@@ -4,7 +4,14 @@ data and the summary cache. See :mod:`rotelab.recsys.model` for the method and t
 where the paper's notes are silent."""
 
 from rotelab.recsys.cache import SummaryCache, dequantize, quantize
-from rotelab.recsys.data import Batch, InteractionLog, SyntheticSpec, SyntheticWorld, read_log
+from rotelab.recsys.data import (
+    Batch,
+    InteractionLog,
+    SyntheticSpec,
+    SyntheticWorld,
+    read_candidates,
+    read_log,
+)
 from rotelab.recsys.model import (
     FullAttention,
     LastN,
@@ -47,6 +54,7 @@ __all__ = [
     "model_version",
     "normalized_entropy",
     "quantize",
+    "read_candidates",
     "read_log",
     "score_batch",
     "score_long",

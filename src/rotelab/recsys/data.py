@@ -33,6 +33,7 @@ __all__ = [
     "InteractionLog",
     "SyntheticSpec",
     "SyntheticWorld",
+    "read_candidates",
     "read_log",
 ]
 
@@ -356,3 +357,25 @@ def _first(mask: pd.Series) -> int:
     if mask.dtype != bool:
         mask = mask.isna()
     return int(np.flatnonzero(mask.to_numpy())[0]) + 2
+
+
+def read_candidates(path: str | os.PathLike, vocab: dict[str, int]) -> pd.DataFrame:
+    """Read ``user,item[,label]`` candidates to score; items must be in the model's ``vocab``
+    (raw id -> item id); adds ``item_id``. Refused in one line: a missing column, no rows,
+    labels outside {0, 1}, unknown items."""
+    path = Path(path)
+    df = _read_frame(path)
+    for col in ("user", "item"):
+        if col not in df.columns:
+            raise RotelabError(f"{path} has no column {col!r}; candidates need user,item[,label]")
+    if df.empty:
+        raise RotelabError(f"{path} has no rows; nothing to score")
+    if "label" in df.columns and not df["label"].isin([0, 1]).all():
+        raise RotelabError(f"{path}: labels must be 0 or 1")
+    ids = df["item"].astype(str).map(vocab)
+    if ids.isna().any():
+        unknown = df["item"][ids.isna()]
+        raise RotelabError(
+            f"{path}: {unknown.nunique()} item(s) unknown to the model (e.g. {unknown.iloc[0]!r})"
+        )
+    return df.assign(item_id=ids.astype(np.int64))
