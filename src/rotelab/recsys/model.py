@@ -13,11 +13,16 @@ Where the notes are silent we chose, and say so:
   summary's scale does not drift with history length (a model trained on 1k items is applied at
   100k); linear attention's usual ``φ(Q)·Σφ(K)`` denominator is unusable with SiLU, which can be
   negative. The outer ``φ`` is applied to this mean state, literally as the formula reads.
+- items are layer-normed before the key/value projection (without it the mean state of small
+  embeddings fell below the output LayerNorm's epsilon and every user got the same summary).
 - summary tokens: ``seeds + W_o · LayerNorm(O)`` (a residual to the seeds, so an empty history
-  yields the seeds themselves: the documented fallback for an empty history).
+  yields the seed prior: the documented fallback for an empty history).
 - reconstruction loss: the paper trains the summary to reconstruct the history; we use a sampled
   form, a small target-attention head over the summary tokens that tells items of the history
-  from random items (binary cross-entropy), weighted by ``recon_weight``.
+  from random items (binary cross-entropy), weighted by ``recon_weight`` = 1 (one seed on a
+  small world, 1,200 users: AUC on long-term users at 20x the training length 0.62 / 0.60 / 0.64
+  / 0.60 for weights 0 / 0.1 / 1 / 3: noisy, no weight clearly best; 1 treats reconstruction as
+  the main objective the paper makes it).
 
 Stage 2 (:class:`TargetAttention`): a candidate attends to a memory of tokens (softmax attention,
 DIN's pooled-interest features ``[p, c, p⊙c]`` into an MLP). The same head serves the three
@@ -63,7 +68,7 @@ class ModelConfig:
     heads: int = 4
     seeds: int = 16  # VISTA's k summary tokens (the paper's best: 128 tokens of 256)
     last_n: int = 64
-    recon_weight: float = 0.1
+    recon_weight: float = 1.0  # the paper trains reconstruction as a main objective, not a tweak
     recon_samples: int = 32
 
     def to_dict(self) -> dict:
