@@ -1,5 +1,10 @@
 """The effect VISTA claims, on a small synthetic world: its summary remembers long-term interests
-that only appear early in a long history, which last-N truncation cannot see."""
+that only appear early in a long history, which last-N truncation cannot see.
+
+VISTA needs data to learn its summary: with 1,200 training users (reconstruction weight 0.1) it
+was *below* last-N here (AUC 0.60 vs 0.62 on long-term users), with 3,000 users and weight 1 it
+is at 0.71 against last-N's 0.63 (the oracle: 0.75). The test uses 3,000 users and asserts a gap
+of 0.03, not a tuned threshold."""
 
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from rotelab.recsys import (
 @pytest.mark.slow
 def test_vista_remembers_what_last_n_cannot_see():
     world = SyntheticWorld(SyntheticSpec(n_items=200, n_topics=12, seed=4))
-    train = world.batch(range(1200), 200)
+    train = world.batch(range(3000), 200)
     val = world.batch(range(5000, 5100), 200)
     users = 10**6 + np.arange(300)
     test = world.batch(users, 0)
