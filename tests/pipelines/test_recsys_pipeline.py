@@ -119,6 +119,11 @@ def test_train_on_a_log(tmp_path):
     summary = json.loads(res.stdout)
     assert [b["bucket"] for b in summary["buckets"]] == ["10-100"]  # 11 events before the target
     assert summary["buckets"][0]["users"] + summary["train_users"] == 40
+    # the cache is keyed by the log's user ids, its refresh clock by the log's timestamps
+    cache = SummaryCache.open(tmp_path / "run" / "cache", summary["model_version"])
+    assert all(u.startswith("u") for u in cache.users())
+    _, counts, last = cache.states(cache.users())
+    assert (counts == 11).all() and (last == 10).all()
 
 
 def test_bench_table(tmp_path):

@@ -348,10 +348,12 @@ def train(
         _save_model(vista0, out.path / "models" / "vista", vocab)
         cache = SummaryCache.create(out.path / "cache", vista0, quant=quant)
         for b, (_, ids) in enumerate(buckets):
-            users_b = ids if world is not None else test_set.take(ids).users
             f = folded0[b]
-            # a synthetic history has no clock: its positions are its timestamps
-            cache.put(list(users_b), f.summaries, f.states, f.counts, f.counts - 1)
+            if world is not None:  # a synthetic history has no clock: positions are its times
+                users_b, last_ts = ids, f.counts - 1
+            else:
+                users_b, last_ts = test_set.take(ids).users, test_set.take(ids).last_ts
+            cache.put(list(users_b), f.summaries, f.states, f.counts, last_ts)
         out.write_summary(summary)
         from rotelab.report import write_report
 

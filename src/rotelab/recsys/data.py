@@ -80,6 +80,7 @@ class Batch:
         candidates: (U, C) item ids; ``labels`` (U, C) in {0, 1}.
         long_user: (U,) whether the user's long-term interests matter (synthetic only).
         click_prob: (U, C) the true click probability (synthetic only; the oracle's scores).
+        last_ts: (U,) the timestamp of each history's last event (logs only).
     """
 
     users: np.ndarray
@@ -88,6 +89,7 @@ class Batch:
     labels: np.ndarray
     long_user: np.ndarray | None = None
     click_prob: np.ndarray | None = None
+    last_ts: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.users)
@@ -96,7 +98,7 @@ class Batch:
         pick = lambda a: None if a is None else a[idx]  # noqa: E731
         return Batch(
             self.users[idx], self.history[idx], self.candidates[idx], self.labels[idx],
-            pick(self.long_user), pick(self.click_prob),
+            pick(self.long_user), pick(self.click_prob), pick(self.last_ts),
         )  # fmt: skip
 
 
@@ -246,7 +248,7 @@ class InteractionLog:
         most the last ``max_len``, are the history. Users with fewer than ``targets + 1`` events
         are dropped (they have no history to summarize)."""
         rng = np.random.default_rng(seed)
-        users, hists, cands, labels = [], [], [], []
+        users, hists, cands, labels, last = [], [], [], [], []
         has_label = "label" in self.frame
         for user, rows in self.frame.groupby("user", sort=False):
             ids = rows["item_id"].to_numpy()
@@ -257,6 +259,7 @@ class InteractionLog:
             lab = rows["label"].to_numpy()[-targets:] if has_label else np.ones(targets)
             neg = rng.integers(1, self.n_items + 1, negatives * targets)
             users.append(user)
+            last.append(int(rows["timestamp"].to_numpy()[-targets - 1]))
             hists.append(np.pad(hist, (max_len - len(hist), 0)))
             cands.append(np.concatenate([pos, neg]))
             labels.append(np.concatenate([lab, np.zeros(len(neg))]).astype(np.float32))
@@ -264,7 +267,10 @@ class InteractionLog:
             raise RotelabError(
                 f"no user in the log has more than {targets} events; nothing to train on"
             )
-        return Batch(np.arange(len(users)), np.stack(hists), np.stack(cands), np.stack(labels))
+        # the log's own user ids: a cache built from them serves requests that name them
+        ids = np.asarray([str(u) for u in users], dtype=object)
+        return Batch(ids, np.stack(hists), np.stack(cands), np.stack(labels),
+                     last_ts=np.array(last, dtype=np.int64))  # fmt: skip
 
 
 _REQUIRED = ("user", "item", "timestamp")
