@@ -267,7 +267,7 @@ def train(
             cfg = ModelConfig(kind=kind, n_items=n_items, n_categories=n_cats, dim=dim,
                               seeds=tokens, last_n=last_n)  # fmt: skip
             model = build_model(cfg, categories, seed)
-            log = fit(model, fit_set, epochs=epochs, lr=lr, weight_decay=weight_decay,
+            epoch_log = fit(model, fit_set, epochs=epochs, lr=lr, weight_decay=weight_decay,
                       seed=seed, val=val_set)  # fmt: skip
             if r == 0 and kind == "vista":
                 vista0 = model
@@ -286,10 +286,10 @@ def train(
                     if subset == "long_users" and long is None:
                         continue
                     m = _metrics(probs, test.labels, mask)
-                    best = int(np.argmax([e["val_auc"] for e in log]))
+                    best = int(np.argmax([e["val_auc"] for e in epoch_log]))
                     rows.append({"seed": seed, "model": kind, "bucket": str(bucket),
-                                 "subset": subset, **m, "train_loss": log[-1]["loss"],
-                                 "best_epoch": best, "val_auc": log[best]["val_auc"]})  # fmt: skip
+                                 "subset": subset, **m, "train_loss": epoch_log[-1]["loss"],
+                                 "best_epoch": best, "val_auc": epoch_log[best]["val_auc"]})  # fmt: skip
                 if r == 0:
                     scores.append(pd.DataFrame({
                         "model": kind, "bucket": str(bucket),
