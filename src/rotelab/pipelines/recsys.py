@@ -287,9 +287,11 @@ def train(
                         continue
                     m = _metrics(probs, test.labels, mask)
                     best = int(np.argmax([e["val_auc"] for e in epoch_log]))
-                    rows.append({"seed": seed, "model": kind, "bucket": str(bucket),
-                                 "subset": subset, **m, "train_loss": epoch_log[-1]["loss"],
-                                 "best_epoch": best, "val_auc": epoch_log[best]["val_auc"]})  # fmt: skip
+                    rows.append({
+                        "seed": seed, "model": kind, "bucket": str(bucket), "subset": subset,
+                        **m, "train_loss": epoch_log[-1]["loss"], "best_epoch": best,
+                        "val_auc": epoch_log[best]["val_auc"],
+                    })  # fmt: skip
                 if r == 0:
                     scores.append(pd.DataFrame({
                         "model": kind, "bucket": str(bucket),
