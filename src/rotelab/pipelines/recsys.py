@@ -60,6 +60,7 @@ __all__ = [
     "KINDS",
     "RecsysRun",
     "bench",
+    "ci_over_seeds",
     "format_bench",
     "format_train",
     "load_vista",
@@ -139,7 +140,7 @@ def load_vista(directory: str | os.PathLike) -> tuple[Vista, list[str]]:
 
 
 # -------------------------------------------------------------------------------------- train
-def _ci_over_seeds(values: list[float]) -> dict[str, Any]:
+def ci_over_seeds(values: list[float]) -> dict[str, Any]:
     """Mean and 95% t-interval over seed replicates (no interval from one seed)."""
     from scipy import stats
 
@@ -315,14 +316,14 @@ def train(
         for subset in metrics["subset"].unique():
             sel = metrics[(metrics.bucket == str(bucket)) & (metrics.subset == subset)]
             suffix = "" if subset == "all" else f"_{subset}"
-            entry[f"auc{suffix}"] = {k: _ci_over_seeds(list(sel[sel.model == k]["auc"]))
+            entry[f"auc{suffix}"] = {k: ci_over_seeds(list(sel[sel.model == k]["auc"]))
                                      for k in KINDS}  # fmt: skip
-            entry[f"ne{suffix}"] = {k: _ci_over_seeds(list(sel[sel.model == k]["ne"]))
+            entry[f"ne{suffix}"] = {k: ci_over_seeds(list(sel[sel.model == k]["ne"]))
                                     for k in KINDS}  # fmt: skip
             for other in ("full", "lastn"):
                 diff = (sel[sel.model == "vista"]["auc"].to_numpy()
                         - sel[sel.model == other]["auc"].to_numpy())  # fmt: skip
-                entry[f"vista_minus_{other}_auc{suffix}"] = _ci_over_seeds(list(diff))
+                entry[f"vista_minus_{other}_auc{suffix}"] = ci_over_seeds(list(diff))
         # the quantized cache's cost, paired on the same users and labels (first seed)
         with torch.no_grad():
             exact = torch.as_tensor(folded0[b].summaries)
