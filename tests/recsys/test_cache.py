@@ -62,6 +62,23 @@ def test_put_get_round_trip_latest_wins_and_reopens(tmp_path, quant):
     assert sorted(p.name for p in (tmp_path / "c").glob("index-*")) == ["index-00001.arrow"]
 
 
+@pytest.mark.parametrize("quant", ["int8", "float32"])
+def test_compact_keeps_the_live_rows_in_one_segment(tmp_path, quant):
+    m = _vista()
+    cache = SummaryCache.create(tmp_path / "c", m, quant=quant)
+    _fill(cache, m, [0, 1], 300)
+    _fill(cache, m, [1, 2], 500)
+    before = [cache.get([0, 1, 2])[0], *cache.states([0, 1, 2])]
+    cache.compact()
+    reopened = SummaryCache.open(tmp_path / "c", model_version(m))
+    after = [reopened.get([0, 1, 2])[0], *reopened.states([0, 1, 2])]
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_array_equal(a, b)  # int8 requantizes to the same bytes
+    assert [p.name for p in (tmp_path / "c" / "segments").iterdir()] == ["seg-00002.arrow"]
+    _fill(reopened, m, [3], 100)  # still writable after compaction
+    assert len(SummaryCache.open(tmp_path / "c", model_version(m))) == 4
+
+
 def test_refresh_equals_summarizing_the_grown_history(tmp_path):
     m = _vista()
     cache = SummaryCache.create(tmp_path / "c", m, quant="float32")

@@ -16,7 +16,7 @@ Layout of a cache directory::
 
 A refresh appends a segment with the refreshed users and writes a new index and manifest; every
 file is written to a temporary name and renamed, the manifest last, so a reader sees the old
-cache or the new one. The serving path (:meth:`SummaryCache.get`) reads only ``q`` and ``scale``:
+cache or the new one. :meth:`SummaryCache.compact` rewrites the live rows into one segment. The serving path (:meth:`SummaryCache.get`) reads only ``q`` and ``scale``:
 never the raw history, and not even the stage-1 state kept for refreshes. A cache belongs to one
 model version (:func:`rotelab.recsys.model.model_version`); opened for another, it is refused.
 """
@@ -264,6 +264,30 @@ class SummaryCache:
         if old_index is not None:
             (self.path / old_index).unlink(missing_ok=True)
         self._load_index()
+
+    def compact(self) -> None:
+        """Rewrite the live rows into one segment and delete the others (refreshes append a
+        segment each; the rows they replaced stay on disk until this)."""
+        if sum(n is not None for n in self.manifest["segments"]) <= 1:
+            return
+        users = self.users()
+        k, d = self.k, self.dim
+        if self.manifest["quant"] == "int8":
+            q, _ = self._gather(users, "q", k * d, np.int8)
+            scale, _ = self._gather(users, "scale", k, np.float32)
+            summaries = dequantize(q.reshape(-1, k, d), scale)  # requantizes to the same bytes
+        else:
+            summaries, _ = self.get(users)
+        states, counts, last = self.states(users)
+        old = [n for n in self.manifest["segments"] if n is not None]
+        self.put(users, summaries, states, counts, last)
+        # segment numbers stay (the index refers to them); dropped ones become None
+        segments = [None] * (len(self.manifest["segments"]) - 1) + self.manifest["segments"][-1:]
+        manifest = {**self.manifest, "segments": segments}
+        _atomic_write(self.path / "manifest.json", lambda t: t.write_text(json.dumps(manifest)))
+        self.manifest = manifest
+        for name in old:
+            (self.path / "segments" / name).unlink(missing_ok=True)
 
     @torch.no_grad()
     def refresh(
