@@ -16,8 +16,9 @@ Layout of a cache directory::
 
 A refresh appends a segment with the refreshed users and writes a new index and manifest; every
 file is written to a temporary name and renamed, the manifest last, so a reader sees the old
-cache or the new one. :meth:`SummaryCache.compact` rewrites the live rows into one segment. The serving path (:meth:`SummaryCache.get`) reads only ``q`` and ``scale``:
-never the raw history, and not even the stage-1 state kept for refreshes. A cache belongs to one
+cache or the new one. :meth:`SummaryCache.compact` rewrites the live rows into one segment.
+The serving path (:meth:`SummaryCache.get`) reads only ``q`` and ``scale``: never the raw
+history, and not even the stage-1 state kept for refreshes. A cache belongs to one
 model version (:func:`rotelab.recsys.model.model_version`); opened for another, it is refused.
 """
 
