@@ -86,9 +86,9 @@ def evaluate_defence(
     evading = variants["apt"] & variants["passes_text"]
     rates = {
         **rate_with_ci(evading[variants["rank"] == 1].tolist()).as_dict(
-            "apt_pass_rate", "apt_passing", "lines"),
+            "apt_pass_rate", "apt_passing", "lines_with_variants"),
         **rate_with_ci(evading.groupby(variants["line"]).any().tolist()).as_dict(
-            "apt_line_pass_rate", "lines_passing", "lines"),
+            "apt_line_pass_rate", "lines_passing", "lines_with_variants"),
         **rate_with_ci(apt["blocked_phonetic"].tolist()).as_dict(
             "phonetic_catch_rate", "apt_caught", "apt_variants"),
         **rate_with_ci(others["blocked_phonetic"].tolist()).as_dict(

@@ -8,8 +8,10 @@ whole original line.
 
 Meaning divergence is defined lexically (no semantic model is used, so this is a proxy):
 a candidate shares no content word with the original line, none of its words has the stem
-(:func:`stem`) of an original content word, and none is a near spelling of one
-(rapidfuzz ``fuzz.ratio`` above :data:`MAX_SPELLING_SIMILARITY`: ``mum's`` for ``mom's``);
+(:func:`stem`) of an original content word, and none is a respelling of one: the same consonant
+letters in the same order (:func:`consonant_letters`: ``mum's`` for ``mom's``, ``color`` for
+``colour``; ``tom's`` differs from ``mom's`` and is a new word). Similarity of whole lines in
+spelling is left to the text filters, whose pass rate is what is measured;
 and no replaced span is an exact homophone of what it replaces (``lamme`` for ``lamb`` is a
 respelling: the same sound is not a new sound-alike).
 
@@ -34,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
-from rapidfuzz import fuzz, process
+from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
 
 from rotelab.errors import RotelabError
@@ -51,9 +53,9 @@ from rotelab.phonetic.similarity import COMPONENTS, Similarity, similarity_of, s
 
 __all__ = [
     "FUNCTION_WORDS",
-    "MAX_SPELLING_SIMILARITY",
     "AptCandidate",
     "AptSearch",
+    "consonant_letters",
     "content_words",
     "diverges",
     "stem",
@@ -70,9 +72,7 @@ FUNCTION_WORDS = frozenset(
     just only also again once oh o o'er ye thee thou thy thine 'tis i'm i'll i've i'd you're
     you'll we're we'll they're it's that's there's don't won't can't let let's""".split()
 )
-#: A replacement word at least this close in spelling (rapidfuzz ``fuzz.ratio``, 0-100) to an
-#: original content word is a respelling, not a new meaning, and is refused.
-MAX_SPELLING_SIMILARITY = 75.0
+_VOWEL_LETTERS = str.maketrans("", "", "aeiouy")
 _VOWELS_ONLY = str.maketrans("", "", "".join(c for c in PHONE_CHAR.values() if c.islower()))
 _ALPHA = re.compile(r"^[a-z]+(?:'[a-z]+)?$")
 _SUFFIXES = ("'s", "s'", "ies", "es", "s", "ed", "ing", "ly", "er", "est")
@@ -87,6 +87,11 @@ def stem(word: str) -> str:
     return word
 
 
+def consonant_letters(word: str) -> str:
+    """The word's spelling without vowel letters (a, e, i, o, u, y): respellings share it."""
+    return word.translate(_VOWEL_LETTERS)
+
+
 def content_words(words: Iterable[str]) -> list[str]:
     """The words of ``words`` that are not :data:`FUNCTION_WORDS`."""
     return [w for w in words if w not in FUNCTION_WORDS]
@@ -94,10 +99,10 @@ def content_words(words: Iterable[str]) -> list[str]:
 
 def diverges(word: str, original_content: Sequence[str]) -> bool:
     """Whether ``word`` may replace content in a line whose content words are given: not one of
-    them, not of the same stem, not a near spelling (:data:`MAX_SPELLING_SIMILARITY`)."""
-    s = stem(word)
+    them, not of the same stem, not a respelling (:func:`consonant_letters`)."""
+    s, c = stem(word), consonant_letters(word)
     for o in original_content:
-        if word == o or s == stem(o) or fuzz.ratio(word, o) >= MAX_SPELLING_SIMILARITY:
+        if word == o or s == stem(o) or c == consonant_letters(o):
             return False
     return True
 

@@ -40,6 +40,7 @@ from rotelab.phonetic import (
     tokenize,
 )
 from rotelab.phonetic.dictionary import pronounce_word
+from rotelab.phonetic.search import content_words
 from rotelab.report import write_report
 from rotelab.runs import Run
 
@@ -87,6 +88,25 @@ def read_lyric(path: str | os.PathLike) -> list[str]:
     if not any(pronounce_word(w) is not None for line in lines for w in tokenize(line)):
         raise RotelabError(f"lyric file {p} has no word of the CMU Pronouncing Dictionary")
     return lines
+
+
+def _check_line(text: str, flag: str) -> None:
+    """A phrase the search can vary: words, all in the dictionary, one of them a content word."""
+    if not tokenize(text):
+        raise RotelabError(f"{flag} {text[:60]!r} has no words; give a phrase")
+    p = pronounce(text)  # no dictionary word at all: its own message
+    if p.unknown:
+        raise RotelabError(
+            f"{flag}: {p.unknown[0]!r} is not in the CMU Pronouncing Dictionary (unknown words "
+            "are not guessed); respell it or leave it out"
+        )
+    if not content_words(p.words):
+        raise RotelabError(f"{flag} {text[:60]!r} has only function words; nothing to replace")
+
+
+def _can_vary(line: str) -> bool:
+    words = tokenize(line)
+    return bool(content_words(words)) and all(pronounce_word(w) is not None for w in words)
 
 
 def _read_vocab(path: str | os.PathLike) -> list[str]:
@@ -140,22 +160,26 @@ def apt(
     shipped = public_domain_verses()
     catalogue = [line for v in shipped[0::2] for line in v.lines]
     if phrase is not None:
-        pronounce(phrase)  # no words / no dictionary word: one line now
+        _check_line(phrase, "--phrase")
         lines = [phrase.strip()]
     elif lyric is not None:
         lines = read_lyric(lyric)
     else:
         lines = catalogue
+    if not any(_can_vary(line) for line in lines):
+        raise RotelabError(
+            f"no line of {lyric} has content words all in the CMU Pronouncing Dictionary; "
+            "give English lyrics"
+        )
     if check is not None:
         if phrase is None:
             raise RotelabError("--check places a variant of --phrase; give --phrase too")
-        pronounce(check, strict=True)
+        _check_line(check, "--check")
     words = _read_vocab(vocab) if vocab is not None else None
     config = {"phrase": phrase, "lyric": lyric, "verses": verses, "check": check, "top": top,
               "songs": songs, "vocab": vocab, "seed": run.seed}  # fmt: skip
     inputs = (lyric, vocab)
-    if run.out is not None:
-        Run.check(run.out, force=run.force, inputs=inputs)
+    Run.check(run.out, force=run.force, inputs=inputs)
 
     # 2. the search and the filters
     t0 = time.perf_counter()
