@@ -162,6 +162,9 @@ class _Index:
             rhyme.setdefault(rhyme_of(code, stress), []).append(i)
         self.meter = {k: (v, [self.codes[i] for i in v]) for k, v in meter.items()}
         self.rhyme = rhyme
+        self.by_syllables: dict[int, list[int]] = {}
+        for i, n in enumerate(self.syllables):
+            self.by_syllables.setdefault(n, []).append(i)
 
     def pron(self, i: int) -> Pronunciation:
         """Word ``i``'s pronunciation (made when first scored)."""
