@@ -69,6 +69,8 @@ def test_divergence_rules():
     assert not diverges("mom's", ["mom's"])
     assert diverges("bob's", ["mom's"])
     assert stem("parties") == "party" and stem("jumped") == "jump" and stem("cat") == "cat"
+    assert stem("togethers") == stem("together")
+    assert not diverges("quaintance", ["acquaintance"])
 
 
 def test_lines_that_cannot_be_searched(small):

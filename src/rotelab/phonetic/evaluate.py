@@ -10,6 +10,7 @@ Three numbers, each a rate with a Wilson 95% interval (:func:`rotelab.stats.rate
   ``top`` (an attacker picks the one that passes);
 - ``phonetic_catch_rate``: of all variants (every rank) with similarity >= ``min_similarity``,
   the share the :class:`~rotelab.phonetic.filters.PhoneticFilter` blocks;
+- ``apt_pass_by_filter``: per text filter, the share of the best variants it lets through;
 - ``phonetic_false_positive_rate``: of unrelated lines (not from the protected songs), the share
   it blocks.
 
@@ -84,6 +85,7 @@ def evaluate_defence(
                         phon.check(others["line"].tolist())], axis=1)  # fmt: skip
     apt = variants[variants["apt"]]
     evading = variants["apt"] & variants["passes_text"]
+    first = variants[variants["rank"] == 1]
     rates = {
         **rate_with_ci(evading[variants["rank"] == 1].tolist()).as_dict(
             "apt_pass_rate", "apt_passing", "lines_with_variants"),
@@ -95,6 +97,10 @@ def evaluate_defence(
             "phonetic_false_positive_rate", "unrelated_blocked", "unrelated_lines"),
         **rate_with_ci((~others["passes_text"]).tolist()).as_dict(
             "text_false_positive_rate", "unrelated_text_blocked", "unrelated_lines"),
+        # which filter stops the best variants: the share of them each one lets through
+        "apt_pass_by_filter": {
+            f: float((~first[f"blocked_{f}"]).mean()) for f in ("exact", "ngram", "fuzzy")
+        },
         "index_lines": len(index), "min_similarity": min_similarity, "threshold": threshold,
     }  # fmt: skip
     return DefenceResult(variants, others, rates)

@@ -12,6 +12,7 @@ a candidate shares no content word with the original line, none of its words has
 letters in the same order (:func:`consonant_letters`: ``mum's`` for ``mom's``, ``color`` for
 ``colour``; ``tom's`` differs from ``mom's`` and is a new word). Similarity of whole lines in
 spelling is left to the text filters, whose pass rate is what is measured;
+no word is inside an original content word or holds one (``quaintance``, ``acquaintance``);
 and no replaced span is an exact homophone of what it replaces (``lamme`` for ``lamb`` is a
 respelling: the same sound is not a new sound-alike).
 
@@ -79,12 +80,16 @@ _SUFFIXES = ("'s", "s'", "ies", "es", "s", "ed", "ing", "ly", "er", "est")
 
 
 def stem(word: str) -> str:
-    """A crude stem: the word without one common inflection (``'s``, ``-ies`` -> ``-y``, ``-es``,
-    ``-s``, ``-ed``, ``-ing``, ``-ly``, ``-er``, ``-est``), never shorter than 3 letters."""
-    for suf in _SUFFIXES:
-        if word.endswith(suf) and len(word) - len(suf) >= 3:
-            return word[: -len(suf)] + ("y" if suf == "ies" else "")
-    return word
+    """A crude stem: the word without its common inflections (``'s``, ``-ies`` -> ``-y``, ``-es``,
+    ``-s``, ``-ed``, ``-ing``, ``-ly``, ``-er``, ``-est``, stripped while one ends it), never
+    shorter than 3 letters (``togethers`` and ``together`` share ``togeth``)."""
+    while True:
+        for suf in _SUFFIXES:
+            if word.endswith(suf) and len(word) - len(suf) >= 3:
+                word = word[: -len(suf)] + ("y" if suf == "ies" else "")
+                break
+        else:
+            return word
 
 
 def consonant_letters(word: str) -> str:
@@ -99,10 +104,13 @@ def content_words(words: Iterable[str]) -> list[str]:
 
 def diverges(word: str, original_content: Sequence[str]) -> bool:
     """Whether ``word`` may replace content in a line whose content words are given: not one of
-    them, not of the same stem, not a respelling (:func:`consonant_letters`)."""
+    them, not of the same stem, not a respelling (:func:`consonant_letters`), not inside one or
+    holding one (4+ letters: ``quaintance`` in ``acquaintance``)."""
     s, c = stem(word), consonant_letters(word)
     for o in original_content:
         if word == o or s == stem(o) or c == consonant_letters(o):
+            return False
+        if min(len(word), len(o)) >= 4 and (word in o or o in word):
             return False
     return True
 

@@ -253,6 +253,8 @@ def format_table(summary: dict[str, Any], candidates: pd.DataFrame, per_line: in
         f"(mean best similarity {summary['best_score_mean']:.3f})",
         f"APT variants passing all text filters (rank 1, similarity >= "
         f"{summary['min_similarity']}): {rate('apt_pass_rate')}",
+        "  of them passing each filter: "
+        + ", ".join(f"{k} {v:.1%}" for k, v in summary["apt_pass_by_filter"].items()),
         f"lines with a passing variant in the top {summary['top']}: {rate('apt_line_pass_rate')}",
         f"phonetic filter: catches {rate('phonetic_catch_rate')} of APT variants, "
         f"false positives {rate('phonetic_false_positive_rate')} on "
