@@ -197,8 +197,9 @@ def apt(
     unrelated = [
         line for v in shipped[1::2] if not ours & set(v.lines) for line in v.lines
     ]  # fmt: skip
-    n_filler = max(songs * LINES_PER_SONG - len(catalogue) - len(lines), 0)
-    filler = [*([] if verses else catalogue), *synthetic_lines(catalogue, n_filler, seed=run.seed)]
+    real = [] if verses else catalogue  # --verses: the catalogue is the input itself
+    n_filler = max(songs * LINES_PER_SONG - len(real) - len(lines), 0)
+    filler = [*real, *synthetic_lines(catalogue, n_filler, seed=run.seed)]
     t2 = time.perf_counter()
     defence = evaluate_defence(search, lines, unrelated, filler=filler, top=top)
     filter_seconds = time.perf_counter() - t2
