@@ -952,6 +952,47 @@ def recsys_bench_cmd(
     emit(result.summary, show, run_dir=result.run_dir)
 
 
+# ---------------------------------------------------------------- apt (issue 21)
+@command("apt", shared=("run", "show"), without=("resume",))
+def apt_cmd(
+    phrase: Annotated[
+        str | None, typer.Option("--phrase", "-p", help='A phrase to vary ("mom\'s spaghetti").')
+    ] = None,
+    lyric: Annotated[
+        Path | None,
+        typer.Option("--lyric", "-l", help="A lyric file: UTF-8 text, one lyric line per line."),
+    ] = None,
+    verses: Annotated[
+        bool, typer.Option("--verses", help="Vary the shipped public-domain verses (half of them).")
+    ] = False,
+    check: Annotated[
+        str | None,
+        typer.Option(help="A variant of --phrase to place among the candidates (its rank)."),
+    ] = None,
+    top: Annotated[int, typer.Option(help="Candidates per line.")] = 10,
+    songs: Annotated[
+        int, typer.Option(help="Songs in the filters' stand-in catalogue (30 lines each).")
+    ] = 1000,
+    vocab: Annotated[
+        Path | None,
+        typer.Option(help="File of words the variants may use. Default: all of CMUdict."),
+    ] = None,
+    *,
+    run: RunOptions,
+    show: Show,
+) -> None:
+    """Phonetic variants (APT, Roh et al. 2025) of a phrase or lyric, and what text filters and a
+    phonetic filter make of them."""
+    from rotelab.pipelines.apt import apt, format_table
+
+    result = apt(
+        phrase, lyric, verses=verses, check=check, top=top, songs=songs, vocab=vocab, run=run
+    )
+    if not show.as_json and not show.quiet:
+        out.print(format_table(result.summary, result.candidates), highlight=False, soft_wrap=True)
+    emit(result.summary, show, run_dir=result.run_dir)
+
+
 def main() -> None:
     """Console-script entry point (``rotelab`` and ``python -m rotelab``)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 from rotelab.errors import RotelabError
 
 __all__ = [
+    "AptSummary",
     "AttackSummary",
     "CompareModel",
     "CompareSummary",
@@ -276,6 +277,26 @@ class RecsysTrainSummary(Summary):
     buckets: list[dict[str, Any]]
 
 
+@_schema("apt")
+class AptSummary(Summary):
+    """``rotelab apt``'s summary: the search and the filters' rates (with Wilson CIs)."""
+
+    input: str
+    lines: int
+    lines_varied: int
+    top: int
+    apt_pass_rate: float
+    apt_pass_rate_ci: list[float]
+    apt_line_pass_rate: float
+    apt_line_pass_rate_ci: list[float]
+    phonetic_catch_rate: float
+    phonetic_catch_rate_ci: list[float]
+    phonetic_false_positive_rate: float
+    phonetic_false_positive_rate_ci: list[float]
+    min_similarity: float
+    check: dict[str, Any] | None = None
+
+
 #: The schema of each command's summary.json (config.json's ``command``).
 SCHEMAS: dict[str, type[Summary]] = {
     "extract": ExtractionSummary,
@@ -284,6 +305,7 @@ SCHEMAS: dict[str, type[Summary]] = {
     "kfac_sweep": KfacSweepSummary,
     "demo": DemoSummary,
     "recsys-train": RecsysTrainSummary,
+    "apt": AptSummary,
 }
 
 

@@ -35,6 +35,7 @@ from rotelab.report import plots
 from rotelab.runs import atomic_write_bytes, read_json, read_table
 from rotelab.summaries import (
     SCHEMAS,
+    AptSummary,
     CompareModel,
     CompareSummary,
     DemoSummary,
@@ -451,6 +452,34 @@ def demo_sections(run: Path, summary: DemoSummary) -> list[Section]:
     return secs
 
 
+def apt_sections(run: Path, summary: AptSummary) -> list[Section]:
+    """``rotelab apt``: the filters' rates, the checked variant, the best candidates per line."""
+    sec = Section(
+        "Phonetic variants (APT) and the filters",
+        intro="Variants that sound like each line but share none of its content words (Roh et "
+        "al. 2025). Rates are Wilson 95% intervals; the filters index the input plus a stand-in "
+        "catalogue (shipped public-domain verses and synthetic lines, not real songs).",
+    )
+    for key, label, good in (
+        ("apt_pass_rate", "APT variants passing all text filters", None),
+        ("apt_line_pass_rate", "lines with a passing variant", None),
+        ("phonetic_catch_rate", "phonetic filter: catch rate", True),
+        ("phonetic_false_positive_rate", "phonetic filter: false positives", False),
+    ):
+        sec.headlines.append(Headline(label, key, getattr(summary, key), good))
+    if summary.check:
+        c = summary.check
+        sec.tables.append(_table(pd.DataFrame([{
+            "variant": c["variant"], "similarity": c["score"], "rank": c["rank"] or "not produced",
+            "candidates scoring higher": c["higher_scoring"],
+        }])))  # fmt: skip
+    cands = read_table(run, "candidates")
+    if not cands.empty:
+        cols = ["line", "original", "rank", "variant", "score", "replacements"]
+        sec.tables.append(_table(cands[cands["rank"].between(1, 3)][cols], max_rows=150))
+    return [sec]
+
+
 def generic_sections(run: Path, summary: dict) -> list[Section]:
     """Any other run: its top-level numbers."""
     sec = Section("Summary")
@@ -496,6 +525,7 @@ _PAGES: dict[str, Callable[[Path, Any], list[Section]]] = {
     "kfac_sweep": lambda run, s: [kfac_section(run, s)],
     "demo": demo_sections,
     "recsys-train": recsys_sections,
+    "apt": apt_sections,
 }
 
 
@@ -535,6 +565,7 @@ _TITLES = {
     "kfac_sweep": "K-FAC curvature edit: the ρ sweep",
     "demo": "rotelab demo: memorization, measured and removed",
     "recsys-train": "VISTA: lifelong histories at a fixed serving cost",
+    "apt": "rotelab apt: phonetic variants and the filters",
 }
 
 
