@@ -37,6 +37,7 @@ import torch
 
 from rotelab.errors import RotelabError
 from rotelab.lm import LM, progress_bar
+from rotelab.machine import one_thread_workers
 from rotelab.stats import clopper_pearson
 
 __all__ = ["HIGHER_IS_BETTER", "exposure", "exposure_from_ranks", "exposure_table"]
@@ -116,13 +117,8 @@ def exposure_table(
 
         if workers == 1:
             return pd.DataFrame([row(plan) for plan in plans])
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(workers) as pool:
-                return pd.DataFrame(list(pool.map(row, plans)))  # in the secrets' order
-        finally:
-            torch.set_num_threads(threads)
+        with one_thread_workers(), ThreadPoolExecutor(workers) as pool:
+            return pd.DataFrame(list(pool.map(row, plans)))  # in the secrets' order
 
 
 @dataclass
