@@ -71,7 +71,7 @@ def exposure_table(
     max_exact: int = 20_000,
     level: float = 0.95,
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int = 128,
     progress: bool = False,
     workers: int | None = None,
 ) -> pd.DataFrame:
@@ -219,7 +219,7 @@ def exposure(
     max_exact: int = 20_000,
     level: float = 0.95,
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int = 128,
 ) -> dict[str, Any]:
     """Exposure of one secret; see :func:`exposure_table` for the fields."""
     table = exposure_table(
