@@ -102,10 +102,10 @@ def exposure_from_scratch(lm, inputs: dict, level: float = 0.95) -> pd.DataFrame
 
 
 def previous(lm, **inputs) -> pd.DataFrame:
-    """``exposure_table`` before the Llama fast path and the workers: every batch through the
-    model's own forward, one secret at a time, torch on all its threads."""
+    """``exposure_table`` before the Llama fast path and the workers: every batch (of 256, as
+    then) through the model's own forward, one secret at a time, torch on all its threads."""
     with mock.patch.object(rotelab.lm._FastLlamaRest, "of", staticmethod(lambda *a: None)):
-        return exposure_table(lm, **inputs, workers=1)
+        return exposure_table(lm, **{**inputs, "batch_size": 256}, workers=1)
 
 
 def prefix_cache_only(lm, **inputs) -> pd.DataFrame:
