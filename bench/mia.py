@@ -11,11 +11,13 @@ This script times both on the organism's ledger items (members and controls, the
 It also times Secret-Sharer exposure on the organism's secrets, with the arguments ``rotelab mia``
 uses: ``exposure_table``, which runs each secret's prefix once and scores its ~1000 candidates from
 the prefix's KV cache (``LM.score_continuations``), the candidates' shared leading digits once per
-distinct leading prefix; the same with the prefix cache alone (no memory for shared levels); and
-the way exposure was computed before, every candidate as a whole sequence ``prefix + candidate``
-scored from scratch in batches shared by all secrets. It checks that the ranks are identical
-(extrapolated ones, from a fit to all the log-perplexities, up to float rounding), reports the
-largest differences, and prints a second Markdown row.
+distinct leading prefix, the per-continuation batches through the Llama fast path and the secrets
+scored by one-thread workers; the same as it was before those two (``previous``: the model's own
+forward, one secret at a time on torch's threads); the same with the prefix cache alone (no memory
+for shared levels); and the way exposure was computed first, every candidate as a whole sequence
+``prefix + candidate`` scored from scratch in batches shared by all secrets. It checks that the
+ranks are identical (extrapolated ones, from a fit to all the log-perplexities, up to float
+rounding), reports the largest differences, and prints a second Markdown row.
 
     python bench/mia.py                      # the default organism (built on first use)
     python bench/mia.py --organism DIR       # any built organism directory
@@ -99,6 +101,13 @@ def exposure_from_scratch(lm, inputs: dict, level: float = 0.95) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+def previous(lm, **inputs) -> pd.DataFrame:
+    """``exposure_table`` before the Llama fast path and the workers: every batch (of 256, as
+    then) through the model's own forward, one secret at a time, torch on all its threads."""
+    with mock.patch.object(rotelab.lm._FastLlamaRest, "of", staticmethod(lambda *a: None)):
+        return exposure_table(lm, **{**inputs, "batch_size": 256}, workers=1)
+
+
 def prefix_cache_only(lm, **inputs) -> pd.DataFrame:
     """``exposure_table`` with no memory for shared levels: every candidate from the prefix
     cache."""
@@ -139,24 +148,29 @@ def bench_exposure(lm, org, n_secrets: int, repeats: int, threads: int) -> None:
     inputs = _exposure_inputs(lm, secrets, MIAConfig())
     warm_up = _exposure_inputs(lm, secrets.head(1), MIAConfig())  # the cache path's first calls
     exposure_table(lm, **warm_up)
+    previous(lm, **warm_up)
     prefix_cache_only(lm, **warm_up)
     exposure_from_scratch(lm, warm_up)
-    t_cache, t_prefix, t_scratch = [], [], []
+    t_cache, t_previous, t_prefix, t_scratch = [], [], [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         cached = exposure_table(lm, **inputs)
         t_cache.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        before = previous(lm, **inputs)
+        t_previous.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         prefix_only = prefix_cache_only(lm, **inputs)
         t_prefix.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         scratch = exposure_from_scratch(lm, inputs)
         t_scratch.append(time.perf_counter() - t0)
-    ranks_same = _same_ranks(cached, scratch) and _same_ranks(prefix_only, scratch)
+    ranks_same = all(_same_ranks(t, scratch) for t in (cached, before, prefix_only))
     d_logppl = float(np.max(np.abs(cached["secret_logppl"] - scratch["secret_logppl"])))
     d_exposure = float(np.max(np.abs(cached["exposure"] - scratch["exposure"])))
     fast, slow = float(np.median(t_cache)), float(np.median(t_scratch))
     mid = float(np.median(t_prefix))
+    prev = float(np.median(t_previous))
     n_cands = int(cached["n_candidates"].sum())
     prefix_tokens = secrets["prefix_tokens"].map(len)
     result = {
@@ -167,6 +181,12 @@ def bench_exposure(lm, org, n_secrets: int, repeats: int, threads: int) -> None:
         "batch_size": inputs["batch_size"],
         "threads": threads,
         "shared_levels_s": round(fast, 3),
+        "previous_s": round(prev, 3),
+        "speedup_over_previous": round(prev / fast, 2),
+        "max_abs_exposure_diff_vs_previous": float(
+            np.max(np.abs(cached["exposure"] - before["exposure"]))
+        ),
+        "max_rel_extrapolated_rank_diff_vs_previous": _extrapolated_gap(cached, before),
         "prefix_cache_only_s": round(mid, 3),
         "from_scratch_s": round(slow, 3),
         "speedup": round(slow / fast, 2),
@@ -180,13 +200,13 @@ def bench_exposure(lm, org, n_secrets: int, repeats: int, threads: int) -> None:
     print(json.dumps(result, indent=2))
     print(
         "| secrets (candidates, prefix/secret tokens) | from scratch | prefix cache "
-        "| + shared leading digits | speed-up | ranks identical "
-        "| max abs logppl / exposure difference |\n|---|---|---|---|---|---|---|"
+        "| previous (shared leading digits) | + fast path, workers | speed-up | ranks identical "
+        "| max abs logppl / exposure difference |\n|---|---|---|---|---|---|---|---|"
     )
     print(
         f"| {len(secrets)} secrets ({n_cands} candidates, {prefix_tokens.mean():.1f}/"
         f"{result['secret_tokens']} tokens), {threads} threads | {slow:.2f} s | {mid:.2f} s "
-        f"| {fast:.2f} s | {slow / fast:.1f}x ({mid / fast:.2f}x of the prefix cache) "
+        f"| {prev:.2f} s | {fast:.2f} s | {slow / fast:.1f}x ({prev / fast:.2f}x of previous) "
         f"| {'yes' if ranks_same else 'NO'} | {d_logppl:.1e} / {d_exposure:.1e} |"
     )
 

@@ -494,7 +494,9 @@ def test_continuations_score_under_hooks_as_whole_sequences_do(tiny_model_dir):
     with lm.hooks({p: identity for p in points}):
         same, _ = scored()
     assert len(calls) >= 2 * len(points) * 3  # prefix, two levels and the batches all ran them
-    assert np.array_equal(same, plain)
+    # with hooks the batches take the model's own forward, without them (Llama) the fast path:
+    # the same operations in another order
+    np.testing.assert_allclose(same, plain, rtol=0, atol=1e-5)
     with lm.hooks({"blocks.0.resid_out": lambda t: 0.5 * t}):
         halved, halved_whole = scored()
     np.testing.assert_allclose(halved, halved_whole, atol=1e-5)
@@ -820,3 +822,29 @@ def test_progress_bar_without_a_total_draws_on_stderr(capsys):
     with progress_bar(False, 5, "off") as advance:
         advance()
     assert capsys.readouterr().out == ""
+
+
+def test_llama_fast_path_scores_like_the_generic_forward(tiny_llama_dir, monkeypatch):
+    """The per-continuation batches of a Llama model (here with grouped-query attention) skip the
+    cache objects and the model's own forward (:class:`rotelab.lm._FastLlamaRest`); they score
+    as the generic path does."""
+    import rotelab.lm as lm_module
+
+    lm = LM.load(tiny_llama_dir, dtype="float32")
+    assert lm.model.config.num_key_value_heads < lm.model.config.num_attention_heads
+    rng = np.random.default_rng(3)
+    prefix = rng.integers(1, 96, size=9).tolist()
+    conts = rng.choice([4, 9, 30, 51], size=(50, 6))
+    used = []
+    real_of = lm_module._FastLlamaRest.of
+
+    def spy(*args):
+        used.append(real_of(*args))
+        return used[-1]
+
+    monkeypatch.setattr(lm_module._FastLlamaRest, "of", staticmethod(spy))
+    fast = lm.score_continuations(prefix, conts, batch_size=16)
+    assert used and used[-1] is not None  # the fast path ran
+    monkeypatch.setattr(lm_module._FastLlamaRest, "of", staticmethod(lambda *a: None))
+    generic = lm.score_continuations(prefix, conts, batch_size=16)
+    np.testing.assert_allclose(fast, generic, rtol=0, atol=1e-5)

@@ -279,3 +279,16 @@ def test_cli_cuda_without_cuda_is_one_line_exit_2(command, tmp_path, monkeypatch
     assert res.exit_code == 2 and "CUDA" in res.output, res.output
     assert res.output.count("\n") == 1
     assert not (tmp_path / "home" / "organisms").exists()
+
+
+def test_one_thread_workers_leave_the_count_to_rotelab_afterwards(threads):
+    """Within one_thread_workers torch runs on one thread and the core sharing leaves it so
+    (without taking it for the user's own choice); on exit rotelab's count is back."""
+    torch.set_num_threads(2)
+    assert configure_threads() == 2
+    with machine.one_thread_workers() as workers:
+        assert workers == 2 and torch.get_num_threads() == 1
+        assert configure_threads() == 1 and torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    assert not machine._threads.user_owned
+    assert configure_threads() == 2

@@ -434,10 +434,13 @@ def reconstruct_cmd(
     sample: Annotated[
         bool, typer.Option("--sample", help="Sample instead of greedy decoding.")
     ] = False,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
+    temperature: Annotated[
+        float | None, typer.Option(help="Sampling temperature (with --sample). Default: 1.")
+    ] = None,
     top_k: Annotated[
-        int, typer.Option("--top-k", help="Sampling top-k (0: whole vocabulary).")
-    ] = 0,
+        int | None,
+        typer.Option("--top-k", help="Sampling top-k (with --sample; 0: whole vocabulary)."),
+    ] = None,
     group_by: Annotated[
         list[str] | None, typer.Option(help="Metadata column to group by (repeat).")
     ] = None,
@@ -528,15 +531,19 @@ def mia_cmd(
     ] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates for CIs (0: none).")] = 1000,
     neighbours: Annotated[
-        int, typer.Option(help="Neighbours per text (neighbourhood attack).")
-    ] = 8,
+        int | None, typer.Option(help="Neighbours per text (neighbourhood attack). Default: 8.")
+    ] = None,
     recall_prefix_tokens: Annotated[int, typer.Option(help="ReCaLL prefix length in tokens.")] = 32,
     exposure: Annotated[
         bool, typer.Option("--exposure/--no-exposure", help="Secret Sharer exposure of secrets.")
     ] = True,
     exposure_samples: Annotated[
-        int, typer.Option(help="Candidates sampled per secret when the space is too large.")
-    ] = 1000,
+        int | None,
+        typer.Option(
+            help="Candidates sampled per secret when the space is too large (with exposure). "
+            "Default: 1000."
+        ),
+    ] = None,
     blind: Annotated[
         bool, typer.Option("--blind/--no-blind", help="Model-free blind baseline on the split.")
     ] = True,

@@ -67,6 +67,7 @@ __all__ = [
     "pid_alive",
     "resolve_device",
     "resolve_precision",
+    "one_thread_workers",
     "share_threads",
     "usable_cores",
     "warn_if_emulated",
@@ -217,6 +218,7 @@ class _ThreadState:
     user_owned: bool = False  # the user changed the count: rotelab no longer touches it
     last_share: float = 0.0  # monotonic time of the last share_threads() check
     registered: bool = False
+    workers: bool = False  # within one_thread_workers(): the count is 1 on purpose
 
 
 _threads = _ThreadState()
@@ -292,7 +294,7 @@ def configure_threads(*, register: bool = True) -> int:
     """
     st = _threads
     current = torch.get_num_threads()
-    if st.user_owned or _threads_chosen_by_user() is not None:
+    if st.workers or st.user_owned or _threads_chosen_by_user() is not None:
         return current
     if st.last_set is not None and current != st.last_set:
         st.user_owned = True
@@ -304,6 +306,22 @@ def configure_threads(*, register: bool = True) -> int:
         torch.set_num_threads(target)
     st.last_set = target
     return target
+
+
+@contextlib.contextmanager
+def one_thread_workers():
+    """Within ``with``, torch runs on one thread, for Python threads that each run it (as many
+    as the count this returns, torch's count on entry); the count is restored on exit, and
+    :func:`configure_threads` leaves it alone meanwhile (nothing is taken for the user's own)."""
+    st = _threads
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    st.workers = True
+    try:
+        yield threads
+    finally:
+        st.workers = False
+        torch.set_num_threads(threads)
 
 
 def share_threads() -> None:

@@ -7,6 +7,7 @@ import itertools
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -126,3 +127,27 @@ def test_prefix_and_secret_longer_than_the_context_are_refused(tiny_lm, setup):
     long_prefix = [alphabet[0]] * (tiny_lm.context_length - 2)
     with pytest.raises(RotelabError, match="'secret'.*context of 64"):
         exposure(tiny_lm, long_prefix, alphabet[:3], alphabet)
+
+
+def test_secrets_scored_by_several_threads_give_the_same_table(tiny_lm, setup):
+    """Worker threads, each running torch on one thread, score each secret as one thread does;
+    the table keeps the secrets' order and torch gets its thread count back."""
+    prefix, alphabet = setup
+    rng = np.random.default_rng(4)
+    secrets = [rng.choice(alphabet, size=5).tolist() for _ in range(5)]
+    kwargs = dict(
+        item_ids=[f"s{i}" for i in range(5)], prefixes=[prefix[: 2 + i] for i in range(5)],
+        secrets=secrets, alphabets=[alphabet] * 5, max_exact=100, n_samples=80, seed=2,
+    )  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = exposure_table(tiny_lm, **kwargs, workers=1)
+        torch.set_num_threads(3)
+        several = exposure_table(tiny_lm, **kwargs, workers=3)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+    assert several["item_id"].tolist() == [f"s{i}" for i in range(5)]
+    assert (several["method"] == "sampled").all()
+    pd.testing.assert_frame_equal(several, one)

@@ -14,21 +14,30 @@ Small spaces (|R| <= ``max_exact``) are enumerated exactly. Larger ones are esti
 rank ≈ 1 + p (|R| - 1) with a Clopper-Pearson interval on p. When no sample beats the secret the
 Monte-Carlo rank is only bounded, so the point estimate extrapolates instead with a skew-normal
 fit to the sampled log-perplexities, as the paper does, clipped to the Monte-Carlo interval.
+
+On the CPU the secrets are scored by as many Python threads as torch has threads, each running
+torch on one: a secret's forward passes are small (a few thousand rows of a small model), and
+splitting each operation over the cores cost more in synchronisation than it saved, the more so
+on a busy machine. Each secret's numbers do not depend on which thread scored it.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from rotelab.errors import RotelabError
 from rotelab.lm import LM, progress_bar
+from rotelab.machine import one_thread_workers
 from rotelab.stats import clopper_pearson
 
 __all__ = ["HIGHER_IS_BETTER", "exposure", "exposure_from_ranks", "exposure_table"]
@@ -62,8 +71,9 @@ def exposure_table(
     max_exact: int = 20_000,
     level: float = 0.95,
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int = 128,
     progress: bool = False,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """Exposure of each secret; its prefix runs once and its candidates are scored from its cache,
     their shared leading tokens once per distinct leading prefix (:meth:`LM.score_continuations`).
@@ -80,6 +90,8 @@ def exposure_table(
         seed: seeds the sampled candidates.
         batch_size: candidates per forward pass (see :meth:`LM.score_continuations`).
         progress: show a progress bar over the secrets.
+        workers: secrets scored at once, each by one thread (default: torch's thread count on
+            the CPU, 1 on an accelerator); torch runs on one thread meanwhile.
 
     Returns:
         One row per secret: ``item_id, method (exact|sampled), log2_space, secret_logppl,
@@ -90,13 +102,23 @@ def exposure_table(
         item_ids, prefixes, secrets, alphabets, n_samples=n_samples, max_exact=max_exact,
         seed=seed, context=lm.context_length,
     )  # fmt: skip
-    rows = []
+    if workers is None:
+        workers = torch.get_num_threads() if lm.device.type == "cpu" else 1
+    workers = max(1, min(workers, len(plans)))
     with progress_bar(progress, len(plans), "exposure") as advance:
-        for plan in plans:
+        lock = threading.Lock()
+
+        def row(plan: _Plan) -> dict[str, Any]:
             logprobs = lm.score_continuations(plan.prefix, plan.candidates, batch_size=batch_size)
-            rows.append(_exposure_row(plan, _logppl_bits(logprobs), level))
-            advance()
-    return pd.DataFrame(rows)
+            out = _exposure_row(plan, _logppl_bits(logprobs), level)
+            with lock:
+                advance()
+            return out
+
+        if workers == 1:
+            return pd.DataFrame([row(plan) for plan in plans])
+        with one_thread_workers(), ThreadPoolExecutor(workers) as pool:
+            return pd.DataFrame(list(pool.map(row, plans)))  # in the secrets' order
 
 
 @dataclass
@@ -197,7 +219,7 @@ def exposure(
     max_exact: int = 20_000,
     level: float = 0.95,
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int = 128,
 ) -> dict[str, Any]:
     """Exposure of one secret; see :func:`exposure_table` for the fields."""
     table = exposure_table(

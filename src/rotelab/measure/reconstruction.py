@@ -16,7 +16,7 @@ import difflib
 import html
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -53,9 +53,17 @@ class ReconstructConfig:
     max_tokens: int | None = None
     max_docs: int | None = None
     sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
+    temperature: float | None = None  # None: not given (1.0 when sampling)
+    top_k: int | None = None  # None: not given (0 when sampling)
     seed: int = 0
+
+    def with_defaults(self) -> ReconstructConfig:
+        """A copy with the sampler's defaults filled in."""
+        return replace(
+            self,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_k=0 if self.top_k is None else self.top_k,
+        )
 
     def validate(self) -> None:
         if self.prefix_len < 1:
@@ -69,10 +77,18 @@ class ReconstructConfig:
         if self.max_docs is not None and self.max_docs < 1:
             raise RotelabError(f"--max-docs must be >= 1, got {self.max_docs}")
         # Checked with or without --sample: a bad value is a mistake either way.
-        if not 0 < self.temperature < math.inf:
+        if self.temperature is not None and not 0 < self.temperature < math.inf:
             raise RotelabError(f"temperature must be a finite number > 0, got {self.temperature}")
-        if self.top_k < 0:
+        if self.top_k is not None and self.top_k < 0:
             raise RotelabError(f"top-k must be >= 0 (0 = whole vocabulary), got {self.top_k}")
+        given = [f for f, v in (("--temperature", self.temperature), ("--top-k", self.top_k))
+                 if v is not None]  # fmt: skip
+        if given and not self.sample:
+            raise RotelabError(
+                f"{', '.join(given)} shape{'s' if len(given) == 1 else ''} the sampler, so "
+                f"{'it does' if len(given) == 1 else 'they do'} not apply to greedy decoding; "
+                "add --sample or leave them out"
+            )
 
 
 def reconstruct_tokens(
@@ -164,6 +180,7 @@ def reconstruct_documents(
 ) -> Reconstruction:
     """Reconstruct each ``(doc_id, tokens, meta)`` from its first ``cfg.prefix_len`` tokens and
     compare the continuation with the true text, whole and per chunk."""
+    cfg = cfg.with_defaults()
     doc_rows, chunk_rows, diffs = [], [], []
     ends = [min(len(t), cfg.max_tokens or len(t)) for _, t, _ in docs]
     gens = reconstruct_tokens(

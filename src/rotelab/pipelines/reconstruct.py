@@ -59,6 +59,7 @@ def reconstruct(
     cfg = config or ReconstructConfig()
     cfg = replace(cfg, seed=run.one_seed(cfg.seed))
     cfg.validate()
+    cfg = cfg.with_defaults()
     if batch_size < 1:
         raise RotelabError(f"--batch-size must be >= 1, got {batch_size}")
     run.check()

@@ -601,6 +601,8 @@ def _section_html(sec: Section) -> str:
 def render_report(run_dir: str | os.PathLike) -> str:
     """The HTML text of a run directory's report (see :func:`write_report`)."""
     run = Path(run_dir)
+    if not run.exists():
+        raise RotelabError(f"{run} does not exist; pass a run directory written by rotelab")
     if not run.is_dir():
         raise RotelabError(f"{run} is not a directory; pass a run directory written by rotelab")
     config = read_json(run / "config.json")
