@@ -184,8 +184,10 @@ def test_report_refuses_a_dir_without_summary(tmp_path):
     with pytest.raises(RotelabError, match="summary.json"):
         render_report(tmp_path)
     assert not (tmp_path / "report.html").exists()
-    with pytest.raises(RotelabError, match="not a directory"):
+    with pytest.raises(RotelabError, match="missing does not exist"):
         render_report(tmp_path / "missing")
+    with pytest.raises(RotelabError, match="not a directory"):
+        render_report(tmp_path / "config.json")
 
 
 def test_cli_report(extract_run, tmp_path):
