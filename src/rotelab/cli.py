@@ -674,8 +674,26 @@ def edit_cmd(
         ),
     ] = None,
     rho: Annotated[
-        str, typer.Option(help="Curvature mass kept per layer, in (0, 1]; '0.5,0.6,0.8' sweeps.")
-    ] = "0.6",
+        str | None,
+        typer.Option(
+            help="Curvature mass kept per layer, in (0, 1]; '0.5,0.6,0.8' sweeps. Default: 0.6."
+        ),
+    ] = None,
+    rho_config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Instead of --rho: a JSON file giving a rho per projection and per block, e.g. "
+            '{"default": 0.9, "projections": {"down_proj": 0.95}, "blocks": {"0": 0.8}} '
+            "(README: per-layer rho).",
+        ),
+    ] = None,
+    save_dtype: Annotated[
+        str,
+        typer.Option(
+            help="dtype of the written weights: source (the source model's stored dtype), "
+            "float32, bfloat16 or float16."
+        ),
+    ] = "source",
     layers: LayersOpt = None,
     blocks: BlocksOpt = None,
     labels: Annotated[
@@ -697,8 +715,8 @@ def edit_cmd(
     from rotelab.pipelines.edit import edit
 
     result = edit(
-        model, factors, rho, layers=layers, blocks=blocks, labels=labels, tokens=tokens, run=run,
-        load=load,
+        model, factors, rho, rho_config=rho_config, save_dtype=save_dtype, layers=layers,
+        blocks=blocks, labels=labels, tokens=tokens, run=run, load=load,
     )  # fmt: skip
     paths = result if isinstance(result, dict) else {None: result}
     if show.as_json:

@@ -219,30 +219,41 @@ class CurvatureEdit:
         record["dropped_weight_norm"] = float(dropped.norm() / w.norm().clamp_min(1e-300))
         return (w - dropped).to(weight.dtype).to(weight.device), record
 
-    def apply(self, lm: LM, rho: float, *, layers: Sequence[str] | None = None) -> LM:
+    def apply(
+        self, lm: LM, rho: float | Mapping[str, float], *, layers: Sequence[str] | None = None
+    ) -> LM:
         """A new :class:`LM` with the edited weights; ``lm`` is never modified.
 
         Args:
             lm: the model the factors were collected on (refused otherwise).
-            rho: fraction of curvature mass to keep per layer, in (0, 1].
-            layers: edit only these of the fitted layers (default: all of them).
+            rho: fraction of curvature mass to keep per layer, in (0, 1]; or layer name → ρ
+                (those layers only: a ρ per projection and block).
+            layers: edit only these of the fitted layers (default: all of them, or the
+                mapping's).
 
         Sets ``kept_``: a DataFrame (layer, rho, kept_pairs, kept_mass, dropped_weight_norm).
         """
         self._check_fitted()
-        rho = check_rho(rho)
+        if isinstance(rho, Mapping):
+            per_layer = {n: check_rho(r) for n, r in rho.items()}
+            names = list(per_layer) if layers is None else list(layers)
+            label = "per-layer"
+        else:
+            value = check_rho(rho)
+            names = list(self.eigen_) if layers is None else list(layers)
+            per_layer = dict.fromkeys(names, value)
+            label = f"{value:g}"
         self.kfac_.check_model(lm)
-        names = list(self.eigen_) if layers is None else list(layers)
-        unknown = [n for n in names if n not in self.eigen_]
+        unknown = [n for n in names if n not in self.eigen_ or n not in per_layer]
         if unknown:
-            raise RotelabError(f"no K-FAC factors for layer {unknown[0]}; collect them first")
+            raise RotelabError(f"no K-FAC factors or rho for layer {unknown[0]}")
         model = copy.deepcopy(lm.model)
-        new = LM.from_model(model, lm.tokenizer, name=f"{lm.name}+kfac(rho={rho:g})")
+        new = LM.from_model(model, lm.tokenizer, name=f"{lm.name}+kfac(rho={label})")
         by_name = {layer.name: layer for layer in new.linear_layers()}
         records = []
         for name in names:
             target = by_name[name]
-            w, record = self.edited_weight(target.weight, name, rho)
+            w, record = self.edited_weight(target.weight, name, per_layer[name])
             target.set_weight(w)
             records.append(record)
         self.kept_ = pd.DataFrame(records)
