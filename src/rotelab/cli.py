@@ -660,6 +660,64 @@ def entropy_cmd(
     emit(result.summary, show, run_dir=result.run_dir)
 
 
+@command("bands", shared=("run", "load", "corpus", "show"), without=("resume",))
+def bands_cmd(
+    model: ModelOpt = None,
+    factors: Annotated[
+        Path | None,
+        typer.Option(
+            help="Factors from `rotelab kfac`. Default (an organism only): collected on its "
+            "training text (cached)."
+        ),
+    ] = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="A set to compare, NAME=FILE (repeat; two or more). Default on an organism: "
+            "memorized (items inserted >= --min-count times) and clean (held-out text).",
+        ),
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(help="The set others are divided by. Default: clean, else the first."),
+    ] = None,
+    rho: Annotated[
+        float | None,
+        typer.Option(
+            help="Also measure the task-curvature correspondence of the edit at this rho."
+        ),
+    ] = None,
+    tasks: Annotated[
+        Path | None,
+        typer.Option(
+            help="Tasks for --rho: JSONL of prompt, answer, task (optional id). Default on an "
+            "organism: its probes."
+        ),
+    ] = None,
+    min_count: Annotated[
+        int, typer.Option(help="Organism: the memorized set's minimum insertion count.")
+    ] = 16,
+    tokens: Annotated[int, typer.Option(help="Tokens measured per --data set.")] = 16_384,
+    *,
+    run: RunOptions,
+    load: LoadOptions,
+    corpus: CorpusOptions,
+    show: Show,
+) -> None:
+    """Curvature bands per data set, and which tasks an edit hurts (Merullo et al. 2025)."""
+    from rotelab.pipelines.bands import bands, format_table
+
+    result = bands(
+        model, factors, data or (), reference=reference, rho=rho, tasks=tasks,
+        min_count=min_count, tokens=tokens, run=run, load=load, corpus=corpus,
+    )  # fmt: skip
+    if not show.as_json and not show.quiet:
+        out.print(format_table(result.summary), highlight=False, soft_wrap=True)
+    emit(result.summary, show, run_dir=result.run_dir)
+
+
 @command(
     "edit", shared=("run", "load", "show"), without=("resume",),
     override={"out_dir": EditOutOpt},

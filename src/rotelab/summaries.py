@@ -27,6 +27,7 @@ from rotelab.errors import RotelabError
 
 __all__ = [
     "AttackSummary",
+    "BandsSummary",
     "CompareModel",
     "CompareSummary",
     "DemoSummary",
@@ -231,6 +232,17 @@ class KfacSweepSummary(Summary):
     band_dataset: str = "memorized"
 
 
+@_schema("bands")
+class BandsSummary(Summary):
+    """``rotelab bands``: band ratios per set and, with ``--rho``, the correspondence."""
+
+    model: str
+    reference: str
+    band_ratio: dict[str, dict[str, float]]
+    rho: float | None = None
+    correspondence: dict[str, Any] | None = None
+
+
 # ----------------------------------------------------------------------------------------- demo
 @_schema("organism")
 class OrganismFacts(Summary):
@@ -268,6 +280,7 @@ SCHEMAS: dict[str, type[Summary]] = {
     "mia": MIASummary,
     "compare": CompareSummary,
     "kfac_sweep": KfacSweepSummary,
+    "bands": BandsSummary,
     "demo": DemoSummary,
 }
 
