@@ -840,7 +840,7 @@ def balanced_subnet_cmd(
     emit(summary, show, run_dir=path)
 
 
-@command("compare", shared=("run", "load", "show"))
+@command("compare", shared=("run", "load", "corpus", "show"))
 def compare_cmd(
     models: Annotated[
         list[str] | None,
@@ -859,12 +859,37 @@ def compare_cmd(
             help="Organism dir for items, probes, held-out text. Default: from the models."
         ),
     ] = None,
+    forget: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your set to forget instead of the organism's items: JSONL/Parquet records "
+            "with prefix and suffix texts, or any corpus (cut into --prefix-len/--suffix-len "
+            "windows)."
+        ),
+    ] = None,
+    retain: Annotated[
+        Path | None,
+        typer.Option(help="Your held-out text for perplexity instead of the organism's."),
+    ] = None,
+    tasks: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your tasks instead of the organism's probes: JSONL of prompt, answer, task "
+            "(optional id), scored by greedy exact answer."
+        ),
+    ] = None,
+    prefix_len: Annotated[int, typer.Option(help="--forget corpus: prefix tokens.")] = 32,
+    suffix_len: Annotated[int, typer.Option(help="--forget corpus: suffix tokens.")] = 48,
+    forget_windows: Annotated[
+        int, typer.Option(help="--forget corpus: at most this many windows.")
+    ] = 256,
     min_count: Annotated[int, typer.Option(help="Memorized = items inserted >= this.")] = 16,
     heldout_tokens: Annotated[int, typer.Option(help="Held-out tokens for perplexity.")] = 20_000,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 32,
     *,
     run: RunOptions,
     load: LoadOptions,
+    corpus: CorpusOptions,
     show: Show,
 ) -> None:
     """Measure models on the same windows: extraction, perplexity, task accuracy (+ plot)."""
@@ -872,7 +897,9 @@ def compare_cmd(
 
     names = [*(models or []), *(more_models or [])] or ["organism"]
     path, summary = compare(
-        names, organism=organism, min_count=min_count, heldout_tokens=heldout_tokens,
+        names, organism=organism, forget=forget, retain=retain, tasks=tasks,
+        prefix_len=prefix_len, suffix_len=suffix_len, forget_windows=forget_windows,
+        corpus=corpus, min_count=min_count, heldout_tokens=heldout_tokens,
         batch_size=batch_size, run=run, load=load,
     )  # fmt: skip
     if not show.as_json and not show.quiet:

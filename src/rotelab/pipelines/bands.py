@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,12 +48,12 @@ from rotelab.measure.extraction import ledger_windows
 from rotelab.measure.quality import probe_accuracy
 from rotelab.options import CorpusOptions, LoadOptions, RunOptions
 from rotelab.pipelines.edit import cached_factors
-from rotelab.pipelines.inputs import check_min_count, resolve_corpus, resolve_model
+from rotelab.pipelines.inputs import check_min_count, read_tasks, resolve_corpus, resolve_model
 from rotelab.report import write_report
 from rotelab.runs import Run
 from rotelab.stats import wilson_interval
 
-__all__ = ["BandsRun", "bands", "format_table", "parse_sets", "read_tasks"]
+__all__ = ["BandsRun", "bands", "format_table", "parse_sets"]
 
 #: Tokens of each data set measured when ``--tokens`` is not given.
 SET_TOKENS = 16_384
@@ -83,37 +82,6 @@ def parse_sets(data: Sequence[str]) -> dict[str, str]:
             raise RotelabError(f"--data names {name!r} twice; give each set its own name")
         sets[name] = path
     return sets
-
-
-def read_tasks(path: str | os.PathLike) -> pd.DataFrame:
-    """A tasks JSONL (``prompt``, ``answer``, ``task``, optional ``id``) as probe rows."""
-    path = Path(path)
-    if not path.is_file():
-        raise RotelabError(f"tasks file {path} does not exist (give a JSONL file)")
-    rows = []
-    with path.open("rb") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise RotelabError(f"{path} line {n} is not valid JSON: {exc}") from None
-            if not isinstance(row, dict):
-                raise RotelabError(f"{path} line {n} is not a JSON object")
-            for key in ("prompt", "answer", "task"):
-                if not isinstance(row.get(key), str) or not row[key]:
-                    raise RotelabError(
-                        f"{path} line {n} has no {key!r} (each line needs non-empty prompt, "
-                        "answer and task strings)"
-                    )
-            rows.append({
-                "probe_id": str(row.get("id", f"{row['task']}-{n}")), "task": row["task"],
-                "subtask": row["task"], "prompt": row["prompt"], "answer": row["answer"],
-            })  # fmt: skip
-    if not rows:
-        raise RotelabError(f"{path} holds no task items")
-    return pd.DataFrame(rows)
 
 
 def bands(

@@ -14,10 +14,13 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pandas as pd
 
 from rotelab.data.corpus import CorpusScan, scan_corpus
 from rotelab.errors import RotelabError
@@ -33,6 +36,7 @@ __all__ = [
     "check_min_count",
     "is_organism_dir",
     "load_model",
+    "read_tasks",
     "resolve_corpus",
     "resolve_data",
     "resolve_model",
@@ -185,6 +189,38 @@ def check_min_count(model: ModelInput, min_count: int, *, flag: str = "--min-cou
             f"{flag} {min_count}: no item of the organism is inserted more than {top} times; "
             f"use at most {top}"
         )
+
+
+def read_tasks(path: str | os.PathLike) -> pd.DataFrame:
+    """A tasks JSONL (``prompt``, ``answer``, ``task``, optional ``id``) as probe rows (the
+    columns of an organism's probes), every line checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise RotelabError(f"tasks file {path} does not exist (give a JSONL file)")
+    rows = []
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise RotelabError(f"{path} line {n} is not valid JSON: {exc}") from None
+            if not isinstance(row, dict):
+                raise RotelabError(f"{path} line {n} is not a JSON object")
+            for key in ("prompt", "answer", "task"):
+                if not isinstance(row.get(key), str) or not row[key]:
+                    raise RotelabError(
+                        f"{path} line {n} has no {key!r} (each line needs non-empty prompt, "
+                        "answer and task strings)"
+                    )
+            rows.append({
+                "probe_id": str(row.get("id", f"{row['task']}-{n}")), "task": row["task"],
+                "subtask": row["task"], "prompt": row["prompt"], "answer": row["answer"],
+            })  # fmt: skip
+    if not rows:
+        raise RotelabError(f"{path} holds no task items")
+    return pd.DataFrame(rows)
 
 
 def load_model(model: str | os.PathLike | LM | None, options: LoadOptions = LoadOptions()) -> LM:
