@@ -132,3 +132,22 @@ def test_not_an_organism_needs_factors_and_sets(tiny_llama_dir, sets, tmp_path, 
     with pytest.raises(RotelabError, match="rho must be in"):
         bands(rho=0.0, run=RunOptions(tmp_path / "o"))  # the default organism is never built
     assert not (tmp_path / "o").exists()
+
+
+def test_a_set_of_prefix_suffix_windows_reads_as_their_joined_text(
+    tiny_llama_dir, llama_factors, sets, tmp_path
+):
+    a, _, _ = sets
+    windows = tmp_path / "windows.jsonl"
+    words = a.read_text().split()
+    windows.write_text("".join(
+        json.dumps({"prefix": " ".join(words[i : i + 6]), "suffix": " " + " ".join(
+            words[i + 6 : i + 10])}) + "\n" for i in range(0, 40, 10)
+    ))  # fmt: skip
+    result = bands(
+        str(tiny_llama_dir), llama_factors, [f"w={windows}", f"clean={a}"], tokens=10_000,
+        run=RunOptions(tmp_path / "run", progress=False),
+    )  # fmt: skip
+    words_read = sum(len(json.loads(x)["prefix"] + json.loads(x)["suffix"]) > 0
+                     for x in windows.read_text().splitlines())  # fmt: skip
+    assert words_read == 4 and result.summary["sets"]["w"] > 4 * 4  # prefix and suffix tokens

@@ -48,7 +48,13 @@ from rotelab.measure.extraction import ledger_windows
 from rotelab.measure.quality import probe_accuracy
 from rotelab.options import CorpusOptions, LoadOptions, RunOptions
 from rotelab.pipelines.edit import cached_factors
-from rotelab.pipelines.inputs import check_min_count, read_tasks, resolve_corpus, resolve_model
+from rotelab.pipelines.inputs import (
+    check_min_count,
+    read_tasks,
+    resolve_corpus,
+    resolve_model,
+    window_file_reading,
+)
 from rotelab.report import write_report
 from rotelab.runs import Run
 from rotelab.stats import wilson_interval
@@ -82,6 +88,12 @@ def parse_sets(data: Sequence[str]) -> dict[str, str]:
             raise RotelabError(f"--data names {name!r} twice; give each set its own name")
         sets[name] = path
     return sets
+
+
+def _window_text(doc) -> str:
+    """A set's document as text: a ``prefix``/``suffix`` record is the two joined."""
+    prefix = doc.meta.get("prefix")
+    return prefix + doc.text if isinstance(prefix, str) else doc.text
 
 
 def bands(
@@ -130,8 +142,9 @@ def bands(
             raise RotelabError(
                 "give two or more --data NAME=FILE sets to compare (or none on an organism)"
             )
-        for path in sets.values():
-            resolve_corpus(path, corpus, model=given)
+        readings = {n: window_file_reading(p, corpus) for n, p in sets.items()}
+        for name, path in sets.items():
+            resolve_corpus(path, readings[name], model=given)
     elif given.is_organism:
         check_min_count(given, min_count)
     else:
@@ -176,7 +189,8 @@ def bands(
     seq_len = min(lm.context_length, 2048) - 1
     if sets:
         texts = {
-            n: (d.text for d in read_corpus(p, **corpus.read_kwargs())) for n, p in sets.items()
+            n: (_window_text(d) for d in read_corpus(p, **readings[n].read_kwargs()))
+            for n, p in sets.items()
         }
         seqs = {
             n: packed_sequences(lm, t, seq_len=seq_len, max_tokens=tokens) for n, t in texts.items()

@@ -58,9 +58,7 @@ bootstrap over held-out windows (1000 resamples, seeded).
 
 from __future__ import annotations
 
-import dataclasses
 import gc
-import json
 import math
 import os
 import sys
@@ -87,6 +85,7 @@ from rotelab.pipelines.inputs import (
     read_tasks,
     resolve_corpus,
     resolve_model,
+    window_file_reading,
 )
 from rotelab.registry import direction, metric_entry, register_metric
 from rotelab.runs import Run
@@ -226,7 +225,7 @@ def compare(
             f"none of the models is an organism, so there are no default sets: give {missing} "
             "too (or --organism DIR)"
         )
-    forget_corpus = _forget_reading(forget, corpus) if forget is not None else corpus
+    forget_corpus = window_file_reading(forget, corpus) if forget is not None else corpus
     if forget is not None:
         resolve_corpus(forget, forget_corpus, flag="--forget")
     if retain is not None:
@@ -521,33 +520,6 @@ def _texts(path: str | os.PathLike, corpus: CorpusOptions) -> list[str]:
 
 def _str(value) -> str | None:
     return None if value is None else str(value)
-
-
-def _forget_reading(path, corpus: CorpusOptions) -> CorpusOptions:
-    """How a forget file is read: records with ``prefix`` and ``suffix`` fields (a JSONL file
-    whose first record has both, or a Parquet file with both columns) as windows, the suffix
-    being the text; anything else as the corpus options say."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        return corpus
-    fields: set[str] = set()
-    try:
-        with path.open("rb") as f:
-            head = f.read(4)
-        if head == b"PAR1":
-            import pyarrow.parquet as pq
-
-            fields = set(pq.read_schema(path).names)
-        else:
-            with path.open(encoding="utf-8", errors="replace") as f:
-                first = next((line for line in f if line.strip()), "")
-            record = json.loads(first) if first.lstrip().startswith("{") else {}
-            fields = set(record) if isinstance(record, dict) else set()
-    except (OSError, ValueError):
-        return corpus  # the reader's own check says what is wrong with the file
-    if {"prefix", "suffix"} <= fields:
-        return dataclasses.replace(corpus, field="suffix")
-    return corpus
 
 
 def _warn_overlap(forget, forget_corpus: CorpusOptions, retain, corpus: CorpusOptions) -> None:

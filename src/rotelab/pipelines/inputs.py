@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -40,6 +41,7 @@ __all__ = [
     "resolve_corpus",
     "resolve_data",
     "resolve_model",
+    "window_file_reading",
 ]
 
 #: What ``--model`` may say to mean the default organism (besides leaving it out).
@@ -221,6 +223,34 @@ def read_tasks(path: str | os.PathLike) -> pd.DataFrame:
     if not rows:
         raise RotelabError(f"{path} holds no task items")
     return pd.DataFrame(rows)
+
+
+def window_file_reading(path, corpus: CorpusOptions) -> CorpusOptions:
+    """How a file of windows is read (``compare --forget``, ``bands --data``): records with
+    ``prefix`` and ``suffix`` fields (a JSONL file whose first record has both, or a Parquet file
+    with both columns) as windows, the suffix being the text and the prefix in its metadata;
+    anything else as the corpus options say."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        return corpus
+    fields: set[str] = set()
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+        if head == b"PAR1":
+            import pyarrow.parquet as pq
+
+            fields = set(pq.read_schema(path).names)
+        else:
+            with path.open(encoding="utf-8", errors="replace") as f:
+                first = next((line for line in f if line.strip()), "")
+            record = json.loads(first) if first.lstrip().startswith("{") else {}
+            fields = set(record) if isinstance(record, dict) else set()
+    except (OSError, ValueError):
+        return corpus  # the reader's own check says what is wrong with the file
+    if {"prefix", "suffix"} <= fields:
+        return dataclasses.replace(corpus, field="suffix")
+    return corpus
 
 
 def load_model(model: str | os.PathLike | LM | None, options: LoadOptions = LoadOptions()) -> LM:
