@@ -287,7 +287,8 @@ CASES = [
         "compare --models {model} --forget {missing} --retain {data2} --tasks {data} -o {out}",
         "nope",
     ),
-    case(f"{COMPARE} --forget-windows 0", "--forget-windows must be >= 1"),
+    case(f"{COMPARE} --forget-windows 0", "without --forget they do not apply"),
+    case(f"{COMPARE} --forget {{data}} --forget-windows 0", "--forget-windows must be >= 1"),
     case(f"{COMPARE} --forget {{data}} --prefix-len 0", "prefix length must be >= 1"),
     # --------------------------------------------------------------- bands
     case("bands -m {model} -o {out}", "give two or more --data"),

@@ -878,11 +878,15 @@ def compare_cmd(
             "(optional id), scored by greedy exact answer."
         ),
     ] = None,
-    prefix_len: Annotated[int, typer.Option(help="--forget corpus: prefix tokens.")] = 32,
-    suffix_len: Annotated[int, typer.Option(help="--forget corpus: suffix tokens.")] = 48,
+    prefix_len: Annotated[
+        int | None, typer.Option(help="--forget corpus: prefix tokens. Default: 32.")
+    ] = None,
+    suffix_len: Annotated[
+        int | None, typer.Option(help="--forget corpus: suffix tokens. Default: 48.")
+    ] = None,
     forget_windows: Annotated[
-        int, typer.Option(help="--forget corpus: at most this many windows.")
-    ] = 256,
+        int | None, typer.Option(help="--forget corpus: at most this many windows. Default: 256.")
+    ] = None,
     min_count: Annotated[int, typer.Option(help="Memorized = items inserted >= this.")] = 16,
     heldout_tokens: Annotated[int, typer.Option(help="Held-out tokens for perplexity.")] = 20_000,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 32,

@@ -51,6 +51,14 @@ Output: a :class:`~rotelab.runs.Run` directory with
       }
     }
 
+Your own sets (``--forget``, ``--retain``, ``--tasks``) replace the organism's items, held-out text
+and probes; with all three, any models are compared (each tokenizes the texts itself). A forget
+window's row then has ``item_id`` = ``<document>@<token offset>`` and no kind, count or phase; the
+summary names the sets (``forget``, ``retain``, ``tasks_from``), ``extraction`` covers every
+forget window and there is no ``extraction_by_count``/``extraction_by_kind``. Every extraction
+block also has ``exact_match`` and ``extraction_strength`` (mean and CI, see
+:func:`extraction_strength`), and ``tasks`` has the tasks of the file.
+
 Rate intervals are Wilson intervals (:func:`rotelab.stats.rate_with_ci`); the interval of
 the mean distance is the normal one (mean ± 1.96·sd/√n); the perplexity interval is a percentile
 bootstrap over held-out windows (1000 resamples, seeded).
@@ -161,9 +169,9 @@ def compare(
     forget: str | os.PathLike | None = None,
     retain: str | os.PathLike | None = None,
     tasks: str | os.PathLike | None = None,
-    prefix_len: int = 32,
-    suffix_len: int = 48,
-    forget_windows: int = 256,
+    prefix_len: int | None = None,
+    suffix_len: int | None = None,
+    forget_windows: int | None = None,
     corpus: CorpusOptions = CorpusOptions(),
     min_count: int = 16,
     loose_threshold: float = 0.75,
@@ -189,7 +197,8 @@ def compare(
             ``task`` (optional ``id``), scored by greedy exact answer from one pass.
             Without an organism among the models (or ``organism``), all three sets are needed;
             then any models can be compared, each tokenizing the sets itself.
-        prefix_len, suffix_len, forget_windows: how a ``forget`` corpus is cut.
+        prefix_len, suffix_len, forget_windows: how a ``forget`` corpus is cut (default 32,
+            48 and 256; refused without ``forget``).
         corpus: how ``forget`` and ``retain`` are read.
         min_count: items inserted at least this often count as memorized (the headline).
         loose_threshold: loose extraction needs ``1 - d/L >=`` this.
@@ -213,6 +222,17 @@ def compare(
         raise RotelabError("min count must be >= 0 and held-out tokens >= 2")
     if batch_size < 1:
         raise RotelabError(f"batch size must be >= 1, not {batch_size}")
+    cutting = {"--prefix-len": prefix_len, "--suffix-len": suffix_len,
+               "--forget-windows": forget_windows}  # fmt: skip
+    given = [flag for flag, v in cutting.items() if v is not None]
+    if forget is None and given:
+        raise RotelabError(
+            f"{', '.join(given)} cut a --forget corpus into windows; without --forget they do "
+            "not apply (the organism's items are whole windows)"
+        )
+    prefix_len = 32 if prefix_len is None else prefix_len
+    suffix_len = 48 if suffix_len is None else suffix_len
+    forget_windows = 256 if forget_windows is None else forget_windows
     check_window_shape(prefix_len, suffix_len, None, None)
     if forget_windows < 1:
         raise RotelabError(f"--forget-windows must be >= 1, got {forget_windows}")
