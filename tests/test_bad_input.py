@@ -312,6 +312,12 @@ CASES = [
     case("bands --rho 0 -o {out}", "rho must be in"),
     case("bands --min-count 100000 -o {out}", "--min-count"),
     case("bands --tokens 0 -o {out}", "--tokens must be >= 1"),
+    # --------------------------------------------------------------- diff
+    case("diff {model} {missing} -o {out}", "does not exist"),
+    case("diff {model} {file} -o {out}", "not a model or LoRA adapter directory"),
+    case("diff {empty_dir} {model} -o {out}", "not a model or LoRA adapter directory"),
+    case("diff {model} {corrupt_model} -o {out}", "corrupt_model"),
+    case("diff {model} {model} -o {model} --force", "is the input"),
     # --------------------------------------------------------------- edit: rho per layer, dtype
     case(f"{EDIT} --rho-config {{missing}}", "does not exist"),
     case(f"{EDIT} --rho-config {{file}}", "not valid JSON"),
@@ -544,4 +550,4 @@ def test_the_table_covers_every_command():
     commands = {p.values[0].split()[0] for p in CASES}
     assert len(CASES) >= 100
     assert {"extract", "reconstruct", "mia", "kfac", "edit", "unlearn", "compare", "organism",
-            "demo", "report", "machine", "bands"} <= commands  # fmt: skip
+            "demo", "report", "machine", "bands", "diff"} <= commands  # fmt: skip

@@ -660,6 +660,32 @@ def entropy_cmd(
     emit(result.summary, show, run_dir=result.run_dir)
 
 
+@command("diff", shared=("run", "show"), without=("resume", "seed"))
+def diff_cmd(
+    a: Annotated[
+        str,
+        typer.Argument(help="The reference checkpoint directory (or smollm2).", show_default=False),
+    ],
+    b: Annotated[
+        str,
+        typer.Argument(
+            help="A checkpoint of the same architecture, or a LoRA adapter trained on A.",
+            show_default=False,
+        ),
+    ],
+    *,
+    run: RunOptions,
+    show: Show,
+) -> None:
+    """Where two checkpoints differ: relative weight change per block and module (Ma et al.)."""
+    from rotelab.pipelines.diff import diff, format_table
+
+    result = diff(a, b, run=run)
+    if not show.as_json and not show.quiet:
+        out.print(format_table(result.summary), highlight=False, soft_wrap=True)
+    emit(result.summary, show, run_dir=result.run_dir)
+
+
 @command("bands", shared=("run", "load", "corpus", "show"), without=("resume",))
 def bands_cmd(
     model: ModelOpt = None,

@@ -28,6 +28,7 @@ from rotelab.errors import RotelabError
 __all__ = [
     "AttackSummary",
     "BandsSummary",
+    "DiffSummary",
     "CompareModel",
     "CompareSummary",
     "DemoSummary",
@@ -243,6 +244,19 @@ class BandsSummary(Summary):
     correspondence: dict[str, Any] | None = None
 
 
+@_schema("diff")
+class DiffSummary(Summary):
+    """``rotelab diff``: fractions of weights changed, overall, per block and per module."""
+
+    a: str
+    b: str
+    weights: int
+    fraction_changed: dict[str, float]
+    by_block: dict[str, dict[str, float]]
+    by_module: dict[str, dict[str, float]] = field(default_factory=dict)
+    lower_vs_upper: dict[str, dict[str, float]] | None = None
+
+
 # ----------------------------------------------------------------------------------------- demo
 @_schema("organism")
 class OrganismFacts(Summary):
@@ -281,6 +295,7 @@ SCHEMAS: dict[str, type[Summary]] = {
     "compare": CompareSummary,
     "kfac_sweep": KfacSweepSummary,
     "bands": BandsSummary,
+    "diff": DiffSummary,
     "demo": DemoSummary,
 }
 

@@ -39,6 +39,7 @@ from rotelab.summaries import (
     CompareModel,
     CompareSummary,
     DemoSummary,
+    DiffSummary,
     ExtractionSummary,
     KfacSweepSummary,
     MIASummary,
@@ -459,6 +460,40 @@ def bands_section(run: Path, summary: BandsSummary) -> list[Section]:
     return secs
 
 
+# ------------------------------------------------------------------------------ page: diff
+def diff_section(run: Path, summary: DiffSummary) -> list[Section]:
+    """Where the weights changed: fractions per block, per module, lower vs upper half."""
+    sec = Section(
+        "Where the weights changed",
+        f"{html.escape(summary.b)} against {html.escape(summary.a)}: the elementwise relative "
+        "change |ΔW| / |W| of every weight (a LoRA adapter's update rebuilt as (α/r)·BA). Ma "
+        "et al. 2025 found the fine-tune that undoes a regurgitation mitigation changes about "
+        "14% of weights by more than 1% and 0.15% by more than 100%, mostly in lower blocks.",
+    )
+    f = summary.fraction_changed
+    sec.headlines = [
+        Headline("weights compared", "weights", summary.weights),
+        Headline("changed > 1%", "fraction_changed.1pct", f["1pct"]),
+        Headline("changed > 10%", "fraction_changed.10pct", f["10pct"]),
+        Headline("changed > 100%", "fraction_changed.100pct", f["100pct"]),
+    ]
+    if summary.by_block:
+        sec.figure(
+            "weight_change", "Fraction of weights changed, per block",
+            plots.weight_change(summary.by_block),
+            "Each bar: the share of the block's weights whose relative change exceeds the "
+            "threshold (log scale).",
+        )  # fmt: skip
+        sec.tables.append(
+            _table(pd.DataFrame(summary.by_block).T.rename_axis("block").reset_index())
+        )
+    if summary.by_module:
+        sec.tables.append(
+            _table(pd.DataFrame(summary.by_module).T.rename_axis("module").reset_index())
+        )
+    return [sec]
+
+
 # ------------------------------------------------------------------------------ page: demo
 def demo_sections(run: Path, summary: DemoSummary) -> list[Section]:
     """The demo's story: memorized, inferable, removed, at what cost."""
@@ -513,6 +548,7 @@ _PAGES: dict[str, Callable[[Path, Any], list[Section]]] = {
     "compare": lambda run, s: [compare_section(run, s)],
     "kfac_sweep": lambda run, s: [kfac_section(run, s)],
     "bands": bands_section,
+    "diff": diff_section,
     "demo": demo_sections,
 }
 
@@ -552,6 +588,7 @@ _TITLES = {
     "compare": "Removal methods compared",
     "kfac_sweep": "K-FAC curvature edit: the ρ sweep",
     "bands": "Curvature bands and the task-curvature correspondence",
+    "diff": "Where two checkpoints differ",
     "demo": "rotelab demo: memorization, measured and removed",
 }
 

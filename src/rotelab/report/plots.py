@@ -259,3 +259,23 @@ def correspondence(by_task: pd.DataFrame, rho: float) -> Figure:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def weight_change(by_block: dict[str, dict[str, float]]) -> Figure:
+    """Fraction of each block's weights changed by more than 1%, 10% and 100% (log scale)."""
+    blocks = sorted(by_block, key=int)
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.35 * len(blocks) + 2), 3.8))
+    width = 0.8 / 3
+    for k, key in enumerate(("1pct", "10pct", "100pct")):
+        y = [max(by_block[b][key], 1e-7) for b in blocks]
+        x = np.arange(len(blocks)) + (k - 1) * width
+        ax.bar(x, y, width=width, color=_COLORS[k], label=f"> {key.removesuffix('pct')}%")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(blocks)))
+    ax.set_xticklabels(blocks, fontsize=8)
+    ax.set_xlabel("block")
+    ax.set_ylabel("fraction of weights changed")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
