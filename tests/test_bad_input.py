@@ -312,6 +312,7 @@ CASES = [
     case("bands --rho 0 -o {out}", "rho must be in"),
     case("bands --min-count 100000 -o {out}", "--min-count"),
     case("bands --tokens 0 -o {out}", "--tokens must be >= 1"),
+    case("bands --tasks {data} -o {out}", "give --rho"),
     # --------------------------------------------------------------- diff
     case("diff {model} {missing} -o {out}", "does not exist"),
     case("diff {model} {file} -o {out}", "not a model or LoRA adapter directory"),

@@ -162,6 +162,8 @@ def bands(
             "and pass its run directory as --factors"
         )
     kfac = factors if isinstance(factors, KFAC) else KFAC.load(factors) if factors else None
+    if tasks is not None and rho is None:
+        raise RotelabError("--tasks are scored before and after the edit at --rho; give --rho")
     if rho is not None and tasks is None and not given.is_organism:
         raise RotelabError(
             "--rho measures task drops: give --tasks FILE.jsonl (prompt, answer, task)"
