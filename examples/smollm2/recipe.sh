@@ -25,17 +25,20 @@ PYEOF
 
 # 1. K-FAC factors of every MLP projection on the generic sample.
 "$R" kfac --model smollm2 --data "$OUT/generic.txt" --tokens 32768 --out "$OUT/kfac" --force -q
-# 2. The windows SmolLM2 recites: licences it saw many times in pretraining.
+# 2. The windows SmolLM2 recites most: a licence it saw many times in pretraining. At 135M it
+#    reproduces none of them whole (BENCHMARKS.md), so the 256 windows with the highest share of
+#    suffix tokens reproduced are the forget set.
 "$R" extract --model smollm2 --data /usr/share/common-licenses/GPL-3 --prefix-len 32 \
-    --suffix-len 48 --stride 24 --out "$OUT/extract" --force -q
-"$PY" examples/smollm2/recited.py "$OUT/extract" "$OUT/recited.jsonl" --limit 256
+    --suffix-len 16 --stride 16 --out "$OUT/extract" --force -q
+"$PY" examples/smollm2/recited.py "$OUT/extract" "$OUT/recited.jsonl" --limit 256 --by match_rate
 # 3. Edits over a rho sweep (eigenbases computed once), written in the source dtype.
 "$R" edit --model smollm2 --factors "$OUT/kfac" --rho "$RHOS" --out "$OUT/edits" --force -q
 # 4. Before and after on the recited windows, the held-out text and small task sets.
 models=(base=smollm2)
 for r in ${RHOS//,/ }; do models+=("rho-$r=$OUT/edits/rho-$r"); done
 "$R" compare --models "${models[@]}" --forget "$OUT/recited.jsonl" --retain "$OUT/heldout.txt" \
-    --tasks examples/smollm2/tasks.jsonl --heldout-tokens 16384 --out "$OUT/compare" --force
+    --tasks examples/smollm2/tasks.jsonl --heldout-tokens 16384 \
+    --out "$OUT/compare" --force
 # 5. Band analysis (recited vs generic text) and the task-curvature correspondence at rho 0.9.
 "$R" bands --model smollm2 --factors "$OUT/kfac" --data recited="$OUT/recited.jsonl" \
     --data clean="$OUT/heldout.txt" --rho 0.9 --tasks examples/smollm2/tasks.jsonl \

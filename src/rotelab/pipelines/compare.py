@@ -371,8 +371,6 @@ def _model_specs(models) -> list[tuple[str, str, ModelInput]]:
                 label = "organism" if text == "organism" else Path(text).name or text
             if not label or not path:
                 raise RotelabError(f"bad model {text!r}; use PATH or LABEL=PATH")
-            if path != "organism" and not Path(path).expanduser().exists():
-                raise RotelabError(f"model path {path} does not exist")
         if any(label == other for other, _, _ in specs):
             raise RotelabError(
                 f"two models are labelled {label!r}; give each a label of its own (LABEL=PATH)"
