@@ -6,7 +6,8 @@ Loss Curvature": on the organism's inserted items, greedy decoding from the item
 many tokens as the sensitive suffix has, then the token-level Levenshtein distance ``d`` to the true
 suffix of length ``L``: *strict* extraction is ``d == 0``, *loose* is ``1 - d/L >= 0.75``, and the
 mean normalised distance ``d/L`` is reported too. Beside memorization: perplexity on the first
-``heldout_tokens`` of the organism's held-out text, and exact-answer accuracy on the organism's
+``heldout_tokens`` of the organism's held-out text (windows of at most :data:`PPL_WINDOW`
+tokens), and exact-answer accuracy on the organism's
 probes (closed-book and open-book facts, arithmetic, in-context tasks), both as defined in
 :mod:`rotelab.measure.quality`. A probe is correct when greedy decoding reproduces the whole
 answer; that is decided from one teacher-forced pass (greedy reproduces the answer iff the argmax
@@ -149,6 +150,9 @@ METRICS: dict[str, dict[str, Any]] = {
 }
 
 _BOOTSTRAP = 1000
+#: Held-out windows are at most this long (shorter where the context is), so a long-context model
+#: still has windows enough for the perplexity's bootstrap interval.
+PPL_WINDOW = 1024
 
 
 def _metrics(task_names: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -307,8 +311,8 @@ def compare(
                 items = _window_rows(lm, windows, loose_threshold, batch_size, run.progress)
             task_rows_m = probe_accuracy(lm, probes, batch_size=batch_size, progress=run.progress)
             ppl = perplexity(
-                lm, heldout_text, max_tokens=heldout_tokens, batch_size=batch_size,
-                progress=run.progress,
+                lm, heldout_text, max_tokens=heldout_tokens, length=PPL_WINDOW,
+                batch_size=batch_size, progress=run.progress,
             ).frame()  # fmt: skip
             for table, frame in (("items", items), ("probes", task_rows_m), ("perplexity", ppl)):
                 out.write_part(table, key, frame.assign(model=label))
