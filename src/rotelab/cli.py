@@ -715,6 +715,10 @@ def bands_cmd(
             help="Also measure the task-curvature correspondence of the edit at this rho."
         ),
     ] = None,
+    rho_config: Annotated[
+        Path | None,
+        typer.Option(help="Instead of --rho: a rho per projection and block (as edit's)."),
+    ] = None,
     tasks: Annotated[
         Path | None,
         typer.Option(
@@ -736,7 +740,8 @@ def bands_cmd(
     from rotelab.pipelines.bands import bands, format_table
 
     result = bands(
-        model, factors, data or (), reference=reference, rho=rho, tasks=tasks,
+        model, factors, data or (), reference=reference, rho=rho, rho_config=rho_config,
+        tasks=tasks,
         min_count=min_count, tokens=tokens, run=run, load=load, corpus=corpus,
     )  # fmt: skip
     if not show.as_json and not show.quiet:

@@ -151,3 +151,31 @@ def test_a_set_of_prefix_suffix_windows_reads_as_their_joined_text(
     words_read = sum(len(json.loads(x)["prefix"] + json.loads(x)["suffix"]) > 0
                      for x in windows.read_text().splitlines())  # fmt: skip
     assert words_read == 4 and result.summary["sets"]["w"] > 4 * 4  # prefix and suffix tokens
+
+
+def test_correspondence_of_an_edit_with_a_rho_per_layer(
+    tiny_llama_dir, llama_factors, sets, tmp_path
+):
+    a, b, tasks = sets
+    config = tmp_path / "rho.json"
+    config.write_text(json.dumps({"blocks": {"1": {"up_proj": 0.5}}}))
+    result = bands(
+        str(tiny_llama_dir), llama_factors, [f"x={a}", f"clean={b}"], rho_config=config,
+        tasks=tasks, tokens=200, run=RunOptions(tmp_path / "run", progress=False),
+    )  # fmt: skip
+    # the edit of that one layer: its removed strength, and nothing else's
+    from rotelab.curvature import CurvatureEdit, removed_strength
+
+    lm = LM.load(tiny_llama_dir, dtype="float32")
+    probes = read_tasks(tasks)
+    prompts = [lm.encode(p) for p in probes["prompt"]]
+    expected = removed_strength(
+        lm, CurvatureEdit().fit(llama_factors), {"model.layers.1.mlp.up_proj": 0.5},
+        [p + lm.encode(x) for p, x in zip(prompts, probes["answer"])], [len(p) for p in prompts],
+    )  # fmt: skip
+    assert np.allclose(result.items["removed_strength"], expected)
+    assert (expected > 0).all()
+    assert result.summary["rho_config"]["blocks"] == {"1": {"up_proj": 0.5}}
+    with pytest.raises(RotelabError, match="not both"):
+        bands(str(tiny_llama_dir), llama_factors, [f"x={a}", f"clean={b}"], rho=0.5,
+              rho_config=config, tasks=tasks, run=RunOptions(tmp_path / "x"))  # fmt: skip

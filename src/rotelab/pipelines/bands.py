@@ -42,6 +42,7 @@ from rotelab.curvature import KFAC, CurvatureEdit, band_ratios, packed_sequences
 from rotelab.curvature.eigen import check_rho
 from rotelab.curvature.kfac import DEFAULT_TOKENS, Labels
 from rotelab.data import read_corpus
+from rotelab.edit import RhoConfig
 from rotelab.errors import RotelabError
 from rotelab.lm import LM
 from rotelab.measure.extraction import ledger_windows
@@ -103,6 +104,7 @@ def bands(
     *,
     reference: str | None = None,
     rho: float | None = None,
+    rho_config: RhoConfig | str | os.PathLike | None = None,
     tasks: str | os.PathLike | None = None,
     min_count: int = 16,
     tokens: int = SET_TOKENS,
@@ -121,6 +123,8 @@ def bands(
         reference: the set the others are divided by (default ``clean`` when there is one,
             else the first).
         rho: the edit whose removed components the correspondence measures; ``None`` = bands only.
+        rho_config: instead of ``rho``, an edit with a ρ per projection and block
+            (:class:`~rotelab.edit.RhoConfig` or its JSON file, as ``rotelab edit --rho-config``).
         tasks: a tasks JSONL for the correspondence; ``None`` (an organism) = its probes.
         min_count: an organism's ``memorized`` set: items inserted at least this often.
         tokens: tokens of each ``--data`` set (and of the organism's held-out text) measured.
@@ -135,6 +139,12 @@ def bands(
         raise RotelabError(f"--tokens must be >= 1, got {tokens}")
     if rho is not None:
         rho = check_rho(rho)
+    if rho_config is not None:
+        if rho is not None:
+            raise RotelabError("give --rho or --rho-config, not both")
+        if not isinstance(rho_config, RhoConfig):
+            rho_config = RhoConfig.load(rho_config)
+    edited = rho is not None or rho_config is not None
     sets = parse_sets(data)
     given = resolve_model(model)
     if sets:
@@ -162,9 +172,9 @@ def bands(
             "and pass its run directory as --factors"
         )
     kfac = factors if isinstance(factors, KFAC) else KFAC.load(factors) if factors else None
-    if tasks is not None and rho is None:
+    if tasks is not None and not edited:
         raise RotelabError("--tasks are scored before and after the edit at --rho; give --rho")
-    if rho is not None and tasks is None and not given.is_organism:
+    if edited and tasks is None and not given.is_organism:
         raise RotelabError(
             "--rho measures task drops: give --tasks FILE.jsonl (prompt, answer, task)"
         )
@@ -172,7 +182,9 @@ def bands(
     config = {
         "model": model.name if isinstance(model, LM) else model, "factors": str(factors)
         if factors is not None and not isinstance(factors, KFAC) else None, "data": sets,
-        "reference": reference, "rho": rho, "tasks": str(tasks) if tasks else None,
+        "reference": reference, "rho": rho,
+        "rho_config": rho_config.to_dict() if rho_config is not None else None,
+        "tasks": str(tasks) if tasks else None,
         "min_count": min_count, "tokens": tokens, "seed": run.seed,
     }  # fmt: skip
     inputs = (config["model"], config["factors"], *sets.values(), config["tasks"])
@@ -204,7 +216,7 @@ def bands(
             "memorized": [w.tokens for w in ledger_windows(led[led["count"] >= min_count])],
             "clean": packed_sequences(lm, org.heldout_docs(), seq_len=seq_len, max_tokens=tokens),
         }
-        if probes is None and rho is not None:
+        if probes is None and edited:
             probes = org.probes
     table = band_ratios(lm, edit, seqs, reference=reference)
     summary: dict[str, Any] = {
@@ -219,9 +231,12 @@ def bands(
 
     # 3. the correspondence: removed strength per item against its accuracy drop
     items = None
-    if rho is not None:
-        items = _correspondence(lm, edit, rho, probes, progress=run.progress)
+    if edited:
+        plan = rho if rho_config is None else rho_config.resolve(list(kfac.factors_), lm.num_layers)
+        items = _correspondence(lm, edit, plan, probes, progress=run.progress)
         summary["rho"] = rho
+        if rho_config is not None:
+            summary["rho_config"] = rho_config.to_dict()
         summary["correspondence"] = _correspondence_summary(items, seed=run.seed)
     with Run.create(run.out, "bands", config, force=run.force, inputs=inputs) as out:
         out.write_table("bands", table)
@@ -233,7 +248,12 @@ def bands(
 
 
 def _correspondence(
-    lm: LM, edit: CurvatureEdit, rho: float, probes: pd.DataFrame, *, progress: bool
+    lm: LM,
+    edit: CurvatureEdit,
+    rho: float | dict[str, float],
+    probes: pd.DataFrame,
+    *,
+    progress: bool,
 ) -> pd.DataFrame:
     """Per item: correct before and after the edit, the drop, and the removed strength."""
     before = probe_accuracy(lm, probes, progress=progress)
@@ -321,7 +341,8 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(f"  {name:<12} {cells}")
     corr = summary.get("correspondence")
     if corr:
-        lines.append(f"edit at rho={summary['rho']:g}: accuracy before -> after, removed strength")
+        what = "the rho config" if summary.get("rho") is None else f"rho={summary['rho']:g}"
+        lines.append(f"edit at {what}: accuracy before -> after, removed strength")
         for t in corr["by_task"]:
             rel = "n/a" if t["relative_drop"] is None else f"{t['relative_drop']:.3f}"
             lines.append(

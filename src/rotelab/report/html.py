@@ -447,7 +447,7 @@ def bands_section(run: Path, summary: BandsSummary) -> list[Section]:
         )
         by_task = pd.DataFrame(corr["by_task"])
         c.figure("correspondence", "Removed strength against accuracy drop",
-                 plots.correspondence(by_task, summary.rho or 0.0),
+                 plots.correspondence(by_task, summary.rho),
                  "One point per task.")  # fmt: skip
         c.headlines = [
             Headline("Spearman over tasks", "correspondence.tasks.spearman",

@@ -236,13 +236,13 @@ def band_ratios(bands: pd.DataFrame, ylabel: str = "strength ratio memorized / c
     return fig
 
 
-def correspondence(by_task: pd.DataFrame, rho: float) -> Figure:
+def correspondence(by_task: pd.DataFrame, rho: float | None) -> Figure:
     """The task-curvature correspondence: per task, removed activation strength against the
     accuracy drop after the edit at ρ.
 
     Args:
         by_task: rows ``task, removed_strength, relative_drop`` (share of answered items lost).
-        rho: the edit's ρ (for the title).
+        rho: the edit's ρ (for the title; ``None``: a ρ per projection and block).
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for k, row in enumerate(by_task.itertuples()):
@@ -255,7 +255,7 @@ def correspondence(by_task: pd.DataFrame, rho: float) -> Figure:
     ax.axhline(0.0, ls="--", color="grey", lw=0.8)
     ax.set_xlabel("activation strength on removed components  |ΔW a| / |W a|")
     ax.set_ylabel("share of answered items lost after the edit")
-    ax.set_title(f"edit at ρ = {rho:g}", fontsize=10)
+    ax.set_title("edit with a ρ per layer" if rho is None else f"edit at ρ = {rho:g}", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
