@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE=1
 R=${ROTELAB:-.venv/bin/rotelab}
 PY=${PYTHON:-.venv/bin/python}
 OUT=${OUT:-runs/smollm2}
-RHOS=${RHOS:-0.8,0.9,0.95,0.98}
+RHOS=${RHOS:-0.6 0.9}
 mkdir -p "$OUT"
 
 # Generic text: the Python language reference that Python ships (pydoc's topics), split into a
@@ -31,16 +31,23 @@ PYEOF
 "$R" extract --model smollm2 --data /usr/share/common-licenses/GPL-3 --prefix-len 32 \
     --suffix-len 16 --stride 16 --out "$OUT/extract" --force -q
 "$PY" examples/smollm2/recited.py "$OUT/extract" "$OUT/recited.jsonl" --limit 256 --by match_rate
-# 3. Edits over a rho sweep (eigenbases computed once), written in the source dtype.
-"$R" edit --model smollm2 --factors "$OUT/kfac" --rho "$RHOS" --out "$OUT/edits" --force -q
+# 3. Edits: the paper's headline selection scaled to SmolLM2 (gate and up projections of blocks
+#    22-24 of 30; OLMo-2 7B: 23-25 of 32) at two rho, and every MLP layer at rho 0.98.
+for r in $RHOS; do
+  "$PY" -c "import json; json.dump({'blocks': {str(b): {'gate_proj': $r, 'up_proj': $r}
+            for b in (22, 23, 24)}}, open('$OUT/paper-$r.json', 'w'))"
+  "$R" edit --model smollm2 --factors "$OUT/kfac" --rho-config "$OUT/paper-$r.json" \
+      --out "$OUT/edits/paper-$r" --force -q
+done
+"$R" edit --model smollm2 --factors "$OUT/kfac" --rho 0.98 --out "$OUT/edits/all-0.98" --force -q
 # 4. Before and after on the recited windows, the held-out text and small task sets.
 models=(base=smollm2)
-for r in ${RHOS//,/ }; do models+=("rho-$r=$OUT/edits/rho-$r"); done
-"$R" compare --models "${models[@]}" --forget "$OUT/recited.jsonl" --retain "$OUT/heldout.txt" \
-    --tasks examples/smollm2/tasks.jsonl --heldout-tokens 16384 \
-    --out "$OUT/compare" --force
-# 5. Band analysis (recited vs generic text) and the task-curvature correspondence at rho 0.9.
+for r in $RHOS; do models+=("paper-$r=$OUT/edits/paper-$r"); done
+"$R" compare --models "${models[@]}" all-0.98="$OUT/edits/all-0.98" \
+    --forget "$OUT/recited.jsonl" --retain "$OUT/heldout.txt" \
+    --tasks examples/smollm2/tasks.jsonl --heldout-tokens 8192 --out "$OUT/compare" --force
+# 5. Band analysis (recited vs generic text) and the task-curvature correspondence.
 "$R" bands --model smollm2 --factors "$OUT/kfac" --data recited="$OUT/recited.jsonl" \
-    --data clean="$OUT/heldout.txt" --rho 0.9 --tasks examples/smollm2/tasks.jsonl \
-    --out "$OUT/bands" --force
+    --data clean="$OUT/heldout.txt" --rho-config "$OUT/paper-0.6.json" \
+    --tasks examples/smollm2/tasks.jsonl --out "$OUT/bands" --force
 "$R" report "$OUT/compare"
