@@ -286,6 +286,56 @@ CASES = [
     case(f"{COMPARE} --device tpu", "tpu"),
     case(f"{COMPARE} --seed -1", "--seed"),
     case("compare --models {org} -o {org} --force", "is the input"),
+    case("compare --models {model} --forget {data} -o {out}", "give --retain, --tasks too"),
+    case(
+        "compare --models {model} --forget {data} --retain {data2} --tasks {data} -o {out}",
+        "line 1 has no 'prompt'",
+    ),  # fmt: skip
+    case(
+        "compare --models {model} --forget {data} --retain {data2} --tasks {missing} -o {out}",
+        "does not exist",
+    ),  # fmt: skip
+    case(
+        "compare --models {model} --forget {missing} --retain {data2} --tasks {data} -o {out}",
+        "nope",
+    ),
+    case(f"{COMPARE} --forget-windows 0", "without --forget they do not apply"),
+    case(f"{COMPARE} --forget {{data}} --forget-windows 0", "--forget-windows must be >= 1"),
+    case(f"{COMPARE} --forget {{data}} --prefix-len 0", "prefix length must be >= 1"),
+    # --------------------------------------------------------------- bands
+    case("bands -m {model} -o {out}", "give two or more --data"),
+    case("bands -m {model} -d x={data} -d y={data2} -o {out}", "--factors"),
+    case("bands -m {model} --factors {factors} -d x={data} -o {out}", "two or more"),
+    case("bands -m {model} --factors {factors} -d {data} -d y={data2} -o {out}", "NAME=FILE"),
+    case("bands -m {model} --factors {factors} -d x={data} -d x={data2} -o {out}", "twice"),
+    case("bands -m {model} --factors {factors} -d x={data} -d y={missing} -o {out}", "nope"),
+    case(
+        "bands -m {model} --factors {factors} -d x={data} -d y={data2} --rho 2 -o {out}",
+        "rho must be in",
+    ),  # fmt: skip
+    case(
+        "bands -m {model} --factors {factors} -d x={data} -d y={data2} --rho 0.5 -o {out}",
+        "give --tasks",
+    ),  # fmt: skip
+    case(
+        "bands -m {model} --factors {factors} -d x={data} -d y={data2} --reference z -o {out}",
+        "--reference 'z'",
+    ),  # fmt: skip
+    case("bands --rho 0 -o {out}", "rho must be in"),
+    case("bands --min-count 100000 -o {out}", "--min-count"),
+    case("bands --tokens 0 -o {out}", "--tokens must be >= 1"),
+    case("bands --tasks {data} -o {out}", "give --rho"),
+    # --------------------------------------------------------------- diff
+    case("diff {model} {missing} -o {out}", "does not exist"),
+    case("diff {model} {file} -o {out}", "not a model or LoRA adapter directory"),
+    case("diff {empty_dir} {model} -o {out}", "not a model or LoRA adapter directory"),
+    case("diff {model} {corrupt_model} -o {out}", "corrupt_model"),
+    case("diff {model} {model} -o {model} --force", "is the input"),
+    # --------------------------------------------------------------- edit: rho per layer, dtype
+    case(f"{EDIT} --rho-config {{missing}}", "does not exist"),
+    case(f"{EDIT} --rho-config {{file}}", "not valid JSON"),
+    case(f"{EDIT} --rho 0.5 --rho-config {{file}}", "not both"),
+    case(f"{EDIT} --save-dtype int8", "--save-dtype 'int8'"),
     # --------------------------------------------------------------- organism
     case("organism --profile huge", "huge"),
     case("organism --precision fp8", "fp8"),
@@ -588,4 +638,4 @@ def test_the_table_covers_every_command():
     commands = {p.values[0].split()[0] for p in CASES}
     assert len(CASES) >= 100
     assert {"extract", "reconstruct", "mia", "kfac", "edit", "unlearn", "compare", "organism",
-            "demo", "report", "machine", "recsys"} <= commands  # fmt: skip
+            "demo", "report", "machine", "recsys", "bands", "diff", "apt"} <= commands  # fmt: skip

@@ -667,6 +667,95 @@ def entropy_cmd(
     emit(result.summary, show, run_dir=result.run_dir)
 
 
+@command("diff", shared=("run", "show"), without=("resume", "seed"))
+def diff_cmd(
+    a: Annotated[
+        str,
+        typer.Argument(help="The reference checkpoint directory (or smollm2).", show_default=False),
+    ],
+    b: Annotated[
+        str,
+        typer.Argument(
+            help="A checkpoint of the same architecture, or a LoRA adapter trained on A.",
+            show_default=False,
+        ),
+    ],
+    *,
+    run: RunOptions,
+    show: Show,
+) -> None:
+    """Where two checkpoints differ: relative weight change per block and module (Ma et al.)."""
+    from rotelab.pipelines.diff import diff, format_table
+
+    result = diff(a, b, run=run)
+    if not show.as_json and not show.quiet:
+        out.print(format_table(result.summary), highlight=False, soft_wrap=True)
+    emit(result.summary, show, run_dir=result.run_dir)
+
+
+@command("bands", shared=("run", "load", "corpus", "show"), without=("resume",))
+def bands_cmd(
+    model: ModelOpt = None,
+    factors: Annotated[
+        Path | None,
+        typer.Option(
+            help="Factors from `rotelab kfac`. Default (an organism only): collected on its "
+            "training text (cached)."
+        ),
+    ] = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="A set to compare, NAME=FILE (repeat; two or more). Default on an organism: "
+            "memorized (items inserted >= --min-count times) and clean (held-out text).",
+        ),
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(help="The set others are divided by. Default: clean, else the first."),
+    ] = None,
+    rho: Annotated[
+        float | None,
+        typer.Option(
+            help="Also measure the task-curvature correspondence of the edit at this rho."
+        ),
+    ] = None,
+    rho_config: Annotated[
+        Path | None,
+        typer.Option(help="Instead of --rho: a rho per projection and block (as edit's)."),
+    ] = None,
+    tasks: Annotated[
+        Path | None,
+        typer.Option(
+            help="Tasks for --rho: JSONL of prompt, answer, task (optional id). Default on an "
+            "organism: its probes."
+        ),
+    ] = None,
+    min_count: Annotated[
+        int, typer.Option(help="Organism: the memorized set's minimum insertion count.")
+    ] = 16,
+    tokens: Annotated[int, typer.Option(help="Tokens measured per --data set.")] = 16_384,
+    *,
+    run: RunOptions,
+    load: LoadOptions,
+    corpus: CorpusOptions,
+    show: Show,
+) -> None:
+    """Curvature bands per data set, and which tasks an edit hurts (Merullo et al. 2025)."""
+    from rotelab.pipelines.bands import bands, format_table
+
+    result = bands(
+        model, factors, data or (), reference=reference, rho=rho, rho_config=rho_config,
+        tasks=tasks,
+        min_count=min_count, tokens=tokens, run=run, load=load, corpus=corpus,
+    )  # fmt: skip
+    if not show.as_json and not show.quiet:
+        out.print(format_table(result.summary), highlight=False, soft_wrap=True)
+    emit(result.summary, show, run_dir=result.run_dir)
+
+
 @command(
     "edit", shared=("run", "load", "show"), without=("resume",),
     override={"out_dir": EditOutOpt},
@@ -681,8 +770,26 @@ def edit_cmd(
         ),
     ] = None,
     rho: Annotated[
-        str, typer.Option(help="Curvature mass kept per layer, in (0, 1]; '0.5,0.6,0.8' sweeps.")
-    ] = "0.6",
+        str | None,
+        typer.Option(
+            help="Curvature mass kept per layer, in (0, 1]; '0.5,0.6,0.8' sweeps. Default: 0.6."
+        ),
+    ] = None,
+    rho_config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Instead of --rho: a JSON file giving a rho per projection and per block, e.g. "
+            '{"default": 0.9, "projections": {"down_proj": 0.95}, "blocks": {"0": 0.8}} '
+            "(README: per-layer rho).",
+        ),
+    ] = None,
+    save_dtype: Annotated[
+        str,
+        typer.Option(
+            help="dtype of the written weights: source (the source model's stored dtype), "
+            "float32, bfloat16 or float16."
+        ),
+    ] = "source",
     layers: LayersOpt = None,
     blocks: BlocksOpt = None,
     labels: Annotated[
@@ -704,8 +811,8 @@ def edit_cmd(
     from rotelab.pipelines.edit import edit
 
     result = edit(
-        model, factors, rho, layers=layers, blocks=blocks, labels=labels, tokens=tokens, run=run,
-        load=load,
+        model, factors, rho, rho_config=rho_config, save_dtype=save_dtype, layers=layers,
+        blocks=blocks, labels=labels, tokens=tokens, run=run, load=load,
     )  # fmt: skip
     paths = result if isinstance(result, dict) else {None: result}
     if show.as_json:
@@ -771,7 +878,7 @@ def balanced_subnet_cmd(
     emit(summary, show, run_dir=path)
 
 
-@command("compare", shared=("run", "load", "show"))
+@command("compare", shared=("run", "load", "corpus", "show"))
 def compare_cmd(
     models: Annotated[
         list[str] | None,
@@ -790,12 +897,41 @@ def compare_cmd(
             help="Organism dir for items, probes, held-out text. Default: from the models."
         ),
     ] = None,
+    forget: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your set to forget instead of the organism's items: JSONL/Parquet records "
+            "with prefix and suffix texts, or any corpus (cut into --prefix-len/--suffix-len "
+            "windows)."
+        ),
+    ] = None,
+    retain: Annotated[
+        Path | None,
+        typer.Option(help="Your held-out text for perplexity instead of the organism's."),
+    ] = None,
+    tasks: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your tasks instead of the organism's probes: JSONL of prompt, answer, task "
+            "(optional id), scored by greedy exact answer."
+        ),
+    ] = None,
+    prefix_len: Annotated[
+        int | None, typer.Option(help="--forget corpus: prefix tokens. Default: 32.")
+    ] = None,
+    suffix_len: Annotated[
+        int | None, typer.Option(help="--forget corpus: suffix tokens. Default: 48.")
+    ] = None,
+    forget_windows: Annotated[
+        int | None, typer.Option(help="--forget corpus: at most this many windows. Default: 256.")
+    ] = None,
     min_count: Annotated[int, typer.Option(help="Memorized = items inserted >= this.")] = 16,
     heldout_tokens: Annotated[int, typer.Option(help="Held-out tokens for perplexity.")] = 20_000,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 32,
     *,
     run: RunOptions,
     load: LoadOptions,
+    corpus: CorpusOptions,
     show: Show,
 ) -> None:
     """Measure models on the same windows: extraction, perplexity, task accuracy (+ plot)."""
@@ -803,7 +939,9 @@ def compare_cmd(
 
     names = [*(models or []), *(more_models or [])] or ["organism"]
     path, summary = compare(
-        names, organism=organism, min_count=min_count, heldout_tokens=heldout_tokens,
+        names, organism=organism, forget=forget, retain=retain, tasks=tasks,
+        prefix_len=prefix_len, suffix_len=suffix_len, forget_windows=forget_windows,
+        corpus=corpus, min_count=min_count, heldout_tokens=heldout_tokens,
         batch_size=batch_size, run=run, load=load,
     )  # fmt: skip
     if not show.as_json and not show.quiet:

@@ -19,7 +19,7 @@ import torch
 from rotelab.errors import RotelabError
 from rotelab.paths import rotelab_home
 
-__all__ = ["NAMED_MODELS", "check_model_exists", "resolve_source"]
+__all__ = ["NAMED_MODELS", "check_model_exists", "resolve_source", "stored_dtype"]
 
 #: Models rotelab can load by a short name, offline. Each maps to a loader below.
 NAMED_MODELS = {
@@ -88,6 +88,42 @@ def check_weight_files(path: Path) -> None:
                 f"{file} is corrupt or truncated ({exc}); copy or download it again, or re-save "
                 "the model"
             ) from None
+
+
+_SAFETENSORS_DTYPES = {
+    "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
+}  # fmt: skip
+
+
+def stored_dtype(path: str | os.PathLike) -> torch.dtype | None:
+    """The floating dtype a model directory's weights are stored in (``None``: cannot tell).
+
+    Read from the safetensors headers (the dtype most tensors have; only headers are read),
+    else from ``config.json`` (``dtype`` or ``torch_dtype``).
+    """
+    from collections import Counter
+
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    counts: Counter = Counter()
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(file, framework="pt") as f:
+            for key in f.keys():
+                dtype = _SAFETENSORS_DTYPES.get(f.get_slice(key).get_dtype())
+                if dtype is not None:
+                    counts[dtype] += 1
+    if counts:
+        return counts.most_common(1)[0][0]
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    name = config.get("dtype") or config.get("torch_dtype") if isinstance(config, dict) else None
+    value = getattr(torch, name, None) if isinstance(name, str) else None
+    return value if isinstance(value, torch.dtype) and value.is_floating_point else None
 
 
 def refused_pickle(source: str, name: str, exc: Exception) -> str:

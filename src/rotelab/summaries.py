@@ -28,6 +28,8 @@ from rotelab.errors import RotelabError
 __all__ = [
     "AptSummary",
     "AttackSummary",
+    "BandsSummary",
+    "DiffSummary",
     "CompareModel",
     "CompareSummary",
     "DemoSummary",
@@ -233,6 +235,30 @@ class KfacSweepSummary(Summary):
     band_dataset: str = "memorized"
 
 
+@_schema("bands")
+class BandsSummary(Summary):
+    """``rotelab bands``: band ratios per set and, with ``--rho``, the correspondence."""
+
+    model: str
+    reference: str
+    band_ratio: dict[str, dict[str, float]]
+    rho: float | None = None
+    correspondence: dict[str, Any] | None = None
+
+
+@_schema("diff")
+class DiffSummary(Summary):
+    """``rotelab diff``: fractions of weights changed, overall, per block and per module."""
+
+    a: str
+    b: str
+    weights: int
+    fraction_changed: dict[str, float]
+    by_block: dict[str, dict[str, float]]
+    by_module: dict[str, dict[str, float]] = field(default_factory=dict)
+    lower_vs_upper: dict[str, dict[str, float]] | None = None
+
+
 # ----------------------------------------------------------------------------------------- demo
 @_schema("organism")
 class OrganismFacts(Summary):
@@ -303,6 +329,8 @@ SCHEMAS: dict[str, type[Summary]] = {
     "mia": MIASummary,
     "compare": CompareSummary,
     "kfac_sweep": KfacSweepSummary,
+    "bands": BandsSummary,
+    "diff": DiffSummary,
     "demo": DemoSummary,
     "recsys-train": RecsysTrainSummary,
     "apt": AptSummary,

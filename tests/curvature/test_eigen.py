@@ -16,6 +16,7 @@ from rotelab.curvature import (
     curvature_mask,
     edit_model,
     eigenbasis,
+    removed_strength,
     rho_sweep,
 )
 from rotelab.errors import RotelabError
@@ -206,3 +207,37 @@ def test_band_strengths_hook_through_lm_hooks_and_clean_up(fitted):
     with pytest.raises(IndexError):  # a token outside the vocabulary fails inside the pass
         band_strengths(lm, kfac, [[1, 2, 500]])
     assert _hook_count(lm) == before
+
+
+def test_removed_strength_matches_direct_computation(fitted):
+    lm, kfac = fitted
+    seqs, starts = _seqs(4, seed=7), [3, 5, 2, 9]
+    edit = CurvatureEdit().fit(kfac)
+    rho = {"model.layers.0.mlp.down_proj": 0.5, "model.layers.1.mlp.up_proj": 0.7}
+    got = removed_strength(lm, edit, rho, seqs, starts, batch_size=3)  # padded batches
+    edited = edit.apply(lm, rho)
+    modules = dict(lm.model.named_modules())
+    new_modules = dict(edited.model.named_modules())
+    expected = []
+    for s, start in zip(seqs, starts):  # one unpadded sequence at a time, forward hooks
+        ratios = []
+        for name in rho:
+            inputs = []
+            handle = modules[name].register_forward_hook(
+                lambda m, args, out, seen=inputs: seen.append(args[0][0].double())
+            )
+            try:
+                with torch.no_grad():
+                    lm.model(input_ids=torch.tensor([s]))
+            finally:
+                handle.remove()
+            a = inputs[0][start - 1 : len(s) - 1]  # the positions predicting the answer
+            w = modules[name].weight.detach().double()
+            dw = w - new_modules[name].weight.detach().double()
+            ratios.append((a @ dw.T).norm(dim=1) / (a @ w.T).norm(dim=1))
+        expected.append(float(torch.cat(ratios).mean()))
+    assert np.allclose(got, expected, rtol=1e-4)
+    assert (got > 0).all()
+    assert np.allclose(removed_strength(lm, edit, 1.0, seqs, starts), 0.0)  # rho 1 removes nothing
+    with pytest.raises(RotelabError, match="start"):
+        removed_strength(lm, edit, 0.5, seqs, [0, 1, 1, 1])

@@ -257,3 +257,109 @@ def test_the_report_takes_directions_from_the_summary_the_registry_wrote():
     flipped = {**METRICS, "arithmetic": {**METRICS["arithmetic"], "higher_is_better": False}}
     rows = before_after_rows(typed({**summary, "metrics": flipped})).set_index("metric")
     assert not rows.loc["arithmetic", "higher_is_better"]
+
+
+# ------------------------------------------------------------------------------ your own sets
+def test_extraction_strength_from_one_pass():
+    from rotelab.pipelines.compare import extraction_strength
+
+    assert extraction_strength(np.array([True, True, True])) == 1.0
+    assert extraction_strength(np.array([True, False, True, True, True])) == pytest.approx(0.6)
+    assert extraction_strength(np.array([True, True, False])) == 0.0
+
+
+def test_one_pass_then_decoding_the_deviating_windows_equals_decoding_all(
+    tiny_organism, damaged_model
+):
+    from rotelab.lm import LM
+    from rotelab.measure.extraction import ledger_windows
+    from rotelab.pipelines.compare import greedy_continuations
+
+    windows = ledger_windows(tiny_organism.ledger)
+    for lm in (tiny_organism.lm(), LM.load(damaged_model, dtype="float32")):
+        fast, matches = greedy_continuations(lm, windows, 16, False)
+        full, _ = greedy_continuations(lm, windows, 16, False, decode_all=True)
+        assert fast == full
+        assert any(m.all() for m in matches) or lm.name != tiny_organism.lm().name
+
+
+@pytest.fixture
+def own_sets(tmp_path):
+    from cli_helpers import TEXT
+
+    words = TEXT.split()
+    forget = tmp_path / "forget.jsonl"
+    forget.write_text("".join(
+        json.dumps({"prefix": " ".join(words[i : i + 8]), "suffix": " " + " ".join(
+            words[i + 8 : i + 14])}) + "\n" for i in range(0, 60, 12)
+    ))  # fmt: skip
+    retain = tmp_path / "retain.txt"
+    retain.write_text(" ".join(reversed(words)))
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(
+        '{"prompt": "The cat", "answer": " sat", "task": "recall"}\n'
+        '{"prompt": "one two", "answer": " three", "task": "count", "id": "c"}\n'
+    )
+    return forget, retain, tasks
+
+
+def test_any_models_on_your_own_forget_retain_and_tasks(
+    tiny_llama_dir, tiny_model_dir, own_sets, tmp_path, no_default_organism
+):
+    forget, retain, tasks = own_sets
+    out, summary = compare(
+        [f"a={tiny_llama_dir}", f"b={tiny_model_dir}"], forget=forget, retain=retain,
+        tasks=tasks, heldout_tokens=200, run=_run(tmp_path / "cmp"),
+    )  # fmt: skip
+    assert summary["organism"] is None and summary["forget"] == str(forget)
+    assert summary["n_memorized_items"] == 5  # one window per prefix/suffix record
+    for label in ("a", "b"):
+        model = summary["models"][label]
+        assert set(model["tasks"]) == {"recall", "count"}
+        assert 0 <= model["extraction"]["extraction_strength"]["mean"] <= 1
+        assert 0 <= model["extraction"]["exact_match"]["mean"] <= 1
+        assert "extraction_by_count" not in model
+    assert set(summary["metrics"]) >= {"recall", "count", "exact_match", "extraction_strength"}
+    assert summary["metrics"]["extraction_strength"]["higher_is_better"] is False
+    items = pd.read_parquet(out / "results" / "items")
+    assert (items.groupby("model").size() == 5).all()
+    assert "recall" in format_table(summary)
+
+
+def test_a_forget_corpus_is_cut_into_windows(tiny_llama_dir, own_sets, tmp_path):
+    _, retain, tasks = own_sets
+    _, summary = compare(
+        [str(tiny_llama_dir)], forget=retain, retain=retain, tasks=tasks, prefix_len=8,
+        suffix_len=4, forget_windows=3, heldout_tokens=100, run=_run(tmp_path / "cmp"),
+    )  # fmt: skip
+    assert summary["n_memorized_items"] == 3
+
+
+def test_own_sets_bad_input_and_overlap_warning(tiny_llama_dir, own_sets, tmp_path, capsys):
+    forget, retain, tasks = own_sets
+    with pytest.raises(RotelabError, match="give --retain, --tasks too"):
+        compare([str(tiny_llama_dir)], forget=forget, run=_run(tmp_path / "x"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "answer": "b"}\n')
+    with pytest.raises(RotelabError, match="has no 'task'"):
+        compare([str(tiny_llama_dir)], forget=forget, retain=retain, tasks=bad,
+                run=_run(tmp_path / "x"))  # fmt: skip
+    with pytest.raises(RotelabError, match="--forget-windows must be >= 1"):
+        compare([str(tiny_llama_dir)], forget=forget, retain=retain, tasks=tasks,
+                forget_windows=0, run=_run(tmp_path / "x"))  # fmt: skip
+    assert not (tmp_path / "x").exists()
+    overlapping = tmp_path / "retain2.txt"
+    overlapping.write_text(forget.read_text())  # holds every suffix verbatim
+    compare([str(tiny_llama_dir)], forget=forget, retain=overlapping, tasks=tasks,
+            heldout_tokens=100, run=_run(tmp_path / "y"))  # fmt: skip
+    assert "5 of 5 forget texts also appear in the retain set" in capsys.readouterr().err
+
+
+def test_organism_items_with_your_own_tasks(tiny_organism, own_sets, tmp_path):
+    _, _, tasks = own_sets
+    _, summary = compare(
+        [str(tiny_organism.path)], tasks=tasks, heldout_tokens=500, run=_run(tmp_path / "cmp")
+    )
+    model = summary["models"][summary["baseline"]]
+    assert set(model["tasks"]) == {"recall", "count"} and "extraction_by_count" in model
+    assert summary["n_memorized_items"] == int((tiny_organism.ledger["count"] >= 16).sum())

@@ -241,3 +241,85 @@ def test_edit_lowers_extraction_of_high_count_items_on_tiny_organism(
     )
     again = _edit(tiny_organism.path, None, 0.3, tmp_path / "again", tokens=8_192)  # from the cache
     assert digest(again) == digest(path) and len(list((tmp_path / "home" / "kfac").iterdir())) == 1
+
+
+# ------------------------------------------------------------------ per-layer rho, saved dtype
+def _rho_by_layer(path) -> dict[str, float]:
+    record = json.loads((path / EDIT_RECORD).read_text())
+    return {row["layer"]: row["rho"] for row in record["layers"]}
+
+
+def test_rho_config_gives_each_projection_and_block_its_own_rho(
+    tiny_llama_dir, factors_dir, tmp_path
+):
+    config = tmp_path / "rho.json"
+    config.write_text(json.dumps({
+        "default": 0.9, "projections": {"down_proj": 0.5},
+        "blocks": {"0": {"gate_proj": 0.3}}, "layers": {"model.layers.1.mlp.up_proj": 1.0},
+    }))  # fmt: skip
+    path = edit(
+        str(tiny_llama_dir), factors_dir, rho_config=config,
+        run=RunOptions(tmp_path / "cfg", progress=False),
+    )  # fmt: skip
+    assert _rho_by_layer(path) == {
+        "model.layers.0.mlp.gate_proj": 0.3, "model.layers.0.mlp.up_proj": 0.9,
+        "model.layers.0.mlp.down_proj": 0.5, "model.layers.1.mlp.gate_proj": 0.9,
+        "model.layers.1.mlp.up_proj": 1.0, "model.layers.1.mlp.down_proj": 0.5,
+    }  # fmt: skip
+    assert json.loads((path / EDIT_RECORD).read_text())["rho_config"]["default"] == 0.9
+    # each layer's weight is exactly what a uniform edit at that layer's rho gives
+    sweep = _edit(tiny_llama_dir, factors_dir, [0.3, 0.5, 0.9], tmp_path / "sweep")
+    src = LM.load(tiny_llama_dir, dtype="float32")
+    mixed = LM.load(path, dtype="float32")
+    uniform = {r: LM.load(p, dtype="float32") for r, p in sweep.items()}
+    for name, rho in _rho_by_layer(path).items():
+        w = mixed.model.get_submodule(name).weight
+        ref = (src if rho == 1.0 else uniform[rho]).model.get_submodule(name).weight
+        assert torch.equal(w, ref), name
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"layers": {"model.layers.7.mlp.up_proj": 0.5}}, "has no K-FAC factors"),
+        ({"projections": {"q_proj": 0.5}}, "projection 'q_proj'"),
+        ({"blocks": {"5": 0.5}}, "names block 5"),
+        ({"default": 1.5}, "rho must be in"),
+        ({"default": "x"}, "must be a number"),
+        ({"defaults": 0.5}, "unknown key 'defaults'"),
+        ({}, "gives no rho"),
+        ([0.5], "must be a JSON object"),
+    ],
+)
+def test_bad_rho_configs_are_one_line(tiny_llama_dir, factors_dir, tmp_path, config, message):
+    path = tmp_path / "rho.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(RotelabError, match=message):
+        edit(str(tiny_llama_dir), factors_dir, rho_config=path,
+             run=RunOptions(tmp_path / "out", progress=False))  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
+def test_rho_and_rho_config_together_are_refused(tiny_llama_dir, factors_dir, tmp_path):
+    path = tmp_path / "rho.json"
+    path.write_text('{"default": 0.5}')
+    with pytest.raises(RotelabError, match="not both"):
+        edit(str(tiny_llama_dir), factors_dir, 0.5, rho_config=path,
+             run=RunOptions(tmp_path / "out", progress=False))  # fmt: skip
+
+
+def test_edited_weights_are_saved_in_the_source_dtype(tiny_llama_dir, factors_dir, tmp_path):
+    from rotelab.sources import stored_dtype
+
+    source = tmp_path / "bf16"
+    lm = LM.load(tiny_llama_dir, dtype="bfloat16")
+    lm.save(source)
+    assert stored_dtype(source) == torch.bfloat16
+    # loaded in float32 (the CPU default), written back in bfloat16 unless asked otherwise
+    path = _edit(source, factors_dir, 0.5, tmp_path / "as-source")
+    assert stored_dtype(path) == torch.bfloat16
+    assert json.loads((path / EDIT_RECORD).read_text())["saved_dtype"] == "bfloat16"
+    wide = _edit(source, factors_dir, 0.5, tmp_path / "wide", save_dtype="float32")
+    assert stored_dtype(wide) == torch.float32
+    with pytest.raises(RotelabError, match="--save-dtype 'int8'"):
+        _edit(source, factors_dir, 0.5, tmp_path / "bad", save_dtype="int8")

@@ -11,6 +11,7 @@ from rotelab.curvature.eigen import (
     curvature_threshold,
     edit_model,
     eigenbasis,
+    removed_strength,
     rho_sweep,
 )
 from rotelab.curvature.kfac import (
@@ -44,6 +45,7 @@ __all__ = [
     "model_fingerprint",
     "packed_sequences",
     "parse_blocks",
+    "removed_strength",
     "rho_sweep",
     "select_layers",
 ]

@@ -16,6 +16,10 @@ enumerated. ρ = 1 keeps every pair and returns W exactly.
 Band analysis (the paper's evidence): order A's eigenvectors by eigenvalue and measure, per band
 of them (top 10%, 10-25%, 25-50%, bottom 50%), the mean over tokens of ‖V_bandᵀ a‖ for a data set;
 memorized data is stronger than clean text on the low-curvature bands.
+
+The task-curvature correspondence (the paper's explanation of which tasks an edit hurts): a
+task's activation strength on the components an edit at ρ removes, ‖ΔW a‖ / ‖W a‖ with
+ΔW = W - W' (:func:`removed_strength`), against its accuracy drop after that edit.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ __all__ = [
     "curvature_threshold",
     "edit_model",
     "eigenbasis",
+    "removed_strength",
     "rho_sweep",
 ]
 
@@ -219,30 +224,41 @@ class CurvatureEdit:
         record["dropped_weight_norm"] = float(dropped.norm() / w.norm().clamp_min(1e-300))
         return (w - dropped).to(weight.dtype).to(weight.device), record
 
-    def apply(self, lm: LM, rho: float, *, layers: Sequence[str] | None = None) -> LM:
+    def apply(
+        self, lm: LM, rho: float | Mapping[str, float], *, layers: Sequence[str] | None = None
+    ) -> LM:
         """A new :class:`LM` with the edited weights; ``lm`` is never modified.
 
         Args:
             lm: the model the factors were collected on (refused otherwise).
-            rho: fraction of curvature mass to keep per layer, in (0, 1].
-            layers: edit only these of the fitted layers (default: all of them).
+            rho: fraction of curvature mass to keep per layer, in (0, 1]; or layer name → ρ
+                (those layers only: a ρ per projection and block).
+            layers: edit only these of the fitted layers (default: all of them, or the
+                mapping's).
 
         Sets ``kept_``: a DataFrame (layer, rho, kept_pairs, kept_mass, dropped_weight_norm).
         """
         self._check_fitted()
-        rho = check_rho(rho)
+        if isinstance(rho, Mapping):
+            per_layer = {n: check_rho(r) for n, r in rho.items()}
+            names = list(per_layer) if layers is None else list(layers)
+            label = "per-layer"
+        else:
+            value = check_rho(rho)
+            names = list(self.eigen_) if layers is None else list(layers)
+            per_layer = dict.fromkeys(names, value)
+            label = f"{value:g}"
         self.kfac_.check_model(lm)
-        names = list(self.eigen_) if layers is None else list(layers)
-        unknown = [n for n in names if n not in self.eigen_]
+        unknown = [n for n in names if n not in self.eigen_ or n not in per_layer]
         if unknown:
-            raise RotelabError(f"no K-FAC factors for layer {unknown[0]}; collect them first")
+            raise RotelabError(f"no K-FAC factors or rho for layer {unknown[0]}")
         model = copy.deepcopy(lm.model)
-        new = LM.from_model(model, lm.tokenizer, name=f"{lm.name}+kfac(rho={rho:g})")
+        new = LM.from_model(model, lm.tokenizer, name=f"{lm.name}+kfac(rho={label})")
         by_name = {layer.name: layer for layer in new.linear_layers()}
         records = []
         for name in names:
             target = by_name[name]
-            w, record = self.edited_weight(target.weight, name, rho)
+            w, record = self.edited_weight(target.weight, name, per_layer[name])
             target.set_weight(w)
             records.append(record)
         self.kept_ = pd.DataFrame(records)
@@ -378,3 +394,77 @@ def band_ratios(
         for layer, band, s in zip(table["layer"], table["band"], table["strength"])
     ]
     return table[["layer", "band", "dataset", "strength", "tokens", "ratio"]]
+
+
+# ------------------------------------------------------------------ task-curvature correspondence
+@torch.inference_mode()
+def removed_strength(
+    lm: LM,
+    factors: KFAC | CurvatureEdit,
+    rho: float | Mapping[str, float],
+    sequences: Sequence[Sequence[int]],
+    starts: Sequence[int],
+    *,
+    batch_size: int = 16,
+) -> np.ndarray:
+    """How much of each sequence's computation an edit at ρ removes: per sequence, the mean over
+    its scored positions and the edited layers of ‖ΔW a‖ / ‖W a‖, with a the layer's input and
+    ΔW = W - W' what :meth:`CurvatureEdit.apply` drops.
+
+    Args:
+        lm: the unedited model the factors come from.
+        factors: K-FAC factors or a fitted :class:`CurvatureEdit`.
+        rho: ρ of the edit, or layer name → ρ (those layers only).
+        sequences: token ids, e.g. prompt + answer.
+        starts: per sequence, the first scored token (the answer's first token); the inputs at
+            the positions that predict tokens ``starts[i]`` onward count.
+        batch_size: sequences per forward pass.
+
+    Returns:
+        (len(sequences),) float64; 0 where nothing is removed.
+    """
+    edit = factors if isinstance(factors, CurvatureEdit) else CurvatureEdit().fit(factors)
+    edit._check_fitted()
+    edit.kfac_.check_model(lm)
+    if len(sequences) != len(starts):
+        raise RotelabError("removed_strength needs one start per sequence")
+    for seq, start in zip(sequences, starts):
+        if not 1 <= start < len(seq):
+            raise RotelabError(f"start {start} must point inside a sequence of {len(seq)} tokens")
+    per_layer = (
+        {n: check_rho(r) for n, r in rho.items()}
+        if isinstance(rho, Mapping)
+        else dict.fromkeys(edit.eigen_, check_rho(rho))
+    )
+    by_name = {layer.name: layer for layer in lm.linear_layers()}
+    weights: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name, r in per_layer.items():
+        w = by_name[name].weight.detach()
+        kept, _ = edit.edited_weight(w, name, r)
+        weights[name] = (w.float().cpu(), (w.double().cpu() - kept.double().cpu()).float())
+    sums = np.zeros(len(sequences))
+    state: dict = {}
+
+    def observe(name: str):
+        def fn(x: torch.Tensor) -> None:
+            w, dw = weights[name]
+            rows = x[state["mask"]].float().cpu()  # (n, in), the scored positions only
+            full = (rows @ w.T).norm(dim=1).clamp_min(1e-12)
+            ratio = ((rows @ dw.T).norm(dim=1) / full).double().numpy()
+            np.add.at(sums, state["owner"], ratio)
+
+        return fn
+
+    with lm.hooks({f"{name}.input": observe(name) for name in weights}):
+        for batch in length_buckets([len(s) for s in sequences], batch_size):
+            ids, mask = pad_batch([list(sequences[i]) for i in batch], lm.pad_id, device=lm.device)
+            scored = torch.zeros_like(mask, dtype=torch.bool)
+            owner = []
+            for row, i in enumerate(batch):
+                lo, hi = starts[i] - 1, len(sequences[i]) - 1
+                scored[row, lo:hi] = True  # pad_batch pads on the right
+                owner.extend([i] * (hi - lo))
+            state["mask"], state["owner"] = scored, np.asarray(owner)
+            lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
+    counts = np.array([(len(s) - st) * len(weights) for s, st in zip(sequences, starts)])
+    return sums / counts

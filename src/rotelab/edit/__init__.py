@@ -5,11 +5,12 @@ The commands that write the edited models are in :mod:`rotelab.pipelines` (``edi
 """
 
 from rotelab.edit.balanced_subnet import BalancedSubnet
-from rotelab.edit.curvature_edit import EDIT_RECORD, kfac_edits, parse_rhos
+from rotelab.edit.curvature_edit import EDIT_RECORD, RhoConfig, kfac_edits, parse_rhos
 
 __all__ = [
     "BalancedSubnet",
     "EDIT_RECORD",
+    "RhoConfig",
     "kfac_edits",
     "parse_rhos",
 ]

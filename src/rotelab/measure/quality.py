@@ -79,6 +79,7 @@ def perplexity(
     data: Sequence[str] | Sequence[Sequence[int]],
     *,
     max_tokens: int | None = None,
+    length: int | None = None,
     batch_size: int = 32,
     progress: bool = False,
 ) -> Perplexity:
@@ -90,6 +91,7 @@ def perplexity(
             ``lm.context_length`` windows) or token windows (lists of ids, used as they are).
         max_tokens: how much of the documents' token stream to read (default: all of it); only
             for documents.
+        length: tokens per window cut from documents (default and at most: the context).
         batch_size: windows per forward pass.
         progress: a progress bar.
 
@@ -103,7 +105,7 @@ def perplexity(
         windows = stream_chunks(
             data, lm.encode, lm.tokenizer.eos_token_id,  # type: ignore[arg-type]
             max_tokens=sys.maxsize if max_tokens is None else max_tokens,
-            length=lm.context_length,
+            length=lm.context_length if length is None else min(length, lm.context_length),
         )  # fmt: skip
     elif max_tokens is not None:
         raise ValueError("max_tokens applies to documents; cut token windows before passing them")

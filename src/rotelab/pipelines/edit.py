@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import overload
 
+import torch
+
 from rotelab.curvature.kfac import (
     DEFAULT_TOKENS,
     FACTORS_FILE,
@@ -35,7 +37,7 @@ from rotelab.curvature.kfac import (
     packed_sequences,
     select_layers,
 )
-from rotelab.edit.curvature_edit import EDIT_RECORD, kfac_edits, parse_rhos
+from rotelab.edit.curvature_edit import EDIT_RECORD, RhoConfig, kfac_edits, parse_rhos
 from rotelab.errors import RotelabError
 from rotelab.lm import LM
 from rotelab.options import LoadOptions, RunOptions
@@ -44,8 +46,15 @@ from rotelab.paths import rotelab_home
 from rotelab.pipelines.inputs import resolve_model
 from rotelab.pipelines.kfac import check_lengths
 from rotelab.runs import OutputDir, atomic_write_json, to_jsonable
+from rotelab.sources import stored_dtype
 
-__all__ = ["cached_factors", "edit"]
+__all__ = ["SAVE_DTYPES", "cached_factors", "edit"]
+
+#: What ``--save-dtype`` accepts: ``source`` = the dtype the source model's weights are stored in.
+SAVE_DTYPES = {
+    "source": None, "float32": torch.float32, "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}  # fmt: skip
 
 
 def cached_factors(
@@ -119,8 +128,10 @@ def edit(
 def edit(
     model: LM | str | os.PathLike | None = None,
     factors: KFAC | str | os.PathLike | None = None,
-    rho: float | Sequence[float] | str = 0.6,
+    rho: float | Sequence[float] | str | RhoConfig | None = None,
     *,
+    rho_config: RhoConfig | str | os.PathLike | None = None,
+    save_dtype: str = "source",
     layers: str | Sequence[str] | None = None,
     blocks: str | Sequence[int] | None = None,
     labels: Labels | str | None = None,
@@ -137,7 +148,13 @@ def edit(
             ``$ROTELAB_HOME/kfac``) with ``layers``/``blocks``/``labels``/``tokens`` and
             ``run.seed``.
         rho: fraction of curvature mass kept per layer, in (0, 1]; a float (or ``"0.6"``) gives
-            one model, a sequence (or ``"0.5,0.8"``) a sweep that decomposes the factors once.
+            one model, a sequence (or ``"0.5,0.8"``) a sweep that decomposes the factors once;
+            default 0.6.
+        rho_config: instead of ``rho``, a :class:`~rotelab.edit.RhoConfig` (or its JSON file):
+            a ρ per projection and per block; one model.
+        save_dtype: the dtype the edited weights are written in: ``source`` (default: the
+            dtype the source model's weights are stored in, whatever it was loaded in),
+            ``float32``, ``bfloat16`` or ``float16``.
         layers, blocks: edit only these layers (default: every layer that has factors).
         labels, tokens: how factors are collected when ``factors`` is ``None`` (default sampled
             labels, :data:`~rotelab.curvature.kfac.DEFAULT_TOKENS`); refused with ``factors``.
@@ -152,9 +169,22 @@ def edit(
         The model directory (float ``rho``) or ρ → directory (a sweep).
     """
     # 1. every input, before the model is loaded or the organism built
-    rhos = parse_rhos(rho)
-    # one number (or a string holding one) → one directory; a list or "a,b" → a sweep
-    single = isinstance(rho, (int, float)) or (isinstance(rho, str) and len(rhos) == 1)
+    if isinstance(rho, RhoConfig):
+        rho, rho_config = None, rho
+    if rho_config is not None:
+        if rho is not None:
+            raise RotelabError("give --rho or --rho-config, not both")
+        plan: list[float] | RhoConfig = (
+            rho_config if isinstance(rho_config, RhoConfig) else RhoConfig.load(rho_config)
+        )
+        single = True
+    else:
+        rho = 0.6 if rho is None else rho
+        plan = parse_rhos(rho)
+        # one number (or a string holding one) → one directory; a list or "a,b" → a sweep
+        single = isinstance(rho, (int, float)) or (isinstance(rho, str) and len(plan) == 1)
+    if save_dtype not in SAVE_DTYPES:
+        raise RotelabError(f"--save-dtype {save_dtype!r} is not one of: {', '.join(SAVE_DTYPES)}")
     run.check()
     load.check()
     if run.resume:
@@ -192,7 +222,7 @@ def edit(
     output = OutputDir.open(
         out, replace=run.force, owned=_is_edit_output,
         kind=f"a model written by rotelab edit ({EDIT_RECORD})",
-        inputs=[model.name if isinstance(model, LM) else model, factors_path],
+        inputs=[model.name if isinstance(model, LM) else model, factors_path, rho_config],
     )  # fmt: skip
     try:
         # 2. the model and its factors (the layers are checked before any are collected)
@@ -203,16 +233,22 @@ def edit(
                 tokens=tokens, seed=run.seed, progress=run.progress,
             )  # fmt: skip
             layers = blocks = None  # the factors hold exactly the selected layers
-        edits = kfac_edits(lm, kfac, rhos, layers=layers, blocks=blocks, factors=factors_path)
+        edits = kfac_edits(lm, kfac, plan, layers=layers, blocks=blocks, factors=factors_path)
+        dtype = SAVE_DTYPES[save_dtype]
+        if dtype is None:
+            source = given.path()
+            dtype = (stored_dtype(source) if source is not None else None) or lm.dtype
         # 3. the edited models, each saved as soon as it is made
-        paths: dict[float, Path] = {}
+        paths: dict[float | None, Path] = {}
         with output as tmp:
             for r, edited, record in edits:
                 where = Path() if single else Path(f"rho-{r:g}")
+                edited.model.to(dtype)
                 edited.save(tmp / where)
+                record["saved_dtype"] = str(dtype).removeprefix("torch.")
                 atomic_write_json(tmp / where / EDIT_RECORD, record)
                 paths[r] = out / where
                 del edited
     finally:
         output.release()
-    return paths[rhos[0]] if single else paths
+    return next(iter(paths.values())) if single else paths

@@ -14,10 +14,14 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pandas as pd
 
 from rotelab.data.corpus import CorpusScan, scan_corpus
 from rotelab.errors import RotelabError
@@ -33,9 +37,11 @@ __all__ = [
     "check_min_count",
     "is_organism_dir",
     "load_model",
+    "read_tasks",
     "resolve_corpus",
     "resolve_data",
     "resolve_model",
+    "window_file_reading",
 ]
 
 #: What ``--model`` may say to mean the default organism (besides leaving it out).
@@ -185,6 +191,66 @@ def check_min_count(model: ModelInput, min_count: int, *, flag: str = "--min-cou
             f"{flag} {min_count}: no item of the organism is inserted more than {top} times; "
             f"use at most {top}"
         )
+
+
+def read_tasks(path: str | os.PathLike) -> pd.DataFrame:
+    """A tasks JSONL (``prompt``, ``answer``, ``task``, optional ``id``) as probe rows (the
+    columns of an organism's probes), every line checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise RotelabError(f"tasks file {path} does not exist (give a JSONL file)")
+    rows = []
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise RotelabError(f"{path} line {n} is not valid JSON: {exc}") from None
+            if not isinstance(row, dict):
+                raise RotelabError(f"{path} line {n} is not a JSON object")
+            for key in ("prompt", "answer", "task"):
+                if not isinstance(row.get(key), str) or not row[key]:
+                    raise RotelabError(
+                        f"{path} line {n} has no {key!r} (each line needs non-empty prompt, "
+                        "answer and task strings)"
+                    )
+            rows.append({
+                "probe_id": str(row.get("id", f"{row['task']}-{n}")), "task": row["task"],
+                "subtask": row["task"], "prompt": row["prompt"], "answer": row["answer"],
+            })  # fmt: skip
+    if not rows:
+        raise RotelabError(f"{path} holds no task items")
+    return pd.DataFrame(rows)
+
+
+def window_file_reading(path, corpus: CorpusOptions) -> CorpusOptions:
+    """How a file of windows is read (``compare --forget``, ``bands --data``): records with
+    ``prefix`` and ``suffix`` fields (a JSONL file whose first record has both, or a Parquet file
+    with both columns) as windows, the suffix being the text and the prefix in its metadata;
+    anything else as the corpus options say."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        return corpus
+    fields: set[str] = set()
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+        if head == b"PAR1":
+            import pyarrow.parquet as pq
+
+            fields = set(pq.read_schema(path).names)
+        else:
+            with path.open(encoding="utf-8", errors="replace") as f:
+                first = next((line for line in f if line.strip()), "")
+            record = json.loads(first) if first.lstrip().startswith("{") else {}
+            fields = set(record) if isinstance(record, dict) else set()
+    except (OSError, ValueError):
+        return corpus  # the reader's own check says what is wrong with the file
+    if {"prefix", "suffix"} <= fields:
+        return dataclasses.replace(corpus, field="suffix")
+    return corpus
 
 
 def load_model(model: str | os.PathLike | LM | None, options: LoadOptions = LoadOptions()) -> LM:

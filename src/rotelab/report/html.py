@@ -36,9 +36,11 @@ from rotelab.runs import atomic_write_bytes, read_json, read_table
 from rotelab.summaries import (
     SCHEMAS,
     AptSummary,
+    BandsSummary,
     CompareModel,
     CompareSummary,
     DemoSummary,
+    DiffSummary,
     ExtractionSummary,
     KfacSweepSummary,
     MIASummary,
@@ -413,6 +415,87 @@ def kfac_section(run: Path, summary: KfacSweepSummary, prefix: str = "") -> Sect
     return sec
 
 
+# ----------------------------------------------------------------------------- page: bands
+def bands_section(run: Path, summary: BandsSummary) -> list[Section]:
+    """Band ratios per set and, when an edit was given, the task-curvature correspondence."""
+    sec = Section(
+        "Where each data set lives in the curvature spectrum",
+        "A's eigenvectors of each MLP layer, ordered from high to low curvature and cut into "
+        "bands; each bar is a set's mean activation strength on that band divided by the "
+        f"reference set's ({html.escape(summary.reference)}). Merullo et al. 2025 find memorized "
+        "data about 23% stronger than clean text on the bottom 50% and clean text about 26% "
+        "stronger on the top 10%.",
+    )
+    table = read_table(run, "bands")
+    for name in summary.band_ratio:
+        rows = table[table["dataset"] == name]
+        if not rows.empty:
+            sec.figure(
+                f"bands_{_slug(name)}", f"{name} / {summary.reference}",
+                plots.band_ratios(rows, ylabel=f"strength ratio {name} / {summary.reference}"),
+                "Above 1: this set projects more strongly onto that band than the reference.",
+            )  # fmt: skip
+    sec.tables.append(_table(pd.DataFrame(summary.band_ratio).T.rename_axis("set").reset_index()))
+    secs = [sec]
+    corr = summary.correspondence
+    if corr:
+        c = Section(
+            "Which tasks the edit hurts: the task-curvature correspondence",
+            "Per task item, how much of its computation (over the answer's positions and the "
+            "edited layers, |ΔW a| / |W a|) the edit at ρ removes, against whether it is lost "
+            "(answered with the greedy exact answer before the edit, wrong after it). Merullo "
+            "et al.: tasks that lean more on the low-curvature components drop more, so the "
+            "correlation should be positive.",
+        )
+        by_task = pd.DataFrame(corr["by_task"])
+        c.figure("correspondence", "Removed strength against accuracy drop",
+                 plots.correspondence(by_task, summary.rho),
+                 "One point per task.")  # fmt: skip
+        c.headlines = [
+            Headline("Spearman over tasks", "correspondence.tasks.spearman",
+                     corr["tasks"]["spearman"]),
+            Headline("Spearman over items", "correspondence.items.spearman",
+                     corr["items"]["spearman"]),
+        ]  # fmt: skip
+        c.tables.append(_table(by_task))
+        secs.append(c)
+    return secs
+
+
+# ------------------------------------------------------------------------------ page: diff
+def diff_section(run: Path, summary: DiffSummary) -> list[Section]:
+    """Where the weights changed: fractions per block, per module, lower vs upper half."""
+    sec = Section(
+        "Where the weights changed",
+        f"{html.escape(summary.b)} against {html.escape(summary.a)}: the elementwise relative "
+        "change |ΔW| / |W| of every weight (a LoRA adapter's update rebuilt as (α/r)·BA). Ma "
+        "et al. 2025 found the fine-tune that undoes a regurgitation mitigation changes about "
+        "14% of weights by more than 1% and 0.15% by more than 100%, mostly in lower blocks.",
+    )
+    f = summary.fraction_changed
+    sec.headlines = [
+        Headline("weights compared", "weights", summary.weights),
+        Headline("changed > 1%", "fraction_changed.1pct", f["1pct"]),
+        Headline("changed > 10%", "fraction_changed.10pct", f["10pct"]),
+        Headline("changed > 100%", "fraction_changed.100pct", f["100pct"]),
+    ]
+    if summary.by_block:
+        sec.figure(
+            "weight_change", "Fraction of weights changed, per block",
+            plots.weight_change(summary.by_block),
+            "Each bar: the share of the block's weights whose relative change exceeds the "
+            "threshold (log scale).",
+        )  # fmt: skip
+        sec.tables.append(
+            _table(pd.DataFrame(summary.by_block).T.rename_axis("block").reset_index())
+        )
+    if summary.by_module:
+        sec.tables.append(
+            _table(pd.DataFrame(summary.by_module).T.rename_axis("module").reset_index())
+        )
+    return [sec]
+
+
 # ------------------------------------------------------------------------------ page: demo
 def demo_sections(run: Path, summary: DemoSummary) -> list[Section]:
     """The demo's story: memorized, inferable, removed, at what cost."""
@@ -523,6 +606,8 @@ _PAGES: dict[str, Callable[[Path, Any], list[Section]]] = {
     "mia": lambda run, s: [mia_section(run, s)],
     "compare": lambda run, s: [compare_section(run, s)],
     "kfac_sweep": lambda run, s: [kfac_section(run, s)],
+    "bands": bands_section,
+    "diff": diff_section,
     "demo": demo_sections,
     "recsys-train": recsys_sections,
     "apt": apt_sections,
@@ -563,6 +648,8 @@ _TITLES = {
     "mia": "Membership inference",
     "compare": "Removal methods compared",
     "kfac_sweep": "K-FAC curvature edit: the ρ sweep",
+    "bands": "Curvature bands and the task-curvature correspondence",
+    "diff": "Where two checkpoints differ",
     "demo": "rotelab demo: memorization, measured and removed",
     "recsys-train": "VISTA: lifelong histories at a fixed serving cost",
     "apt": "rotelab apt: phonetic variants and the filters",

@@ -207,12 +207,13 @@ def rho_sweep(sweep: pd.DataFrame, base: tuple[float, float] | None = None) -> F
     return fig
 
 
-def band_ratios(bands: pd.DataFrame) -> Figure:
+def band_ratios(bands: pd.DataFrame, ylabel: str = "strength ratio memorized / clean") -> Figure:
     """Band analysis: memorized-to-clean activation strength ratio per curvature band.
 
     Args:
         bands: rows ``band, ratio`` and optionally ``layer`` (one bar group per layer). A ratio
             above 1 means memorized inputs project more strongly onto that band.
+        ylabel: what the ratio is of.
     """
     band_order = list(dict.fromkeys(bands["band"]))
     layers = list(dict.fromkeys(bands["layer"])) if "layer" in bands else ["all"]
@@ -227,9 +228,54 @@ def band_ratios(bands: pd.DataFrame) -> Figure:
     ax.set_xticks(range(len(band_order)))
     ax.set_xticklabels([str(b) for b in band_order], fontsize=8)
     ax.set_xlabel("eigenvectors of A, by curvature (high → low)")
-    ax.set_ylabel("strength ratio memorized / clean")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, axis="y")
     if len(layers) > 1:
         ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    fig.tight_layout()
+    return fig
+
+
+def correspondence(by_task: pd.DataFrame, rho: float | None) -> Figure:
+    """The task-curvature correspondence: per task, removed activation strength against the
+    accuracy drop after the edit at ρ.
+
+    Args:
+        by_task: rows ``task, removed_strength, relative_drop`` (share of answered items lost).
+        rho: the edit's ρ (for the title; ``None``: a ρ per projection and block).
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for k, row in enumerate(by_task.itertuples()):
+        if row.relative_drop is None or row.relative_drop != row.relative_drop:
+            continue  # a task that answered nothing before the edit has nothing to lose
+        y = row.relative_drop
+        ax.scatter(row.removed_strength, y, s=60, color=_COLORS[k % len(_COLORS)])
+        ax.annotate(str(row.task), (row.removed_strength, y), fontsize=8,
+                    xytext=(5, 4), textcoords="offset points")  # fmt: skip
+    ax.axhline(0.0, ls="--", color="grey", lw=0.8)
+    ax.set_xlabel("activation strength on removed components  |ΔW a| / |W a|")
+    ax.set_ylabel("share of answered items lost after the edit")
+    ax.set_title("edit with a ρ per layer" if rho is None else f"edit at ρ = {rho:g}", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def weight_change(by_block: dict[str, dict[str, float]]) -> Figure:
+    """Fraction of each block's weights changed by more than 1%, 10% and 100% (log scale)."""
+    blocks = sorted(by_block, key=int)
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.35 * len(blocks) + 2), 3.8))
+    width = 0.8 / 3
+    for k, key in enumerate(("1pct", "10pct", "100pct")):
+        y = [max(by_block[b][key], 1e-7) for b in blocks]
+        x = np.arange(len(blocks)) + (k - 1) * width
+        ax.bar(x, y, width=width, color=_COLORS[k], label=f"> {key.removesuffix('pct')}%")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(blocks)))
+    ax.set_xticklabels(blocks, fontsize=8)
+    ax.set_xlabel("block")
+    ax.set_ylabel("fraction of weights changed")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
