@@ -35,6 +35,7 @@ __all__ = [
     "KfacSweepSummary",
     "MIASummary",
     "OrganismFacts",
+    "PasskSummary",
     "Summary",
     "read_summary",
 ]
@@ -262,6 +263,21 @@ class DemoSummary(Summary):
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
+# ---------------------------------------------------------------------------------------- passk
+@_schema("Pass@k")
+class PasskSummary(Summary):
+    """``rotelab passk``'s summary: ``pass_at_k`` maps ``"pass@K(M)"`` to ``{k, m, value, ci}``."""
+
+    samples: str
+    problems: int
+    samples_total: int
+    n_min: int
+    n_max: int
+    pass_at_k: dict[str, dict[str, Any]]
+    ci_level: float = 0.95
+    ci_method: str = "percentile bootstrap over problems"
+
+
 #: The schema of each command's summary.json (config.json's ``command``).
 SCHEMAS: dict[str, type[Summary]] = {
     "extract": ExtractionSummary,
@@ -269,6 +285,7 @@ SCHEMAS: dict[str, type[Summary]] = {
     "compare": CompareSummary,
     "kfac_sweep": KfacSweepSummary,
     "demo": DemoSummary,
+    "passk": PasskSummary,
 }
 
 

@@ -79,6 +79,7 @@ def test_table_means_over_problems_with_different_n():
 
 def test_bootstrap_ci_is_seeded_and_shrinks_with_more_problems():
     rng = np.random.default_rng(0)
+
     def counts(p):
         c = rng.integers(0, 11, size=p)
         return PassCounts.from_counts([f"t/{i}" for i in range(p)], [10] * p, c)

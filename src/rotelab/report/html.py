@@ -41,6 +41,7 @@ from rotelab.summaries import (
     ExtractionSummary,
     KfacSweepSummary,
     MIASummary,
+    PasskSummary,
 )
 
 __all__ = ["Headline", "Section", "render_report", "write_report"]
@@ -450,6 +451,31 @@ def demo_sections(run: Path, summary: DemoSummary) -> list[Section]:
     return secs
 
 
+# ------------------------------------------------------------------------------ page: passk
+def passk_section(run: Path, summary: PasskSummary, prefix: str = "") -> Section:
+    """Pass@k(m) for every (k, m) with its bootstrap CI, as cards, a plot and a table."""
+    s = summary
+    sec = Section(
+        "Pass@k and Pass@k(m)",
+        f"{s.problems} problems, {s.samples_total} samples ({s.n_min} to {s.n_max} per problem). "
+        "Pass@k(m) is the chance that at least m of k samples drawn for a problem pass its tests "
+        "(Wang et al. 2025); m = 1 is Pass@k (Chen et al. 2021). Each is the unbiased estimate "
+        "from all n samples, averaged over problems; CIs: "
+        f"{html.escape(s.ci_method)}, {round(100 * s.ci_level)}%.",
+    )
+    for name, row in s.pass_at_k.items():
+        sec.headlines.append(
+            Headline(name, f"{prefix}pass_at_k.{name}.value", row["value"], higher_is_better=True)
+        )
+    table = read_table(run, "passk")
+    if not table.empty:
+        if table["k"].nunique() > 1:
+            sec.figure("pass_at_k", "Pass@k(m) against k", plots.pass_at_k_curves(table),
+                       "One line per m; the band is the CI.")  # fmt: skip
+        sec.tables.append(_table(table))
+    return sec
+
+
 def generic_sections(run: Path, summary: dict) -> list[Section]:
     """Any other run: its top-level numbers."""
     sec = Section("Summary")
@@ -465,6 +491,7 @@ _PAGES: dict[str, Callable[[Path, Any], list[Section]]] = {
     "compare": lambda run, s: [compare_section(run, s)],
     "kfac_sweep": lambda run, s: [kfac_section(run, s)],
     "demo": demo_sections,
+    "passk": lambda run, s: [passk_section(run, s)],
 }
 
 
@@ -503,6 +530,7 @@ _TITLES = {
     "compare": "Removal methods compared",
     "kfac_sweep": "K-FAC curvature edit: the ρ sweep",
     "demo": "rotelab demo: memorization, measured and removed",
+    "passk": "Pass@k(m)",
 }
 
 
