@@ -116,3 +116,36 @@ def test_problem_sets_and_direction():
     assert problem_set("a/b/7") == "a/b"
     assert problem_set("17") == ""
     assert direction("pass_at_k") is True
+
+
+def test_sample_completions_batches_the_n_samples_of_a_problem(tiny_lm, monkeypatch):
+    from rotelab.lm import GREEDY, Sampler
+    from rotelab.measure.passk import sample_completions
+
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]]
+    batches = []
+    decode = type(tiny_lm)._decode
+
+    def spy(self, ids, *args, **kwargs):
+        batches.append(ids.tolist())
+        return decode(self, ids, *args, **kwargs)
+
+    monkeypatch.setattr(type(tiny_lm), "_decode", spy)
+    out = sample_completions(tiny_lm, prompts, 3, 5, sampler=Sampler(temperature=1.0), seed=2,
+                             batch_size=7)  # fmt: skip
+    assert [len(o) for o in out] == [3, 3, 3, 3] and all(len(s) == 5 for o in out for s in o)
+    # batch 7 rounds down to 6 = two problems; a problem's 3 copies are rows of one batch
+    assert [len(b) for b in batches] == [6, 6]
+    for rows in batches:
+        real = [tuple(t for t in r if t != tiny_lm.pad_id) for r in rows]
+        assert real[0] == real[1] == real[2] and real[3] == real[4] == real[5]
+    again = sample_completions(tiny_lm, prompts, 3, 5, sampler=Sampler(temperature=1.0), seed=2,
+                               batch_size=7)  # fmt: skip
+    assert again == out
+    assert any(len({tuple(s) for s in o}) > 1 for o in out)  # samples of a problem differ
+    # greedy: every sample is the prompt's own unbatched greedy continuation
+    monkeypatch.setattr(type(tiny_lm), "_decode", decode)
+    greedy = sample_completions(tiny_lm, prompts, 2, 5, sampler=GREEDY)
+    for p, o in zip(prompts, greedy):
+        alone = tiny_lm.generate([p], 5)[0]
+        assert o == [alone, alone]

@@ -157,3 +157,28 @@ def test_probes_are_fixed_and_bad_specs_refused():
         TaskSpec(n_eval=-1).check()
     with pytest.raises(RotelabError, match="distinct programs"):
         generate_task(TaskSpec(n_pretrain=5000, n_finetune=0, n_eval=0, max_ops=1))
+
+
+def test_sample_pass_counts_grades_what_the_model_writes(tiny_lm, task, monkeypatch):
+    from rotelab.measure import passk
+    from rotelab.tasks import programs
+
+    problems = task.split("eval")[:3]
+    # a stand-in model: per problem the reference, a near miss, then junk
+    table = {}  # token "ids" the fake model writes -> the text they decode to
+    for i, p in enumerate(problems):
+        table[3 * i] = f" {p.solution}\nmore text"
+        table[3 * i + 1] = f" {p.wrong_solution()}\n"
+        table[3 * i + 2] = " print 1"
+
+    def fake(lm, prompts, n, max_new_tokens, **kw):
+        assert n == 3 and prompts == [lm.encode(p.prompt) for p in problems]
+        return [[[3 * i + j] for j in range(3)] for i in range(len(prompts))]
+
+    monkeypatch.setattr(tiny_lm, "decode", lambda ids: table[ids[0]])
+    monkeypatch.setattr(programs, "sample_completions", fake)
+    counts, texts = programs.sample_pass_counts(tiny_lm, problems, 3)
+    assert counts.problems == [p.id for p in problems]
+    assert list(counts.n) == [3, 3, 3] and list(counts.c) == [1, 1, 1]
+    assert texts[0][0] == problems[0].solution
+    assert passk.pass_at_k_per_problem(counts, 3, 2).tolist() == [0.0, 0.0, 0.0]

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from rotelab.errors import RotelabError
+from rotelab.lm import LM, Sampler
 from rotelab.registry import register_metric
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "pass_at_k_per_problem",
     "pass_at_k_table",
     "problem_set",
+    "sample_completions",
 ]
 
 register_metric(
@@ -197,3 +199,34 @@ def pass_at_k_table(
         rows.append({"k": k, "m": m, "pass_at_k": float(values.mean()), "ci_low": lo,
                      "ci_high": hi, "problems": len(counts)})  # fmt: skip
     return pd.DataFrame(rows), pd.DataFrame(per)
+
+
+def sample_completions(
+    lm: LM,
+    prompts: Sequence[Sequence[int]],
+    n: int,
+    max_new_tokens: int,
+    *,
+    sampler: Sampler = Sampler(temperature=0.8),
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> list[list[list[int]]]:
+    """``n`` sampled continuations of each prompt, ``max_new_tokens`` each (no early stop).
+
+    The n copies of a prompt are rows of the same batch (``batch_size`` is rounded down to a
+    multiple of n, at least n), and prompts of any lengths share batches (left-padded, masked:
+    :meth:`LM.generate` with ``ragged=True``), so a batch decodes ``batch_size // n`` problems at
+    once. Draws come from one generator seeded by ``seed``: the same call gives the same samples;
+    another ``batch_size`` gives other (equally distributed) ones.
+
+    Returns:
+        ``out[i][j]``: the new tokens of sample ``j`` of prompt ``i``.
+    """
+    if n < 1:
+        raise RotelabError(f"samples per problem must be >= 1, got {n}")
+    size = max(n, (batch_size or max(64, n)) // n * n)
+    rows = [list(p) for p in prompts for _ in range(n)]
+    new = lm.generate(
+        rows, max_new_tokens, batch_size=size, sampler=sampler, seed=seed, ragged=True
+    )
+    return [new[i * n : (i + 1) * n] for i in range(len(prompts))]

@@ -46,6 +46,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rotelab.errors import RotelabError
+from rotelab.lm import LM, Sampler
+from rotelab.measure.passk import PassCounts, sample_completions
 
 __all__ = [
     "OPS",
@@ -64,6 +66,7 @@ __all__ = [
     "parse",
     "passes",
     "run",
+    "sample_pass_counts",
 ]
 
 Value = tuple[int, ...] | int
@@ -406,3 +409,24 @@ def generate_task(spec: TaskSpec = TaskSpec()) -> ProgramTask:
             )
             i += 1
     return ProgramTask(spec, tuple(problems))
+
+
+def sample_pass_counts(
+    lm: LM,
+    problems: Sequence[Problem],
+    n: int,
+    *,
+    max_new_tokens: int = 24,
+    sampler: Sampler = Sampler(temperature=0.8),
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> tuple[PassCounts, list[list[str]]]:
+    """Sample ``n`` programs per problem from ``lm`` (one batched decode per group of problems,
+    :func:`rotelab.measure.passk.sample_completions`), grade each by the hidden tests with the
+    interpreter, and return the counts for Pass@k(m) and the programs (``[problem][sample]``)."""
+    prompts = [lm.encode(p.prompt) for p in problems]
+    new = sample_completions(lm, prompts, n, max_new_tokens, sampler=sampler, seed=seed,
+                             batch_size=batch_size)  # fmt: skip
+    programs = [[extract_program(lm.decode(ids)) for ids in rows] for rows in new]
+    c = [sum(p.check(text) for text in texts) for p, texts in zip(problems, programs)]
+    return PassCounts.from_counts([p.id for p in problems], [n] * len(problems), c), programs
