@@ -103,3 +103,17 @@ def test_ids_without_a_set_and_numeric_ids_and_01_flags(tmp_path):
     counts, form = read_samples(path)
     assert form == "samples" and counts.problems == ["0", "1"]
     assert list(counts.n) == [4, 4] and list(counts.c) == [2, 1]
+
+
+def test_no_bootstrap_gives_no_cis_and_a_report_still(tmp_path):
+    samples = tmp_path / "s.jsonl"
+    _humaneval(samples, OUTCOMES)
+    res = CliRunner().invoke(
+        app, ["passk", str(samples), "--k", "1,2,5", "--bootstrap", "0", "-o", str(tmp_path / "r")]
+    )
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["ci_method"] == "none"
+    assert all(v["ci"] is None for v in summary["pass_at_k"].values())
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert 'data-plot="pass_at_k"' in page and "pass@2(1)" in page
