@@ -1,9 +1,9 @@
 """Benchmark: sampling n programs per problem for Pass@k, batched against one sample at a time.
 
-On the program task's evaluation problems (:mod:`rotelab.tasks.programs`, prompts of 17 to 40
-organism tokens), each model samples ``--n`` continuations of ``--tokens`` new tokens per
-problem (temperature 0.8, KV cache, no early stop: every way decodes the same number of steps)
-three ways:
+On the program task's evaluation problems (:mod:`rotelab.tasks.programs`; prompts of 19 to 60
+organism tokens, 9 to 24 SmolLM2 tokens), each model samples ``--n`` continuations of
+``--tokens`` new tokens per problem (temperature 0.8, KV cache, no early stop: every way decodes
+the same number of steps) three ways:
 
 - ``one``: one sample at a time, ``lm.generate([prompt], T)`` n times per problem (the baseline);
 - ``problem``: the n samples of a problem as rows of one batched decode, ``lm.generate([prompt]
