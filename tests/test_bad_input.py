@@ -45,6 +45,7 @@ RS_TRAIN = (
 )
 RS_SERVE = "recsys serve -m {rs_run} --candidates {rs_cands} -o {out} -q"
 RS_BENCH = "recsys bench --lengths 10 --stream-length 0 --repeats 1 -o {out} -q"
+PASSK = "passk {samples} -o {out} -q"
 
 _ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 
@@ -392,6 +393,27 @@ CASES = [
         skip=_NO_PROC,
         id="apt in /proc without --out",
     ),  # fmt: skip
+    # --------------------------------------------------------------- passk (issue 20)
+    case(f"{PASSK} --k 1,5 --m 6", "m > k"),
+    case(f"{PASSK} --k 12", "larger than the 10 samples"),
+    case(f"{PASSK} --k 0", "k must be >= 1"),
+    case(f"{PASSK} --k -5", "k must be >= 1"),
+    case(f"{PASSK} --m -1", "m must be >= 1"),
+    case(f"{PASSK} --k 1,x", "not a whole number"),
+    case(f"{PASSK} --m ''", "not a whole number"),
+    case(f"{PASSK} --bootstrap -1", "--bootstrap"),
+    case(f"{PASSK} --resume", "resume"),
+    case("passk {missing} -o {out}", "does not exist"),
+    case("passk {empty} -o {out}", "empty"),
+    case("passk {samples_no_id} -o {out}", "no problem id"),
+    case("passk {samples_no_pass} -o {out}", "no pass/fail"),
+    case("passk {samples_bad_pass} -o {out}", "true/false or 1/0"),
+    case("passk {samples_mixed_sets} -o {out}", "mixes problem sets"),
+    case("passk {samples_mixed_forms} -o {out}", "one form per file"),
+    case("passk {samples_negative} -o {out}", "cannot be negative"),
+    case("passk {samples_c_above_n} -o {out}", "0 <= c <= n"),
+    case("passk {samples_broken} -o {out}", "line 21 is not JSON"),
+    case("passk {samples} -o {samples} --force", "is the input"),
     # --------------------------------------------------------------- outputs that cannot be written
     case(f"{EXTRACT} -o {{file}}", "not a directory"),
     case(f"{EXTRACT} -o {{file}}/run", "not a directory"),
@@ -507,6 +529,18 @@ def inputs(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"command": "extract", "arguments": {}}))
     (run / "summary.json").write_text('{"windows": 3, "extr')
+    # samples files for passk: 2 problems of HumanEval, 10 samples each, and broken variants
+    he = [{"task_id": f"HumanEval/{t}", "passed": i % 3 == t} for t in range(2) for i in range(10)]
+    p["samples"] = jsonl("samples.jsonl", he)
+    p["samples_no_id"] = jsonl("no_id.jsonl", he + [{"passed": True}])
+    p["samples_no_pass"] = jsonl("no_pass.jsonl", he + [{"task_id": "HumanEval/0"}])
+    p["samples_bad_pass"] = jsonl("bad_pass.jsonl", he + [{"task_id": "HumanEval/0", "passed": 2}])
+    p["samples_mixed_sets"] = jsonl("mixed.jsonl", he + [{"task_id": "Mbpp/1", "passed": True}])
+    p["samples_mixed_forms"] = jsonl("forms.jsonl", he + [{"task_id": "HumanEval/5", "n": 3,
+                                                           "c": 1}])  # fmt: skip
+    p["samples_broken"] = jsonl("broken_samples.jsonl", he, b'{"task_id": "HumanEval/1", "pa\n')
+    p["samples_negative"] = jsonl("negative.jsonl", [{"task_id": "a", "n": -3, "c": 0}])
+    p["samples_c_above_n"] = jsonl("c_above_n.jsonl", [{"task_id": "a", "n": 3, "c": 4}])
     kfac(str(p["model"]), str(p["data"]), tokens=64,
          run=RunOptions(out=root / "factors", progress=False))  # fmt: skip
     p["factors"] = root / "factors"
@@ -638,4 +672,5 @@ def test_the_table_covers_every_command():
     commands = {p.values[0].split()[0] for p in CASES}
     assert len(CASES) >= 100
     assert {"extract", "reconstruct", "mia", "kfac", "edit", "unlearn", "compare", "organism",
-            "demo", "report", "machine", "recsys", "bands", "diff", "apt"} <= commands  # fmt: skip
+            "demo", "report", "machine", "recsys", "bands", "diff", "apt",
+            "passk"} <= commands  # fmt: skip

@@ -43,6 +43,7 @@ LAYER_OF = {
     "theory": METHODS,
     "recsys": METHODS,
     "termnorm": METHODS,
+    "tasks": METHODS,
     "organism": ORGANISM,
     "report": REPORT,
     "pipelines": PIPELINES,

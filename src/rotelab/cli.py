@@ -1138,6 +1138,37 @@ def apt_cmd(
     emit(result.summary, show, run_dir=result.run_dir)
 
 
+# ---------------------------------------------------------------- passk (issue 20)
+@command("passk", shared=("run", "show"), without=("resume",))
+def passk_cmd(
+    samples: Annotated[
+        Path,
+        typer.Argument(
+            help="JSONL: per sample a problem id (task_id, problem_id, problem or id) and "
+            "passed (pass, correct) as the HumanEval tooling writes, or per problem id, n and c.",
+            show_default=False,
+        ),
+    ],
+    k: Annotated[str, typer.Option("--k", help="Samples drawn, a comma list: 1,5,10.")] = "1",
+    m: Annotated[
+        str, typer.Option("--m", help="Passes required among the k, a comma list (1: Pass@k).")
+    ] = "1",
+    bootstrap: Annotated[
+        int, typer.Option(help="Bootstrap resamples of the problems for the CIs (0: none).")
+    ] = 1000,
+    *,
+    run: RunOptions,
+    show: Show,
+) -> None:
+    """Pass@k and Pass@k(m) (at least m of k samples pass; Wang et al. 2025) with bootstrap CIs."""
+    from rotelab.pipelines.passk import format_table, passk
+
+    result = passk(samples, ks=k, ms=m, bootstrap=bootstrap, run=run)
+    if not show.as_json and not show.quiet:
+        out.print(format_table(result.summary), highlight=False, soft_wrap=True)
+    emit(result.summary, show, run_dir=result.run_dir)
+
+
 def main() -> None:
     """Console-script entry point (``rotelab`` and ``python -m rotelab``)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -39,6 +39,7 @@ __all__ = [
     "MIASummary",
     "OrganismFacts",
     "RecsysTrainSummary",
+    "PasskSummary",
     "Summary",
     "read_summary",
 ]
@@ -323,6 +324,21 @@ class AptSummary(Summary):
     check: dict[str, Any] | None = None
 
 
+# ---------------------------------------------------------------------------------------- passk
+@_schema("Pass@k")
+class PasskSummary(Summary):
+    """``rotelab passk``'s summary: ``pass_at_k`` maps ``"pass@K(M)"`` to ``{k, m, value, ci}``."""
+
+    samples: str
+    problems: int
+    samples_total: int
+    n_min: int
+    n_max: int
+    pass_at_k: dict[str, dict[str, Any]]
+    ci_level: float = 0.95
+    ci_method: str = "percentile bootstrap over problems"
+
+
 #: The schema of each command's summary.json (config.json's ``command``).
 SCHEMAS: dict[str, type[Summary]] = {
     "extract": ExtractionSummary,
@@ -334,6 +350,7 @@ SCHEMAS: dict[str, type[Summary]] = {
     "demo": DemoSummary,
     "recsys-train": RecsysTrainSummary,
     "apt": AptSummary,
+    "passk": PasskSummary,
 }
 
 

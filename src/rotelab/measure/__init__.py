@@ -21,6 +21,7 @@ from rotelab.measure.mia import (
     attack_metrics,
     likelihood_scores,
 )
+from rotelab.measure.passk import PassCounts, pass_at_k, pass_at_k_table, sample_completions
 from rotelab.measure.reconstruction import ReconstructConfig, reconstruct_tokens
 from rotelab.measure.similarity import register_similarity, similarity_scores
 from rotelab.stats import (
@@ -57,4 +58,8 @@ __all__ = [
     "similarity_scores",
     "verify_windows",
     "wilson_interval",
+    "PassCounts",
+    "pass_at_k",
+    "pass_at_k_table",
+    "sample_completions",
 ]

@@ -44,6 +44,7 @@ from rotelab.summaries import (
     ExtractionSummary,
     KfacSweepSummary,
     MIASummary,
+    PasskSummary,
     RecsysTrainSummary,
 )
 
@@ -563,6 +564,31 @@ def apt_sections(run: Path, summary: AptSummary) -> list[Section]:
     return [sec]
 
 
+# ------------------------------------------------------------------------------ page: passk
+def passk_section(run: Path, summary: PasskSummary, prefix: str = "") -> Section:
+    """Pass@k(m) for every (k, m) with its bootstrap CI, as cards, a plot and a table."""
+    s = summary
+    sec = Section(
+        "Pass@k and Pass@k(m)",
+        f"{s.problems} problems, {s.samples_total} samples ({s.n_min} to {s.n_max} per problem). "
+        "Pass@k(m) is the chance that at least m of k samples drawn for a problem pass its tests "
+        "(Wang et al. 2025); m = 1 is Pass@k (Chen et al. 2021). Each is the unbiased estimate "
+        "from all n samples, averaged over problems; CIs: "
+        f"{html.escape(s.ci_method)}, {round(100 * s.ci_level)}%.",
+    )
+    for name, row in s.pass_at_k.items():
+        sec.headlines.append(
+            Headline(name, f"{prefix}pass_at_k.{name}.value", row["value"], higher_is_better=True)
+        )
+    table = read_table(run, "passk")
+    if not table.empty:
+        if table["k"].nunique() > 1:
+            sec.figure("pass_at_k", "Pass@k(m) against k", plots.pass_at_k_curves(table),
+                       "One line per m; the band is the CI.")  # fmt: skip
+        sec.tables.append(_table(table))
+    return sec
+
+
 def generic_sections(run: Path, summary: dict) -> list[Section]:
     """Any other run: its top-level numbers."""
     sec = Section("Summary")
@@ -611,6 +637,7 @@ _PAGES: dict[str, Callable[[Path, Any], list[Section]]] = {
     "demo": demo_sections,
     "recsys-train": recsys_sections,
     "apt": apt_sections,
+    "passk": lambda run, s: [passk_section(run, s)],
 }
 
 
@@ -653,6 +680,7 @@ _TITLES = {
     "demo": "rotelab demo: memorization, measured and removed",
     "recsys-train": "VISTA: lifelong histories at a fixed serving cost",
     "apt": "rotelab apt: phonetic variants and the filters",
+    "passk": "Pass@k(m)",
 }
 
 

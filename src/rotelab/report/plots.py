@@ -30,6 +30,7 @@ __all__ = [
     "band_ratios",
     "before_after",
     "extraction_by_count",
+    "pass_at_k_curves",
     "rho_sweep",
     "roc_curves",
     "to_data_uri",
@@ -277,5 +278,23 @@ def weight_change(by_block: dict[str, dict[str, float]]) -> Figure:
     ax.set_ylabel("fraction of weights changed")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
+
+
+def pass_at_k_curves(table: pd.DataFrame) -> Figure:
+    """Pass@k(m) against k, one line per m, CI as a band (Wang et al. 2025's Pass@k(m)).
+
+    Args:
+        table: rows ``k, m, pass_at_k, ci_low, ci_high`` (``rotelab passk``'s ``passk`` table).
+    """
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    for i, (m, rows) in enumerate(table.sort_values("k").groupby("m", sort=True)):
+        color = _COLORS[i % len(_COLORS)]
+        ax.plot(rows["k"], rows["pass_at_k"], "o-", color=color, label=f"m = {m}")
+        if rows["ci_low"].notna().all():
+            ax.fill_between(rows["k"], rows["ci_low"], rows["ci_high"], color=color, alpha=0.15)
+    ax.set_xlabel("k (samples drawn)")
+    ax.set_ylabel("Pass@k(m)")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8, title="at least m pass", title_fontsize=8)
     fig.tight_layout()
     return fig
