@@ -62,7 +62,7 @@ def check_patch(patch: int, length: int | None = None, *, what: str = "the seque
     """A patch of at least 2 tokens (one token has entropy 0 whatever the model does) that tiles
     ``length`` tokens exactly (tokens past the last whole patch would be left unregularized)."""
     if patch < 2:
-        raise RotelabError(f"the patch must be >= 2 tokens (one token's MBE is always 0), got {patch}")
+        raise RotelabError(f"the patch must be >= 2 tokens (one token's MBE is 0), got {patch}")
     if length is not None and (length < patch or length % patch):
         raise RotelabError(
             f"a patch of {patch} tokens does not divide {what} of {length} tokens; "
@@ -147,7 +147,8 @@ class PhaseGate:
         if not 0 <= smooth < 1:
             raise RotelabError(f"GAPT's smoothing must be in [0, 1), got {smooth}")
         self.p_m, self.p_a = int(p_m), int(p_a)
-        self.ce_gain, self.ce_spike, self.mbe_gain, self.smooth = ce_gain, ce_spike, mbe_gain, smooth
+        self.ce_gain, self.ce_spike, self.mbe_gain = ce_gain, ce_spike, mbe_gain
+        self.smooth = smooth
         self.phase = MEMORIZE
         self.ce: float | None = None  # smoothed CE
         self.mbe: float | None = None  # smoothed MBE (compression phase only)
@@ -351,7 +352,7 @@ class GAPT(MBETerm):
     ) -> None:
         super().__init__(weight, patch=patch, blocks=blocks, align_every=align_every)
         if self.weight == 0:
-            raise RotelabError("GAPT's weight (lambda) is 0: its compression phase would be CE only")
+            raise RotelabError("GAPT's weight (lambda) is 0: its compression phase is CE only")
         self.gate = PhaseGate(
             p_m, p_a, ce_gain=ce_gain, ce_spike=ce_spike, mbe_gain=mbe_gain, smooth=smooth,
             steps=steps,
