@@ -465,7 +465,14 @@ _PAGES: dict[str, Callable[[Path, Any], list[Section]]] = {
     "compare": lambda run, s: [compare_section(run, s)],
     "kfac_sweep": lambda run, s: [kfac_section(run, s)],
     "demo": demo_sections,
+    "gapt-study": lambda run, s: _gapt_sections(run, s),
 }
+
+
+def _gapt_sections(run: Path, summary: dict) -> list[Section]:
+    from rotelab.report.gapt import gapt_sections
+
+    return gapt_sections(run, summary)
 
 
 # ------------------------------------------------------------------------------------ render
@@ -503,6 +510,7 @@ _TITLES = {
     "compare": "Removal methods compared",
     "kfac_sweep": "K-FAC curvature edit: the ρ sweep",
     "demo": "rotelab demo: memorization, measured and removed",
+    "gapt-study": "Memorization-compression cycles: CE-only vs GAPT (Yu 2025)",
 }
 
 
@@ -550,7 +558,11 @@ def render_report(run_dir: str | os.PathLike) -> str:
         )
     command = str(config.get("command", "run"))
     if command in _PAGES:
-        typed = SCHEMAS[command].from_dict(summary, where=str(run / "summary.json"))
+        typed = (
+            SCHEMAS[command].from_dict(summary, where=str(run / "summary.json"))
+            if command in SCHEMAS
+            else summary  # a page that reads its summary as a plain dict
+        )
         sections = _PAGES[command](run, typed)
     else:
         sections = generic_sections(run, summary)
