@@ -22,7 +22,8 @@ def micro_tiny(monkeypatch):
     """The tiny profile cut to seconds: a smaller world and model, 140 steps of 8 rows."""
     s = replace(
         world.PROFILES[Profile.tiny], corpus_tokens=4000, items_per_cell=1,
-        phase_items_per_cell=0, probes_per_task=4, hidden=32, intermediate=64, n_layers=2, batch_size=8, steps=140, eval_tokens=600,
+        phase_items_per_cell=0, probes_per_task=4, hidden=32, intermediate=64, n_layers=2,
+        batch_size=8, steps=140, eval_tokens=600,
         context=128, passage_words=30, passage_prefix=16, passage_suffix=8,
     )  # fmt: skip
     monkeypatch.setitem(world.PROFILES, Profile.tiny, s)
