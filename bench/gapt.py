@@ -112,8 +112,10 @@ def main() -> None:
     print(json.dumps({"cpu_capability": cap, "threads": threads, "precision": precision,
                       "rows": rows}, indent=2))  # fmt: skip
     print()
-    print("| CPU | threads | precision | profile (batch×ctx) | plain ms/step | +MBE ms/step "
-          "| +MBE ratio [median] | +MBE+align ratio [median] |")
+    print(
+        "| CPU | threads | precision | profile (batch×ctx) | plain ms/step | +MBE ms/step "
+        "| +MBE ratio [median] | +MBE+align ratio [median] |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
