@@ -98,3 +98,32 @@ def test_bad_options_fail_before_any_work(extra, message, tmp_path):
     assert res.exit_code == 2, res.output
     assert message in res.output and len(res.output.strip().splitlines()) == 1
     assert not out.exists() and not any(tmp_path.iterdir())
+
+
+def test_summarize_pairs_seeds_and_pools_items():
+    from rotelab.pipelines.gapt import summarize
+
+    arms = pd.DataFrame([
+        {"arm": a, "seed": s, "heldout_ce": ce, "heldout_mbe": mbe, "arith_heldout_acc": 0.5,
+         "arith_seen_acc": 0.9, "compress_fraction": 0.0 if a == "ce" else 0.3,
+         "transitions": 0, "sign_changes": 3, "sign_changes_smoothed": 1, "train_seconds": 1.0}
+        for a, s, ce, mbe in [("ce", 0, 1.0, 2.0), ("gapt", 0, 1.01, 1.0),
+                              ("ce", 1, 1.2, 1.0), ("gapt", 1, 1.2, 0.8)]
+    ])  # fmt: skip
+    items = pd.DataFrame([
+        {"arm": a, "seed": s, "count": c, "extracted": e}
+        for a in ("ce", "gapt") for s in (0, 1) for c in (16, 64)
+        for e in ([True, True] if a == "ce" else [True, False])
+    ])  # fmt: skip
+    align = pd.DataFrame({"arm": ["ce"] * 4, "cos": [0.1, -0.1, 0.2, 0.3]})
+    out = summarize(arms, items, align)
+    assert out["mbe_ratio"]["per_seed"] == [0.5, 0.8]
+    assert out["mbe_ratio"]["mean"] == pytest.approx(0.65)
+    lo, hi = out["mbe_ratio"]["ci"]
+    assert lo < 0.65 < hi
+    assert out["heldout_ce_change"]["per_seed"] == [pytest.approx(0.01), pytest.approx(0.0)]
+    cell = out["extraction"]["16"]
+    assert (cell["ce"]["k"], cell["ce"]["n"], cell["gapt"]["k"], cell["gapt"]["n"]) == (4, 4, 2, 4)
+    assert cell["gapt_minus_ce"]["mean"] == pytest.approx(-0.5)
+    assert out["alignment_ce"]["sign_changes_per_seed"] == [3, 3]
+    assert out["alignment_ce"]["positive_fraction"] == 0.75
