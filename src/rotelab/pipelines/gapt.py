@@ -295,9 +295,10 @@ def gapt_study(
                 tag = {"arm": arm, "seed": seed}
                 steps_log = pd.DataFrame(term.steps).assign(**tag)
                 align = pd.DataFrame(term.alignment).assign(**tag)
-                trans = pd.DataFrame(
+                trans = pd.DataFrame(  # typed, also when empty (a CE arm has none)
                     getattr(term, "transitions", []), columns=["step", "from", "to", "reason"]
-                ).assign(**tag)
+                ).astype({"step": "int64", "from": "int64", "to": "int64", "reason": "str"})
+                trans = trans.assign(**tag)
                 smoothed = align["cos"].rolling(SMOOTH_WINDOW, center=True, min_periods=1).mean()
                 row.update(
                     tag, compress_fraction=float((steps_log["phase"] == 2).mean()),
