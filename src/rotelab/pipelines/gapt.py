@@ -52,7 +52,7 @@ from rotelab.options import RunOptions
 from rotelab.organism.build import Organism, train_variant
 from rotelab.organism.world import OrganismSpec, Profile
 from rotelab.runs import Run
-from rotelab.stats import rate_with_ci
+from rotelab.stats import bootstrap_auc, rate_with_ci
 from rotelab.train.gapt import GAPT, MBETerm, check_patch
 
 __all__ = ["ARMS", "GaptStudy", "PAPER", "check_study", "gapt_study", "sign_changes"]
@@ -65,6 +65,8 @@ PAPER = {"mbe_change": -0.50, "heldout_ce_change": -0.048, "ood_ce_change": -0.3
 TARGETS = {"mbe_ratio_at_most": 0.7, "heldout_ce_change_at_most": 0.01, "sign_changes_at_least": 2}
 #: Counts whose extraction the summary reports per arm.
 REPORTED_COUNTS = (16, 64)
+#: Counts whose LOSS-attack AUC and paired suffix-NLL change the summary reports.
+MIA_COUNTS = (1, 4, 16, 64)
 #: Window of the centred rolling mean behind the smoothed sign-change count.
 SMOOTH_WINDOW = 5
 
@@ -227,6 +229,29 @@ def summarize(arms: pd.DataFrame, items: pd.DataFrame, align: pd.DataFrame) -> d
         diff = (per_seed["gapt"] - per_seed["ce"]).dropna()
         cell["gapt_minus_ce"] = _mean_ci(diff.tolist())
         out["extraction"][str(c)] = cell
+    # The same items are inserted in both arms of a seed (same world and schedule): per item,
+    # the change of its suffix NLL, and per arm the LOSS attack (members of a count against the
+    # count-0 controls, items pooled over seeds; AUC with a stratified bootstrap CI).
+    out["suffix_nll_change"], out["mia_loss_auc"] = {}, {}
+    if "suffix_nll" in items:
+        keyed = items.set_index(["seed", "item_id", "arm"])["suffix_nll"].unstack("arm")
+        counts = items.drop_duplicates(["seed", "item_id"]).set_index(["seed", "item_id"])["count"]
+        for c in (0, *MIA_COUNTS):
+            if not {"ce", "gapt"} <= set(keyed.columns):
+                break
+            d = (keyed["gapt"] - keyed["ce"])[counts == c].dropna()
+            out["suffix_nll_change"][str(c)] = _mean_ci(d.tolist())
+        for a in ARMS:
+            sel = items[items.arm == a]
+            ctrl = -sel[sel["count"] == 0]["suffix_nll"].to_numpy()
+            out["mia_loss_auc"][a] = {}
+            for c in MIA_COUNTS:
+                mem = -sel[sel["count"] == c]["suffix_nll"].to_numpy()
+                if len(mem) and len(ctrl):
+                    auc, ci = bootstrap_auc(
+                        [*mem, *ctrl], [True] * len(mem) + [False] * len(ctrl), n_boot=1000
+                    )
+                    out["mia_loss_auc"][a][str(c)] = {"auc": auc, "ci": ci}
     ce_align = align[align.arm == "ce"] if len(align) else align
     out["alignment_ce"] = {
         "sign_changes_per_seed": [
@@ -367,4 +392,12 @@ def format_table(summary: dict[str, Any]) -> str:
             f"{cell['ce']['ci'][1]:.2f}] n={cell['ce']['n']}   gapt {cell['gapt']['rate']:.2f} "
             f"[{cell['gapt']['ci'][0]:.2f}, {cell['gapt']['ci'][1]:.2f}] n={cell['gapt']['n']}"
         )
+    for c in ("16", "64"):
+        d = summary.get("suffix_nll_change", {}).get(c)
+        mia = summary.get("mia_loss_auc", {})
+        if d:
+            aucs = "   ".join(
+                f"{a} {mia[a][c]['auc']:.3f}" for a in ("ce", "gapt") if c in mia.get(a, {})
+            )
+            lines.append(f"  {c}x items: suffix NLL gapt-ce {ci(d)}   LOSS-attack AUC {aucs}")
     return "\n".join(lines)
