@@ -115,7 +115,9 @@ def test_summarize_pairs_seeds_and_pools_items():
         for a in ("ce", "gapt") for s in (0, 1) for c in (16, 64)
         for e in ([True, True] if a == "ce" else [True, False])
     ])  # fmt: skip
-    align = pd.DataFrame({"arm": ["ce"] * 4, "cos": [0.1, -0.1, 0.2, 0.3]})
+    align = pd.DataFrame(
+        {"arm": ["ce"] * 4, "seed": 0, "step": range(4), "cos": [0.1, -0.1, 0.2, 0.3]}
+    )
     out = summarize(arms, items, align)
     assert out["mbe_ratio"]["per_seed"] == [0.5, 0.8]
     assert out["mbe_ratio"]["mean"] == pytest.approx(0.65)
@@ -127,3 +129,4 @@ def test_summarize_pairs_seeds_and_pools_items():
     assert cell["gapt_minus_ce"]["mean"] == pytest.approx(-0.5)
     assert out["alignment_ce"]["sign_changes_per_seed"] == [3, 3]
     assert out["alignment_ce"]["positive_fraction"] == 0.75
+    assert out["alignment_ce"]["expected_if_independent"] == [1.5]
