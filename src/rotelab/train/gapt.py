@@ -17,7 +17,7 @@ it costs the MBE and its backward, never a second forward pass.
   reads the training batches' CE and MBE through an exponential moving average (``smooth``, 0.9
   by default; 0 reads them raw), so one easy batch does not set the minimum that a spike is
   measured against.
-- The alignment signal (Deliverable 2 of the paper's analysis): on every ``align_every``-th step,
+- The alignment signal (the paper's cycle): on every ``align_every``-th step,
   ``cos(∇CE, ∇MBE)`` over the parameters both losses reach (the "shared" parameters: the
   embeddings and every block; the final norm only reaches CE), from two extra backward passes
   through the step's graph. A descent step on CE moves along −∇CE, so with a positive cosine
