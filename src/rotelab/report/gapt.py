@@ -133,7 +133,7 @@ def gapt_sections(run: Path, summary: dict[str, Any]) -> list:
         return float("nan") if not d or d.get("mean") is None else d["mean"]
 
     sec.headlines += [
-        Headline("MBE ratio GAPT/CE", "mbe_ratio", mean(summary.get("mbe_ratio")), False),
+        Headline("MBE ratio GAPT/CE", "mbe_ratio.mean", mean(summary.get("mbe_ratio")), False),
         Headline(
             "held-out CE change", "heldout_ce_change", mean(summary.get("heldout_ce_change")), False
         ),  # fmt: skip
