@@ -135,14 +135,20 @@ def gapt_sections(run: Path, summary: dict[str, Any]) -> list:
     sec.headlines += [
         Headline("MBE ratio GAPT/CE", "mbe_ratio.mean", mean(summary.get("mbe_ratio")), False),
         Headline(
-            "held-out CE change", "heldout_ce_change", mean(summary.get("heldout_ce_change")), False
+            "held-out CE change",
+            "heldout_ce_change.mean",
+            mean(summary.get("heldout_ce_change")),
+            False,
         ),  # fmt: skip
     ]
     for c, cell in summary.get("extraction", {}).items():
         for arm in ("ce", "gapt"):
             sec.headlines.append(
                 Headline(
-                    f"extraction {c}x, {arm}", f"extraction_{c}_{arm}", cell[arm]["rate"], False
+                    f"extraction {c}x, {arm}",
+                    f"extraction.{c}.{arm}.rate",
+                    cell[arm]["rate"],
+                    False,
                 )  # fmt: skip
             )
     for name, fig in figures(run).items():
