@@ -355,6 +355,18 @@ CASES = [
     case(f"{DEMO} --out {{file}}/demo", "not a directory"),
     case(f"{DEMO} --out {{inputs}}", "not a rotelab run"),
     case(f"{DEMO} --out ''", "names no directory"),
+    # --------------------------------------------------------------- gapt-study (issue 19)
+    case("gapt-study --lambda -0.1 -o {out}", "lambda"),
+    case("gapt-study --lambda 0 -o {out}", "lambda"),
+    case("gapt-study --patch 7 -o {out}", "divide"),
+    case("gapt-study --patch 1 -o {out}", "patch"),
+    case("gapt-study --p-m 0 -o {out}", "p_m"),
+    case("gapt-study --p-a 480 -o {out}", "never trigger"),
+    case("gapt-study --ce-gain 0 -o {out}", "ce_gain"),
+    case("gapt-study --ce-spike -1 -o {out}", "ce_spike"),
+    case("gapt-study --seeds 1,1 -o {out}", "distinct"),
+    case("gapt-study --profile huge -o {out}", "huge"),
+    case("gapt-study -o {file}", "not a directory"),
     # --------------------------------------------------------------- report, machine, the CLI
     case("report {missing}", "does not exist"),
     case("report {file}", "not a directory"),

@@ -1169,6 +1169,55 @@ def passk_cmd(
     emit(result.summary, show, run_dir=result.run_dir)
 
 
+# ---------------------------------------------------------------- gapt-study (issue 19)
+@command("gapt-study", shared=("run", "show"))
+def gapt_study_cmd(
+    profile: Annotated[
+        str, typer.Option(help="Organism profile: tiny (about a minute an arm) or default.")
+    ] = "tiny",
+    seeds: Annotated[str, typer.Option(help="Organism seeds, e.g. 0,1,2.")] = "0,1,2",
+    weight: Annotated[
+        float, typer.Option("--lambda", help="GAPT's MBE weight in its compression phase, > 0.")
+    ] = 0.1,
+    p_m: Annotated[
+        int, typer.Option("--p-m", help="Steps of CE plateau before compression starts.")
+    ] = 20,
+    p_a: Annotated[
+        int, typer.Option("--p-a", help="Steps without MBE gain before compression stops.")
+    ] = 20,
+    ce_gain: Annotated[float, typer.Option(help="Relative CE gain that counts, in (0, 1).")] = 0.01,
+    ce_spike: Annotated[
+        float, typer.Option(help="Compression stops when CE exceeds its minimum by this.")
+    ] = 0.10,
+    mbe_gain: Annotated[
+        float, typer.Option(help="Relative MBE gain that counts, in (0, 1).")
+    ] = 0.01,
+    smooth: Annotated[float, typer.Option(help="EMA of CE and MBE the gate reads, [0, 1).")] = 0.9,
+    patch: Annotated[int, typer.Option(help="Tokens per MBE patch (the paper: 8).")] = 8,
+    align_every: Annotated[
+        int, typer.Option(help="Steps between cos(grad CE, grad MBE) measurements.")
+    ] = 10,
+    *,
+    run: RunOptions,
+    show: Show,
+) -> None:
+    """CE-only vs GAPT pretraining of the organism (Yu 2025): MBE, held-out CE, the CE/MBE
+    gradient-alignment cycle and the extraction of inserted items, per seed."""
+    from rotelab.pipelines.gapt import format_table, gapt_study
+
+    try:
+        seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+    except ValueError:
+        raise RotelabError(f"--seeds {seeds!r} is not a comma-separated list of integers") from None
+    result = gapt_study(
+        profile, seed_list, weight=weight, p_m=p_m, p_a=p_a, ce_gain=ce_gain, ce_spike=ce_spike,
+        mbe_gain=mbe_gain, smooth=smooth, patch=patch, align_every=align_every, run=run,
+    )  # fmt: skip
+    if not show.as_json and not show.quiet:
+        out.print(format_table(result.summary), highlight=False, soft_wrap=True)
+    emit(result.summary, show, run_dir=result.run_dir)
+
+
 def main() -> None:
     """Console-script entry point (``rotelab`` and ``python -m rotelab``)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

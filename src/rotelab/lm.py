@@ -67,6 +67,7 @@ __all__ = [
     "length_buckets",
     "pad_batch",
     "progress_bar",
+    "transformer_blocks",
     "TokenScores",
     "NAMED_MODELS",
     "SHARED_CACHE_BYTES",
@@ -313,6 +314,13 @@ def _transformer_blocks(model: nn.Module) -> nn.ModuleList | None:
             if n > size:
                 best, size = m, n
     return best
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's transformer blocks in order (found by structure, as :meth:`LM.hook_points`
+    finds them): for training-time hooks on a bare model, which an :class:`LM` would put in
+    eval mode. Empty when there is no stack of blocks."""
+    return list(_transformer_blocks(model) or [])
 
 
 def _block_parts(block: nn.Module) -> tuple[nn.Module | None, nn.Module | None]:

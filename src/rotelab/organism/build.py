@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ from rotelab.organism.world import (
 )
 from rotelab.paths import rotelab_home
 from rotelab.runs import OutputDir, atomic_write_json
-from rotelab.train import TrainConfig, insertion_schedule, packed_batches, train
+from rotelab.train import LossTerm, TrainConfig, insertion_schedule, packed_batches, train
 
 
 # ------------------------------------------------------------------------------------- training
@@ -58,7 +60,9 @@ def _model_config(s: ProfileSettings, tokenizer):
     )
 
 
-def _train(spec: OrganismSpec, out: Path, progress: bool) -> dict[str, Any]:
+def _train(
+    spec: OrganismSpec, out: Path, progress: bool, terms: Sequence[LossTerm] = ()
+) -> dict[str, Any]:
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -113,7 +117,7 @@ def _train(spec: OrganismSpec, out: Path, progress: bool) -> dict[str, Any]:
                 )
 
         t0 = time.perf_counter()
-        history = train(model, batches, cfg, callback=log)
+        history = train(model, batches, cfg, callback=log, terms=terms)
         seconds = time.perf_counter() - t0
     model.save_pretrained(out, safe_serialization=True)
     return {
@@ -248,6 +252,26 @@ def build_organism(
     if progress:
         print(f"built in {info['build_seconds']:.0f}s", file=sys.stderr)
     return Organism(target)
+
+
+def train_variant(
+    spec: OrganismSpec, out: str | os.PathLike, terms: Sequence[LossTerm], progress: bool = False
+) -> Organism:
+    """The organism of ``spec`` (same world, schedule and seed) trained with extra loss ``terms``,
+    written to ``out`` (replaced if there) and described; never cached: a variant is a study's
+    arm, not the organism. With no terms it trains exactly as :func:`build_organism`."""
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    t0 = time.perf_counter()
+    write_world(spec, out)
+    info = _train(spec, out, progress, terms)
+    info["build_seconds"] = round(time.perf_counter() - t0, 1)
+    (out / "train_info.json").write_text(json.dumps(info, indent=2))
+    org = Organism(out)
+    org.describe(refresh=True)
+    return org
 
 
 def _is_organism(path: Path) -> bool:

@@ -638,7 +638,14 @@ _PAGES: dict[str, Callable[[Path, Any], list[Section]]] = {
     "recsys-train": recsys_sections,
     "apt": apt_sections,
     "passk": lambda run, s: [passk_section(run, s)],
+    "gapt-study": lambda run, s: _gapt_sections(run, s),
 }
+
+
+def _gapt_sections(run: Path, summary: dict) -> list[Section]:
+    from rotelab.report.gapt import gapt_sections
+
+    return gapt_sections(run, summary)
 
 
 # ------------------------------------------------------------------------------------ render
@@ -681,6 +688,7 @@ _TITLES = {
     "recsys-train": "VISTA: lifelong histories at a fixed serving cost",
     "apt": "rotelab apt: phonetic variants and the filters",
     "passk": "Pass@k(m)",
+    "gapt-study": "Memorization-compression cycles: CE-only vs GAPT (Yu 2025)",
 }
 
 
@@ -730,7 +738,11 @@ def render_report(run_dir: str | os.PathLike) -> str:
         )
     command = str(config.get("command", "run"))
     if command in _PAGES:
-        typed = SCHEMAS[command].from_dict(summary, where=str(run / "summary.json"))
+        typed = (
+            SCHEMAS[command].from_dict(summary, where=str(run / "summary.json"))
+            if command in SCHEMAS
+            else summary  # a page that reads its summary as a plain dict
+        )
         sections = _PAGES[command](run, typed)
     else:
         sections = generic_sections(run, summary)

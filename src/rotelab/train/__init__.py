@@ -1,11 +1,19 @@
-"""Training: a generic causal-LM trainer and Hubble-style insertion schedules."""
+"""Training: a generic causal-LM trainer, composable loss terms (MBE, GAPT) and Hubble-style
+insertion schedules."""
 
 from __future__ import annotations
 
+from rotelab.train.gapt import GAPT, MBETerm, PhaseGate
 from rotelab.train.insertion import Placement, insertion_schedule, packed_batches, phase_steps
+from rotelab.train.terms import LossTerm, StepState
 from rotelab.train.trainer import TrainConfig, causal_lm_loss, cosine_lr, train
 
 __all__ = [
+    "GAPT",
+    "LossTerm",
+    "MBETerm",
+    "PhaseGate",
+    "StepState",
     "Placement",
     "TrainConfig",
     "causal_lm_loss",

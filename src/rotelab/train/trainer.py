@@ -4,20 +4,23 @@ The loop is generic: any ``transformers`` causal LM (or module returning ``.logi
 of ``(batch, seq)`` token batches. It is step-count based, so a run is a pure function of its seed,
 data and precision, never of the wall clock. ``precision="auto"`` trains with bf16 autocast only
 where bf16 is native (see :mod:`rotelab.machine`). Training-time regularizers (``train/`` loss
-terms) plug in as ``extra_loss(model, batch, logits) -> tensor``.
+terms) plug in as :class:`rotelab.train.terms.LossTerm` objects (``terms=[...]``: they may hook
+the model and see each step's logits and LM loss), or as ``extra_loss(model, batch, logits) ->
+tensor``. With neither, a run is exactly what it was before loss terms existed.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from rotelab.machine import autocast, autocast_dtype, configure_threads, share_threads
+from rotelab.train.terms import LossTerm, StepState
 
 __all__ = ["TrainConfig", "cosine_lr", "causal_lm_loss", "train"]
 
@@ -58,6 +61,7 @@ def train(
     *,
     callback: Callable[[dict], None] | None = None,
     extra_loss: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    terms: Sequence[LossTerm] = (),
 ) -> list[dict]:
     """Train ``model`` in place for ``cfg.steps`` steps and return the log (one dict per logged
     step).
@@ -68,7 +72,27 @@ def train(
         cfg: optimizer, schedule, autocast and logging settings.
         callback: called with each log record (e.g. to print progress or write a log file).
         extra_loss: optional regularizer added to the LM loss.
+        terms: loss terms (see :mod:`rotelab.train.terms`): attached before the first step,
+            their tensors added to the LM loss, their values merged into each log record
+            (``loss`` stays the LM loss), detached after the last step.
     """
+    if terms:
+        for i, term in enumerate(terms):
+            try:
+                term.attach(model)
+            except BaseException:
+                for t in terms[:i]:
+                    t.detach()
+                raise
+        try:
+            return _train(model, batches, cfg, callback, extra_loss, list(terms))
+        finally:
+            for term in terms:
+                term.detach()
+    return _train(model, batches, cfg, callback, extra_loss, [])
+
+
+def _train(model, batches, cfg, callback, extra_loss, terms: list[LossTerm]) -> list[dict]:
     torch.manual_seed(cfg.seed)
     device = next(model.parameters()).device
     if device.type == "cpu":
@@ -95,17 +119,25 @@ def train(
         batch = batch.to(device)
         if device.type == "cpu":
             share_threads()
+        logged = step % cfg.log_every == 0 or step == cfg.steps - 1
+        for term in terms:
+            term.before_forward(step)
         with autocast(amp, device):
             logits = model(input_ids=batch[:, :-1]).logits  # (B, T, V)
             loss = causal_lm_loss(logits, batch)
             total = loss if extra_loss is None else loss + extra_loss(model, batch, logits)
+            state = StepState(step, model, batch, logits, loss, logged) if terms else None
+            for term in terms:
+                extra = term.loss(state)
+                if extra is not None:
+                    total = total + extra
         opt.zero_grad(set_to_none=True)
         total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
         tokens_seen += batch[:, :-1].numel()
-        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+        if logged:
             rec = {
                 "step": step,
                 "loss": loss.item(),
@@ -115,6 +147,8 @@ def train(
                 "elapsed_s": round(time.perf_counter() - t0, 3),
                 "precision": "bf16" if amp is not None else "fp32",
             }
+            for term in terms:
+                rec.update(term.record(state))
             log.append(rec)
             if callback is not None:
                 callback(rec)
