@@ -27,6 +27,7 @@ from rotelab.errors import RotelabError
 
 __all__ = [
     "AttackSummary",
+    "BoundsSummary",
     "CompareModel",
     "CompareSummary",
     "DemoSummary",
@@ -262,6 +263,20 @@ class DemoSummary(Summary):
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
+# --------------------------------------------------------------------------------------- bounds
+@_schema("bounds")
+class BoundsSummary(Summary):
+    """``rotelab bounds``'s summary: the bounds at the rho grid and, after ``--search``, the
+    certified minimal parameters per rho (``search``) and the fitted curve constants."""
+
+    n: int
+    d: int
+    classes: int
+    bounds: list[dict[str, Any]]
+    search: list[dict[str, Any]] | None = None
+    bounds_scaled: dict[str, float] | None = None
+
+
 #: The schema of each command's summary.json (config.json's ``command``).
 SCHEMAS: dict[str, type[Summary]] = {
     "extract": ExtractionSummary,
@@ -269,6 +284,7 @@ SCHEMAS: dict[str, type[Summary]] = {
     "compare": CompareSummary,
     "kfac_sweep": KfacSweepSummary,
     "demo": DemoSummary,
+    "bounds": BoundsSummary,
 }
 
 

@@ -1,0 +1,284 @@
+"""``rotelab bounds``: robust-memorization parameter bounds, and the certified empirical search.
+
+Kim, Moon and Yun 2025 (NeurIPS, arXiv:2510.24643) bound the parameters a ReLU net needs to
+memorize ``N`` epsilon-separated points in ``R^d`` robustly within L2 balls of radius
+``rho * epsilon``. Without ``search`` this writes the bound curves (:mod:`rotelab.theory.robust`)
+against ``rho`` for the given ``N, d``; with ``search`` it also builds a dataset (synthetic or
+scikit-learn digits), and for ``rho = 0`` (plain memorization) and every ``rho`` of the grid,
+for each seed, finds the smallest network whose robustness every training ball has a sound
+certificate for (:func:`rotelab.theory.minimal_network`).
+
+Every input is checked before the dataset is drawn or the run directory exists.
+
+Example:
+    >>> r = bounds(100, 2, [0.1, 0.5, 0.9], search=True, run=RunOptions("runs/b"))  # doctest: +SKIP
+    >>> r.summary["spearman"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rotelab.errors import RotelabError
+from rotelab.options import RunOptions
+from rotelab.runs import Run
+from rotelab.theory import (
+    SearchConfig,
+    architectures,
+    check_problem,
+    check_rho,
+    digits,
+    lower_bound,
+    minimal_network,
+    non_robust_order,
+    synthetic,
+    upper_bound,
+    upper_regime,
+)
+
+__all__ = ["BoundsRun", "bounds", "bound_curves", "format_table", "parse_floats", "parse_ints"]
+
+DATA_KINDS = ("synthetic", "digits")
+#: rho values of the drawn curves (log-spaced: the regimes' boundaries are small numbers)
+CURVE_POINTS = 200
+
+
+@dataclass
+class BoundsRun:
+    """What :func:`bounds` returns: the summary, the tables and the run directory."""
+
+    summary: dict[str, Any]
+    curves: pd.DataFrame
+    search: pd.DataFrame | None
+    run_dir: Path
+
+
+def parse_floats(text: str | Sequence[float], flag: str) -> list[float]:
+    """``"0.1,0.5"`` (or a list) -> floats; one line for anything else."""
+    if not isinstance(text, str):
+        return [float(v) for v in text]
+    try:
+        values = [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise RotelabError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise RotelabError(f"{flag} is empty; give at least one value")
+    return values
+
+
+def parse_ints(text: str | Sequence[int], flag: str) -> list[int]:
+    """``"4,8,16"`` (or a list) -> positive ints; one line for anything else."""
+    values = text if not isinstance(text, str) else [p for p in text.split(",") if p.strip()]
+    try:
+        out = [int(v) for v in values]
+    except ValueError:
+        raise RotelabError(f"{flag} takes comma-separated whole numbers, got {text!r}") from None
+    if not out or min(out) < 1:
+        raise RotelabError(f"{flag} needs whole numbers >= 1, got {text!r}")
+    return out
+
+
+def bound_curves(n: int, d: int, classes: int = 2, rhos: Sequence[float] | None = None):
+    """Lower and upper bound (constant 1) and regime at each ``rho`` (default: a log grid)."""
+    grid = np.geomspace(1e-4, 0.999, CURVE_POINTS) if rhos is None else np.asarray(rhos, float)
+    rows = []
+    for rho in grid:
+        reg = upper_regime(n, d, float(rho))
+        rows.append({
+            "rho": float(rho), "lower": lower_bound(n, d, float(rho), classes=classes),
+            "upper": upper_bound(n, d, float(rho), classes=classes), "regime": reg.name,
+            "upper_theorem": reg.theorem,
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def bounds(
+    n: int,
+    d: int | None,
+    rhos: str | Sequence[float],
+    *,
+    classes: int = 2,
+    search: bool = False,
+    data: str = "synthetic",
+    separation: float = 0.03,
+    widths: str | Sequence[int] = "2,3,4,6,8,12,16,24,32,48,64",
+    depths: str | Sequence[int] = "1,2",
+    seeds: int = 1,
+    epochs: int = 2000,
+    data_seed: int = 0,
+    run: RunOptions = RunOptions(),
+    progress=None,
+) -> BoundsRun:
+    """Bound curves for ``N, d`` and, with ``search``, the certified minimal networks.
+
+    Args:
+        n: points ``N``; d: dimension (digits: 64, the default for it); rhos: the ``rho`` grid.
+        classes: labels (synthetic: drawn at random; digits: digits ``0 .. classes-1``).
+        search: run the empirical search (minutes; see the README for sizes).
+        data: ``synthetic`` or ``digits``; separation: the synthetic data's minimum epsilon.
+        widths, depths: the architectures tried, smallest parameter count first.
+        seeds: training seeds ``run.seed .. run.seed + seeds - 1``.
+        data_seed: the seed of the dataset (synthetic draw, digits subset), fixed across seeds.
+        epochs: adversarial-training epochs per network.
+        run: the run directory (``bounds`` table, ``search`` table, summary, plot, report).
+    """
+    # 1. every input, before any work
+    run.check()
+    if run.resume:
+        raise RotelabError("rotelab bounds cannot resume a run; start it again (--force replaces)")
+    if data not in DATA_KINDS:
+        raise RotelabError(f"--data must be one of {', '.join(DATA_KINDS)}, got {data!r}")
+    if d is None:
+        d = 64 if data == "digits" else 2
+    if data == "digits" and d != 64:
+        raise RotelabError(f"digits are 8x8 images (d = 64); drop --d or pass 64, got {d}")
+    rho_list = parse_floats(rhos, "--rho")
+    for rho in rho_list:
+        check_rho(rho)
+    check_problem(n, d, rho_list[0], classes)
+    width_list, depth_list = parse_ints(widths, "--widths"), parse_ints(depths, "--depths")
+    if seeds < 1 or epochs < 1:
+        raise RotelabError(f"--seeds and --epochs must be >= 1, got {seeds} and {epochs}")
+    if data == "digits" and classes > 10:
+        raise RotelabError(f"digits has 10 classes, got --classes {classes}")
+    if not separation > 0:
+        raise RotelabError(f"--separation must be > 0, got {separation}")
+    config = {
+        "n": n, "d": d, "rhos": rho_list, "classes": classes, "search": search, "data": data,
+        "separation": separation, "widths": width_list, "depths": depth_list, "seeds": seeds,
+        "epochs": epochs, "seed": run.seed, "data_seed": data_seed,
+    }  # fmt: skip
+    Run.check(run.out, force=run.force)
+
+    # 2. the bounds (instant), then the dataset and the search
+    curves = bound_curves(n, d, classes)
+    at_grid = bound_curves(n, d, classes, rho_list)
+    summary: dict[str, Any] = {
+        "n": n, "d": d, "classes": classes, "norm": "l2",
+        "bounds": at_grid.to_dict("records"),
+        "non_robust_order": non_robust_order(n, d),
+        "constants": "unknown (the paper gives orders): curves use constant 1",
+    }  # fmt: skip
+    table = None
+    if search:
+        ds = (
+            synthetic(n, d, classes=classes, separation=separation, seed=data_seed)
+            if data == "synthetic" else digits(n, classes=classes, seed=data_seed)
+        )  # fmt: skip
+        archs = architectures(ds.d, ds.classes, width_list, depth_list)
+        cfg = SearchConfig(epochs=epochs)
+        frames = []
+        for seed in range(run.seed, run.seed + seeds):
+            for rho in [0.0, *rho_list]:
+                frames.append(minimal_network(ds, rho, archs, seed=seed, config=cfg,
+                                              progress=progress))  # fmt: skip
+        table = pd.concat(frames, ignore_index=True)
+        summary.update(search_summary(table, ds.epsilon, ds.name, archs[-1].params))
+        summary["bounds_scaled"] = scaled_bounds(summary, n, d, classes)
+
+    # 3. the run directory
+    with Run.create(run.out, "bounds", config, force=run.force) as out:
+        out.write_table("curves", curves)
+        if table is not None:
+            out.write_table("search", table)
+        out.write_summary(summary)
+    from rotelab.report import write_report
+
+    write_report(out.path)
+    return BoundsRun(summary, curves, table, out.path)
+
+
+def search_summary(table: pd.DataFrame, eps: float, name: str, largest: int) -> dict[str, Any]:
+    """Per rho: minimal certified parameters per seed, their mean and range; the issue's checks
+    (small-rho ratio, rho=0.9 ratio, Spearman over the grid). Unfound = NaN (not certified
+    within the architectures tried)."""
+    from scipy.stats import spearmanr
+
+    found = table[table["certified"]]
+    per = {}
+    for (rho, seed), g in table.groupby(["rho", "seed"]):
+        hit = g[g["certified"]]
+        per.setdefault(float(rho), {})[int(seed)] = (
+            float(hit["params"].iloc[0]) if len(hit) else math.nan
+        )
+    rows = []
+    for rho, by_seed in sorted(per.items()):
+        vals = np.array(list(by_seed.values()))
+        ok = vals[~np.isnan(vals)]
+        rows.append({
+            "rho": rho, "params_by_seed": {str(k): v for k, v in by_seed.items()},
+            "params_mean": float(ok.mean()) if ok.size else math.nan,
+            "params_min": float(ok.min()) if ok.size else math.nan,
+            "params_max": float(ok.max()) if ok.size else math.nan,
+            "seeds_found": int(ok.size), "seeds": int(vals.size),
+        })  # fmt: skip
+    base = next(r for r in rows if r["rho"] == 0.0)["params_mean"]
+    grid = [r for r in rows if r["rho"] > 0]
+    pairs = [(r["rho"], v) for r in grid for v in r["params_by_seed"].values() if not math.isnan(v)]
+    rho_ok = [r for r in grid if not math.isnan(r["params_mean"])]
+    spear = (
+        spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic
+        if len(pairs) > 2
+        else math.nan
+    )
+    spear_mean = (
+        spearmanr([r["rho"] for r in rho_ok], [r["params_mean"] for r in rho_ok]).statistic
+        if len(rho_ok) > 2 else math.nan
+    )  # fmt: skip
+    small = [r["params_mean"] / base for r in grid if r["rho"] <= 0.2]
+    high = [r["params_mean"] / base for r in grid if abs(r["rho"] - 0.9) < 1e-9]
+    return {
+        "data": name, "epsilon": eps, "largest_params_tried": largest,
+        "every_reported_network_certified": bool(found["certified"].all()),
+        "search": rows, "non_robust_params": base,
+        "ratio_small_rho_max": float(np.nanmax(small)) if small else None,
+        "ratio_rho_0_9": float(high[0]) if high else None,
+        "spearman": float(spear), "spearman_of_means": float(spear_mean),
+        "networks_trained": int(len(table)),
+        "seconds": float(table["train_seconds"].sum() + table["verify_seconds"].sum()),
+    }  # fmt: skip
+
+
+def scaled_bounds(summary: dict[str, Any], n: int, d: int, classes: int) -> dict[str, float]:
+    """One constant per bound curve, fitted (least squares in log space) to the empirical means:
+    the paper gives orders only, so curves are compared by shape after this scaling."""
+    pts = [(r["rho"], r["params_mean"]) for r in summary["search"]
+           if r["rho"] > 0 and not math.isnan(r["params_mean"])]  # fmt: skip
+    if not pts:
+        return {"lower": math.nan, "upper": math.nan}
+    out = {}
+    for key, fn in (("lower", lower_bound), ("upper", upper_bound)):
+        logs = [math.log(p) - math.log(fn(n, d, rho, classes=classes)) for rho, p in pts]
+        out[key] = math.exp(sum(logs) / len(logs))
+    return out
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The bounds at the grid and, after a search, the minimal certified parameters."""
+    lines = [
+        f"robust memorization, N={summary['n']} d={summary['d']} (L2 balls; constants unknown: "
+        "orders with constant 1)",
+        f"{'rho':>6}  {'lower (Thm 3.1)':>16}  {'upper':>12}  {'regime':>9}  theorem",
+    ]
+    for b in summary["bounds"]:
+        lines.append(f"{b['rho']:>6g}  {b['lower']:>16.1f}  {b['upper']:>12.1f}  "
+                     f"{b['regime']:>9}  {b['upper_theorem']}")  # fmt: skip
+    if "search" in summary:
+        lines += ["", f"certified minimal parameters on {summary['data']} "
+                  f"(epsilon={summary['epsilon']:.4g}); rho=0 is plain memorization",
+                  f"{'rho':>6}  {'mean':>8}  {'min':>6}  {'max':>6}  seeds found"]  # fmt: skip
+        for r in summary["search"]:
+            lines.append(f"{r['rho']:>6g}  {r['params_mean']:>8.1f}  {r['params_min']:>6.0f}  "
+                         f"{r['params_max']:>6.0f}  {r['seeds_found']}/{r['seeds']}")  # fmt: skip
+        lines.append(
+            f"Spearman(rho, params) = {summary['spearman']:.3f}; largest small-rho (<= 0.2) "
+            f"ratio {summary['ratio_small_rho_max']}; rho=0.9 ratio {summary['ratio_rho_0_9']}"
+        )
+    return "\n".join(lines)
