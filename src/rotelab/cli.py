@@ -853,7 +853,9 @@ def machine_cmd(
 # ---------------------------------------------------------------- bounds (issue 22)
 @command("bounds", shared=("run", "show"), without=("resume",))
 def bounds_cmd(
-    n: Annotated[int, typer.Option("--n", help="Number of training points N.")] = 100,
+    n: Annotated[
+        int | None, typer.Option("--n", help="Number of training points N. Default: 100.")
+    ] = None,
     d: Annotated[
         int | None, typer.Option("--d", help="Input dimension d. Default: 2 (digits: 64).")
     ] = None,
@@ -867,7 +869,13 @@ def bounds_cmd(
             "--search", help="Also find the smallest certified robust network per rho (minutes)."
         ),
     ] = False,
-    data: Annotated[str, typer.Option(help="With --search: synthetic or digits.")] = "synthetic",
+    data: Annotated[
+        str,
+        typer.Option(
+            help="synthetic, digits (scikit-learn's), or a .csv (last column: label) or .npz "
+            "(x, y) of points."
+        ),
+    ] = "synthetic",
     separation: Annotated[
         float, typer.Option(help="Synthetic data: minimum epsilon (half the class gap).")
     ] = 0.03,

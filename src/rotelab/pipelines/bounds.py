@@ -35,6 +35,7 @@ from rotelab.theory import (
     check_problem,
     check_rho,
     digits,
+    load_points,
     lower_bound,
     minimal_network,
     non_robust_order,
@@ -100,7 +101,7 @@ def bound_curves(n: int, d: int, classes: int = 2, rhos: Sequence[float] | None 
 
 
 def bounds(
-    n: int,
+    n: int | None,
     d: int | None,
     rhos: str | Sequence[float],
     *,
@@ -119,45 +120,63 @@ def bounds(
     """Bound curves for ``N, d`` and, with ``search``, the certified minimal networks.
 
     Args:
-        n: points ``N``; d: dimension (digits: 64, the default for it); rhos: the ``rho`` grid.
+        n: points ``N`` (default 100); d: dimension (default 2; digits: 64); a file of points
+            brings its own; rhos: the ``rho`` grid.
         classes: labels (synthetic: drawn at random; digits: digits ``0 .. classes-1``).
         search: run the empirical search (minutes; see the README for sizes).
-        data: ``synthetic`` or ``digits``; separation: the synthetic data's minimum epsilon.
+        data: ``synthetic``, ``digits`` or a ``.csv``/``.npz`` file of labelled points (see
+            :func:`rotelab.theory.load_points`); separation: the synthetic minimum epsilon.
         widths, depths: the architectures tried, smallest parameter count first.
         seeds: training seeds ``run.seed .. run.seed + seeds - 1``.
         data_seed: the seed of the dataset (synthetic draw, digits subset), fixed across seeds.
         epochs: adversarial-training epochs per network.
         run: the run directory (``bounds`` table, ``search`` table, summary, plot, report).
     """
-    # 1. every input, before any work
+    # 1. every input, before any work (the dataset too: it is cheap and may be refused)
     run.check()
     if run.resume:
         raise RotelabError("rotelab bounds cannot resume a run; start it again (--force replaces)")
-    if data not in DATA_KINDS:
-        raise RotelabError(f"--data must be one of {', '.join(DATA_KINDS)}, got {data!r}")
-    if d is None:
-        d = 64 if data == "digits" else 2
-    if data == "digits" and d != 64:
-        raise RotelabError(f"digits are 8x8 images (d = 64); drop --d or pass 64, got {d}")
     rho_list = parse_floats(rhos, "--rho")
     for rho in rho_list:
         check_rho(rho)
-    check_problem(n, d, rho_list[0], classes)
     width_list, depth_list = parse_ints(widths, "--widths"), parse_ints(depths, "--depths")
     if seeds < 1 or epochs < 1:
         raise RotelabError(f"--seeds and --epochs must be >= 1, got {seeds} and {epochs}")
-    if data == "digits" and classes > 10:
-        raise RotelabError(f"digits has 10 classes, got --classes {classes}")
     if not separation > 0:
         raise RotelabError(f"--separation must be > 0, got {separation}")
+    if n is not None:
+        check_problem(n, d if d is not None else 1, rho_list[0], classes)
+    if d is not None:
+        check_problem(n if n is not None else 1, d, rho_list[0], classes)
+    ds = None
+    if data not in DATA_KINDS:  # a file of points: N, d and the labels are the file's
+        ds = load_points(data)
+        if (n is not None and n != ds.n) or (d is not None and d != ds.d):
+            raise RotelabError(f"{data} holds N={ds.n}, d={ds.d}; drop --n/--d for a file")
+        n, d, classes = ds.n, ds.d, ds.classes
+    elif data == "digits":
+        if d is not None and d != 64:
+            raise RotelabError(f"digits are 8x8 images (d = 64); drop --d or pass 64, got {d}")
+        if classes > 10:
+            raise RotelabError(f"digits has 10 classes, got --classes {classes}")
+        n, d = n or 100, 64
+    else:
+        n, d = n or 100, d or 2
+    check_problem(n, d, rho_list[0], classes)
+    if search and ds is None:
+        ds = (
+            synthetic(n, d, classes=classes, separation=separation, seed=data_seed)
+            if data == "synthetic" else digits(n, classes=classes, seed=data_seed)
+        )  # fmt: skip
     config = {
         "n": n, "d": d, "rhos": rho_list, "classes": classes, "search": search, "data": data,
         "separation": separation, "widths": width_list, "depths": depth_list, "seeds": seeds,
         "epochs": epochs, "seed": run.seed, "data_seed": data_seed,
     }  # fmt: skip
-    Run.check(run.out, force=run.force)
+    inputs = (data,) if data not in DATA_KINDS else ()
+    Run.check(run.out, force=run.force, inputs=inputs)
 
-    # 2. the bounds (instant), then the dataset and the search
+    # 2. the bounds (instant), then the search
     curves = bound_curves(n, d, classes)
     at_grid = bound_curves(n, d, classes, rho_list)
     summary: dict[str, Any] = {
@@ -168,10 +187,6 @@ def bounds(
     }  # fmt: skip
     table = None
     if search:
-        ds = (
-            synthetic(n, d, classes=classes, separation=separation, seed=data_seed)
-            if data == "synthetic" else digits(n, classes=classes, seed=data_seed)
-        )  # fmt: skip
         archs = architectures(ds.d, ds.classes, width_list, depth_list)
         cfg = SearchConfig(epochs=epochs)
         frames = []
@@ -184,7 +199,7 @@ def bounds(
         summary["bounds_scaled"] = scaled_bounds(summary, n, d, classes)
 
     # 3. the run directory
-    with Run.create(run.out, "bounds", config, force=run.force) as out:
+    with Run.create(run.out, "bounds", config, force=run.force, inputs=inputs) as out:
         out.write_table("curves", curves)
         if table is not None:
             out.write_table("search", table)

@@ -2,7 +2,7 @@
 epsilon-separated datasets they speak of, sound verifiers (IBP, exact MILP) and the certified
 search for the smallest robust-memorizing ReLU networks."""
 
-from rotelab.theory.data import SeparatedData, digits, epsilon, synthetic
+from rotelab.theory.data import SeparatedData, digits, epsilon, load_points, synthetic
 from rotelab.theory.robust import (
     Regime,
     check_problem,
@@ -46,6 +46,7 @@ __all__ = [
     "epsilon",
     "ibp_margins",
     "layers_of",
+    "load_points",
     "lower_bound",
     "milp_certify",
     "minimal_network",

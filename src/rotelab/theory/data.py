@@ -12,13 +12,15 @@ Example:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from rotelab.errors import RotelabError
 
-__all__ = ["SeparatedData", "digits", "epsilon", "synthetic"]
+__all__ = ["SeparatedData", "digits", "epsilon", "load_points", "synthetic"]
 
 
 @dataclass(frozen=True)
@@ -146,3 +148,31 @@ def digits(n: int | None = None, *, classes: int = 10, seed: int = 0) -> Separat
         if np.unique(y).size < 2:
             raise RotelabError(f"the subset of N={n} digits holds one label; take more points")
     return SeparatedData(x, y, epsilon(x, y), f"digits-{len(y)}")
+
+
+def load_points(path: str | os.PathLike) -> SeparatedData:
+    """A labelled point set from a file: ``.npz`` with arrays ``x`` (N, d) and ``y`` (N,), or a
+    ``.csv`` of numbers whose last column is the integer label (a header line is skipped).
+    Labels are renumbered ``0 .. classes-1`` in sorted order."""
+    p = Path(path)
+    if not p.is_file():
+        raise RotelabError(f"{p} does not exist or is not a file; pass a .csv or .npz of points")
+    try:
+        if p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                x, y = np.asarray(z["x"], np.float64), np.asarray(z["y"])
+        elif p.suffix == ".csv":
+            first = p.read_text().splitlines()[:1]
+            header = bool(first) and any(c.isalpha() for c in first[0].replace("e", ""))
+            table = np.loadtxt(p, delimiter=",", skiprows=int(header), ndmin=2)
+            x, y = table[:, :-1], table[:, -1]
+        else:
+            raise RotelabError(f"{p}: points must be a .csv or .npz file")
+    except (ValueError, KeyError, OSError) as exc:
+        raise RotelabError(f"cannot read points from {p}: {exc}") from None
+    if x.ndim != 2 or x.shape[1] < 1 or len(y) != len(x) or len(x) < 2:
+        raise RotelabError(f"{p}: need N >= 2 points with d >= 1 coordinates and N labels")
+    if not np.all(np.asarray(y, np.float64) == np.round(np.asarray(y, np.float64))):
+        raise RotelabError(f"{p}: labels (the last column) must be whole numbers")
+    _, labels = np.unique(y, return_inverse=True)
+    return SeparatedData(x, labels.astype(np.int64), epsilon(x, labels), p.name)

@@ -329,6 +329,7 @@ def milp_certify(
     max_cuts: int = 30,
     time_limit: float = 30.0,
     tol: float = 1e-7,
+    skip_proven: bool = True,
 ) -> MilpResult:
     """Exactly decide whether the ball around ``x`` (d,) keeps label ``y`` (see module doc).
 
@@ -338,6 +339,8 @@ def milp_certify(
         max_cuts: tangent planes added per class before giving up (``unknown``).
         time_limit: seconds per MILP solve.
         tol: the margin must be proven > ``tol`` to certify (solver tolerances).
+        skip_proven: skip the classes IBP already proves (``False``: solve every class, so
+            ``margin_lower`` is the exact minimum margin on a box, a lower bound on a ball).
     """
     norm = Norm(norm)
     layers = layers_of(net)
@@ -350,7 +353,7 @@ def milp_certify(
     proven = margins[0].numpy().copy()
     cuts: list[np.ndarray] = []
     for j in range(len(layers[-1][1])):
-        if j == y or margins[0, j] > tol:  # IBP already proves this class never wins
+        if j == y or (skip_proven and margins[0, j] > tol):  # IBP proves j never wins
             continue
         while True:
             dual, primal, point = _solve_margin(
@@ -358,7 +361,7 @@ def milp_certify(
             )
             result.solves += 1
             if dual > tol:
-                proven[j] = max(proven[j], dual)
+                proven[j] = dual if not skip_proven else max(proven[j], dual)
                 break
             if point is None or not np.isfinite(primal):
                 result.status, result.margin_lower = "unknown", -np.inf
@@ -366,6 +369,11 @@ def milp_certify(
                 return result
             dist = np.linalg.norm(point - x) if norm == Norm.L2 else np.abs(point - x).max()
             inside = dist <= radius * (1 + 1e-9)
+            if not inside:  # the optimum's radial projection onto the ball is often a witness
+                proj = x + (point - x) * (radius / dist)
+                logits = _forward(layers, proj)
+                if logits[y] - logits[j] <= tol:
+                    point, inside = proj, True
             if inside:
                 logits = _forward(layers, point)
                 if logits[y] - logits[j] <= tol:  # verified by a forward pass
