@@ -851,7 +851,7 @@ def machine_cmd(
 
 
 # ---------------------------------------------------------------- bounds (issue 22)
-@command("bounds", shared=("run", "show"), without=("resume",))
+@command("bounds", shared=("run", "show"))
 def bounds_cmd(
     n: Annotated[
         int | None, typer.Option("--n", help="Number of training points N. Default: 100.")

@@ -130,12 +130,11 @@ def bounds(
         seeds: training seeds ``run.seed .. run.seed + seeds - 1``.
         data_seed: the seed of the dataset (synthetic draw, digits subset), fixed across seeds.
         epochs: adversarial-training epochs per network.
-        run: the run directory (``bounds`` table, ``search`` table, summary, plot, report).
+        run: the run directory (``curves`` and ``search`` tables, summary, report with the
+            plot); ``run.resume`` continues an interrupted search.
     """
     # 1. every input, before any work (the dataset too: it is cheap and may be refused)
     run.check()
-    if run.resume:
-        raise RotelabError("rotelab bounds cannot resume a run; start it again (--force replaces)")
     rho_list = parse_floats(rhos, "--rho")
     for rho in rho_list:
         check_rho(rho)
@@ -174,7 +173,7 @@ def bounds(
         "epochs": epochs, "seed": run.seed, "data_seed": data_seed,
     }  # fmt: skip
     inputs = (data,) if data not in DATA_KINDS else ()
-    Run.check(run.out, force=run.force, inputs=inputs)
+    Run.check(run.out, resume=run.resume, force=run.force, inputs=inputs)
 
     # 2. the bounds (instant), then the search
     curves = bound_curves(n, d, classes)
@@ -186,23 +185,26 @@ def bounds(
         "constants": "unknown (the paper gives orders): curves use constant 1",
     }  # fmt: skip
     table = None
-    if search:
-        archs = architectures(ds.d, ds.classes, width_list, depth_list)
-        cfg = SearchConfig(epochs=epochs)
-        frames = []
-        for seed in range(run.seed, run.seed + seeds):
-            for rho in [0.0, *rho_list]:
-                frames.append(minimal_network(ds, rho, archs, seed=seed, config=cfg,
-                                              progress=progress))  # fmt: skip
-        table = pd.concat(frames, ignore_index=True)
-        summary.update(search_summary(table, ds.epsilon, ds.name, archs[-1].params))
-        summary["bounds_scaled"] = scaled_bounds(summary, n, d, classes)
-
-    # 3. the run directory
-    with Run.create(run.out, "bounds", config, force=run.force, inputs=inputs) as out:
+    # 3. the run directory; the search is written one part per (seed, rho) as it proceeds, so
+    # an interrupted search resumes (--resume) where it stopped
+    with Run.create(
+        run.out, "bounds", config, resume=run.resume, force=run.force, inputs=inputs
+    ) as out:
         out.write_table("curves", curves)
-        if table is not None:
-            out.write_table("search", table)
+        if search:
+            archs = architectures(ds.d, ds.classes, width_list, depth_list)
+            cfg = SearchConfig(epochs=epochs)
+            for seed in range(run.seed, run.seed + seeds):
+                for k, rho in enumerate([0.0, *rho_list]):
+                    key = f"s{seed:010d}-r{k:03d}"
+                    if not out.has_part("search", key):
+                        found = minimal_network(
+                            ds, rho, archs, seed=seed, config=cfg, progress=progress
+                        )
+                        out.write_part("search", key, found)
+            table = out.read_table("search")
+            summary.update(search_summary(table, ds.epsilon, ds.name, archs[-1].params))
+            summary["bounds_scaled"] = scaled_bounds(summary, n, d, classes)
         out.write_summary(summary)
     from rotelab.report import write_report
 

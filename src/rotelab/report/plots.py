@@ -254,11 +254,13 @@ def bounds_curves(
     fig, ax = plt.subplots(figsize=(6.6, 4.0))
     for key, color, label in (("lower", _COLORS[0], "lower bound (Thm 3.1)"),
                               ("upper", _COLORS[1], "upper bound (Thms 4.1-4.3)")):  # fmt: skip
-        c = float(scale.get(key, 1.0))
-        c = 1.0 if not np.isfinite(c) else c
+        c = scale.get(key)  # NaN (no certified network to fit) is written as null
+        c = 1.0 if c is None or not np.isfinite(c) else float(c)
         ax.plot(curves["rho"], c * curves[key], color=color, lw=1.4,
                 label=f"{label} x {c:.3g}" if c != 1.0 else label)  # fmt: skip
     if search is not None and not search.empty:
+        search = search.assign(**{k: pd.to_numeric(search[k]) for k in
+                                  ("params_mean", "params_min", "params_max")})  # fmt: skip
         grid = search[search["rho"] > 0]
         err = [grid["params_mean"] - grid["params_min"], grid["params_max"] - grid["params_mean"]]
         ax.errorbar(grid["rho"], grid["params_mean"], yerr=err, fmt="o", color="black", capsize=3,
