@@ -46,7 +46,7 @@ def test_search_stops_at_the_first_certified_network_and_its_certificate_holds()
     net = train_robust(DATA, rho * DATA.epsilon, arch, seed=0, config=FAST)
     checked = certify(net, DATA, rho * DATA.epsilon, config=FAST, stop_at_failure=False)
     assert (checked["status"] == "certified").all()
-    assert set(checked["method"]) <= {"ibp", "milp"}
+    assert set(checked["method"]) <= {"ibp", "crown", "milp"}
     for i in checked.loc[checked["method"] == "milp", "point"]:
         assert milp_certify(net, X[i], int(Y[i]), rho * DATA.epsilon).status == "certified"
 
@@ -58,7 +58,7 @@ def test_certify_reports_failures_and_never_certifies_by_pgd():
     checked = certify(net, DATA, big, config=FAST, stop_at_failure=False)
     assert (checked["status"] != "certified").any()
     proven = checked[checked["status"] == "certified"]
-    assert set(proven["method"]) <= {"ibp", "milp"}
+    assert set(proven["method"]) <= {"ibp", "crown", "milp"}
     ibp = ibp_margins(net, X, Y, big).min(dim=1).values.numpy()
     assert (proven.loc[proven["method"] == "ibp", "margin_lower"].to_numpy() > 0).all()
     assert (ibp[proven.loc[proven["method"] == "ibp", "point"].to_numpy()] > 0).all()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rotelab.theory import ibp_margins, milp_certify, mlp, param_count, pgd
+from rotelab.theory import crown_margins, ibp_margins, milp_certify, mlp, param_count, pgd
 from rotelab.theory.verify import layers_of
 
 
@@ -40,13 +40,14 @@ def test_ibp_is_exact_on_the_identity_net(norm):
     assert math.isinf(m[0, 1].item())
 
 
-def test_ibp_is_sound_against_sampling():
+@pytest.mark.parametrize("bound", [ibp_margins, crown_margins])
+def test_bounds_are_sound_against_sampling(bound):
     torch.manual_seed(0)
     net = mlp(3, 16, 2, 3).double()
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(20, 3)), rng.integers(0, 3, 20)
     r = 0.2
-    low = ibp_margins(net, x, y, r, "l2").numpy()
+    low = bound(net, x, y, r, "l2").numpy()
     for i in range(20):
         d = rng.normal(size=(2000, 3))
         d *= (r * rng.random((2000, 1)) ** (1 / 3)) / np.linalg.norm(d, axis=1, keepdims=True)
@@ -112,3 +113,14 @@ def test_pgd_stays_in_the_ball_and_finds_the_crossing():
     assert ((adv - x).norm(dim=1) <= 1.0 + 1e-9).all()
     assert adv[0, 0] < 0 and adv[1, 0] > 0  # first ball crosses x1 = 0, the second cannot
     assert param_count(torch_net) == 2 * 3 + 3 * 2
+
+
+def test_crown_is_tighter_than_ibp_where_ibp_loses_the_coupling():
+    net = _diagonal_net(1.6)
+    x0, y0 = np.zeros((1, 2)), np.array([0])
+    ibp = ibp_margins(net, x0, y0, 1.0)[0, 1].item()
+    crown = crown_margins(net, x0, y0, 1.0)[0, 1].item()
+    assert ibp == pytest.approx(2 * (1.6 - 2.0))  # both ReLU pairs at their worst at once
+    assert ibp < crown <= 2 * (1.6 - math.sqrt(2)) + 1e-12  # tighter, still below the truth
+    exact = crown_margins(_identity_net(), np.array([[1.0, 0.3]]), np.array([1]), 0.5)
+    assert exact[0, 0].item() == pytest.approx(1.0)

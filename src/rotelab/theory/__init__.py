@@ -23,6 +23,7 @@ from rotelab.theory.search import (
 from rotelab.theory.verify import (
     MilpResult,
     Norm,
+    crown_margins,
     ibp_margins,
     layers_of,
     milp_certify,
@@ -42,6 +43,7 @@ __all__ = [
     "certify",
     "check_problem",
     "check_rho",
+    "crown_margins",
     "digits",
     "epsilon",
     "ibp_margins",

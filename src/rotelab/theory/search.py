@@ -4,8 +4,8 @@ For a robustness ratio ``rho``, ReLU MLPs of increasing parameter count are adve
 trained (PGD in the ball of radius ``mu = rho * epsilon``, Madry et al. 2018) to fit every
 training point, and the first one that a *sound* verifier proves robust on every training ball
 is the empirical minimal network. The verifier cascade per ball (:func:`certify`): the center's
-prediction, then IBP (proves), then PGD (finds a counterexample, confirmed by a forward pass),
-then the exact MILP (decides). ``rho = 0`` is plain memorization (each point classified
+prediction, then IBP and CROWN (prove), then PGD (finds a counterexample, confirmed by a forward
+pass), then the exact MILP (decides). ``rho = 0`` is plain memorization (each point classified
 correctly), the paper's non-robust baseline.
 
 This measures what gradient training *finds*, an upper estimate of the true minimum for this
@@ -26,7 +26,7 @@ from torch import nn
 
 from rotelab.errors import RotelabError
 from rotelab.theory.data import SeparatedData
-from rotelab.theory.verify import Norm, ibp_margins, milp_certify, mlp, pgd
+from rotelab.theory.verify import Norm, crown_margins, ibp_margins, milp_certify, mlp, pgd
 
 __all__ = [
     "Architecture",
@@ -128,8 +128,8 @@ def certify(
 ) -> pd.DataFrame:
     """Check every training ball; one row per point (``stop_at_failure``: up to the first
     failure): ``point, status`` (certified / counterexample / unknown / misclassified),
-    ``method`` (center, ibp, pgd, milp) and ``margin_lower`` (a proven lower bound of the margin
-    where certified)."""
+    ``method`` (center, ibp, crown, pgd, milp) and ``margin_lower`` (a proven lower bound of the
+    margin where certified)."""
     x = torch.as_tensor(data.x, dtype=torch.float64)
     y = torch.as_tensor(data.y, dtype=torch.long)
     with torch.no_grad():
@@ -145,6 +145,7 @@ def certify(
                          "margin_lower": float(logits[i, y[i]] - top.max())})  # fmt: skip
         return pd.DataFrame(rows)
     ibp = ibp_margins(net, data.x, data.y, radius, config.norm).min(dim=1).values.numpy()
+    crown = crown_margins(net, data.x, data.y, radius, config.norm).min(dim=1).values.numpy()
     adv = pgd(
         net, x, y, radius, config.norm, steps=20, generator=torch.Generator().manual_seed(seed)
     )
@@ -156,6 +157,8 @@ def certify(
             row = {"status": "misclassified", "method": "center", "margin_lower": np.nan}
         elif ibp[i] > 0:
             row = {"status": "certified", "method": "ibp", "margin_lower": float(ibp[i])}
+        elif crown[i] > 0:
+            row = {"status": "certified", "method": "crown", "margin_lower": float(crown[i])}
         elif not adv_ok[i]:  # PGD's point is inside the ball; the forward pass confirmed it
             row = {"status": "counterexample", "method": "pgd", "margin_lower": np.nan}
         else:
