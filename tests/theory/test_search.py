@@ -38,6 +38,8 @@ def test_search_stops_at_the_first_certified_network_and_its_certificate_holds()
     table = minimal_network(DATA, rho, archs, seed=0, config=FAST)
     assert table["certified"].iloc[-1] and not table["certified"].iloc[:-1].any()
     assert table["params"].is_monotonic_increasing
+    proofs = table.iloc[-1][["proved_by_ibp", "proved_by_crown", "proved_by_milp"]].sum()
+    assert proofs == len(Y)  # every ball of the reported network has a proof
     # width 1 cannot fit XOR-like labels: the first row fails
     assert table.iloc[0]["width"] == 1 and not table.iloc[0]["certified"]
     # retrain the certified architecture with the same seed: every ball has a sound proof

@@ -192,7 +192,8 @@ def minimal_network(
         One row per architecture tried: ``rho, radius, seed, depth, width, params, certified``
         (bool), ``certified_fraction`` (over the points checked: all points for the certified
         one; up to the first failure otherwise), ``failure`` (the first failing status and
-        method), ``milp_balls``, ``train_seconds``, ``verify_seconds``. The last row is the
+        method), ``milp_balls``, ``proved_by_{ibp,crown,milp}`` (balls each verifier proved:
+        the certificate), ``train_seconds``, ``verify_seconds``. The last row is the
         minimal certified network, unless none was certified.
     """
     if not 0.0 <= rho < 1.0:
@@ -213,6 +214,9 @@ def minimal_network(
             "certified_fraction": float((checked["status"] == "certified").mean()),
             "failure": "" if ok else f"{bad['status'].iloc[0]} ({bad['method'].iloc[0]})",
             "milp_balls": int((checked["method"] == "milp").sum()),
+            **{f"proved_by_{m}": int(((checked["method"] == m)
+                                      & (checked["status"] == "certified")).sum())
+               for m in ("ibp", "crown", "milp")},
             "train_seconds": t1 - t0, "verify_seconds": t2 - t1,
         })  # fmt: skip
         if progress is not None:
