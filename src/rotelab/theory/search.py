@@ -192,7 +192,7 @@ def minimal_network(
         One row per architecture tried: ``rho, radius, seed, depth, width, params, certified``
         (bool), ``certified_fraction`` (over the points checked: all points for the certified
         one; up to the first failure otherwise), ``failure`` (the first failing status and
-        method), ``milp_balls``, ``proved_by_{ibp,crown,milp}`` (balls each verifier proved:
+        method), ``milp_balls``, ``proved_by_{center,ibp,crown,milp}`` (balls each proved by:
         the certificate), ``train_seconds``, ``verify_seconds``. The last row is the
         minimal certified network, unless none was certified.
     """
@@ -216,7 +216,7 @@ def minimal_network(
             "milp_balls": int((checked["method"] == "milp").sum()),
             **{f"proved_by_{m}": int(((checked["method"] == m)
                                       & (checked["status"] == "certified")).sum())
-               for m in ("ibp", "crown", "milp")},
+               for m in ("center", "ibp", "crown", "milp")},
             "train_seconds": t1 - t0, "verify_seconds": t2 - t1,
         })  # fmt: skip
         if progress is not None:
