@@ -64,3 +64,32 @@ def test_search_reports_only_certified_networks(tmp_path):
             assert (np.isnan(params) and hit.empty) or params == hit["params"].iloc[0]
             assert mine["params"].is_monotonic_increasing
     assert 'data-plot="bounds_curves"' in (out / "report.html").read_text()
+
+
+def test_search_summary_by_hand():
+    from rotelab.pipelines.bounds import PROOFS, search_summary
+
+    rows = []
+    # seed 0: rho 0 -> 100, 0.1 -> 50 (luck), 0.5 -> 120, 0.9 -> 300; seed 1: 0.9 never found
+    found = {(0, 0.0): 100, (0, 0.1): 50, (0, 0.5): 120, (0, 0.9): 300,
+             (1, 0.0): 80, (1, 0.1): 90, (1, 0.5): 200, (1, 0.9): None}  # fmt: skip
+    for (seed, rho), p in found.items():
+        rows.append({"seed": seed, "rho": rho, "params": 10, "certified": False,
+                     **dict.fromkeys(PROOFS, 0)})  # fmt: skip
+        if p is not None:
+            rows.append({"seed": seed, "rho": rho, "params": p, "certified": True,
+                         **dict.fromkeys(PROOFS, 0), "proved_by_milp": 4})  # fmt: skip
+    table = pd.DataFrame(rows).assign(train_seconds=1.0, verify_seconds=0.5)
+    s = search_summary(table, 0.1, "t", 999, n=4)
+    by = {r["rho"]: r for r in s["search"]}
+    assert by[0.0]["params_mean"] == 90 and by[0.9]["params_mean"] == 300
+    assert by[0.9]["seeds_found"] == 1 and by[0.5]["params_max"] == 200
+    # envelope: seed 0 -> 50, 50, 120, 300; seed 1 -> 80, 90, 200, nan
+    assert by[0.0]["envelope_mean"] == 65 and by[0.1]["envelope_mean"] == 70
+    assert s["ratio_rho_0_9"] == pytest.approx(300 / 90)
+    assert s["ratio_small_rho_max"] == pytest.approx(70 / 90)
+    assert s["envelope_ratio_small_rho_max"] == pytest.approx(70 / 65)
+    assert s["spearman_by_seed"]["0"] == pytest.approx(1.0)
+    assert s["every_reported_network_certified"]
+    table.loc[table["certified"], "proved_by_milp"] = 3  # one ball without a proof
+    assert not search_summary(table, 0.1, "t", 999, n=4)["every_reported_network_certified"]

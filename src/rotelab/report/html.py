@@ -476,7 +476,8 @@ def bounds_section(run: Path, summary: BoundsSummary, prefix: str = "") -> Secti
     sec.headlines = [Headline("N", f"{prefix}n", s.n), Headline("d", f"{prefix}d", s.d)]
     for key, label in (("spearman", "Spearman(ρ, params)"),
                        ("non_robust_params", "non-robust minimal params"),
-                       ("ratio_rho_0_9", "params at ρ=0.9 / non-robust")):  # fmt: skip
+                       ("ratio_rho_0_9", "params at ρ=0.9 / non-robust"),
+                       ("envelope_ratio_rho_0_9", "envelope: ρ=0.9 / non-robust")):  # fmt: skip
         if s.extra.get(key) is not None:
             sec.headlines.append(Headline(label, f"{prefix}{key}", s.extra[key]))
     curves = read_table(run, "curves")

@@ -265,6 +265,10 @@ def bounds_curves(
         err = [grid["params_mean"] - grid["params_min"], grid["params_max"] - grid["params_mean"]]
         ax.errorbar(grid["rho"], grid["params_mean"], yerr=err, fmt="o", color="black", capsize=3,
                     label="certified minimal (mean, min-max over seeds)")  # fmt: skip
+        if "envelope_mean" in grid:
+            env = pd.to_numeric(grid["envelope_mean"])
+            ax.plot(grid["rho"], env, marker="s", mfc="none", ls=":", color="#2ca02c",
+                    label="envelope (min over larger rho, mean)")  # fmt: skip
         base = search[search["rho"] == 0]
         if not base.empty:
             ax.axhline(float(base["params_mean"].iloc[0]), ls="--", color="grey", lw=1,
