@@ -91,5 +91,8 @@ def test_search_summary_by_hand():
     assert s["envelope_ratio_small_rho_max"] == pytest.approx(70 / 65)
     assert s["spearman_by_seed"]["0"] == pytest.approx(1.0)
     assert s["every_reported_network_certified"]
+    # seed 1's unfound rho=0.9 counts as 1000 (> 999 tried): mean 650 over a base of 90
+    assert s["ratio_rho_0_9_at_least"] == pytest.approx(650 / 90)
+    assert s["spearman_censored"] > s["spearman"] - 1e-12
     table.loc[table["certified"], "proved_by_milp"] = 3  # one ball without a proof
     assert not search_summary(table, 0.1, "t", 999, n=4)["every_reported_network_certified"]
