@@ -350,8 +350,12 @@ def format_table(summary: dict[str, Any]) -> str:
             lines.append(f"{r['rho']:>6g}  {r['params_mean']:>8.1f}  {r['params_min']:>6.0f}  "
                          f"{r['params_max']:>6.0f}  {r['envelope_mean']:>8.1f}  "
                          f"{r['seeds_found']}/{r['seeds']}")  # fmt: skip
-        lines.append(
-            f"Spearman(rho, params) = {summary['spearman']:.3f}; largest small-rho (<= 0.2) "
-            f"ratio {summary['ratio_small_rho_max']}; rho=0.9 ratio {summary['ratio_rho_0_9']}"
-        )
+        lines += [
+            f"Spearman(rho, params): {summary['spearman']:.3f} over found networks, "
+            f"{summary['spearman_censored']:.3f} counting unfound as larger than all tried",
+            f"ratios to rho=0: largest at rho <= 0.2 {summary['ratio_small_rho_max']}, at rho=0.9 "
+            f"{summary['ratio_rho_0_9']} (at least {summary['ratio_rho_0_9_at_least']}); "
+            f"envelope: {summary['envelope_ratio_small_rho_max']}, "
+            f"{summary['envelope_ratio_rho_0_9']}",
+        ]
     return "\n".join(lines)
