@@ -319,6 +319,50 @@ def _forward(layers: Layers, x: np.ndarray) -> np.ndarray:
     return a @ w.T + b
 
 
+def _margin_and_grad(layers: Layers, x: np.ndarray, y: int, j: int) -> tuple[float, np.ndarray]:
+    """``z_y - z_j`` at ``x`` and its gradient (through the ReLUs active at ``x``)."""
+    a, active = x, []
+    for w, b in layers[:-1]:
+        z = w @ a + b
+        active.append(z > 0)
+        a = np.maximum(z, 0.0)
+    w, b = layers[-1]
+    c = w[y] - w[j]
+    grad = c
+    for (w_k, _), act in zip(reversed(layers[:-1]), reversed(active), strict=True):
+        grad = (grad * act) @ w_k
+    return float(c @ a + b[y] - b[j]), grad
+
+
+def _witness(
+    layers: Layers,
+    x0: np.ndarray,
+    start: np.ndarray,
+    radius: float,
+    norm: Norm,
+    y: int,
+    j: int,
+    tol: float,
+    steps: int = 200,
+) -> np.ndarray | None:
+    """Search (never proof): projected gradient descent on the margin inside the ball from
+    ``start``; a point whose margin a forward pass finds <= ``tol``, else ``None``."""
+    p = start.copy()
+    for t in range(steps):
+        m, g = _margin_and_grad(layers, p, y, j)
+        if m <= tol:
+            return p
+        size = radius * 0.1 * (1 - t / steps) + 1e-3 * radius
+        if norm == Norm.L2:
+            p = p - size * g / max(np.linalg.norm(g), 1e-30)
+            dist = np.linalg.norm(p - x0)
+            if dist > radius:
+                p = x0 + (p - x0) * (radius / dist)
+        else:
+            p = np.clip(p - size * np.sign(g), x0 - radius, x0 + radius)
+    return None
+
+
 def _solve_margin(
     layers: Layers,
     bounds: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -460,11 +504,11 @@ def milp_certify(
                 return result
             dist = np.linalg.norm(point - x) if norm == Norm.L2 else np.abs(point - x).max()
             inside = dist <= radius * (1 + 1e-9)
-            if not inside:  # the optimum's radial projection onto the ball is often a witness
+            if not inside:  # search a witness from the optimum's projection onto the ball
                 proj = x + (point - x) * (radius / dist)
-                logits = _forward(layers, proj)
-                if logits[y] - logits[j] <= tol:
-                    point, inside = proj, True
+                found = _witness(layers, x, proj, radius, norm, y, j, tol)
+                if found is not None:
+                    point, inside = found, True
             if inside:
                 logits = _forward(layers, point)
                 if logits[y] - logits[j] <= tol:  # verified by a forward pass
