@@ -469,7 +469,7 @@ def bounds_section(run: Path, summary: BoundsSummary, prefix: str = "") -> Secti
         "ε-separated points in R^d while keeping its label on every L2 ball of radius ρε. "
         "The paper gives orders only: the curves are drawn with constant 1, or scaled by one "
         "fitted constant each where a search ran. Points are the smallest networks found by "
-        "adversarial training whose robustness a sound verifier (IBP, then exact MILP) "
+        "adversarial training whose robustness a sound verifier (IBP, CROWN or exact MILP) "
         "certified on every training ball.",
     )
     s = summary
