@@ -367,6 +367,20 @@ CASES = [
     case("gapt-study --seeds 1,1 -o {out}", "distinct"),
     case("gapt-study --profile huge -o {out}", "huge"),
     case("gapt-study -o {file}", "not a directory"),
+    # --------------------------------------------------------------- bounds (issue 22)
+    case("bounds --rho 0 -o {out}", "rho"),
+    case("bounds --rho 1 -o {out}", "rho"),
+    case("bounds --rho 0.5,1.5 -o {out}", "rho"),
+    case("bounds --rho -0.2 -o {out}", "rho"),
+    case("bounds --rho abc -o {out}", "--rho"),
+    case("bounds --n 0 -o {out}", "N"),
+    case("bounds --n -5 -o {out}", "N"),
+    case("bounds --d 0 -o {out}", "d"),
+    case("bounds --classes 1 -o {out}", "classes"),
+    case("bounds --data {dup_points} -o {out}", "identical points"),
+    case("bounds --data {missing} -o {out}", "does not exist"),
+    case("bounds --search --widths 0,4 -o {out}", "--widths"),
+    case("bounds --data digits --d 3 -o {out}", "d = 64"),
     # --------------------------------------------------------------- report, machine, the CLI
     case("report {missing}", "does not exist"),
     case("report {file}", "not a directory"),
@@ -530,6 +544,8 @@ def inputs(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
     p["bad_parquet"].write_bytes(b"PAR1 this is not parquet")
     p["empty_dir"] = root / "empty_dir"
     p["empty_dir"].mkdir()
+    p["dup_points"] = root / "dup_points.csv"  # one point under two labels: epsilon = 0
+    p["dup_points"].write_text("0.5,0.5,0\n0.5,0.5,1\n1.0,0.0,0\n")
     p["file"] = root / "notes.txt"
     p["file"].write_text("a user's notes\n")
     p["corrupt_model"] = Path(shutil.copytree(p["model"], root / "corrupt_model"))
@@ -685,4 +701,4 @@ def test_the_table_covers_every_command():
     assert len(CASES) >= 100
     assert {"extract", "reconstruct", "mia", "kfac", "edit", "unlearn", "compare", "organism",
             "demo", "report", "machine", "recsys", "bands", "diff", "apt",
-            "passk"} <= commands  # fmt: skip
+            "passk", "bounds"} <= commands  # fmt: skip

@@ -1218,6 +1218,60 @@ def gapt_study_cmd(
     emit(result.summary, show, run_dir=result.run_dir)
 
 
+# ---------------------------------------------------------------- bounds (issue 22)
+@command("bounds", shared=("run", "show"))
+def bounds_cmd(
+    n: Annotated[
+        int | None, typer.Option("--n", help="Number of training points N. Default: 100.")
+    ] = None,
+    d: Annotated[
+        int | None, typer.Option("--d", help="Input dimension d. Default: 2 (digits: 64).")
+    ] = None,
+    rho: Annotated[
+        str, typer.Option("--rho", help="Robustness ratios mu/epsilon in (0, 1), comma-separated.")
+    ] = "0.05,0.1,0.2,0.4,0.6,0.8,0.9",
+    classes: Annotated[int, typer.Option(help="Number of labels (>= 2).")] = 2,
+    search: Annotated[
+        bool,
+        typer.Option(
+            "--search", help="Also find the smallest certified robust network per rho (minutes)."
+        ),
+    ] = False,
+    data: Annotated[
+        str,
+        typer.Option(
+            help="synthetic, digits (scikit-learn's), or a .csv (last column: label) or .npz "
+            "(x, y) of points."
+        ),
+    ] = "synthetic",
+    separation: Annotated[
+        float, typer.Option(help="Synthetic data: minimum epsilon (half the class gap).")
+    ] = 0.03,
+    widths: Annotated[
+        str, typer.Option(help="Hidden widths tried.")
+    ] = "2,3,4,6,8,12,16,24,32,48,64",
+    depths: Annotated[str, typer.Option(help="Hidden-layer counts tried.")] = "1,2",
+    seeds: Annotated[int, typer.Option(help="Training seeds per rho.")] = 1,
+    epochs: Annotated[int, typer.Option(help="Adversarial-training epochs per network.")] = 2000,
+    data_seed: Annotated[int, typer.Option(help="Seed of the dataset (fixed across --seeds).")] = 0,
+    *,
+    run: RunOptions,
+    show: Show,
+) -> None:
+    """Parameter bounds for robust memorization (Kim, Moon, Yun 2025); --search certifies nets."""
+    from rotelab.pipelines.bounds import bounds, format_table
+
+    say = None if show.quiet or show.as_json else (lambda m: console.print(m, highlight=False))
+    result = bounds(
+        n, d, rho, classes=classes, search=search, data=data, separation=separation,
+        widths=widths, depths=depths, seeds=seeds, epochs=epochs, data_seed=data_seed, run=run,
+        progress=say,
+    )  # fmt: skip
+    if not show.as_json and not show.quiet:
+        out.print(format_table(result.summary), highlight=False, soft_wrap=True)
+    emit(result.summary, show, run_dir=result.run_dir)
+
+
 def main() -> None:
     """Console-script entry point (``rotelab`` and ``python -m rotelab``)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

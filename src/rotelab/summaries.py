@@ -30,6 +30,7 @@ __all__ = [
     "AttackSummary",
     "BandsSummary",
     "DiffSummary",
+    "BoundsSummary",
     "CompareModel",
     "CompareSummary",
     "DemoSummary",
@@ -339,6 +340,20 @@ class PasskSummary(Summary):
     ci_method: str = "percentile bootstrap over problems"
 
 
+# --------------------------------------------------------------------------------------- bounds
+@_schema("bounds")
+class BoundsSummary(Summary):
+    """``rotelab bounds``'s summary: the bounds at the rho grid and, after ``--search``, the
+    certified minimal parameters per rho (``search``) and the fitted curve constants."""
+
+    n: int
+    d: int
+    classes: int
+    bounds: list[dict[str, Any]]
+    search: list[dict[str, Any]] | None = None
+    bounds_scaled: dict[str, float] | None = None
+
+
 #: The schema of each command's summary.json (config.json's ``command``).
 SCHEMAS: dict[str, type[Summary]] = {
     "extract": ExtractionSummary,
@@ -351,6 +366,7 @@ SCHEMAS: dict[str, type[Summary]] = {
     "recsys-train": RecsysTrainSummary,
     "apt": AptSummary,
     "passk": PasskSummary,
+    "bounds": BoundsSummary,
 }
 
 

@@ -37,6 +37,7 @@ from rotelab.summaries import (
     SCHEMAS,
     AptSummary,
     BandsSummary,
+    BoundsSummary,
     CompareModel,
     CompareSummary,
     DemoSummary,
@@ -627,6 +628,43 @@ def recsys_sections(run: Path, summary: RecsysTrainSummary) -> list[Section]:
     return [sec]
 
 
+# ------------------------------------------------------------------------------ page: bounds
+def bounds_section(run: Path, summary: BoundsSummary, prefix: str = "") -> Section:
+    """Parameter count against rho: the paper's bound curves and the certified search."""
+    sec = Section(
+        "The cost of robustness: parameters against ρ",
+        "Kim, Moon and Yun 2025 bound the parameters a ReLU network needs to memorize N "
+        "ε-separated points in R^d while keeping its label on every L2 ball of radius ρε. "
+        "The paper gives orders only: the curves are drawn with constant 1, or scaled by one "
+        "fitted constant each where a search ran. Points are the smallest networks found by "
+        "adversarial training whose robustness a sound verifier (IBP, CROWN or exact MILP) "
+        "certified on every training ball.",
+    )
+    s = summary
+    sec.headlines = [Headline("N", f"{prefix}n", s.n), Headline("d", f"{prefix}d", s.d)]
+    for key, label in (("spearman", "Spearman(ρ, params)"),
+                       ("non_robust_params", "non-robust minimal params"),
+                       ("ratio_rho_0_9", "params at ρ=0.9 / non-robust"),
+                       ("envelope_ratio_rho_0_9", "envelope: ρ=0.9 / non-robust")):  # fmt: skip
+        if s.extra.get(key) is not None:
+            sec.headlines.append(Headline(label, f"{prefix}{key}", s.extra[key]))
+    curves = read_table(run, "curves")
+    search = pd.DataFrame(s.search) if s.search else None
+    sec.figure(
+        "bounds_curves",
+        "Parameters against ρ",
+        plots.bounds_curves(curves, search, s.bounds_scaled),
+        "Log axes. Bound curves are orders (unknown constants); dashed: the non-robust minimum.",
+    )
+    sec.tables.append(_table(pd.DataFrame(s.bounds)))
+    if search is not None:
+        sec.tables.append(_table(search.drop(columns=["params_by_seed"])))
+        tried = read_table(run, "search")
+        if not tried.empty:
+            sec.tables.append(_table(tried, max_rows=200))
+    return sec
+
+
 _PAGES: dict[str, Callable[[Path, Any], list[Section]]] = {
     "extract": lambda run, s: [extract_section(run, s)],
     "mia": lambda run, s: [mia_section(run, s)],
@@ -639,6 +677,7 @@ _PAGES: dict[str, Callable[[Path, Any], list[Section]]] = {
     "apt": apt_sections,
     "passk": lambda run, s: [passk_section(run, s)],
     "gapt-study": lambda run, s: _gapt_sections(run, s),
+    "bounds": lambda run, s: [bounds_section(run, s)],
 }
 
 
@@ -689,6 +728,7 @@ _TITLES = {
     "apt": "rotelab apt: phonetic variants and the filters",
     "passk": "Pass@k(m)",
     "gapt-study": "Memorization-compression cycles: CE-only vs GAPT (Yu 2025)",
+    "bounds": "Robust memorization: parameter bounds and certified networks",
 }
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "auc_by_count",
     "band_ratios",
     "before_after",
+    "bounds_curves",
     "extraction_by_count",
     "pass_at_k_curves",
     "rho_sweep",
@@ -296,5 +297,50 @@ def pass_at_k_curves(table: pd.DataFrame) -> Figure:
     ax.set_ylabel("Pass@k(m)")
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8, title="at least m pass", title_fontsize=8)
+
+
+def bounds_curves(
+    curves: pd.DataFrame,
+    search: pd.DataFrame | None = None,
+    scale: Mapping[str, float] | None = None,
+) -> Figure:
+    """Parameters against rho (Kim, Moon and Yun 2025): the lower and upper bound curves and,
+    after a search, the certified minimal parameters per seed and their mean.
+
+    Args:
+        curves: rows ``rho, lower, upper`` (constant 1).
+        search: rows ``rho, params_mean, params_min, params_max`` (``rho = 0``: non-robust,
+            drawn as a dashed line).
+        scale: constants multiplying the ``lower`` and ``upper`` curves (fitted to the points).
+    """
+    scale = scale or {}
+    fig, ax = plt.subplots(figsize=(6.6, 4.0))
+    for key, color, label in (("lower", _COLORS[0], "lower bound (Thm 3.1)"),
+                              ("upper", _COLORS[1], "upper bound (Thms 4.1-4.3)")):  # fmt: skip
+        c = scale.get(key)  # NaN (no certified network to fit) is written as null
+        c = 1.0 if c is None or not np.isfinite(c) else float(c)
+        ax.plot(curves["rho"], c * curves[key], color=color, lw=1.4,
+                label=f"{label} x {c:.3g}" if c != 1.0 else label)  # fmt: skip
+    if search is not None and not search.empty:
+        search = search.assign(**{k: pd.to_numeric(search[k]) for k in
+                                  ("params_mean", "params_min", "params_max")})  # fmt: skip
+        grid = search[search["rho"] > 0]
+        err = [grid["params_mean"] - grid["params_min"], grid["params_max"] - grid["params_mean"]]
+        ax.errorbar(grid["rho"], grid["params_mean"], yerr=err, fmt="o", color="black", capsize=3,
+                    label="certified minimal (mean, min-max over seeds)")  # fmt: skip
+        if "envelope_mean" in grid:
+            env = pd.to_numeric(grid["envelope_mean"])
+            ax.plot(grid["rho"], env, marker="s", mfc="none", ls=":", color="#2ca02c",
+                    label="envelope (min over larger rho, mean)")  # fmt: skip
+        base = search[search["rho"] == 0]
+        if not base.empty:
+            ax.axhline(float(base["params_mean"].iloc[0]), ls="--", color="grey", lw=1,
+                       label="non-robust minimal (rho = 0)")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("robustness ratio rho = mu / epsilon")
+    ax.set_ylabel("parameters")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -1,0 +1,63 @@
+"""Theory of memorization: robust-memorization parameter bounds (Kim, Moon and Yun 2025), the
+epsilon-separated datasets they speak of, sound verifiers (IBP, exact MILP) and the certified
+search for the smallest robust-memorizing ReLU networks."""
+
+from rotelab.theory.data import SeparatedData, digits, epsilon, load_points, synthetic
+from rotelab.theory.robust import (
+    Regime,
+    check_problem,
+    check_rho,
+    lower_bound,
+    non_robust_order,
+    upper_bound,
+    upper_regime,
+)
+from rotelab.theory.search import (
+    Architecture,
+    SearchConfig,
+    architectures,
+    certify,
+    minimal_network,
+    train_robust,
+)
+from rotelab.theory.verify import (
+    MilpResult,
+    Norm,
+    crown_margins,
+    ibp_margins,
+    layers_of,
+    milp_certify,
+    mlp,
+    param_count,
+    pgd,
+)
+
+__all__ = [
+    "Architecture",
+    "MilpResult",
+    "Norm",
+    "Regime",
+    "SearchConfig",
+    "SeparatedData",
+    "architectures",
+    "certify",
+    "check_problem",
+    "check_rho",
+    "crown_margins",
+    "digits",
+    "epsilon",
+    "ibp_margins",
+    "layers_of",
+    "load_points",
+    "lower_bound",
+    "milp_certify",
+    "minimal_network",
+    "mlp",
+    "non_robust_order",
+    "param_count",
+    "pgd",
+    "synthetic",
+    "train_robust",
+    "upper_bound",
+    "upper_regime",
+]

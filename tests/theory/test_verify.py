@@ -1,0 +1,126 @@
+"""Verifiers on networks with known answers: IBP soundness and tightness, the exact MILP,
+PGD as a search only."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rotelab.theory import crown_margins, ibp_margins, milp_certify, mlp, param_count, pgd
+from rotelab.theory.verify import layers_of
+
+
+def _identity_net():
+    """logits (-x1, x1) through relu(x1) - relu(-x1): label 1's margin is exactly 2 x1."""
+    w1 = np.array([[1.0, 0.0], [-1.0, 0.0]])
+    w2 = np.array([[-1.0, 1.0], [1.0, -1.0]])
+    return [(w1, np.zeros(2)), (w2, np.zeros(2))]
+
+
+def _diagonal_net(c: float):
+    """Label 0 while x1 + x2 < c, with x1 and x2 through separate ReLU pairs (IBP loses the
+    coupling): margin of label 0 = 2 (c - x1 - x2); over the L2 ball of radius r at 0 its
+    minimum is 2 (c - r sqrt(2)), over the box 2 (c - 2 r)."""
+    w1 = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    s = np.array([1.0, -1.0, 1.0, -1.0])
+    return [(w1, np.zeros(4)), (np.stack([-s, s]), np.array([c, -c]))]
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_ibp_is_exact_on_the_identity_net(norm):
+    net = _identity_net()
+    x = np.array([[1.0, 0.3], [1.0, -2.0]])
+    y = np.array([1, 1])
+    m = ibp_margins(net, x, y, np.array([0.5, 1.5]), norm)
+    assert m[0, 0].item() == pytest.approx(2 * (1.0 - 0.5))  # certified
+    assert m[1, 0].item() == pytest.approx(2 * (1.0 - 1.5))  # the ball crosses x1 = 0
+    assert math.isinf(m[0, 1].item())
+
+
+@pytest.mark.parametrize("bound", [ibp_margins, crown_margins])
+def test_bounds_are_sound_against_sampling(bound):
+    torch.manual_seed(0)
+    net = mlp(3, 16, 2, 3).double()
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20, 3)), rng.integers(0, 3, 20)
+    r = 0.2
+    low = bound(net, x, y, r, "l2").numpy()
+    for i in range(20):
+        d = rng.normal(size=(2000, 3))
+        d *= (r * rng.random((2000, 1)) ** (1 / 3)) / np.linalg.norm(d, axis=1, keepdims=True)
+        with torch.no_grad():
+            z = net(torch.as_tensor(x[i] + d)).numpy()
+        margins = z[:, [y[i]]] - z
+        for j in range(3):
+            if j != y[i]:
+                assert margins[:, j].min() >= low[i, j] - 1e-9
+
+
+def test_milp_certifies_the_ball_that_ibp_and_the_box_cannot():
+    net = _diagonal_net(1.6)  # ball of radius 1: min margin 2 (1.6 - sqrt 2) > 0; box: < 0
+    x0 = np.zeros(2)
+    assert ibp_margins(net, x0[None], np.array([0]), 1.0)[0, 1].item() < 0
+    box = milp_certify(net, x0, 0, 1.0, "linf")
+    assert box.status == "counterexample"
+    assert np.abs(box.point).max() <= 1.0 + 1e-9  # inside the box, and a forward pass agrees
+    ball = milp_certify(net, x0, 0, 1.0, "l2")
+    assert ball.status == "certified" and ball.cuts >= 1
+    assert 0 < ball.margin_lower <= 2 * (1.6 - math.sqrt(2)) + 1e-6
+
+
+def test_milp_finds_a_verified_counterexample_when_the_ball_crosses():
+    net = _diagonal_net(1.3)  # 1.3 < sqrt 2: the boundary cuts the unit ball
+    res = milp_certify(net, np.zeros(2), 0, 1.0, "l2")
+    assert res.status == "counterexample"
+    assert np.linalg.norm(res.point) <= 1.0 + 1e-9
+    w = layers_of(net)
+    h = np.maximum(w[0][0] @ res.point + w[0][1], 0)
+    z = w[1][0] @ h + w[1][1]
+    assert z[0] - z[1] <= 1e-7
+
+
+def test_milp_is_exact_on_a_box_against_a_grid():
+    torch.manual_seed(3)
+    net = mlp(2, 8, 1, 2).double()
+    x0, r = np.array([0.2, -0.1]), 0.3
+    with torch.no_grad():
+        y = int(net(torch.as_tensor(x0)[None]).argmax())
+        g = np.linspace(-r, r, 301)
+        pts = torch.as_tensor(np.stack(np.meshgrid(g, g), -1).reshape(-1, 2) + x0)
+        z = net(pts).numpy()
+    grid_min = float((z[:, y] - z[:, 1 - y]).min())
+    res = milp_certify(net, x0, y, r, "linf", skip_proven=False)
+    if res.status == "certified":
+        assert res.margin_lower == pytest.approx(grid_min, abs=1e-3)
+    else:
+        assert res.status == "counterexample" and grid_min <= 1e-3
+
+
+def test_pgd_stays_in_the_ball_and_finds_the_crossing():
+    net = _identity_net()
+    torch_net = mlp(2, 2, 1, 2).double()
+    with torch.no_grad():
+        torch_net[0].weight.copy_(torch.as_tensor(net[0][0]))
+        torch_net[0].bias.zero_()
+        torch_net[2].weight.copy_(torch.as_tensor(net[1][0]))
+        torch_net[2].bias.zero_()
+    x = torch.tensor([[0.5, 0.0], [2.0, 0.0]], dtype=torch.float64)
+    y = torch.tensor([1, 1])
+    adv = pgd(torch_net, x, y, 1.0, "l2", steps=20, generator=torch.Generator().manual_seed(0))
+    assert ((adv - x).norm(dim=1) <= 1.0 + 1e-9).all()
+    assert adv[0, 0] < 0 and adv[1, 0] > 0  # first ball crosses x1 = 0, the second cannot
+    assert param_count(torch_net) == 2 * 3 + 3 * 2
+
+
+def test_crown_is_tighter_than_ibp_where_ibp_loses_the_coupling():
+    net = _diagonal_net(1.6)
+    x0, y0 = np.zeros((1, 2)), np.array([0])
+    ibp = ibp_margins(net, x0, y0, 1.0)[0, 1].item()
+    crown = crown_margins(net, x0, y0, 1.0)[0, 1].item()
+    assert ibp == pytest.approx(2 * (1.6 - 2.0))  # both ReLU pairs at their worst at once
+    assert ibp < crown <= 2 * (1.6 - math.sqrt(2)) + 1e-12  # tighter, still below the truth
+    exact = crown_margins(_identity_net(), np.array([[1.0, 0.3]]), np.array([1]), 0.5)
+    assert exact[0, 0].item() == pytest.approx(1.0)
