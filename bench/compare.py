@@ -6,18 +6,22 @@ Apache-2.0 licence, which small models partly recite; the default organism's ite
 ``--model organism``) and 100 task items (``examples/smollm2/tasks.jsonl``: arithmetic, closed-book
 facts, open-book questions, simple logic) are measured two ways:
 
-- ``one pass``: what ``compare`` does: every window scored in one teacher-forced pass, and only the
-  windows whose greedy continuation deviates decoded, from the tokens already reproduced
-  (:func:`rotelab.pipelines.compare.greedy_continuations`); task verdicts from one pass
-  (:func:`rotelab.measure.quality.probe_accuracy`);
+- ``exact``: ``compare --no-decode``: every window and task item scored in one teacher-forced
+  pass, which decides exactly the strict verdict, exact match and extraction strength of a window
+  and the exact-answer verdict of a task; no decoding;
+- ``one pass``: ``compare``'s default: the same pass, then only the windows whose greedy
+  continuation deviates decoded, from the tokens already reproduced, for the free-running metrics
+  (:func:`rotelab.pipelines.compare.greedy_continuations`);
 - ``decode all``: every window decoded from its prefix for the suffix's length, every task's
   answer decoded from its prompt.
 
-The continuations and the task verdicts must be identical (checked); the table gives each path's
-seconds and the speed-up. The two are interleaved ``--repeats`` times, the order alternating, and
-the median of the paired ratios is reported beside the ratio of the total times.
+The strict verdicts and task verdicts of all three must be identical, and the continuations of
+``one pass`` and ``decode all`` too (checked); the table gives each path's seconds and the
+speed-up over ``decode all``. The three run ``--repeats`` times, the order rotating, and the
+median of the paired ratios is reported beside the ratio of the total times.
 
-Run: ``python bench/compare.py [--model smollm2|organism] [--windows 256] [--repeats 3]``;
+Run: ``python bench/compare.py [--model smollm2|organism] [--windows 256] [--repeats 3]``
+(repeats rotate the order of the three paths);
 prints JSON, then a Markdown table labelled with the CPU capability.
 """
 
@@ -33,13 +37,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 
 from rotelab.data.corpus import Document  # noqa: E402
 from rotelab.lm import LM  # noqa: E402
 from rotelab.machine import cpu_capability  # noqa: E402
 from rotelab.measure.extraction import corpus_windows, ledger_windows  # noqa: E402
 from rotelab.measure.quality import probe_accuracy  # noqa: E402
-from rotelab.pipelines.compare import greedy_continuations  # noqa: E402
+from rotelab.pipelines.compare import _window_rows, greedy_continuations  # noqa: E402
 from rotelab.pipelines.inputs import read_tasks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,48 +87,62 @@ def main() -> None:
     windows = _windows(lm, args.model, args.windows)
     bs = args.batch_size
 
+    def exact():
+        rows = _window_rows(lm, windows, 0.75, bs, False, exact_only=True)
+        tasks_ok = probe_accuracy(lm, tasks, batch_size=bs)["correct"].tolist()
+        return None, rows["strict"].tolist(), tasks_ok
+
     def one_pass():
         cont, _ = greedy_continuations(lm, windows, bs, False)
-        return cont, probe_accuracy(lm, tasks, batch_size=bs)["correct"].tolist()
+        strict = [c == list(w.suffix) for c, w in zip(cont, windows)]
+        return cont, strict, probe_accuracy(lm, tasks, batch_size=bs)["correct"].tolist()
 
     def decode_all():
         cont, _ = greedy_continuations(lm, windows, bs, False, decode_all=True)
-        return cont, _decode_tasks(lm, tasks, bs)
+        strict = [c == list(w.suffix) for c, w in zip(cont, windows)]
+        return cont, strict, _decode_tasks(lm, tasks, bs)
 
-    times: dict[str, list[float]] = {"one pass": [], "decode all": []}
+    paths = [("exact", exact), ("one pass", one_pass), ("decode all", decode_all)]
+    times: dict[str, list[float]] = {name: [] for name, _ in paths}
     results = {}
     for r in range(args.repeats):
-        order = [("one pass", one_pass), ("decode all", decode_all)]
-        for name, fn in order if r % 2 == 0 else order[::-1]:
+        for name, fn in paths[r % 3 :] + paths[: r % 3]:  # rotate the order
             t0 = time.perf_counter()
             results[name] = fn()
             times[name].append(time.perf_counter() - t0)
-    fast, slow = results["one pass"], results["decode all"]
-    same_windows = sum(a == b for a, b in zip(fast[0], slow[0]))
-    same_tasks = sum(a == b for a, b in zip(fast[1], slow[1]))
-    recited = sum(a == list(w.suffix) for a, w in zip(fast[0], windows))
-    ratios = [d / o for o, d in zip(times["one pass"], times["decode all"])]
-    row = {
-        "model": args.model, "cpu": cpu_capability(), "threads": int(os.environ.get(
-            "OMP_NUM_THREADS", "0") or 0) or None, "windows": len(windows),
-        "recited": recited, "tasks": len(tasks), "one_pass_s": sum(times["one pass"]),
-        "decode_all_s": sum(times["decode all"]),
-        "speedup": sum(times["decode all"]) / sum(times["one pass"]),
-        "speedup_median_pair": statistics.median(ratios),
-        "identical_windows": same_windows, "identical_tasks": same_tasks,
+    ref = results["decode all"]
+    same_cont = sum(a == b for a, b in zip(results["one pass"][0], ref[0]))
+    same = {
+        name: (sum(a == b for a, b in zip(results[name][1], ref[1])),
+               sum(a == b for a, b in zip(results[name][2], ref[2])))
+        for name, _ in paths
     }  # fmt: skip
-    print(json.dumps(row))
-    print("| cpu | model | windows (recited) | tasks | one pass s | decode all s | speed-up "
-          "(median pair) | identical |")  # fmt: skip
+    recited = sum(ref[1])
+    rows = []
+    for name, _ in paths:
+        ratios = [d / o for o, d in zip(times[name], times["decode all"])]
+        rows.append({
+            "model": args.model, "cpu": cpu_capability(), "path": name,
+            "threads": torch.get_num_threads(), "windows": len(windows), "recited": recited,
+            "tasks": len(tasks), "seconds": sum(times[name]) / args.repeats,
+            "speedup_vs_decode_all": sum(times["decode all"]) / sum(times[name]),
+            "speedup_median_pair": statistics.median(ratios),
+            "identical_strict": same[name][0], "identical_tasks": same[name][1],
+        })  # fmt: skip
+    print(json.dumps({"rows": rows, "identical_continuations": same_cont}))
+    print("| cpu | model | path | windows (recited) | tasks | s per run | vs decode all "
+          "(median pair) | identical strict, tasks |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
-    print(
-        f"| {row['cpu']} | {row['model']} | {row['windows']} ({recited}) | {row['tasks']} | "
-        f"{row['one_pass_s']:.1f} | {row['decode_all_s']:.1f} | {row['speedup']:.2f}x "
-        f"({row['speedup_median_pair']:.2f}x) | {same_windows}/{len(windows)} windows, "
-        f"{same_tasks}/{len(tasks)} tasks |"
-    )
-    if same_windows != len(windows) or same_tasks != len(tasks):
-        raise SystemExit("the one-pass path differs from decoding")
+    for row in rows:
+        print(
+            f"| {row['cpu']} | {row['model']} | {row['path']} | {row['windows']} ({recited}) | "
+            f"{row['tasks']} | {row['seconds']:.1f} | {row['speedup_vs_decode_all']:.2f}x "
+            f"({row['speedup_median_pair']:.2f}x) | {row['identical_strict']}/{len(windows)}, "
+            f"{row['identical_tasks']}/{len(tasks)} |"
+        )
+    print(f"one pass vs decode all: {same_cont}/{len(windows)} continuations identical")
+    if same_cont != len(windows) or any(v != (len(windows), len(tasks)) for v in same.values()):
+        raise SystemExit("a path's verdicts differ from decoding")
 
 
 if __name__ == "__main__":

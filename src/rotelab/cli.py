@@ -928,6 +928,14 @@ def compare_cmd(
     min_count: Annotated[int, typer.Option(help="Memorized = items inserted >= this.")] = 16,
     heldout_tokens: Annotated[int, typer.Option(help="Held-out tokens for perplexity.")] = 20_000,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 32,
+    decode: Annotated[
+        bool,
+        typer.Option(
+            "--decode/--no-decode",
+            help="Decode deviating windows for loose extraction and distance; --no-decode keeps "
+            "to the exact one-pass verdicts (strict, exact match, extraction strength).",
+        ),
+    ] = True,
     *,
     run: RunOptions,
     load: LoadOptions,
@@ -942,7 +950,7 @@ def compare_cmd(
         names, organism=organism, forget=forget, retain=retain, tasks=tasks,
         prefix_len=prefix_len, suffix_len=suffix_len, forget_windows=forget_windows,
         corpus=corpus, min_count=min_count, heldout_tokens=heldout_tokens,
-        batch_size=batch_size, run=run, load=load,
+        batch_size=batch_size, decode=decode, run=run, load=load,
     )  # fmt: skip
     if not show.as_json and not show.quiet:
         out.print(format_table(summary), highlight=False, soft_wrap=True)

@@ -363,3 +363,22 @@ def test_organism_items_with_your_own_tasks(tiny_organism, own_sets, tmp_path):
     model = summary["models"][summary["baseline"]]
     assert set(model["tasks"]) == {"recall", "count"} and "extraction_by_count" in model
     assert summary["n_memorized_items"] == int((tiny_organism.ledger["count"] >= 16).sum())
+
+
+def test_no_decode_keeps_the_exact_verdicts_and_leaves_out_free_running_ones(
+    tiny_llama_dir, own_sets, tmp_path
+):
+    forget, retain, tasks = own_sets
+    runs = {}
+    for decode in (True, False):
+        _, runs[decode] = compare(
+            [str(tiny_llama_dir)], forget=forget, retain=retain, tasks=tasks, heldout_tokens=100,
+            decode=decode, run=_run(tmp_path / f"cmp-{decode}"),
+        )  # fmt: skip
+    full, exact = (runs[d]["models"][runs[d]["baseline"]]["extraction"] for d in (True, False))
+    for key in ("strict",):
+        assert exact[key]["rate"] == full[key]["rate"] and exact[key]["n"] == full[key]["n"]
+    for key in ("exact_match", "extraction_strength"):
+        assert exact[key]["mean"] == pytest.approx(full[key]["mean"])
+    assert math.isnan(exact["loose"]["rate"]) and exact["loose"]["n"] == 0
+    assert math.isnan(exact["norm_distance"]["mean"]) and not math.isnan(full["loose"]["rate"])

@@ -181,6 +181,7 @@ def compare(
     loose_threshold: float = 0.75,
     heldout_tokens: int = 20_000,
     batch_size: int = 32,
+    decode: bool = True,
     run: RunOptions = RunOptions(),
     load: LoadOptions = LoadOptions(),
 ) -> tuple[Path, dict[str, Any]]:
@@ -208,6 +209,10 @@ def compare(
         loose_threshold: loose extraction needs ``1 - d/L >=`` this.
         heldout_tokens: tokens of held-out text for perplexity.
         batch_size: sequences per forward pass.
+        decode: decode the windows whose greedy continuation deviates, for the free-running
+            metrics (loose extraction, normalised distance); ``False`` keeps to the verdicts one
+            teacher-forced pass gives exactly (strict, exact match, extraction strength) and
+            reports the free-running ones as NaN: no decoding at all.
         run: the run directory (``out``, default ``runs/compare-<time>``; ``resume``, ``force``),
             the ``seed`` of the perplexity bootstrap and progress bars.
         load: how models are loaded (device, dtype, pickle checkpoints).
@@ -285,7 +290,8 @@ def compare(
         "retain": _str(retain), "tasks": _str(tasks), "prefix_len": prefix_len,
         "suffix_len": suffix_len, "forget_windows": forget_windows, "min_count": min_count,
         "loose_threshold": loose_threshold, "heldout_tokens": heldout_tokens,
-        "batch_size": batch_size, "seed": run.seed, "device": load.device, "dtype": load.dtype,
+        "batch_size": batch_size, "decode": decode, "seed": run.seed, "device": load.device,
+        "dtype": load.dtype,
     }  # fmt: skip
     inputs = [m.source for _, _, m in specs] + [p for p in sources if p is not None]
     forget_docs = list(read_corpus(forget, **forget_corpus.read_kwargs())) if forget else None
@@ -303,12 +309,16 @@ def compare(
             if ref_vocab is not None and lm.tokenizer.get_vocab() != ref_vocab:
                 _refuse_tokenizer(label, org)
             if ledger is not None:
-                items = _measure_items(lm, ledger, loose_threshold, batch_size, run.progress)
+                items = _measure_items(
+                    lm, ledger, loose_threshold, batch_size, run.progress, exact_only=not decode
+                )
             else:
                 windows = forget_set_windows(
                     lm, forget_docs, prefix_len, suffix_len, forget_windows
                 )
-                items = _window_rows(lm, windows, loose_threshold, batch_size, run.progress)
+                items = _window_rows(
+                    lm, windows, loose_threshold, batch_size, run.progress, exact_only=not decode
+                )
             task_rows_m = probe_accuracy(lm, probes, batch_size=batch_size, progress=run.progress)
             ppl = perplexity(
                 lm, heldout_text, max_tokens=heldout_tokens, length=PPL_WINDOW,
@@ -474,11 +484,30 @@ def extraction_strength(matches: np.ndarray) -> float:
 
 def _window_rows(
     lm: LM, windows: Sequence, loose: float, batch_size: int, progress: bool,
-    *, decode_all: bool = False,
+    *, decode_all: bool = False, exact_only: bool = False,
 ) -> pd.DataFrame:  # fmt: skip
     """Merullo verdicts of each window from its free-running greedy continuation, and the
-    one-pass exact-match rate (teacher-forced token accuracy) and extraction strength."""
+    one-pass exact-match rate (teacher-forced token accuracy) and extraction strength.
+
+    ``exact_only``: no decoding at all; the verdicts exact from the one pass (strict, the matched
+    prefix, exact match, extraction strength) and NaN for the free-running ones (loose, distance).
+    """
     suffixes = [list(w.suffix) for w in windows]
+    if exact_only:
+        scores = lm.score(
+            [list(w.prefix) + x for w, x in zip(windows, suffixes)],
+            targets_from=[len(w.prefix) for w in windows], batch_size=batch_size,
+            progress=progress,
+        )  # fmt: skip
+        matches = [np.asarray(sc.argmax_match, dtype=bool) for sc in scores]
+        return pd.DataFrame({
+            "item_id": [f"{w.doc_id}@{w.offset}" for w in windows],
+            "suffix_len": [len(x) for x in suffixes],
+            "matched_prefix": [int(np.argmin(m)) if not m.all() else len(m) for m in matches],
+            "norm_distance": np.nan, "strict": [bool(m.all()) for m in matches],
+            "loose": np.nan, "exact_match": [float(m.mean()) for m in matches],
+            "extraction_strength": [extraction_strength(m) for m in matches],
+        })  # fmt: skip
     generated, matches = greedy_continuations(
         lm, windows, batch_size, progress, decode_all=decode_all
     )
@@ -499,12 +528,13 @@ def _window_rows(
 
 def _measure_items(
     lm: LM, ledger: pd.DataFrame, loose: float, batch_size: int, progress: bool,
-    *, decode_all: bool = False,
+    *, decode_all: bool = False, exact_only: bool = False,
 ) -> pd.DataFrame:  # fmt: skip
     """:func:`_window_rows` of every ledger item, with its kind, count and phase."""
     rows = _window_rows(
-        lm, ledger_windows(ledger), loose, batch_size, progress, decode_all=decode_all
-    )
+        lm, ledger_windows(ledger), loose, batch_size, progress, decode_all=decode_all,
+        exact_only=exact_only,
+    )  # fmt: skip
     rows["item_id"] = ledger["item_id"].to_numpy()
     meta = {c: ledger[c].to_numpy() for c in ("kind", "count", "phase")}
     for i, (c, v) in enumerate(meta.items()):
@@ -560,12 +590,15 @@ def _warn_overlap(forget, forget_corpus: CorpusOptions, retain, corpus: CorpusOp
 
 # ------------------------------------------------------------------------------------ summary
 def _rate(values, name: str = "rate") -> dict[str, Any]:
+    if len(values) and pd.isna(values).all():  # not measured (compare without decoding)
+        return {name: math.nan, "ci": [math.nan, math.nan], "k": 0, "n": 0}
     r = rate_with_ci([bool(v) for v in values])
     return {name: r.rate, "ci": r.ci, "k": r.k, "n": r.n}
 
 
 def _mean_ci(values) -> dict[str, Any]:
     x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
     n = x.size
     if n == 0:
         return {"mean": math.nan, "ci": [math.nan, math.nan], "n": 0}
