@@ -40,6 +40,8 @@ BSN = "unlearn balanced-subnet -m {model} --forget {data} --retain {data2} --epo
 COMPARE = "compare --models {org} -o {out} -q"
 ORGANISM = "organism --profile tiny"
 DEMO = "demo --profile tiny -q"
+PROBE = "probe -m {model} -d {data} --prefix-len 4 --suffix-len 4 -o {out} -q"
+STEER = "steer -m {org} --seeds 1 -o {out} -q"
 
 _ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 
@@ -304,6 +306,23 @@ CASES = [
     case("machine --device ''", "device"),
     case("nosuchcommand", "nosuchcommand"),
     case("unlearn nosuch", "nosuch"),
+    # --------------------------------------------------------------- probe, steer, steered models
+    case(f"{PROBE} --layers x", "--layers"),
+    case(f"{PROBE} --layers 9", "layer 9 does not exist", loads=True),
+    case(f"{PROBE} --seeds 0", "--seeds"),
+    case(f"{PROBE} --test-size 1.5", "--test-size"),
+    case(f"{PROBE} --alpha nan", "--alpha"),
+    case("probe -m {model} -o {out} -q", "no default data"),
+    case(f"{STEER} --alpha abc", "--alpha"),
+    case(f"{STEER} --alpha nan", "finite numbers"),
+    case("steer -m {model} -o {out} -q", "not an organism"),
+    case("steer -m {steered} -o {out} -q", "already a steered model"),
+    case(f"{STEER} --layer 99", "layer 99 does not exist", loads=True),
+    case("extract -m {spec_no_tensors} -d {data} -o {out} -q", "missing steering.safetensors"),
+    case("extract -m {spec_bad_alpha} -d {data} -o {out} -q", "alpha must be a finite number"),
+    case("extract -m {spec_bad_layer} -d {data} -o {out} -q", "layer 7 does not exist"),
+    case("extract -m {spec_other} -d {data} -o {out} -q", "fitted on another model", loads=True),
+    case("compare --models {spec_no_tensors} -o {out} -q", "missing steering.safetensors"),
     # --------------------------------------------------------------- outputs that cannot be written
     case(f"{EXTRACT} -o {{file}}", "not a directory"),
     case(f"{EXTRACT} -o {{file}}/run", "not a directory"),
@@ -398,7 +417,32 @@ def inputs(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
     kfac(str(p["model"]), str(p["data"]), tokens=64,
          run=RunOptions(out=root / "factors", progress=False))  # fmt: skip
     p["factors"] = root / "factors"
+    p.update(_steering_specs(root, p["model"]))
     return p
+
+
+def _steering_specs(root: Path, model: Path) -> dict[str, Path]:
+    """A good steering spec of ``model`` and broken ones: files missing, alpha not a number, a
+    layer the model lacks, a probe fitted on another model."""
+    from transformers import AutoModelForCausalLM
+
+    from rotelab.steered import SPEC_FILE, TENSOR_FILE, SteeringSpec, model_fingerprint
+
+    base = AutoModelForCausalLM.from_pretrained(model)
+    d = base.config.hidden_size
+    spec = SteeringSpec(
+        base_model=str(model), layer=1, alpha=2.0, mode="dynamic", probe_weight=torch.ones(d),
+        probe_bias=0.0, vector=torch.ones(d) / d**0.5, fingerprint=model_fingerprint(base),
+    )  # fmt: skip
+    out = {"steered": spec.save(root / "steered")}
+    out["spec_no_tensors"] = spec.save(root / "spec_no_tensors")
+    (out["spec_no_tensors"] / TENSOR_FILE).unlink()
+    out["spec_other"] = spec.with_(fingerprint="0" * 16).save(root / "spec_other")
+    out["spec_bad_layer"] = spec.with_(layer=7).save(root / "spec_bad_layer")
+    out["spec_bad_alpha"] = spec.save(root / "spec_bad_alpha")
+    meta = json.loads((out["spec_bad_alpha"] / SPEC_FILE).read_text())
+    (out["spec_bad_alpha"] / SPEC_FILE).write_text(json.dumps({**meta, "alpha": "strong"}))
+    return out
 
 
 def _tree(*roots: Path) -> dict[str, tuple]:
@@ -501,4 +545,4 @@ def test_the_table_covers_every_command():
     commands = {p.values[0].split()[0] for p in CASES}
     assert len(CASES) >= 100
     assert {"extract", "reconstruct", "mia", "kfac", "edit", "unlearn", "compare", "organism",
-            "demo", "report", "machine"} <= commands  # fmt: skip
+            "demo", "report", "machine", "probe", "steer"} <= commands  # fmt: skip
