@@ -35,6 +35,8 @@ __all__ = [
     "KfacSweepSummary",
     "MIASummary",
     "OrganismFacts",
+    "ProbeSummary",
+    "SteerSummary",
     "Summary",
     "read_summary",
 ]
@@ -262,6 +264,32 @@ class DemoSummary(Summary):
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
+# ------------------------------------------------------------------------------- probe, steer
+@_schema("probe")
+class ProbeSummary(Summary):
+    """``rotelab probe``'s summary: held-out AUC per layer, the chosen layer, patching."""
+
+    model: str
+    source: str
+    layers: list[dict[str, Any]]
+    best_layer: int
+    best_auc: float
+    patching: dict[str, Any]
+
+
+@_schema("steer")
+class SteerSummary(Summary):
+    """``rotelab steer``'s summary: one row per arm and alpha (mean over split seeds)."""
+
+    model: str
+    layer: int
+    auc: float
+    arms: list[dict[str, Any]]
+    baseline: dict[str, float]
+    dynamic_at_budget: dict[str, Any] | None = None
+    static_ppl_at_equal_extraction: float | None = None
+
+
 #: The schema of each command's summary.json (config.json's ``command``).
 SCHEMAS: dict[str, type[Summary]] = {
     "extract": ExtractionSummary,
@@ -269,6 +297,8 @@ SCHEMAS: dict[str, type[Summary]] = {
     "compare": CompareSummary,
     "kfac_sweep": KfacSweepSummary,
     "demo": DemoSummary,
+    "probe": ProbeSummary,
+    "steer": SteerSummary,
 }
 
 

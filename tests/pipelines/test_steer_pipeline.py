@@ -12,6 +12,7 @@ from rotelab.cli import app
 from rotelab.lm import LM
 from rotelab.options import RunOptions
 from rotelab.pipelines.probe import ProbeSettings, probe
+from rotelab.report import write_report
 from rotelab.steered import model_fingerprint
 
 SMALL = ProbeSettings(seeds=2, n_boot=20, heldout_windows=16)
@@ -29,6 +30,8 @@ def test_probe_run_and_its_saved_probe(tiny_organism, tmp_path):
     p = summary["patching"]
     assert p["before"]["rate"] == 1.0  # held-out memorized windows are extracted by definition
     assert p["before"]["n"] == p["probe_direction"]["n"] == p["random_direction"]["n"]
+    page = write_report(path).read_text()
+    assert "Memorization probe per layer" in page and "held-out AUC" in page
     steered = LM.load(path / "probe", dtype="float32")
     assert steered.steering.layer == summary["best_layer"]
     assert steered.steering.fingerprint == model_fingerprint(steered.model)
@@ -52,5 +55,7 @@ def test_steer_cuts_extraction_and_saves_a_model(tiny_organism, tmp_path):
     assert arms[("static", 8.0)]["extraction"] < arms[("none", 0.0)]["extraction"]
     rows = pd.read_parquet(out / "results" / "arms")
     assert len(rows) == 5 and (rows.loc[rows["arm"] == "none", "ppl_change"] == 0).all()
+    page = write_report(out).read_text()
+    assert "Steering at layer" in page and 'data-plot="steer-tradeoff"' in page
     lm = LM.load(summary["saved"]["path"])
     assert lm.steering.alpha == summary["saved"]["alpha"]
