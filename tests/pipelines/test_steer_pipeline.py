@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from rotelab.cli import app
@@ -59,3 +60,18 @@ def test_steer_cuts_extraction_and_saves_a_model(tiny_organism, tmp_path):
     assert "Steering at layer" in page and 'data-plot="steer-tradeoff"' in page
     lm = LM.load(summary["saved"]["path"])
     assert lm.steering.alpha == summary["saved"]["alpha"]
+
+
+def test_static_perplexity_at_equal_extraction_interpolates_along_alpha():
+    from rotelab.pipelines.steer import _static_ppl_at
+
+    static = [
+        {"factor": 1.0, "extraction": 0.8, "ppl_change": 0.01},
+        {"factor": 2.0, "extraction": 0.4, "ppl_change": 0.05},
+        {"factor": 4.0, "extraction": 0.0, "ppl_change": 0.25},
+        {"factor": 8.0, "extraction": 0.0, "ppl_change": 1.00},
+    ]
+    assert _static_ppl_at(static, 0.6) == pytest.approx(0.03)
+    assert _static_ppl_at(static, 0.0) == pytest.approx(0.25)  # the first alpha that gets there
+    assert _static_ppl_at(static, 0.9) == pytest.approx(0.01)
+    assert _static_ppl_at(static[:2], 0.1) is None

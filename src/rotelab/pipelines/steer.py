@@ -196,10 +196,25 @@ def _mean_ci(values: np.ndarray) -> tuple[float, list[float] | None]:
     return float(values.mean()), [float(values.mean() - half), float(values.mean() + half)]
 
 
+def _static_ppl_at(static: list[dict], extraction: float) -> float | None:
+    """Static steering's perplexity change where its extraction first falls to ``extraction``,
+    going up in alpha: linear between the last static alpha above that extraction and the first
+    at or below it (``None`` when no static alpha gets there)."""
+    for i, a in enumerate(static):
+        if a["extraction"] <= extraction:
+            if i == 0:
+                return a["ppl_change"]
+            b = static[i - 1]
+            t = (b["extraction"] - extraction) / (b["extraction"] - a["extraction"])
+            return b["ppl_change"] + t * (a["ppl_change"] - b["ppl_change"])
+    return None
+
+
 def _summarize(frame, probed, layer, factors, max_ppl_rise, label) -> dict[str, Any]:
     arms = []
     for (arm, f), part in frame.groupby(["arm", "factor"], sort=False):
         ext, ext_ci = _mean_ci(part["extraction"])
+        ext_ci = None if ext_ci is None else [max(0.0, ext_ci[0]), min(1.0, ext_ci[1])]
         change, change_ci = _mean_ci(part["ppl_change"])
         arms.append({
             "arm": arm, "factor": f, "alpha": float(part["alpha"].mean()),
@@ -209,20 +224,18 @@ def _summarize(frame, probed, layer, factors, max_ppl_rise, label) -> dict[str, 
         })  # fmt: skip
     none = next(a for a in arms if a["arm"] == "none")
     dynamic = [a for a in arms if a["arm"] == "dynamic"]
-    static = sorted((a for a in arms if a["arm"] == "static"), key=lambda a: a["extraction"])
+    static = sorted((a for a in arms if a["arm"] == "static"), key=lambda a: a["factor"])
     within = [a for a in dynamic if a["ppl_change"] <= max_ppl_rise]
-    at_budget = min(within, key=lambda a: (a["extraction"], -a["factor"])) if within else None
+    # the least extraction within the budget; of equal ones the cheapest in perplexity
+    at_budget = min(within, key=lambda a: (a["extraction"], a["ppl_change"])) if within else None
     static_ppl = None
-    if at_budget is not None and len(static) > 1:
-        # static's perplexity change at dynamic's extraction, along static's own alpha curve
-        xs = [a["extraction"] for a in static]
-        if min(xs) <= at_budget["extraction"] <= max(xs):
-            static_ppl = float(np.interp(at_budget["extraction"], xs,
-                                         [a["ppl_change"] for a in static]))  # fmt: skip
+    if at_budget is not None:
+        static_ppl = _static_ppl_at(static, at_budget["extraction"])
     row = probed.layers.by_layer.set_index("layer").loc[layer]
     return {
         "model": label, "layer": int(layer), "auc": float(row["auc_mean"]),
         "auc_ci": [float(row["auc_lo"]), float(row["auc_hi"])],
+        "mean_state_norm": float(np.linalg.norm(probed.states[layer], axis=1).mean()),
         "probe_layers": probed.layers.by_layer.to_dict("records"),
         "seeds": int(frame["seed"].nunique()), "alphas": list(factors), "arms": arms,
         "baseline": {"extraction": none["extraction"], "extraction_all": none["extraction_all"],
