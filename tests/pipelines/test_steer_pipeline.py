@@ -75,3 +75,20 @@ def test_static_perplexity_at_equal_extraction_interpolates_along_alpha():
     assert _static_ppl_at(static, 0.0) == pytest.approx(0.25)  # the first alpha that gets there
     assert _static_ppl_at(static, 0.9) == pytest.approx(0.01)
     assert _static_ppl_at(static[:2], 0.1) is None
+
+
+def test_probe_from_behaviour_on_given_text(tiny_organism, tmp_path):
+    """Without the ledger: windows of the training text the model extracts are the memorized."""
+    lines = (tiny_organism.path / "corpus" / "train.jsonl").read_text().splitlines()[:150]
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    path, summary = probe(
+        str(tiny_organism.path), data, settings=ProbeSettings(seeds=2, n_boot=20, prefix_len=16,
+                                                              suffix_len=16),
+        run=RunOptions(out=tmp_path / "p", progress=False),
+    )  # fmt: skip
+    assert summary["source"] == "behaviour"
+    windows = pd.read_parquet(path / "results" / "windows")
+    assert (windows["label"] == windows["extracted"]).all()
+    assert (windows.loc[~windows["label"], "match_rate"] <= 0.5).all()
+    assert all(0 <= r["auc_lo"] <= r["auc_mean"] <= r["auc_hi"] <= 1 for r in summary["layers"])

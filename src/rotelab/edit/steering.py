@@ -307,7 +307,8 @@ def _t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     if len(values) < 2:
         return math.nan, math.nan
     half = t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-    return float(values.mean() - half), float(values.mean() + half)
+    # an AUC lies in [0, 1]; a t interval over few seeds can reach past it
+    return max(0.0, float(values.mean() - half)), min(1.0, float(values.mean() + half))
 
 
 def probe_layers(
