@@ -112,21 +112,21 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    rows = [
-        bench(m, args.batch, args.prefix_len, args.new_tokens, args.repeats)
-        for m in args.models.split(",")
-    ]
-    print(json.dumps(rows, indent=2))
     cap = cpu_capability()
-    print("\n| CPU | model | workload | batch | none (s) | static | dynamic |")
-    print("|---|---|---|---|---|---|---|")
-    for row in rows:
+    table = [
+        "| CPU | model | workload | batch | none (s) | static | dynamic |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in args.models.split(","):  # each model's rows as soon as they are measured
+        row = bench(m, args.batch, args.prefix_len, args.new_tokens, args.repeats)
+        print(json.dumps(row, indent=2), flush=True)
         for w, arms in row["results"].items():
-            print(
+            table.append(
                 f"| {cap} | {row['model']} | {w} {row['prefix_len']}+{row['new_tokens']} | "
                 f"{row['batch']} | {arms['none']['median_s']:.3f} | "
                 f"{arms['static']['overhead']:+.1%} | {arms['dynamic']['overhead']:+.1%} |"
             )
+        print("\n".join(table), flush=True)
 
 
 if __name__ == "__main__":
