@@ -30,7 +30,7 @@ def test_probe_run_and_its_saved_probe(tiny_organism, tmp_path):
     assert summary["best_layer"] == best["layer"] and 0.5 < summary["best_auc"] <= 1
     p = summary["patching"]
     assert p["before"]["rate"] == 1.0  # held-out memorized windows are extracted by definition
-    assert p["before"]["n"] == p["probe_direction"]["n"] == p["random_direction"]["n"]
+    assert p["before"]["n"] == p["probe_direction"]["n"] == p["mean_difference"]["n"]
     page = write_report(path).read_text()
     assert "Memorization probe per layer" in page and "held-out AUC" in page
     steered = LM.load(path / "probe", dtype="float32")

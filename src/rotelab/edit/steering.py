@@ -400,6 +400,7 @@ def patching_effect(
     memorized: Sequence[Window],
     h_generalizing: np.ndarray,
     *,
+    h_memorizing: np.ndarray | None = None,
     seed: int = 0,
     batch_size: int = 32,
 ) -> dict:
@@ -407,13 +408,14 @@ def patching_effect(
 
     At every position of the layer, the hidden state's component along the probe's unit
     direction ``u`` is set to its mean over generalizing (non-memorized) states; the same patch
-    along a random unit direction is the control. Recitation is the one-pass greedy extraction
-    of the ``memorized`` windows.
+    along a random unit direction is the control; with ``h_memorizing``, the same patch along the
+    class-mean difference (the steering direction) too. Recitation is the one-pass greedy
+    extraction of the ``memorized`` windows.
 
     Returns:
-        ``{"layer", "before", "probe_direction", "random_direction"}``, each extraction entry
-        ``{"rate", "ci", "k", "n", "mean_matched_prefix"}``, plus ``"effect"`` (probe-patched
-        rate minus the rate before) and ``"control_effect"``.
+        ``{"layer", "before", "probe_direction", "random_direction"[, "mean_difference"]}``,
+        each extraction entry ``{"rate", "ci", "k", "n", "mean_matched_prefix"}``, plus
+        ``"effect"`` (probe-patched rate minus the rate before) and ``"control_effect"``.
     """
     check_steering_layer(layer, lm.num_layers, "patching")
     point = steering_point(layer)
@@ -423,7 +425,10 @@ def patching_effect(
     r /= np.linalg.norm(r)
     before = _extraction(lm, memorized, batch_size)
     out = {"layer": layer, "before": before}
-    for name, d in (("probe_direction", u), ("random_direction", r)):
+    directions = [("probe_direction", u), ("random_direction", r)]
+    if h_memorizing is not None:
+        directions.append(("mean_difference", steering_vector(h_memorizing, h_generalizing)[0]))
+    for name, d in directions:
         target = float(np.mean(h_generalizing @ d))
         with lm.hooks({point: _patch_hook(d, target, lm.dtype)}):
             out[name] = _extraction(lm, memorized, batch_size)

@@ -236,7 +236,8 @@ def probe(
     held_mem = [w for w, t, y in zip(probed.data.windows, test, labels) if t and y]
     patching = patching_effect(
         probed.lm, best, probe0, held_mem, probed.states[best][~test[probed.owner] & ~y_tok],
-        seed=run.seed, batch_size=settings.batch_size,
+        h_memorizing=probed.states[best][~test[probed.owner] & y_tok], seed=run.seed,
+        batch_size=settings.batch_size,
     )  # fmt: skip
     final, vector, separation = probed.fit(best)
     alpha = 4.0 * separation if alpha is None else alpha
@@ -286,4 +287,8 @@ def format_table(summary: dict[str, Any]) -> str:
         f"{p['before']['rate']:.3f} -> {p['probe_direction']['rate']:.3f} "
         f"(random direction: {p['random_direction']['rate']:.3f}, n={p['before']['n']})"
     )
+    if "mean_difference" in p:
+        lines.append(
+            f"the same patch along the class-mean difference: {p['mean_difference']['rate']:.3f}"
+        )
     return "\n".join(lines)
