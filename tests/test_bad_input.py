@@ -40,6 +40,11 @@ BSN = "unlearn balanced-subnet -m {model} --forget {data} --retain {data2} --epo
 COMPARE = "compare --models {org} -o {out} -q"
 ORGANISM = "organism --profile tiny"
 DEMO = "demo --profile tiny -q"
+RS_TRAIN = (
+    "recsys train --users 20 --length 20 --eval-users 4 --eval-lengths 20 --epochs 1 -o {out} -q"
+)
+RS_SERVE = "recsys serve -m {rs_run} --candidates {rs_cands} -o {out} -q"
+RS_BENCH = "recsys bench --lengths 10 --stream-length 0 --repeats 1 -o {out} -q"
 PROBE = "probe -m {model} -d {data} --prefix-len 4 --suffix-len 4 -o {out} -q"
 STEER = "steer -m {org} --seeds 1 -o {out} -q"
 
@@ -354,6 +359,30 @@ CASES = [
     case(f"{COMPARE.replace('{out}', '{file}/run')}", "not a directory"),
     case(f"{ORGANISM} --out /proc/rotelab-org", "/proc", skip=_NO_PROC),
     case(f"{DEMO} --out /proc/rotelab-demo", "/proc", skip=_NO_PROC),
+    # ---------------------------------------------------------------- recsys (issue 23)
+    case("recsys train -d {missing} -o {out}", "does not exist"),
+    case("recsys train -d {rs_unsorted} -o {out}", "timestamps out of order"),
+    case("recsys train -d {rs_empty} -o {out}", "an empty history has nothing to summarize"),
+    case("recsys train -d {rs_nocol} -o {out}", "no column 'timestamp'"),
+    case("recsys train -d {rs_badlabel} -o {out}", "labels must be 0 or 1"),
+    case("recsys train -d {inputs} -o {out}", "is a directory"),
+    case(f"{RS_TRAIN} --users 0", "--users"),
+    case(f"{RS_TRAIN} --eval-lengths 0,10", "--eval-lengths"),
+    case(f"{RS_TRAIN} --eval-lengths ten", "--eval-lengths"),
+    case(f"{RS_TRAIN} --lr nan", "--lr"),
+    case(f"{RS_TRAIN} --dim 30", "multiple of 4"),
+    case(f"{RS_TRAIN} --quant int4", "--quant"),
+    case(f"{RS_TRAIN} --seed -1", "--seed"),
+    case(f"{RS_SERVE.replace('{rs_cands}', '{rs_unknown}')}", "unknown to the model"),
+    case(f"{RS_SERVE.replace('{rs_cands}', '{missing}')}", "does not exist"),
+    case(f"{RS_SERVE.replace('{rs_cands}', '{rs_empty}')}", "no rows; nothing to score"),
+    case(f"{RS_SERVE} --cache {{rs_other_cache}}", "built by model version"),
+    case(f"{RS_SERVE} --cache {{empty_dir}}", "not a summary cache"),
+    case("recsys serve -m {model} --candidates {rs_cands} -o {out}", "holds no VISTA model"),
+    case(f"{RS_BENCH} --lengths 1,,x", "--lengths"),
+    case(f"{RS_BENCH} --candidates 0", "--candidates"),
+    case(f"{RS_BENCH} --stream-length -5", "--stream-length"),
+    case(f"{RS_BENCH} -o {{file}}/run", "not a directory"),
     # no --out, in a directory nothing can be written in: runs/<command>-<time> is refused first
     *[
         case(
@@ -417,8 +446,33 @@ def inputs(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
     kfac(str(p["model"]), str(p["data"]), tokens=64,
          run=RunOptions(out=root / "factors", progress=False))  # fmt: skip
     p["factors"] = root / "factors"
+    _recsys_inputs(root, p)
     p.update(_steering_specs(root, p["model"]))
     return p
+
+
+def _recsys_inputs(root: Path, p: dict[str, Path]) -> None:
+    """Logs with one mistake each, a tiny trained VISTA run and a cache of another model."""
+    from rotelab.options import RunOptions
+    from rotelab.pipelines.recsys import train
+    from rotelab.recsys import ModelConfig, SummaryCache, build_model
+
+    def write(name: str, text: str) -> None:
+        p[name] = root / f"{name}.csv"
+        p[name].write_text(text)
+
+    write("rs_unsorted", "user,item,timestamp\nu1,a,5\nu1,b,9\nu1,c,3\n")
+    write("rs_empty", "user,item,timestamp\n")
+    write("rs_nocol", "user,item\nu1,a\n")
+    write("rs_badlabel", "user,item,timestamp,label\nu1,a,1,1\nu1,b,2,7\n")
+    write("rs_cands", "user,item,label\n1000000000,5,1\n")
+    write("rs_unknown", "user,item\n1000000000,5\n1000000000,no-such-item\n")
+    run = train(users=20, length=20, eval_users=4, eval_lengths="20", epochs=1, dim=8, tokens=2,
+                run=RunOptions(out=root / "rs_run", progress=False))  # fmt: skip
+    p["rs_run"] = run.run_dir
+    other = build_model(ModelConfig("vista", 10, 1, dim=8, seeds=2), [0] + [1] * 10, seed=3)
+    SummaryCache.create(root / "rs_other_cache", other)
+    p["rs_other_cache"] = root / "rs_other_cache"
 
 
 def _steering_specs(root: Path, model: Path) -> dict[str, Path]:
@@ -545,4 +599,4 @@ def test_the_table_covers_every_command():
     commands = {p.values[0].split()[0] for p in CASES}
     assert len(CASES) >= 100
     assert {"extract", "reconstruct", "mia", "kfac", "edit", "unlearn", "compare", "organism",
-            "demo", "report", "machine", "probe", "steer"} <= commands  # fmt: skip
+            "demo", "report", "machine", "recsys", "probe", "steer"} <= commands  # fmt: skip

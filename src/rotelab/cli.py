@@ -850,6 +850,108 @@ def machine_cmd(
         out.print(describe_machine(device), highlight=False, soft_wrap=True)
 
 
+# ---------------------------------------------------------------- recsys (issue 23)
+recsys_app = typer.Typer(
+    help="VISTA (Chen et al. 2025): lifelong user histories summarized once, served at a fixed "
+    "cost, against full target attention and last-N truncation.",
+    no_args_is_help=True,
+)
+app.add_typer(recsys_app, name="recsys")
+
+
+@command("train", parent=recsys_app, shared=("run", "show"), without=("resume",))
+def recsys_train_cmd(
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="A user,item,timestamp[,label] CSV/Parquet log (sorted by user, time). "
+            "Default: the synthetic lifelong world (seeded by --seed).",
+        ),
+    ] = None,
+    users: Annotated[int, typer.Option(help="Synthetic training users.")] = 3000,
+    length: Annotated[
+        int, typer.Option(help="Training history length (a log: the most recent kept).")
+    ] = 1000,
+    eval_users: Annotated[int, typer.Option(help="Synthetic users per evaluation bucket.")] = 200,
+    eval_lengths: Annotated[
+        str, typer.Option(help="Synthetic evaluation history lengths, one bucket each.")
+    ] = "1000,10000",
+    epochs: Annotated[
+        int, typer.Option(help="Passes over the training users (best validation epoch kept).")
+    ] = 8,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-2,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
+    seeds: Annotated[int, typer.Option(help="Replicates (seed, seed+1, ...); CIs over them.")] = 1,
+    dim: Annotated[int, typer.Option(help="Embedding width (a multiple of 4).")] = 32,
+    tokens: Annotated[int, typer.Option(help="VISTA's summary tokens per user.")] = 16,
+    last_n: Annotated[int, typer.Option(help="The last-N baseline's window.")] = 64,
+    quant: Annotated[str, typer.Option(help="Summary cache precision: int8 or float32.")] = "int8",
+    targets: Annotated[int, typer.Option(help="A log: last events per user scored.")] = 1,
+    negatives: Annotated[int, typer.Option(help="A log: sampled negatives per target.")] = 4,
+    *,
+    run: RunOptions,
+    show: Show,
+) -> None:
+    """Train VISTA, full attention and last-N; AUC and NE per history-length bucket; cache."""
+    from rotelab.pipelines.recsys import format_train, train
+
+    result = train(
+        data, users=users, length=length, eval_users=eval_users, eval_lengths=eval_lengths,
+        epochs=epochs, lr=lr, weight_decay=weight_decay, seeds=seeds, dim=dim, tokens=tokens,
+        last_n=last_n, quant=quant, targets=targets, negatives=negatives, run=run,
+    )  # fmt: skip
+    if not show.as_json and not show.quiet:
+        out.print(format_train(result.summary), highlight=False, soft_wrap=True)
+    emit(result.summary, show, run_dir=result.run_dir)
+
+
+@command("serve", parent=recsys_app, shared=("run", "show"), without=("resume",))
+def recsys_serve_cmd(
+    model: Annotated[
+        Path, typer.Option("--model", "-m", help="A `rotelab recsys train` run directory.")
+    ],
+    candidates: Annotated[Path, typer.Option(help="user,item[,label] CSV/Parquet to score.")],
+    cache: Annotated[
+        Path | None, typer.Option(help="Summary cache. Default: the train run's cache.")
+    ] = None,
+    *,
+    run: RunOptions,
+    show: Show,
+) -> None:
+    """Score candidates from the summary cache alone (the raw history is never read)."""
+    from rotelab.pipelines.recsys import serve
+
+    result = serve(model, candidates, cache=cache, run=run)
+    emit(result.summary, show, run_dir=result.run_dir)
+
+
+@command("bench", parent=recsys_app, shared=("run", "show"), without=("resume",))
+def recsys_bench_cmd(
+    lengths: Annotated[str, typer.Option(help="History lengths timed.")] = "1000,10000,100000",
+    candidates: Annotated[int, typer.Option(help="Candidates per request.")] = 64,
+    cache_users: Annotated[int, typer.Option(help="Users in the timed cache.")] = 2000,
+    stream_length: Annotated[
+        int, typer.Option(help="History summarized in chunks for peak memory (0 skips).")
+    ] = 1_000_000,
+    repeats: Annotated[int, typer.Option(help="Timed repeats (the median is kept).")] = 5,
+    *,
+    run: RunOptions,
+    show: Show,
+) -> None:
+    """Serving cost by history length: per-candidate time, stage-1 cost, cache reads, memory."""
+    from rotelab.pipelines.recsys import bench, format_bench
+
+    result = bench(
+        lengths=lengths, candidates=candidates, cache_users=cache_users,
+        stream_length=stream_length, repeats=repeats, run=run,
+    )  # fmt: skip
+    if not show.as_json and not show.quiet:
+        out.print(format_bench(result.summary), highlight=False, soft_wrap=True)
+    emit(result.summary, show, run_dir=result.run_dir)
+
+
 # ---------------------------------------------------------------- probe and steer (issue 18)
 def _layers(text: str | None) -> tuple[int, ...] | None:
     if text is None:

@@ -35,6 +35,7 @@ __all__ = [
     "KfacSweepSummary",
     "MIASummary",
     "OrganismFacts",
+    "RecsysTrainSummary",
     "ProbeSummary",
     "SteerSummary",
     "Summary",
@@ -264,6 +265,17 @@ class DemoSummary(Summary):
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
+# --------------------------------------------------------------------------------------- recsys
+@_schema("recsys train")
+class RecsysTrainSummary(Summary):
+    """``rotelab recsys train``'s summary: per history-length bucket, each model's AUC and NE
+    (mean and CI over seeds), the oracle's AUC and the int8 cache's AUC loss."""
+
+    data: str
+    models: list[str]
+    seeds: int
+    model_version: str
+    buckets: list[dict[str, Any]]
 # ------------------------------------------------------------------------------- probe, steer
 @_schema("probe")
 class ProbeSummary(Summary):
@@ -297,6 +309,7 @@ SCHEMAS: dict[str, type[Summary]] = {
     "compare": CompareSummary,
     "kfac_sweep": KfacSweepSummary,
     "demo": DemoSummary,
+    "recsys-train": RecsysTrainSummary,
     "probe": ProbeSummary,
     "steer": SteerSummary,
 }

@@ -42,6 +42,7 @@ from rotelab.summaries import (
     KfacSweepSummary,
     MIASummary,
     ProbeSummary,
+    RecsysTrainSummary,
     SteerSummary,
 )
 
@@ -461,6 +462,33 @@ def generic_sections(run: Path, summary: dict) -> list[Section]:
     return [sec]
 
 
+def recsys_sections(run: Path, summary: RecsysTrainSummary) -> list[Section]:
+    """``rotelab recsys train``: AUC and NE per history-length bucket, VISTA against full target
+    attention and last-N, with the oracle's AUC and the int8 cache's cost."""
+    sec = Section(
+        "VISTA against full target attention and last-N, per history length",
+        intro=f"{html.escape(summary.data)} data; mean over {summary.seeds} seed(s), 95% "
+        "t-interval "
+        "over seeds where there are several. <i>long users</i>: users whose long-term interests "
+        "(seen only early in the history) drive clicks. NE: normalized entropy, lower is better.",
+    )
+    rows = []
+    for b in summary.buckets:
+        for subset in ("", "_long_users"):
+            if f"auc{subset}" not in b:
+                continue
+            for model in summary.models:
+                a, n = b[f"auc{subset}"][model], b[f"ne{subset}"][model]
+                rows.append({"bucket": b["bucket"], "users": subset.strip("_") or "all",
+                             "model": model, "AUC": a["mean"], "AUC CI": a.get("ci"),
+                             "NE": n["mean"]})  # fmt: skip
+        sec.headlines.append(Headline(f"int8 cache AUC loss @ {b['bucket']}",
+                                      "int8_auc_loss", b["int8_auc_loss"], False))  # fmt: skip
+        if "oracle_auc" in b:
+            sec.headlines.append(Headline(f"oracle AUC @ {b['bucket']}", "oracle_auc",
+                                          b["oracle_auc"], True))  # fmt: skip
+    sec.tables.append(_table(pd.DataFrame(rows)))
+    return [sec]
 # ----------------------------------------------------------------------- pages: probe, steer
 def probe_section(run: Path, summary: ProbeSummary) -> Section:
     """Held-out AUC per layer, the chosen layer and the activation-patching check."""
@@ -533,6 +561,7 @@ _PAGES: dict[str, Callable[[Path, Any], list[Section]]] = {
     "compare": lambda run, s: [compare_section(run, s)],
     "kfac_sweep": lambda run, s: [kfac_section(run, s)],
     "demo": demo_sections,
+    "recsys-train": recsys_sections,
     "probe": lambda run, s: [probe_section(run, s)],
     "steer": lambda run, s: [steer_section(run, s)],
 }
@@ -573,6 +602,7 @@ _TITLES = {
     "compare": "Removal methods compared",
     "kfac_sweep": "K-FAC curvature edit: the ρ sweep",
     "demo": "rotelab demo: memorization, measured and removed",
+    "recsys-train": "VISTA: lifelong histories at a fixed serving cost",
     "probe": "Dynamic Mode Steering: where recitation shows",
     "steer": "Dynamic Mode Steering: steering swept over alpha",
 }
