@@ -276,6 +276,8 @@ class RecsysTrainSummary(Summary):
     seeds: int
     model_version: str
     buckets: list[dict[str, Any]]
+
+
 # ------------------------------------------------------------------------------- probe, steer
 @_schema("probe")
 class ProbeSummary(Summary):

@@ -489,6 +489,8 @@ def recsys_sections(run: Path, summary: RecsysTrainSummary) -> list[Section]:
                                           b["oracle_auc"], True))  # fmt: skip
     sec.tables.append(_table(pd.DataFrame(rows)))
     return [sec]
+
+
 # ----------------------------------------------------------------------- pages: probe, steer
 def probe_section(run: Path, summary: ProbeSummary) -> Section:
     """Held-out AUC per layer, the chosen layer and the activation-patching check."""
