@@ -46,6 +46,8 @@ RS_TRAIN = (
 RS_SERVE = "recsys serve -m {rs_run} --candidates {rs_cands} -o {out} -q"
 RS_BENCH = "recsys bench --lengths 10 --stream-length 0 --repeats 1 -o {out} -q"
 PASSK = "passk {samples} -o {out} -q"
+PROBE = "probe -m {model} -d {data} --prefix-len 4 --suffix-len 4 -o {out} -q"
+STEER = "steer -m {org} --seeds 1 -o {out} -q"
 
 _ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 
@@ -440,6 +442,23 @@ CASES = [
     case("passk {samples_c_above_n} -o {out}", "0 <= c <= n"),
     case("passk {samples_broken} -o {out}", "line 21 is not JSON"),
     case("passk {samples} -o {samples} --force", "is the input"),
+    # --------------------------------------------------------------- probe, steer, steered models
+    case(f"{PROBE} --layers x", "--layers"),
+    case(f"{PROBE} --layers 9", "layer 9 does not exist", loads=True),
+    case(f"{PROBE} --seeds 0", "--seeds"),
+    case(f"{PROBE} --test-size 1.5", "--test-size"),
+    case(f"{PROBE} --alpha nan", "--alpha"),
+    case("probe -m {model} -o {out} -q", "no default data"),
+    case(f"{STEER} --alpha abc", "--alpha"),
+    case(f"{STEER} --alpha nan", "finite numbers"),
+    case("steer -m {model} -o {out} -q", "not an organism"),
+    case("steer -m {steered} -o {out} -q", "already a steered model"),
+    case(f"{STEER} --layer 99", "layer 99 does not exist", loads=True),
+    case("extract -m {spec_no_tensors} -d {data} -o {out} -q", "missing steering.safetensors"),
+    case("extract -m {spec_bad_alpha} -d {data} -o {out} -q", "alpha must be a finite number"),
+    case("extract -m {spec_bad_layer} -d {data} -o {out} -q", "layer 7 does not exist"),
+    case("extract -m {spec_other} -d {data} -o {out} -q", "fitted on another model", loads=True),
+    case("compare --models {spec_no_tensors} -o {out} -q", "missing steering.safetensors"),
     # --------------------------------------------------------------- outputs that cannot be written
     case(f"{EXTRACT} -o {{file}}", "not a directory"),
     case(f"{EXTRACT} -o {{file}}/run", "not a directory"),
@@ -573,6 +592,7 @@ def inputs(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
          run=RunOptions(out=root / "factors", progress=False))  # fmt: skip
     p["factors"] = root / "factors"
     _recsys_inputs(root, p)
+    p.update(_steering_specs(root, p["model"]))
     return p
 
 
@@ -598,6 +618,30 @@ def _recsys_inputs(root: Path, p: dict[str, Path]) -> None:
     other = build_model(ModelConfig("vista", 10, 1, dim=8, seeds=2), [0] + [1] * 10, seed=3)
     SummaryCache.create(root / "rs_other_cache", other)
     p["rs_other_cache"] = root / "rs_other_cache"
+
+
+def _steering_specs(root: Path, model: Path) -> dict[str, Path]:
+    """A good steering spec of ``model`` and broken ones: files missing, alpha not a number, a
+    layer the model lacks, a probe fitted on another model."""
+    from transformers import AutoModelForCausalLM
+
+    from rotelab.steered import SPEC_FILE, TENSOR_FILE, SteeringSpec, model_fingerprint
+
+    base = AutoModelForCausalLM.from_pretrained(model)
+    d = base.config.hidden_size
+    spec = SteeringSpec(
+        base_model=str(model), layer=1, alpha=2.0, mode="dynamic", probe_weight=torch.ones(d),
+        probe_bias=0.0, vector=torch.ones(d) / d**0.5, fingerprint=model_fingerprint(base),
+    )  # fmt: skip
+    out = {"steered": spec.save(root / "steered")}
+    out["spec_no_tensors"] = spec.save(root / "spec_no_tensors")
+    (out["spec_no_tensors"] / TENSOR_FILE).unlink()
+    out["spec_other"] = spec.with_(fingerprint="0" * 16).save(root / "spec_other")
+    out["spec_bad_layer"] = spec.with_(layer=7).save(root / "spec_bad_layer")
+    out["spec_bad_alpha"] = spec.save(root / "spec_bad_alpha")
+    meta = json.loads((out["spec_bad_alpha"] / SPEC_FILE).read_text())
+    (out["spec_bad_alpha"] / SPEC_FILE).write_text(json.dumps({**meta, "alpha": "strong"}))
+    return out
 
 
 def _tree(*roots: Path) -> dict[str, tuple]:
@@ -701,4 +745,4 @@ def test_the_table_covers_every_command():
     assert len(CASES) >= 100
     assert {"extract", "reconstruct", "mia", "kfac", "edit", "unlearn", "compare", "organism",
             "demo", "report", "machine", "recsys", "bands", "diff", "apt",
-            "passk", "bounds"} <= commands  # fmt: skip
+            "passk", "bounds", "probe", "steer"} <= commands  # fmt: skip

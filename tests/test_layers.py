@@ -33,6 +33,7 @@ LAYER_OF = {
     "options": CORE,
     "registry": CORE,
     "sources": CORE,
+    "steered": CORE,
     "summaries": CORE,
     "data": CORE,
     "measure": METHODS,

@@ -1280,6 +1280,106 @@ def bounds_cmd(
     emit(result.summary, show, run_dir=result.run_dir)
 
 
+# ---------------------------------------------------------------- probe and steer (issue 18)
+def _layers(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise RotelabError(f"--layers {text!r}: give layer numbers like 1,2,3") from None
+
+
+@command("probe", shared=("run", "load", "corpus", "show"), without=("resume",))
+def probe_cmd(
+    model: ModelOpt = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Corpus for behaviour labels (extracted windows vs barely matched ones). "
+            "Default: the organism's ledger.",
+        ),
+    ] = None,
+    layers: Annotated[
+        str | None, typer.Option(help="Residual-stream layers to probe, e.g. 1,2,3. Default: all.")
+    ] = None,
+    min_count: Annotated[int, typer.Option(help="Memorized = items inserted >= this.")] = 16,
+    seeds: Annotated[int, typer.Option(help="Held-out splits (AUC CIs over them).")] = 3,
+    test_size: Annotated[float, typer.Option(help="Fraction of windows held out.")] = 0.3,
+    prefix_len: Annotated[int, typer.Option(help="Prefix tokens of --data windows.")] = 32,
+    suffix_len: Annotated[int, typer.Option(help="Suffix tokens of --data windows.")] = 32,
+    alpha: Annotated[
+        float | None,
+        typer.Option(help="Saved probe's steering strength. Default: 4 x class separation."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 32,
+    *,
+    run: RunOptions,
+    load: LoadOptions,
+    corpus: CorpusOptions,
+    show: Show,
+) -> None:
+    """Linear probes for recitation per layer (Zhang 2025): held-out AUC, patching check."""
+    from rotelab.pipelines.probe import ProbeSettings, format_table, probe
+
+    settings = ProbeSettings(
+        min_count=min_count, layers=_layers(layers), seeds=seeds, test_size=test_size,
+        prefix_len=prefix_len, suffix_len=suffix_len, batch_size=batch_size,
+    )  # fmt: skip
+    path, summary = probe(
+        model, data, settings=settings, alpha=alpha, run=run, load=load, corpus=corpus
+    )
+    if not show.as_json and not show.quiet:
+        out.print(format_table(summary), highlight=False, soft_wrap=True)
+    emit(summary, show, run_dir=path)
+
+
+@command("steer", shared=("run", "load", "show"), without=("resume",))
+def steer_cmd(
+    model: ModelOpt = None,
+    alpha: Annotated[
+        list[float] | None,
+        typer.Option(
+            "--alpha",
+            help="Alphas to sweep, as multiples of the class-mean separation (repeat the flag). "
+            "Default: 0.5 1 2 4 8.",
+        ),
+    ] = None,
+    layer: Annotated[
+        int | None, typer.Option(help="Layer to steer. Default: the probe's best by AUC.")
+    ] = None,
+    min_count: Annotated[int, typer.Option(help="Memorized = items inserted >= this.")] = 16,
+    seeds: Annotated[int, typer.Option(help="Held-out splits.")] = 3,
+    heldout_tokens: Annotated[int, typer.Option(help="Held-out tokens for perplexity.")] = 20_000,
+    max_ppl_rise: Annotated[
+        float, typer.Option(help="Perplexity budget that picks the saved alpha (0.05 = +5%).")
+    ] = 0.05,
+    save_alpha: Annotated[
+        float | None, typer.Option(help="Saved model's alpha factor. Default: by the budget.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 32,
+    *,
+    run: RunOptions,
+    load: LoadOptions,
+    show: Show,
+) -> None:
+    """Dynamic Mode Steering (Zhang 2025): none/static/dynamic arms over alpha; saves model/."""
+    from rotelab.pipelines.probe import ProbeSettings
+    from rotelab.pipelines.steer import DEFAULT_FACTORS, format_table, steer
+
+    settings = ProbeSettings(min_count=min_count, seeds=seeds, batch_size=batch_size)
+    path, summary = steer(
+        model, factors=alpha or DEFAULT_FACTORS, layer=layer, settings=settings,
+        heldout_tokens=heldout_tokens, max_ppl_rise=max_ppl_rise, save_factor=save_alpha,
+        run=run, load=load,
+    )  # fmt: skip
+    if not show.as_json and not show.quiet:
+        out.print(format_table(summary), highlight=False, soft_wrap=True)
+    emit(summary, show, run_dir=path)
+
+
 def main() -> None:
     """Console-script entry point (``rotelab`` and ``python -m rotelab``)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -53,6 +53,7 @@ from rotelab.sources import (
     refused_pickle,
     resolve_source,
 )
+from rotelab.steered import SteeringSpec, is_steering_dir
 
 __all__ = [
     "GREEDY",
@@ -412,6 +413,8 @@ class LM:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
+        self.steering: SteeringSpec | None = None  # set when loaded from a steering spec
+        self._attached: list = []
         if getattr(tokenizer, "pad_token_id", None) is None and tokenizer is not None:
             tokenizer.pad_token = tokenizer.eos_token
         first = next(model.parameters())
@@ -447,6 +450,11 @@ class LM:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
+        if path_or_id is not None and is_steering_dir(path_or_id):
+            return cls._load_steered(
+                path_or_id, device=device, dtype=dtype, allow_pickle=allow_pickle,
+                trust_remote_code=trust_remote_code,
+            )  # fmt: skip
         hf_logging.disable_progress_bar()
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
@@ -482,6 +490,20 @@ class LM:
             raise RotelabError(refused_pickle(source, name, exc)) from None
         model.to(dev)
         return cls(model, tokenizer, name=name)
+
+    @classmethod
+    def _load_steered(cls, path: str | os.PathLike, **load_kwargs) -> LM:
+        """A steering spec directory (:mod:`rotelab.steered`): its base model, loaded as any
+        model, with the steering hook attached for the LM's lifetime."""
+        where = f"steering spec {path}"
+        spec = SteeringSpec.read(path)
+        spec.check_base_config(where)
+        lm = cls.load(spec.base_model, **load_kwargs)
+        spec.check_model(lm.model, lm.num_layers, where)
+        lm.attach_hooks({spec.point: spec.hook()})
+        lm.name = str(path)
+        lm.steering = spec
+        return lm
 
     def save(self, out: str | os.PathLike) -> Path:
         """Save model (safetensors) and tokenizer as a Hugging Face directory."""
@@ -1068,6 +1090,20 @@ class LM:
             >>> with lm.hooks({"blocks.1.mlp_out": lambda t: 0.5 * t}):  # doctest: +SKIP
             ...     damped = lm.score(sequences)
         """
+        handles = self._register(fns)
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def attach_hooks(self, fns: Mapping[str, HookFn]) -> None:
+        """Install ``fns`` on their hook points for the rest of the LM's life (a steered model's
+        steering, :mod:`rotelab.steered`). They run before any :meth:`hooks` on the same point."""
+        self._attached.extend(self._register(fns))
+
+    def _register(self, fns: Mapping[str, HookFn]) -> list:
+        """Register ``fns`` on their hook points; returns the handles (all or none)."""
         sites = self._hook_sites()
         unknown = [name for name in fns if name not in sites]
         if unknown:
@@ -1085,10 +1121,11 @@ class LM:
                     handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
                 else:
                     handles.append(module.register_forward_hook(_output_hook(name, fn)))
-            yield self
-        finally:
+        except BaseException:
             for handle in handles:
                 handle.remove()
+            raise
+        return handles
 
     # ------------------------------------------------------------------ internals
     @torch.inference_mode()

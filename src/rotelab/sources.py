@@ -1,6 +1,7 @@
 """Model sources (core): what ``--model`` may name, and the checks made before loading one.
 
-A model is a Hugging Face directory, a ``.gguf`` file, a named model (:data:`NAMED_MODELS`,
+A model is a Hugging Face directory, a ``.gguf`` file, a steering spec directory (a base model
+plus a probe-gated steering vector, :mod:`rotelab.steered`), a named model (:data:`NAMED_MODELS`,
 converted once into a cached safetensors directory, offline) or a hub id. Loading is safe by
 default: safetensors only (a pickle checkpoint needs ``allow_pickle``), and a corrupt or truncated
 weight file, a missing shard or a pickle that ``weights_only`` loading refuses becomes one line
@@ -18,6 +19,7 @@ import torch
 
 from rotelab.errors import RotelabError
 from rotelab.paths import rotelab_home
+from rotelab.steered import SPEC_FILE, SteeringSpec, is_steering_dir
 
 __all__ = ["NAMED_MODELS", "check_model_exists", "resolve_source", "stored_dtype"]
 
@@ -179,7 +181,13 @@ def check_model_exists(path_or_id: str | os.PathLike) -> None:
     if path.exists():
         if path.is_file():
             raise RotelabError(f"{path} is a file; give the model's directory (or a .gguf file)")
+        if is_steering_dir(path):  # a steered model: its files and base checked, nothing loaded
+            spec = SteeringSpec.read(path)
+            spec.check_base_config(f"steering spec {path}")
+            check_model_exists(spec.base_model)
         return
+    if (path.parent / SPEC_FILE).is_file() or path.name == SPEC_FILE:
+        raise RotelabError(f"{path} does not exist; give the steering spec's directory")
     looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text[:1]
     if looks_local or not re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", text):
         raise RotelabError(f"model path {text} does not exist")

@@ -41,6 +41,8 @@ __all__ = [
     "OrganismFacts",
     "RecsysTrainSummary",
     "PasskSummary",
+    "ProbeSummary",
+    "SteerSummary",
     "Summary",
     "read_summary",
 ]
@@ -354,6 +356,32 @@ class BoundsSummary(Summary):
     bounds_scaled: dict[str, float] | None = None
 
 
+# ------------------------------------------------------------------------------- probe, steer
+@_schema("probe")
+class ProbeSummary(Summary):
+    """``rotelab probe``'s summary: held-out AUC per layer, the chosen layer, patching."""
+
+    model: str
+    source: str
+    layers: list[dict[str, Any]]
+    best_layer: int
+    best_auc: float
+    patching: dict[str, Any]
+
+
+@_schema("steer")
+class SteerSummary(Summary):
+    """``rotelab steer``'s summary: one row per arm and alpha (mean over split seeds)."""
+
+    model: str
+    layer: int
+    auc: float
+    arms: list[dict[str, Any]]
+    baseline: dict[str, float]
+    dynamic_at_budget: dict[str, Any] | None = None
+    static_ppl_at_equal_extraction: float | None = None
+
+
 #: The schema of each command's summary.json (config.json's ``command``).
 SCHEMAS: dict[str, type[Summary]] = {
     "extract": ExtractionSummary,
@@ -367,6 +395,8 @@ SCHEMAS: dict[str, type[Summary]] = {
     "apt": AptSummary,
     "passk": PasskSummary,
     "bounds": BoundsSummary,
+    "probe": ProbeSummary,
+    "steer": SteerSummary,
 }
 
 

@@ -46,7 +46,9 @@ from rotelab.summaries import (
     KfacSweepSummary,
     MIASummary,
     PasskSummary,
+    ProbeSummary,
     RecsysTrainSummary,
+    SteerSummary,
 )
 
 __all__ = ["Headline", "Section", "render_report", "write_report"]
@@ -662,6 +664,71 @@ def bounds_section(run: Path, summary: BoundsSummary, prefix: str = "") -> Secti
         tried = read_table(run, "search")
         if not tried.empty:
             sec.tables.append(_table(tried, max_rows=200))
+
+
+# ----------------------------------------------------------------------- pages: probe, steer
+def probe_section(run: Path, summary: ProbeSummary) -> Section:
+    """Held-out AUC per layer, the chosen layer and the activation-patching check."""
+    sec = Section(
+        "Memorization probe per layer",
+        intro="One logistic-regression probe per residual-stream layer (Zhang 2025, Dynamic Mode "
+        f"Steering), labels from the {html.escape(summary.source)}; token-level AUC on held-out "
+        "windows, CIs over split seeds.",
+    )
+    sec.headlines.append(Headline("chosen layer", "best_layer", summary.best_layer))
+    sec.headlines.append(Headline("held-out AUC", "best_auc", summary.best_auc, True))
+    p = summary.patching
+    sec.headlines.append(
+        Headline("extraction after patching", "patching.probe_direction.rate",
+                 p["probe_direction"]["rate"], False)
+    )  # fmt: skip
+    sec.headlines.append(
+        Headline("after a random patch", "patching.random_direction.rate",
+                 p["random_direction"]["rate"], False)
+    )  # fmt: skip
+    sec.tables.append(_table(pd.DataFrame(summary.layers)))
+    return sec
+
+
+def steer_section(run: Path, summary: SteerSummary) -> Section:
+    """The three arms over alpha: extraction against the perplexity they cost."""
+    sec = Section(
+        f"Steering at layer {summary.layer}",
+        intro="No steering, static (p_mem = 1) and dynamic (gated by the probe) steering "
+        "h += alpha p_mem(h) v; extraction of held-out memorized items, perplexity on held-out "
+        "text; means over split seeds.",
+    )
+    sec.headlines.append(Headline("probe AUC", "auc", summary.auc, True))
+    sec.headlines.append(
+        Headline("extraction, no steering", "baseline.extraction",
+                 summary.baseline["extraction"], False)
+    )  # fmt: skip
+    best = summary.dynamic_at_budget
+    if best is not None:
+        sec.headlines.append(
+            Headline("dynamic, within the ppl budget", "dynamic_at_budget.extraction",
+                     best["extraction"], False)
+        )  # fmt: skip
+        sec.headlines.append(
+            Headline("its ppl change", "dynamic_at_budget.ppl_change", best["ppl_change"], False)
+        )
+    if summary.static_ppl_at_equal_extraction is not None:
+        sec.headlines.append(
+            Headline("static ppl change, same extraction", "static_ppl_at_equal_extraction",
+                     summary.static_ppl_at_equal_extraction, False)
+        )  # fmt: skip
+    frame = pd.DataFrame(summary.arms)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm, part in frame.groupby("arm", sort=False):
+        ax.plot(100 * part["ppl_change"], part["extraction"], "o-", label=arm)
+    ax.set_xlabel("held-out perplexity change (%)")
+    ax.set_ylabel("strict extraction, held-out memorized items")
+    ax.legend()
+    sec.figure("steer-tradeoff", "Extraction against perplexity", fig, "one point per alpha")
+    sec.tables.append(_table(frame.drop(columns=["extraction_ci", "ppl_change_ci"],
+                                        errors="ignore")))  # fmt: skip
     return sec
 
 
@@ -678,6 +745,8 @@ _PAGES: dict[str, Callable[[Path, Any], list[Section]]] = {
     "passk": lambda run, s: [passk_section(run, s)],
     "gapt-study": lambda run, s: _gapt_sections(run, s),
     "bounds": lambda run, s: [bounds_section(run, s)],
+    "probe": lambda run, s: [probe_section(run, s)],
+    "steer": lambda run, s: [steer_section(run, s)],
 }
 
 
@@ -729,6 +798,8 @@ _TITLES = {
     "passk": "Pass@k(m)",
     "gapt-study": "Memorization-compression cycles: CE-only vs GAPT (Yu 2025)",
     "bounds": "Robust memorization: parameter bounds and certified networks",
+    "probe": "Dynamic Mode Steering: where recitation shows",
+    "steer": "Dynamic Mode Steering: steering swept over alpha",
 }
 
 

@@ -1,0 +1,266 @@
+"""``rotelab steer``: Dynamic Mode Steering swept over alpha, three arms, and a saved steered model.
+
+Zhang 2025's second part (the method is :mod:`rotelab.edit.steering`, the hook
+:mod:`rotelab.steered`): at the layer ``rotelab probe`` chooses, ``h_t += alpha * p_mem(h_t) * v``
+with ``v = unit(mean h[generalizing] - mean h[memorizing])``. Per split seed, the probe and ``v``
+are fitted on the training windows only, and three arms are measured on what that split holds
+out: no steering, static steering (``p_mem = 1``) and dynamic steering, each at every alpha of the
+sweep (multiples of the class-mean separation ``|mean h_gen - mean h_mem|``, so the grid means the
+same on any model). Measured per arm: strict extraction (greedy reproduces the whole suffix, from
+the one-pass audit, which the hook steers exactly as it steers decoding) of the held-out memorized
+windows, and of every ledger item inserted >= ``min_count`` times (the ``compare`` headline,
+which includes the probe's training items); perplexity on held-out text the probe never saw.
+
+Output: a run directory with ``results/arms`` (one row per seed x arm x alpha), ``model/`` (the
+steered model: dynamic, probe and vector fitted on all windows, at ``save_alpha`` or the largest
+alpha of the sweep whose mean perplexity rise stays within ``max_ppl_rise``), ``summary.json``::
+
+    {"model", "layer", "auc", "auc_ci", "seeds", "alphas": [factor...],
+     "arms": [{"arm", "factor", "alpha", "extraction", "extraction_ci", "extraction_all",
+               "ppl", "ppl_change", "ppl_change_ci"}],
+     "baseline": {"extraction", "extraction_all", "ppl"},
+     "dynamic_at_budget": {...arm row...} | null, "static_ppl_at_equal_extraction": f | null,
+     "saved": {"path", "alpha", "factor"}}
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rotelab.edit.steering import steering_spec
+from rotelab.errors import RotelabError
+from rotelab.lm import LM
+from rotelab.measure.extraction import ledger_windows, score_windows
+from rotelab.measure.quality import perplexity
+from rotelab.options import CorpusOptions, LoadOptions, RunOptions
+from rotelab.pipelines.inputs import resolve_model
+from rotelab.pipelines.probe import ProbeSettings, check_inputs, run_probe
+from rotelab.runs import Run
+from rotelab.steered import SteeringMode, SteeringSpec, check_steering_layer, is_steering_dir
+
+__all__ = ["DEFAULT_FACTORS", "format_table", "steer"]
+
+#: Alphas swept, as multiples of the class-mean separation at the steered layer.
+DEFAULT_FACTORS = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def _check_factors(factors: Sequence[float]) -> tuple[float, ...]:
+    out = []
+    for f in factors:
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f):
+            raise RotelabError(f"--alpha values must be finite numbers, got {f!r}")
+        out.append(float(f))
+    if not out:
+        raise RotelabError("give at least one --alpha")
+    return tuple(out)
+
+
+def _measure(lm: LM, spec: SteeringSpec | None, windows, all_windows, docs, tokens, batch):
+    """(held-out extraction verdicts, all >= min_count verdicts, per-token NLLs) under ``spec``."""
+    hooks = {} if spec is None else {spec.point: spec.hook()}
+    with lm.hooks(hooks):
+        held = score_windows(lm, windows, batch_size=batch)["extracted"].to_numpy(bool)
+        every = score_windows(lm, all_windows, batch_size=batch)["extracted"].to_numpy(bool)
+        ppl = perplexity(lm, docs, max_tokens=tokens, batch_size=batch)
+    return held, every, ppl
+
+
+def steer(
+    model: LM | str | os.PathLike | None = None,
+    *,
+    factors: Sequence[float] = DEFAULT_FACTORS,
+    layer: int | None = None,
+    settings: ProbeSettings = ProbeSettings(),
+    heldout_tokens: int = 20_000,
+    max_ppl_rise: float = 0.05,
+    save_factor: float | None = None,
+    run: RunOptions = RunOptions(),
+    load: LoadOptions = LoadOptions(),
+) -> tuple[Path, dict[str, Any]]:
+    """Sweep alpha over the three arms on an organism and save a steered model (``rotelab steer``).
+
+    Args:
+        model: an organism (``None``: the default one) or an organism directory.
+        factors: alphas as multiples of the class-mean separation at the layer.
+        layer: the layer to steer; ``None``: the probe's best by held-out AUC.
+        settings: the probe's labels, splits and seeds (:class:`ProbeSettings`).
+        heldout_tokens: tokens of held-out text for perplexity.
+        max_ppl_rise: the perplexity budget (0.05: +5%) that picks the saved alpha.
+        save_factor: the saved model's alpha factor (``None``: picked by the budget).
+        run, load: the run directory and how the model is loaded.
+    """
+    run.check()
+    load.check()
+    if run.resume:
+        raise RotelabError("rotelab steer cannot resume a run; start it again (--force replaces)")
+    factors = _check_factors(factors)
+    if save_factor is not None:
+        _check_factors([save_factor])
+    if not 0 <= max_ppl_rise < math.inf:
+        raise RotelabError(f"--max-ppl-rise must be a number >= 0, got {max_ppl_rise}")
+    if heldout_tokens < 2:
+        raise RotelabError(f"--heldout-tokens must be >= 2, got {heldout_tokens}")
+    if isinstance(model, (str, os.PathLike)) and is_steering_dir(model):
+        raise RotelabError(f"{model} is already a steered model; steer its base model")
+    given = resolve_model(model)
+    if not given.is_organism:
+        raise RotelabError(
+            f"rotelab steer measures on an organism's ledger; {given.label} is not an organism "
+            "(probe it with rotelab probe --data)"
+        )
+    check_inputs(model, None, settings, _no_corpus())
+    label = model.name if isinstance(model, LM) else (str(model) if model else "organism")
+    config = {"model": label, "factors": list(factors), "layer": layer, "seed": run.seed,
+              "heldout_tokens": heldout_tokens, "max_ppl_rise": max_ppl_rise,
+              "save_factor": save_factor, **settings.__dict__}  # fmt: skip
+    inputs = (given.source,)
+    if run.out is not None:
+        Run.check(run.out, force=run.force, inputs=inputs)
+
+    t0 = time.perf_counter()
+    lm = given.load(load)
+    if layer is not None:  # the model decides; refused before the probing work
+        check_steering_layer(layer, lm.num_layers, "--layer")
+    probed = run_probe(given, None, settings, load, _no_corpus(), lm=lm)
+    lm = probed.lm
+    chosen = probed.layers.best_layer if layer is None else layer
+    check_steering_layer(chosen, lm.num_layers, "--layer")
+    org = given.organism()
+    ledger = org.ledger
+    all_mem = [
+        w for w, c in zip(ledger_windows(ledger), ledger["count"]) if c >= settings.min_count
+    ]
+    base = str(given.path())
+    labels = probed.data.labels
+    rows = []
+    for seed in range(settings.seeds):
+        test = probed.split(seed, settings.test_size)
+        held = [w for w, t, y in zip(probed.data.windows, test, labels) if t and y]
+        probe_s, vector, separation = probed.fit(chosen, ~test)
+        arms: list[tuple[str, float, SteeringSpec | None]] = [("none", 0.0, None)]
+        for mode in (SteeringMode.static, SteeringMode.dynamic):
+            for f in factors:
+                spec = steering_spec(lm, base, chosen, probe_s, vector, f * separation, mode)
+                arms.append((mode.value, f, spec))
+        for arm, f, spec in arms:
+            h, every, ppl = _measure(
+                lm, spec, held, all_mem, probed.heldout_docs, heldout_tokens, settings.batch_size
+            )
+            rows.append({
+                "seed": seed, "arm": arm, "factor": f, "alpha": f * separation,
+                "extraction": float(h.mean()), "held_out_items": len(h),
+                "extraction_all": float(every.mean()), "items_all": len(every),
+                "ppl": ppl.value,
+            })  # fmt: skip
+    frame = pd.DataFrame(rows)
+    base_ppl = frame[frame["arm"] == "none"].set_index("seed")["ppl"]
+    frame["ppl_change"] = frame["ppl"] / frame["seed"].map(base_ppl) - 1
+    summary = _summarize(frame, probed, chosen, factors, max_ppl_rise, label)
+    final_probe, final_vector, final_sep = probed.fit(chosen)
+    budget = summary["dynamic_at_budget"]
+    factor = save_factor if save_factor is not None else (budget or {}).get("factor", factors[0])
+    saved = steering_spec(
+        lm, base, chosen, final_probe, final_vector, factor * final_sep, SteeringMode.dynamic,
+        info={"auc": summary["auc"], "separation": final_sep, "factor": factor},
+    )  # fmt: skip
+    with Run.create(run.out, "steer", config, force=run.force, inputs=inputs) as out:
+        out.write_table("arms", frame)
+        out.write_table("by_layer", probed.layers.by_layer)
+        saved.save(out.path / "model")
+        summary["saved"] = {"path": str(out.path / "model"), "alpha": saved.alpha,
+                            "factor": factor}  # fmt: skip
+        summary["seconds"] = round(time.perf_counter() - t0, 2)
+        out.write_summary(summary)
+    return out.path, summary
+
+
+def _no_corpus() -> CorpusOptions:
+    return CorpusOptions()
+
+
+def _mean_ci(values: np.ndarray) -> tuple[float, list[float] | None]:
+    from scipy.stats import t
+
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float(values.mean()), None
+    half = t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return float(values.mean()), [float(values.mean() - half), float(values.mean() + half)]
+
+
+def _static_ppl_at(static: list[dict], extraction: float) -> float | None:
+    """Static steering's perplexity change where its extraction first falls to ``extraction``,
+    going up in alpha: linear between the last static alpha above that extraction and the first
+    at or below it (``None`` when no static alpha gets there)."""
+    for i, a in enumerate(static):
+        if a["extraction"] <= extraction:
+            if i == 0:
+                return a["ppl_change"]
+            b = static[i - 1]
+            t = (b["extraction"] - extraction) / (b["extraction"] - a["extraction"])
+            return b["ppl_change"] + t * (a["ppl_change"] - b["ppl_change"])
+    return None
+
+
+def _summarize(frame, probed, layer, factors, max_ppl_rise, label) -> dict[str, Any]:
+    arms = []
+    for (arm, f), part in frame.groupby(["arm", "factor"], sort=False):
+        ext, ext_ci = _mean_ci(part["extraction"])
+        ext_ci = None if ext_ci is None else [max(0.0, ext_ci[0]), min(1.0, ext_ci[1])]
+        change, change_ci = _mean_ci(part["ppl_change"])
+        arms.append({
+            "arm": arm, "factor": f, "alpha": float(part["alpha"].mean()),
+            "extraction": ext, "extraction_ci": ext_ci,
+            "extraction_all": float(part["extraction_all"].mean()),
+            "ppl": float(part["ppl"].mean()), "ppl_change": change, "ppl_change_ci": change_ci,
+        })  # fmt: skip
+    none = next(a for a in arms if a["arm"] == "none")
+    dynamic = [a for a in arms if a["arm"] == "dynamic"]
+    static = sorted((a for a in arms if a["arm"] == "static"), key=lambda a: a["factor"])
+    within = [a for a in dynamic if a["ppl_change"] <= max_ppl_rise]
+    # the least extraction within the budget; of equal ones the cheapest in perplexity
+    at_budget = min(within, key=lambda a: (a["extraction"], a["ppl_change"])) if within else None
+    static_ppl = None
+    if at_budget is not None:
+        static_ppl = _static_ppl_at(static, at_budget["extraction"])
+    row = probed.layers.by_layer.set_index("layer").loc[layer]
+    return {
+        "model": label, "layer": int(layer), "auc": float(row["auc_mean"]),
+        "auc_ci": [float(row["auc_lo"]), float(row["auc_hi"])],
+        "mean_state_norm": float(np.linalg.norm(probed.states[layer], axis=1).mean()),
+        "probe_layers": probed.layers.by_layer.to_dict("records"),
+        "seeds": int(frame["seed"].nunique()), "alphas": list(factors), "arms": arms,
+        "baseline": {"extraction": none["extraction"], "extraction_all": none["extraction_all"],
+                     "ppl": none["ppl"]},
+        "max_ppl_rise": max_ppl_rise, "dynamic_at_budget": at_budget,
+        "static_ppl_at_equal_extraction": static_ppl,
+    }  # fmt: skip
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """One line per arm and alpha: extraction (held-out and all >= min_count), perplexity."""
+    lines = [
+        f"{summary['model']}: steering at layer {summary['layer']} (probe AUC "
+        f"{summary['auc']:.3f}), {summary['seeds']} seed(s)",
+        f"{'arm':<8} {'factor':>6} {'alpha':>7} {'extract':>8} {'95% CI':>16} {'all>=k':>7} "
+        f"{'ppl':>7} {'ppl chg':>8}",
+    ]
+    for a in summary["arms"]:
+        ci = a["extraction_ci"]
+        ci_text = "" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+        lines.append(
+            f"{a['arm']:<8} {a['factor']:>6.2f} {a['alpha']:>7.3f} {a['extraction']:>8.3f} "
+            f"{ci_text:>16} {a['extraction_all']:>7.3f} {a['ppl']:>7.3f} {a['ppl_change']:>+8.2%}"
+        )
+    saved = summary.get("saved")
+    if saved:
+        lines.append(f"steered model (dynamic, alpha {saved['alpha']:.3f}): {saved['path']}")
+    return "\n".join(lines)
