@@ -104,6 +104,7 @@ def test_cached_candidates_rank_like_whole_sequences(tiny_model_dir, monkeypatch
         item_ids=[f"s{i}" for i in range(len(shapes))], prefixes=prefixes, secrets=secrets,
         alphabets=[a for _, a, _ in shapes], n_samples=60, max_exact=100, seed=3,
         batch_size=7,  # divides neither 27 nor the ~60 sampled candidates
+        workers=1,  # the recorded depths in secret order (workers record them as they finish)
     )  # fmt: skip
     cached = exposure_table(lm, **kwargs)
     if shared_levels:  # 3^3 exact candidates share 2 levels; ~60 of 6^5 their first token

@@ -664,6 +664,7 @@ def bounds_section(run: Path, summary: BoundsSummary, prefix: str = "") -> Secti
         tried = read_table(run, "search")
         if not tried.empty:
             sec.tables.append(_table(tried, max_rows=200))
+    return sec
 
 
 # ----------------------------------------------------------------------- pages: probe, steer

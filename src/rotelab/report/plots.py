@@ -279,6 +279,8 @@ def weight_change(by_block: dict[str, dict[str, float]]) -> Figure:
     ax.set_ylabel("fraction of weights changed")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def pass_at_k_curves(table: pd.DataFrame) -> Figure:
@@ -297,6 +299,8 @@ def pass_at_k_curves(table: pd.DataFrame) -> Figure:
     ax.set_ylabel("Pass@k(m)")
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8, title="at least m pass", title_fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def bounds_curves(
