@@ -1,8 +1,8 @@
 """Benchmark: ``rotelab compare``'s one-pass path against decoding every item.
 
 For one model (SmolLM2-135M in fp32 by default), the forget windows (``--windows``, default 256,
-32-token prefixes and 48-token suffixes cut from public texts Debian ships: the GNU GPL-3 and the
-Apache-2.0 licence, which small models partly recite; the default organism's items with
+32-token prefixes and 48-token suffixes every 32 tokens of public texts Debian ships: the GNU GPL-3
+and the Apache-2.0 licence, which small models partly recite; the default organism's items with
 ``--model organism``) and 100 task items (``examples/smollm2/tasks.jsonl``: arithmetic, closed-book
 facts, open-book questions, simple logic) are measured two ways:
 
@@ -57,7 +57,7 @@ def _windows(lm: LM, model: str, n: int):
 
         return ledger_windows(default_organism().ledger)[:n]
     docs = [Document(p, Path(p).read_text()) for p in TEXTS if Path(p).is_file()]
-    windows = list(corpus_windows(docs, lm.encode, 32, 48, None))
+    windows = list(corpus_windows(docs, lm.encode, 32, 48, 32))  # overlapping: enough windows
     step = max(1, len(windows) // n)  # spread over the texts
     return windows[::step][:n]
 
