@@ -276,8 +276,9 @@ def compare(
         raise RotelabError("the organism has no held-out text to measure perplexity on")
     probes = org.probes if task_rows is None else task_rows
     task_names = list(TASKS) if task_rows is None else sorted(task_rows["task"].unique())
-    if forget is not None and retain is not None:
-        _warn_overlap(forget, forget_corpus, retain, corpus)
+    forget_docs = list(read_corpus(forget, **forget_corpus.read_kwargs())) if forget else None
+    if forget_docs is not None and retain is not None:
+        _warn_overlap(forget_docs, heldout_text)
     ref_vocab = _vocab_of_dir(org.path) if ledger is not None else None
     for label, _, model in specs:  # model directories: before any model is loaded
         path = model.path() if ref_vocab is not None else None
@@ -294,7 +295,6 @@ def compare(
         "dtype": load.dtype,
     }  # fmt: skip
     inputs = [m.source for _, _, m in specs] + [p for p in sources if p is not None]
-    forget_docs = list(read_corpus(forget, **forget_corpus.read_kwargs())) if forget else None
 
     # 3. Measure every model (resumable per model), then summarize and write.
     with Run.create(
@@ -448,11 +448,7 @@ def greedy_continuations(
     instead of a decode. ``decode_all`` decodes every window from its prefix (the reference).
     """
     suffixes = [list(w.suffix) for w in windows]
-    scores = lm.score(
-        [list(w.prefix) + x for w, x in zip(windows, suffixes)],
-        targets_from=[len(w.prefix) for w in windows], batch_size=batch_size, progress=progress,
-    )  # fmt: skip
-    matches = [np.asarray(sc.argmax_match, dtype=bool) for sc in scores]
+    matches = _suffix_matches(lm, windows, batch_size, progress)
     if decode_all:
         generated = lm.generate(
             [w.prefix for w in windows], [len(x) for x in suffixes], batch_size=batch_size,
@@ -471,6 +467,15 @@ def greedy_continuations(
         for i, tail in zip(todo, rest):
             out[i] = suffixes[i][: matched[i]] + list(tail)
     return out, matches
+
+
+def _suffix_matches(lm: LM, windows: Sequence, batch_size: int, progress: bool) -> list:
+    """Per window, ``(suffix_len,)`` bool: the teacher-forced argmax equals the suffix token."""
+    scores = lm.score(
+        [list(w.prefix) + list(w.suffix) for w in windows],
+        targets_from=[len(w.prefix) for w in windows], batch_size=batch_size, progress=progress,
+    )  # fmt: skip
+    return [np.asarray(sc.argmax_match, dtype=bool) for sc in scores]
 
 
 def extraction_strength(matches: np.ndarray) -> float:
@@ -494,12 +499,7 @@ def _window_rows(
     """
     suffixes = [list(w.suffix) for w in windows]
     if exact_only:
-        scores = lm.score(
-            [list(w.prefix) + x for w, x in zip(windows, suffixes)],
-            targets_from=[len(w.prefix) for w in windows], batch_size=batch_size,
-            progress=progress,
-        )  # fmt: skip
-        matches = [np.asarray(sc.argmax_match, dtype=bool) for sc in scores]
+        matches = _suffix_matches(lm, windows, batch_size, progress)
         return pd.DataFrame({
             "item_id": [f"{w.doc_id}@{w.offset}" for w in windows],
             "suffix_len": [len(x) for x in suffixes],
@@ -574,11 +574,10 @@ def _str(value) -> str | None:
     return None if value is None else str(value)
 
 
-def _warn_overlap(forget, forget_corpus: CorpusOptions, retain, corpus: CorpusOptions) -> None:
+def _warn_overlap(forget_docs: Sequence, retain_texts: Sequence[str]) -> None:
     """One warning line when forget texts also appear in the retain text (then perplexity
     rewards keeping what should be forgotten)."""
-    retain_text = "\n".join(_texts(retain, corpus))
-    forget_docs = list(read_corpus(forget, **forget_corpus.read_kwargs()))
+    retain_text = "\n".join(retain_texts)
     shared = sum(1 for d in forget_docs if d.text.strip() and d.text.strip() in retain_text)
     if shared:
         print(
