@@ -825,9 +825,10 @@ def test_progress_bar_without_a_total_draws_on_stderr(capsys):
 
 
 def test_llama_fast_path_scores_like_the_generic_forward(tiny_llama_dir, monkeypatch):
-    """The per-continuation batches of a Llama model (here with grouped-query attention) skip the
-    cache objects and the model's own forward (:class:`rotelab.lm._FastLlamaRest`); they score
-    as the generic path does."""
+    """The shared trie levels and per-continuation batches of a Llama model (here with
+    grouped-query attention) skip the cache objects and the model's own forward
+    (:class:`rotelab.lm._FastLlamaRest`), and share deeper levels (fewer rows to gather); they
+    score as the generic path does, with any memory for the levels (none: depth 0)."""
     import rotelab.lm as lm_module
 
     lm = LM.load(tiny_llama_dir, dtype="float32")
@@ -835,16 +836,23 @@ def test_llama_fast_path_scores_like_the_generic_forward(tiny_llama_dir, monkeyp
     rng = np.random.default_rng(3)
     prefix = rng.integers(1, 96, size=9).tolist()
     conts = rng.choice([4, 9, 30, 51], size=(50, 6))
-    used = []
-    real_of = lm_module._FastLlamaRest.of
+    levels = []  # rows of each fast trie level
+    real_step = lm_module._FastLlamaRest.step
 
-    def spy(*args):
-        used.append(real_of(*args))
-        return used[-1]
+    def spy(self, tokens, parents):
+        levels.append(len(tokens))
+        return real_step(self, tokens, parents)
 
-    monkeypatch.setattr(lm_module._FastLlamaRest, "of", staticmethod(spy))
+    monkeypatch.setattr(lm_module._FastLlamaRest, "step", spy)
     fast = lm.score_continuations(prefix, conts, batch_size=16)
-    assert used and used[-1] is not None  # the fast path ran
+    # the distinct first tokens, pairs and triples; the triples are more than half the 50 rows
+    # (the generic path stops before them) and at most 0.8 of them
+    assert levels == [len(np.unique(conts[:, :t], axis=0)) for t in (1, 2, 3)]
+    assert 25 < levels[-1] <= 40
+    levels.clear()
+    none = lm.score_continuations(prefix, conts, batch_size=16, shared_cache_bytes=0)
+    assert levels == []
     monkeypatch.setattr(lm_module._FastLlamaRest, "of", staticmethod(lambda *a: None))
     generic = lm.score_continuations(prefix, conts, batch_size=16)
     np.testing.assert_allclose(fast, generic, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(none, generic, rtol=0, atol=1e-5)

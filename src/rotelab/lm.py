@@ -676,11 +676,15 @@ class LM:
         ``depth`` is the deepest level that still halves the rows (at most half as many distinct
         leading prefixes as continuations) and whose cache fits in ``shared_cache_bytes``
         (distinct leading prefixes x their tokens x KV bytes per token; two levels are held at
-        once while one is built). A level's one-token rows each gather and extend a whole cache
-        row: for 1000 random 8-digit candidates (10 first digits, about 100 first pairs, 630
-        first triples) on the default organism the third level cost more than it saved, so the
-        depth there is 2. Big models' budget lowers it; 0 is the plain prefix cache repeated
-        for every continuation.
+        once while one is built). In the model's own forward a level's one-token rows each
+        gather and extend a whole cache row: for 1000 random 8-digit candidates (10 first
+        digits, about 100 first pairs, 630 first triples) on the default organism the third
+        level cost more than it saved, so the depth there is 2. Llama models without hooks take
+        :class:`_FastLlamaRest`, which keeps the prefix once and gathers only the levels' own
+        positions, so there a level is shared while it has at most :data:`FAST_SHARED_MOST`
+        times as many rows as continuations (the default organism's third level: depth 3). Big
+        models' budget lowers the depth; 0 is the plain prefix cache repeated for every
+        continuation.
 
         Args:
             prefix: token ids before the continuations (at least one).
@@ -716,7 +720,12 @@ class LM:
             first = base(input_ids=torch.tensor([list(prefix)], device=dev), use_cache=True)
             cache = getattr(first, key)
             hidden = first.last_hidden_state[:, -1]  # (nodes, D): predicts each node's next token
-            depth = _shared_depth(conts, len(prefix), _cache_bytes(cache) / len(prefix), budget)
+            token_bytes = _cache_bytes(cache) / len(prefix)
+            fast = _FastLlamaRest.of(self.model, cache, len(prefix))
+            if fast is None:
+                depth = _shared_depth(conts, len(prefix), token_bytes, budget)
+            else:  # its levels keep only their own positions per node
+                depth = _shared_depth(conts, 0, token_bytes, budget, most=FAST_SHARED_MOST)
             node = np.zeros(n, dtype=np.int64)  # each continuation's trie node at level t
             for t in range(depth + 1):
                 # the next level's nodes: distinct (node, token t) pairs, each scored once
@@ -729,20 +738,21 @@ class LM:
                 out[:, t] = logp[child.reshape(-1)]
                 if t == depth:
                     break
-                step = base(
-                    input_ids=tokens[:, None], use_cache=True, **{key: _cache_rows(cache, parents)}
-                )
-                cache, hidden = getattr(step, key), step.last_hidden_state[:, 0]
+                if fast is not None:
+                    hidden = fast.step(tokens, parents)
+                else:
+                    past = _cache_rows(cache, parents)
+                    step = base(input_ids=tokens[:, None], use_cache=True, **{key: past})
+                    cache, hidden = getattr(step, key), step.last_hidden_state[:, 0]
                 node = child.reshape(-1)
             if depth == length - 1:
                 return out
             ids = torch.as_tensor(conts[:, depth:], device=dev)  # (n, L - depth)
-            fast = _FastLlamaRest.of(self.model, cache)
             for batch in length_buckets([length] * n, batch_size):  # equal lengths: input order
                 rows = ids[torch.as_tensor(batch, device=dev)]  # (B, L - depth)
                 parents = torch.as_tensor(node[batch], device=dev)
                 if fast is not None:
-                    h = fast(rows[:, :-1], parents, len(prefix) + depth)
+                    h = fast(rows[:, :-1], parents)
                 else:
                     past = _cache_rows(cache, parents)
                     rest = base(input_ids=rows[:, :-1], use_cache=True, **{key: past})
@@ -1258,21 +1268,31 @@ def _cache_rows(cache, rows: torch.Tensor):
 
 
 class _FastLlamaRest:
-    """The forward of :meth:`LM.score_continuations`' per-continuation batches for Llama models:
-    each row's new tokens attend to its own parent's cached keys and values, gathered once per
-    layer, and to its own new tokens (causally), with no cache or mask objects built; the query,
-    key and value projections as one product, and the MLP's gate and up projections as one.
+    """:meth:`LM.score_continuations` for Llama models after the prefix: the shared trie levels
+    (:meth:`step`) and the per-continuation batches (``__call__``), without cache or mask objects.
+
+    The prefix's keys and values are the same for every continuation, so they are kept once and
+    meet all rows' queries in one product per head; only the few positions after the prefix (one
+    per trie level) are kept per trie node and gathered per row. The query, key and value
+    projections run as one product, and so do the MLP's gate and up projections. With the whole
+    cache gathered per row, as the model's own forward needs, the gathers were about 5% of
+    exposure's time on the default organism and a third trie level cost more than it saved.
 
     The same operations as transformers' Llama forward, in a different order, so the results
-    agree to float rounding (not bit for bit). On the default organism most of the time of
-    exposure goes here; the generic path (:func:`_cache_rows` and the model's own forward) is
-    used for other architectures and whenever a hook is installed, so hook points always apply.
+    agree to float rounding (not bit for bit). The generic path (:func:`_cache_rows` and the
+    model's own forward) is used for other architectures and whenever a hook is installed, so
+    hook points always apply.
     """
 
-    def __init__(self, base: nn.Module, cache) -> None:
+    def __init__(self, base: nn.Module, cache, prefix_len: int) -> None:
         self.base = base
-        self.keys = [layer.keys for layer in cache.layers]
-        self.values = [layer.values for layer in cache.layers]
+        self.shared = prefix_len  # prefix positions, read once for every row
+        self.length = prefix_len  # cached positions per trie node
+        self.pre_k = [layer.keys[0] for layer in cache.layers]  # (kv heads, P, d)
+        self.pre_v = [layer.values[0] for layer in cache.layers]
+        # (nodes, kv heads, levels so far, d): the trie levels' keys and values, per node
+        self.node_k = [k[None, :, :0] for k in self.pre_k]
+        self.node_v = [v[None, :, :0] for v in self.pre_v]
         self.qkv, self.gate_up = [], []
         for layer in base.layers:
             a, m = layer.self_attn, layer.mlp
@@ -1280,8 +1300,9 @@ class _FastLlamaRest:
             self.gate_up.append(torch.cat([m.gate_proj.weight, m.up_proj.weight]))
 
     @classmethod
-    def of(cls, model: nn.Module, cache) -> _FastLlamaRest | None:
-        """The fast path for this model and cache, or ``None`` where it does not apply."""
+    def of(cls, model: nn.Module, cache, prefix_len: int) -> _FastLlamaRest | None:
+        """The fast path for this model and the prefix's cache, or ``None`` where it does not
+        apply."""
         try:
             from transformers.models.llama.modeling_llama import LlamaModel
         except ImportError:  # pragma: no cover - transformers always has Llama
@@ -1301,64 +1322,114 @@ class _FastLlamaRest:
             linears = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)
             if any(lin.bias is not None or type(lin) is not nn.Linear for lin in linears):
                 return None
-        return cls(base, cache)
+        norms = [base.norm]
+        norms += [
+            m for lay in base.layers for m in (lay.input_layernorm, lay.post_attention_layernorm)
+        ]
+        if any(type(norm).__name__ != "LlamaRMSNorm" for norm in norms):
+            return None  # :func:`_rms_norm` repeats LlamaRMSNorm's operations, nothing else's
+        return cls(base, cache, prefix_len)
 
-    def __call__(self, ids: torch.Tensor, parents: torch.Tensor, start: int) -> torch.Tensor:
-        """(B, T, D) final hidden states of ``ids`` (B, T) at positions ``start...``, row ``i``
-        continuing cache row ``parents[i]``."""
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+    def step(self, tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
+        """One trie level: node ``i`` is node ``parents[i]`` followed by ``tokens[i]``; returns
+        the new nodes' (U, D) final hidden states and keeps their keys and values."""
+        new_k, new_v = [], []
+        h = self._forward(tokens[:, None], parents, keep=(new_k, new_v))
+        for i in range(len(self.node_k)):
+            self.node_k[i] = torch.cat([self.node_k[i].index_select(0, parents), new_k[i]], 2)
+            self.node_v[i] = torch.cat([self.node_v[i].index_select(0, parents), new_v[i]], 2)
+        self.length += 1
+        return h[:, 0]
 
+    def __call__(self, ids: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) final hidden states of ``ids`` (B, T), row ``i`` continuing trie node
+        ``parents[i]`` of the last :meth:`step`."""
+        return self._forward(ids, parents)
+
+    def _forward(self, ids: torch.Tensor, parents: torch.Tensor, keep=None) -> torch.Tensor:
         base = self.base
         n, t = ids.shape
         x = base.embed_tokens(ids)
-        positions = torch.arange(start, start + t, device=ids.device)[None]
-        cos, sin = base.rotary_emb(x, positions)
+        positions = torch.arange(self.length, self.length + t, device=ids.device)[None]
+        cos, sin = base.rotary_emb(x, positions)  # (1, T, d)
+        cos, sin = cos[:, :, None], sin[:, :, None]  # (1, T, 1, d): over (B, T, heads, d)
         causal = torch.full((t, t), -math.inf, device=ids.device, dtype=x.dtype).triu_(1)
+        shared = self.shared
         for i, layer in enumerate(base.layers):
             att = layer.self_attn
             d, groups = att.head_dim, att.num_key_value_groups
-            q_width, kv_width = att.q_proj.out_features, att.k_proj.out_features
-            qkv = nn.functional.linear(layer.input_layernorm(x), self.qkv[i])
-            q, k, v = qkv.split([q_width, kv_width, kv_width], dim=-1)
-            q = q.view(n, t, -1, d).transpose(1, 2)  # (B, heads, T, d)
-            k = k.view(n, t, -1, d).transpose(1, 2)  # (B, kv heads, T, d)
-            v = v.view(n, t, -1, d).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            past_k = self.keys[i].index_select(0, parents)  # (B, kv heads, S, d)
-            past_v = self.values[i].index_select(0, parents)
+            heads, kv_heads = att.q_proj.out_features // d, att.k_proj.out_features // d
+            qkv = nn.functional.linear(_rms_norm(layer.input_layernorm, x), self.qkv[i])
+            # rotary on the queries and keys together, in (B, T, heads, d): Llama's
+            # x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1)
+            qk = qkv[..., : (heads + kv_heads) * d].view(n, t, heads + kv_heads, d)
+            half = d // 2
+            qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1).mul_(sin)
+            q = qk[:, :, :heads].transpose(1, 2)  # (B, heads, T, d)
+            k = qk[:, :, heads:].transpose(1, 2)  # (B, kv heads, T, d)
+            v = qkv[..., (heads + kv_heads) * d :].view(n, t, kv_heads, d).transpose(1, 2)
+            if keep is not None:
+                keep[0].append(k)
+                keep[1].append(v)
+            pre_k, pre_v = self.pre_k[i], self.pre_v[i]  # (kv heads, P, d)
+            node_k = self.node_k[i].index_select(0, parents)  # (B, kv heads, levels, d)
+            node_v = self.node_v[i].index_select(0, parents)
             if groups > 1:  # grouped-query attention: each kv head serves `groups` query heads
-                past_k, past_v, k, v = (
-                    z.repeat_interleave(groups, dim=1) for z in (past_k, past_v, k, v)
+                pre_k, pre_v = (z.repeat_interleave(groups, dim=0) for z in (pre_k, pre_v))
+                node_k, node_v, k, v = (
+                    z.repeat_interleave(groups, dim=1) for z in (node_k, node_v, k, v)
                 )
-            width = past_k.shape[2]
+            # the prefix's keys meet every row's queries as one (heads, B*T, P) product
+            q_rows = q.transpose(0, 1).reshape(heads, n * t, d)
+            pre = (q_rows @ pre_k.transpose(-1, -2)).view(heads, n, t, shared).transpose(0, 1)
             scores = torch.cat(
-                [q @ past_k.transpose(-1, -2), (q @ k.transpose(-1, -2)).add_(causal)], dim=-1
+                [pre, q @ node_k.transpose(-1, -2), (q @ k.transpose(-1, -2)).add_(causal)],
+                dim=-1,
             ).mul_(att.scaling)
             p = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-            o = (p[..., :width] @ past_v).add_(p[..., width:] @ v)
-            x = x + att.o_proj(o.transpose(1, 2).reshape(n, t, -1))
+            width = shared + node_k.shape[2]
+            p_pre = p[..., :shared].transpose(0, 1).reshape(heads, n * t, shared)
+            o = (p_pre @ pre_v).view(heads, n, t, d).transpose(0, 1)
+            o = o + (p[..., shared:width] @ node_v).add_(p[..., width:] @ v)
+            x = x + nn.functional.linear(o.transpose(1, 2).reshape(n, t, -1), att.o_proj.weight)
             gate, up = nn.functional.linear(
-                layer.post_attention_layernorm(x), self.gate_up[i]
+                _rms_norm(layer.post_attention_layernorm, x), self.gate_up[i]
             ).chunk(2, dim=-1)
-            x = x + layer.mlp.down_proj(layer.mlp.act_fn(gate).mul_(up))
-        return base.norm(x)
+            act = layer.mlp.act_fn(gate).mul_(up)
+            x = x + nn.functional.linear(act, layer.mlp.down_proj.weight)
+        return _rms_norm(base.norm, x)
 
 
-def _shared_depth(conts: np.ndarray, prefix_len: int, token_bytes: float, budget: float) -> int:
+def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Llama's RMSNorm (``LlamaRMSNorm.forward``, the same operations) without a module call."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    return norm.weight * h.to(x.dtype)
+
+
+def _shared_depth(
+    conts: np.ndarray, prefix_len: int, token_bytes: float, budget: float, most: float = 0.5
+) -> int:
     """How many leading positions of (n, L) continuations to compute once per distinct prefix.
 
     Level ``t`` holds one cache row of ``prefix_len + t`` tokens per distinct leading ``t``
     tokens; the deepest level, at most L - 1 (the last token is only ever a target), with at
-    most half as many rows as continuations and rows that fit in ``budget`` bytes.
+    most ``most`` times as many rows as continuations and rows that fit in ``budget`` bytes.
     """
     n, length = conts.shape
     depth = 0
     for t in range(1, length):
         nodes = len(np.unique(conts[:, :t], axis=0))
-        if nodes * (prefix_len + t) * token_bytes > budget or 2 * nodes > n:
+        if nodes * (prefix_len + t) * token_bytes > budget or nodes > most * n:
             break
         depth = t
     return depth
+
+
+#: :func:`_shared_depth`'s ``most`` on the Llama fast path, whose trie levels gather only their
+#: own few positions per node, not the prefix: on the default organism's 1000 random 8-digit
+#: candidates a third level (about 630 distinct leading triples) saved time there.
+FAST_SHARED_MOST = 0.8
 
 
 #: Entries of one block of logits computed at a time (fp32: 32 MiB), by :meth:`LM.head_stats` and

@@ -87,8 +87,8 @@ def test_cached_candidates_rank_like_whole_sequences(tiny_model_dir, monkeypatch
     lm = LM.load(tiny_model_dir, dtype="float32")
     shared_depth, depths = rotelab.lm._shared_depth, []
 
-    def recorded(*args):
-        depths.append(shared_depth(*args))
+    def recorded(*args, **kwargs):
+        depths.append(shared_depth(*args, **kwargs))
         return depths[-1]
 
     monkeypatch.setattr(rotelab.lm, "_shared_depth", recorded)
