@@ -4,6 +4,7 @@ minimal networks in a run directory with a report page."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rotelab.cli import app
-from rotelab.theory import lower_bound, upper_bound
+from rotelab.theory import UPPER_CONSTANT, lower_bound, upper_bound
 
 
 def test_bounds_writes_the_theorems_values(tmp_path):
@@ -24,9 +25,10 @@ def test_bounds_writes_the_theorems_values(tmp_path):
     assert [b["rho"] for b in summary["bounds"]] == [0.1, 0.9]
     for b in summary["bounds"]:
         assert b["lower"] == pytest.approx(lower_bound(80, 3, b["rho"]))
-        assert b["upper"] == pytest.approx(upper_bound(80, 3, b["rho"]))
+        assert b["upper"] == pytest.approx(upper_bound(80, 3, b["rho"], constant=UPPER_CONSTANT))
     curves = pd.read_parquet(out / "results" / "curves")
     assert curves["rho"].is_monotonic_increasing and (curves["lower"] > 0).all()
+    assert (curves["upper"] >= curves["lower"]).all()  # the drawn curves never cross
     page = (out / "report.html").read_text()
     assert 'data-plot="bounds_curves"' in page and "Theorem 3.1" not in page.split("<body>")[0]
     assert "search" not in summary
@@ -94,5 +96,18 @@ def test_search_summary_by_hand():
     # seed 1's unfound rho=0.9 counts as 1000 (> 999 tried): mean 650 over a base of 90
     assert s["ratio_rho_0_9_at_least"] == pytest.approx(650 / 90)
     assert s["spearman_censored"] > s["spearman"] - 1e-12
+    # per seed: seed 0 small ratio 50/100, 0.9 ratio 3; seed 1: 90/80, 0.9 unfound (1000/80)
+    per, over = s["per_seed"], s["over_seeds"]
+    assert per["0"]["small_rho_ratio"] == pytest.approx(0.5)
+    assert per["1"]["small_rho_ratio"] == pytest.approx(90 / 80)
+    assert per["0"]["ratio_rho_0_9"] == pytest.approx(3.0) and np.isnan(per["1"]["ratio_rho_0_9"])
+    assert per["1"]["ratio_rho_0_9_censored"] == pytest.approx(1000 / 80)
+    assert np.isnan(per["1"]["spearman"])  # two found rhos: too few for a correlation
+    assert per["1"]["spearman_censored"] == pytest.approx(1.0)  # 90 < 200 < unfound
+    mean = (0.5 + 90 / 80) / 2
+    half = 12.706 * abs(0.5 - 90 / 80) / math.sqrt(2) / math.sqrt(2)  # t(0.975, 1) * sd / sqrt 2
+    assert over["small_rho_ratio"]["mean"] == pytest.approx(mean)
+    assert over["small_rho_ratio"]["ci"] == pytest.approx([mean - half, mean + half], rel=1e-4)
+    assert over["ratio_rho_0_9"]["seeds"] == 1 and "ci" not in over["ratio_rho_0_9"]
     table.loc[table["certified"], "proved_by_milp"] = 3  # one ball without a proof
     assert not search_summary(table, 0.1, "t", 999, n=4)["every_reported_network_certified"]

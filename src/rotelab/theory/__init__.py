@@ -4,6 +4,7 @@ search for the smallest robust-memorizing ReLU networks."""
 
 from rotelab.theory.data import SeparatedData, digits, epsilon, load_points, synthetic
 from rotelab.theory.robust import (
+    UPPER_CONSTANT,
     Regime,
     check_problem,
     check_rho,
@@ -33,6 +34,7 @@ from rotelab.theory.verify import (
 )
 
 __all__ = [
+    "UPPER_CONSTANT",
     "Architecture",
     "MilpResult",
     "Norm",
