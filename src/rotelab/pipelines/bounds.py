@@ -30,6 +30,7 @@ from rotelab.errors import RotelabError
 from rotelab.options import RunOptions
 from rotelab.runs import Run
 from rotelab.theory import (
+    UPPER_CONSTANT,
     SearchConfig,
     architectures,
     check_problem,
@@ -89,14 +90,16 @@ def parse_ints(text: str | Sequence[int], flag: str) -> list[int]:
 
 
 def bound_curves(n: int, d: int, classes: int = 2, rhos: Sequence[float] | None = None):
-    """Lower and upper bound (constant 1) and regime at each ``rho`` (default: a log grid)."""
+    """Lower bound (constant 1), upper bound (constant :data:`UPPER_CONSTANT`, so that it is
+    never below the lower one) and regime at each ``rho`` (default: a log grid)."""
     grid = np.geomspace(1e-4, 0.999, CURVE_POINTS) if rhos is None else np.asarray(rhos, float)
     rows = []
     for rho in grid:
         reg = upper_regime(n, d, float(rho))
         rows.append({
             "rho": float(rho), "lower": lower_bound(n, d, float(rho), classes=classes),
-            "upper": upper_bound(n, d, float(rho), classes=classes), "regime": reg.name,
+            "upper": upper_bound(n, d, float(rho), classes=classes, constant=UPPER_CONSTANT),
+            "regime": reg.name,
             "upper_theorem": reg.theorem,
         })  # fmt: skip
     return pd.DataFrame(rows)
@@ -184,7 +187,8 @@ def bounds(
         "n": n, "d": d, "classes": classes, "norm": "l2",
         "bounds": at_grid.to_dict("records"),
         "non_robust_order": non_robust_order(n, d),
-        "constants": "unknown (the paper gives orders): curves use constant 1",
+        "constants": "unknown (the paper gives orders): lower bound with constant 1, upper "
+        f"with {UPPER_CONSTANT:g} (the smallest round constant keeping it above the lower)",
     }  # fmt: skip
     table = None
     # 3. the run directory; the search is written one part per (seed, rho) as it proceeds, so
@@ -228,6 +232,47 @@ def _stats(values: Sequence[float]) -> tuple[float, float, float, int]:
     if not ok.size:
         return math.nan, math.nan, math.nan, 0
     return float(ok.mean()), float(ok.min()), float(ok.max()), int(ok.size)
+
+
+def _mean_ci(values: Sequence[float]) -> dict[str, Any]:
+    """Mean and 95% t interval over seeds of one per-seed statistic (NaN ones left out)."""
+    from scipy.stats import t
+
+    ok = np.array([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    out: dict[str, Any] = {"mean": float(ok.mean()) if ok.size else math.nan, "seeds": int(ok.size)}
+    if ok.size >= 2:
+        half = float(t.ppf(0.975, ok.size - 1) * ok.std(ddof=1) / math.sqrt(ok.size))
+        out["ci"] = [out["mean"] - half, out["mean"] + half]
+    return out
+
+
+def per_seed_checks(
+    raw: dict[int, dict[float, float]], largest: int
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
+    """The issue's three checks for each seed alone, and their mean with a t interval over
+    seeds: ``small_rho_ratio`` (the largest count at ``0 < rho <= 0.2`` over that seed's
+    ``rho = 0`` count), ``spearman`` (over that seed's grid), ``ratio_rho_0_9``; the
+    ``_censored`` variants count an unfound network as ``largest + 1`` (so the ratio at
+    0.9 is an "at least", and Spearman ranks it above every size tried)."""
+    above = float(largest) + 1.0
+    per: dict[str, dict[str, float]] = {}
+    for seed, counts in raw.items():
+        base = counts.get(0.0, math.nan)
+        grid = sorted(r for r in counts if r > 0)
+        cens = {r: (above if math.isnan(counts[r]) else counts[r]) for r in grid}
+        small = [counts[r] / base for r in grid if r <= 0.2]
+        high = [r for r in grid if abs(r - 0.9) < 1e-9]
+        per[str(seed)] = {
+            "non_robust": base,
+            "small_rho_ratio": float(max(small)) if small and not np.isnan(small).any()
+            else math.nan,
+            "spearman": _spearman(grid, [counts[r] for r in grid]),
+            "spearman_censored": _spearman(grid, [cens[r] for r in grid]),
+            "ratio_rho_0_9": counts[high[0]] / base if high else math.nan,
+            "ratio_rho_0_9_censored": cens[high[0]] / base if high else math.nan,
+        }  # fmt: skip
+    keys = next(iter(per.values())).keys() if per else []
+    return per, {k: _mean_ci([p[k] for p in per.values()]) for k in keys}
 
 
 def search_summary(
@@ -312,6 +357,8 @@ def search_summary(
                                                          for r in grid])
             for s in seeds
         },
+        # each seed alone, and the mean over seeds with a 95% t interval (the issue's CIs)
+        **dict(zip(("per_seed", "over_seeds"), per_seed_checks(raw, largest), strict=True)),
         "networks_trained": int(len(table)),
         "seconds": float(table["train_seconds"].sum() + table["verify_seconds"].sum()),
     }  # fmt: skip
@@ -325,8 +372,10 @@ def scaled_bounds(summary: dict[str, Any], n: int, d: int, classes: int) -> dict
     if not pts:
         return {"lower": math.nan, "upper": math.nan}
     out = {}
-    for key, fn in (("lower", lower_bound), ("upper", upper_bound)):
-        logs = [math.log(p) - math.log(fn(n, d, rho, classes=classes)) for rho, p in pts]
+    for key, c in (("lower", 1.0), ("upper", UPPER_CONSTANT)):  # relative to the drawn curves
+        fn = lower_bound if key == "lower" else upper_bound
+        logs = [math.log(p) - math.log(fn(n, d, rho, classes=classes, constant=c))
+                for rho, p in pts]  # fmt: skip
         out[key] = math.exp(sum(logs) / len(logs))
     return out
 
@@ -335,7 +384,7 @@ def format_table(summary: dict[str, Any]) -> str:
     """The bounds at the grid and, after a search, the minimal certified parameters."""
     lines = [
         f"robust memorization, N={summary['n']} d={summary['d']} (L2 balls; constants unknown: "
-        "orders with constant 1)",
+        f"lower with 1, upper with {UPPER_CONSTANT:g} so it stays above)",
         f"{'rho':>6}  {'lower (Thm 3.1)':>16}  {'upper':>12}  {'regime':>9}  theorem",
     ]
     for b in summary["bounds"]:
@@ -358,4 +407,17 @@ def format_table(summary: dict[str, Any]) -> str:
             f"envelope: {summary['envelope_ratio_small_rho_max']}, "
             f"{summary['envelope_ratio_rho_0_9']}",
         ]
+        lines += format_over_seeds(summary.get("over_seeds", {}))
     return "\n".join(lines)
+
+
+def format_over_seeds(over: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per check: mean over seeds, the 95% t interval, how many seeds define it."""
+    out = []
+    for key, v in over.items():
+        if key == "non_robust":
+            continue
+        ci = v.get("ci")
+        ci_text = f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""
+        out.append(f"  {key}: {v['mean']:.3g}{ci_text} over {v['seeds']} seeds")
+    return ["per-seed checks, mean and 95% t interval:", *out] if out else []
