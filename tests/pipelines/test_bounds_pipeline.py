@@ -111,3 +111,21 @@ def test_search_summary_by_hand():
     assert over["ratio_rho_0_9"]["seeds"] == 1 and "ci" not in over["ratio_rho_0_9"]
     table.loc[table["certified"], "proved_by_milp"] = 3  # one ball without a proof
     assert not search_summary(table, 0.1, "t", 999, n=4)["every_reported_network_certified"]
+
+
+def test_search_on_a_digit_pair(tmp_path):
+    """--data digits --digits 3,8: all 64 pixels, exact epsilon of the drawn subset."""
+    from rotelab.theory import digits
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, [
+        "bounds", "--search", "--data", "digits", "--digits", "3,8", "--n", "12", "--rho", "0.5",
+        "--widths", "4", "--depths", "1", "--epochs", "5", "-o", str(out), "-q",
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    expected = digits(12, labels=(3, 8), seed=0)
+    assert (summary["n"], summary["d"], summary["classes"]) == (12, 64, 2)
+    assert summary["data"] == expected.name and summary["epsilon"] == expected.epsilon
+    config = json.loads((out / "config.json").read_text())["arguments"]
+    assert config["digits"] == [3, 8]

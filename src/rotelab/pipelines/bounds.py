@@ -33,6 +33,7 @@ from rotelab.theory import (
     UPPER_CONSTANT,
     SearchConfig,
     architectures,
+    check_digit_labels,
     check_problem,
     check_rho,
     digits,
@@ -119,6 +120,7 @@ def bounds(
     seeds: int = 1,
     epochs: int = 2000,
     data_seed: int = 0,
+    digit_labels: str | Sequence[int] | None = None,
     run: RunOptions = RunOptions(),
     progress=None,
 ) -> BoundsRun:
@@ -134,6 +136,8 @@ def bounds(
         widths, depths: the architectures tried, smallest parameter count first.
         seeds: training seeds ``run.seed .. run.seed + seeds - 1``.
         data_seed: the seed of the dataset (synthetic draw, digits subset), fixed across seeds.
+        digit_labels: digits only: the digits to keep (e.g. ``"3,8"``, a class pair), instead of
+            ``0 .. classes-1``; ``classes`` becomes their number.
         epochs: adversarial-training epochs per network.
         run: the run directory (``curves`` and ``search`` tables, summary, report with the
             plot); ``run.resume`` continues an interrupted search.
@@ -152,13 +156,16 @@ def bounds(
         check_problem(n, d if d is not None else 1, rho_list[0], classes)
     if d is not None:
         check_problem(n if n is not None else 1, d, rho_list[0], classes)
-    ds = None
+    ds, wanted = None, None
     if data not in DATA_KINDS:  # a file of points: N, d and the labels are the file's
         ds = load_points(data)
         if (n is not None and n != ds.n) or (d is not None and d != ds.d):
             raise RotelabError(f"{data} holds N={ds.n}, d={ds.d}; drop --n/--d for a file")
         n, d, classes = ds.n, ds.d, ds.classes
     elif data == "digits":
+        if digit_labels is not None:
+            wanted = check_digit_labels(digit_labels)
+            classes = len(wanted)
         if d is not None and d != 64:
             raise RotelabError(f"digits are 8x8 images (d = 64); drop --d or pass 64, got {d}")
         if classes > 10:
@@ -170,12 +177,14 @@ def bounds(
     if search and ds is None:
         ds = (
             synthetic(n, d, classes=classes, separation=separation, seed=data_seed)
-            if data == "synthetic" else digits(n, classes=classes, seed=data_seed)
+            if data == "synthetic"
+            else digits(n, classes=classes, labels=wanted, seed=data_seed)
         )  # fmt: skip
     config = {
         "n": n, "d": d, "rhos": rho_list, "classes": classes, "search": search, "data": data,
         "separation": separation, "widths": width_list, "depths": depth_list, "seeds": seeds,
         "epochs": epochs, "seed": run.seed, "data_seed": data_seed,
+        **({"digits": wanted} if wanted is not None else {}),
     }  # fmt: skip
     inputs = (data,) if data not in DATA_KINDS else ()
     Run.check(run.out, resume=run.resume, force=run.force, inputs=inputs)
