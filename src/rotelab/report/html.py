@@ -650,6 +650,18 @@ def bounds_section(run: Path, summary: BoundsSummary, prefix: str = "") -> Secti
                        ("envelope_ratio_rho_0_9", "envelope: ρ=0.9 / non-robust")):  # fmt: skip
         if s.extra.get(key) is not None:
             sec.headlines.append(Headline(label, f"{prefix}{key}", s.extra[key]))
+    over = s.extra.get("over_seeds") or {}
+    for key, label in (("small_rho_ratio", "ρ≤0.2 / non-robust, mean over seeds"),
+                       ("spearman_censored", "Spearman per seed (unfound ranked last), mean"),
+                       ("ratio_rho_0_9_censored", "ρ=0.9 / non-robust (≥), mean")):  # fmt: skip
+        v = over.get(key) or {}
+        if v.get("seeds"):
+            ci = v.get("ci")
+            ci_text = f"95% t CI [{ci[0]:.3g}, {ci[1]:.3g}], " if ci else ""
+            sec.headlines.append(
+                Headline(f"{label} ({ci_text}{v['seeds']} seeds)",
+                         f"{prefix}over_seeds.{key}.mean", v["mean"])
+            )  # fmt: skip
     curves = read_table(run, "curves")
     search = pd.DataFrame(s.search) if s.search else None
     sec.figure(
