@@ -129,3 +129,23 @@ def test_search_on_a_digit_pair(tmp_path):
     assert summary["data"] == expected.name and summary["epsilon"] == expected.epsilon
     config = json.loads((out / "config.json").read_text())["arguments"]
     assert config["digits"] == [3, 8]
+
+
+def test_search_resumes_after_the_last_architecture_finished(tmp_path):
+    """Parts are written per architecture tried; removing the last ones (an interrupted slot)
+    and resuming trains only those again and gives the same rows (each net from its seed)."""
+    out = tmp_path / "run"
+    args = ("bounds --search --n 8 --d 2 --rho 0.5 --separation 0.1 --widths 2,3,16 --depths 1 "
+            f"--epochs 150 -q -o {out}").split()  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    parts = sorted((out / "results" / "search").glob("part-*-a*.parquet"))
+    first = pd.read_parquet(out / "results" / "search")
+    assert len(parts) == len(first) >= 2  # one part per architecture tried
+    for p in parts[-2:]:
+        p.unlink()
+    res = CliRunner().invoke(app, [*args, "--resume"])
+    assert res.exit_code == 0, res.output
+    again = pd.read_parquet(out / "results" / "search")
+    keep = ["rho", "seed", "params", "certified", "certified_fraction", "failure"]
+    pd.testing.assert_frame_equal(first[keep], again[keep])

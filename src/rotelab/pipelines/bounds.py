@@ -211,12 +211,7 @@ def bounds(
             cfg = SearchConfig(epochs=epochs)
             for seed in range(run.seed, run.seed + seeds):
                 for k, rho in enumerate([0.0, *rho_list]):
-                    key = f"s{seed:010d}-r{k:03d}"
-                    if not out.has_part("search", key):
-                        found = minimal_network(
-                            ds, rho, archs, seed=seed, config=cfg, progress=progress
-                        )
-                        out.write_part("search", key, found)
+                    _search_one(out, f"s{seed:010d}-r{k:03d}", ds, rho, archs, seed, cfg, progress)
             table = out.read_table("search")
             summary.update(search_summary(table, ds.epsilon, ds.name, archs[-1].params, ds.n))
             summary["bounds_scaled"] = scaled_bounds(summary, n, d, classes)
@@ -225,6 +220,26 @@ def bounds(
 
     write_report(out.path)
     return BoundsRun(summary, curves, table, out.path)
+
+
+def _search_one(out: Run, key: str, ds, rho: float, archs, seed: int, cfg, progress) -> None:
+    """One (seed, rho) search, saved one part per architecture tried (``KEY-aNNN``), so a
+    resumed run continues after the last architecture finished (a whole-search part ``KEY``,
+    as older runs wrote, counts as done)."""
+    if out.has_part("search", key):
+        return
+    done = sorted((out.path / "results" / "search").glob(f"part-{key}-a*.parquet"))
+    tried = [pd.read_parquet(p) for p in done]
+    if any(bool(t["certified"].any()) for t in tried) or len(tried) >= len(archs):
+        return
+    start = len(tried)
+
+    def save(row: dict) -> None:
+        nonlocal start
+        out.write_part("search", f"{key}-a{start:03d}", pd.DataFrame([row]))
+        start += 1
+
+    minimal_network(ds, rho, archs[start:], seed=seed, config=cfg, progress=progress, on_row=save)
 
 
 def _spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
