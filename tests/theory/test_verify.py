@@ -66,10 +66,12 @@ def test_milp_certifies_the_ball_that_ibp_and_the_box_cannot():
     box = milp_certify(net, x0, 0, 1.0, "linf")
     assert box.status == "counterexample"
     assert np.abs(box.point).max() <= 1.0 + 1e-9  # inside the box, and a forward pass agrees
-    ball = milp_certify(net, x0, 0, 1.0, "l2")
-    assert ball.status == "certified"
+    ball = milp_certify(net, x0, 0, 1.0, "l2")  # decide: a feasibility search finds no point
+    assert ball.status == "certified" and 0 < ball.margin_lower <= 2 * (1.6 - math.sqrt(2))
+    exact = milp_certify(net, x0, 0, 1.0, "l2", skip_proven=False)  # optimize: the minimum
+    assert exact.status == "certified"
     # the lifted ball polytope is within 1e-5 of the ball: the proven margin is nearly exact
-    assert 2 * (1.6 - math.sqrt(2)) - 1e-4 < ball.margin_lower <= 2 * (1.6 - math.sqrt(2)) + 1e-9
+    assert 2 * (1.6 - math.sqrt(2)) - 1e-4 < exact.margin_lower <= 2 * (1.6 - math.sqrt(2)) + 1e-9
 
 
 @pytest.mark.parametrize("d", [2, 3, 7, 16])

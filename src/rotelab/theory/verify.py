@@ -438,12 +438,15 @@ def _solve_margin(
     cuts: list[np.ndarray],
     time_limit: float,
     relax: bool = False,
+    target: float | None = None,
 ):
     """min z_y - z_j over the polytope (box, L2: the lifted ball polytope and cuts) with big-M
     ReLUs (``relax``: its LP relaxation, a cheaper and looser lower bound); returns (dual,
-    primal, x)."""
+    primal, x). With ``target``: a feasibility problem instead, a point of margin <= ``target``
+    (the solver stops at the first one; dual ``-inf``) or none (dual ``+inf``: the margin
+    exceeds ``target`` on the whole polytope)."""
     from scipy.optimize import Bounds, LinearConstraint, milp
-    from scipy.sparse import lil_matrix
+    from scipy.sparse import coo_matrix
 
     d = x0.size
     # variable layout: x (d) | per hidden layer: z (w), a (w), s (w, binary) | ball (L2)
@@ -492,21 +495,30 @@ def _solve_margin(
     w_last, b_last = layers[-1]
     cost = np.zeros(n_var)
     cost[prev] = w_last[y] - w_last[j]
-    a_mat = lil_matrix((len(rows), n_var))
-    lo_c, hi_c = np.empty(len(rows)), np.empty(len(rows))
-    for r_i, (coef, l_r, h_r) in enumerate(rows):
-        for col, v in coef.items():
-            a_mat[r_i, col] = v
-        lo_c[r_i], hi_c[r_i] = l_r, h_r
+    const = float(b_last[y] - b_last[j])
+    if target is not None:  # margin = cost . v + const <= target
+        rows.append(({int(i): float(cost[i]) for i in prev}, -np.inf, target - const))
+    # triplets, summed into CSR in one call (element-wise sparse assignment is the slow part)
+    r_idx = [r_i for r_i, (coef, _, _) in enumerate(rows) for _ in coef]
+    c_idx = [col for coef, _, _ in rows for col in coef]
+    vals = [v for coef, _, _ in rows for v in coef.values()]
+    a_mat = coo_matrix((vals, (r_idx, c_idx)), shape=(len(rows), n_var))
+    lo_c = np.array([row[1] for row in rows], dtype=np.float64)
+    hi_c = np.array([row[2] for row in rows], dtype=np.float64)
     res = milp(
-        cost,
+        np.zeros(n_var) if target is not None else cost,
         constraints=[LinearConstraint(a_mat.tocsr(), lo_c, hi_c)] if rows else None,
         integrality=np.zeros(n_var) if relax else integ,
         bounds=Bounds(lb, ub),
         options={"time_limit": time_limit, "mip_rel_gap": 1e-9, "disp": False},
     )
-    const = float(b_last[y] - b_last[j])
     dual = getattr(res, "mip_dual_bound", None)
+    if target is not None:
+        if res.status == 2:  # infeasible: no point of the polytope has margin <= target
+            return np.inf, np.inf, None
+        if res.x is None:
+            return -np.inf, np.nan, None
+        return -np.inf, float(cost @ res.x) + const, np.asarray(res.x[:d])
     if res.x is None:
         if res.status == 2:  # infeasible: the bounds already exclude every point (cannot happen
             return np.inf, np.inf, None  # for a non-empty ball; kept sound anyway)
@@ -569,13 +581,18 @@ def milp_certify(
             if dual > tol:
                 proven[j] = max(proven[j], dual)
                 continue
+        # deciding needs no optimum: search for a point of margin <= tol (the solver stops at
+        # the first); none proves the class. The exact mode optimizes (the minimum margin)
+        search = skip_proven
         while True:
             dual, primal, point = _solve_margin(
-                layers, bounds, x, radius, norm, y, j, cuts, time_limit
-            )
+                layers, bounds, x, radius, norm, y, j, cuts, time_limit,
+                target=tol if search else None,
+            )  # fmt: skip
             result.solves += 1
             if dual > tol:
-                proven[j] = dual if not skip_proven else max(proven[j], dual)
+                # the feasibility search proves margin > tol, no more (its dual is +inf)
+                proven[j] = max(proven[j], tol if search else dual) if skip_proven else dual
                 break
             if point is None or not np.isfinite(primal):
                 result.status, result.margin_lower = "unknown", -np.inf
@@ -594,6 +611,9 @@ def milp_certify(
                     result.status, result.point, result.worst_class = "counterexample", point, j
                     result.margin_lower = float(logits[y] - logits[j])
                     return result
+                if search:  # a borderline point (solver tolerance): optimize instead
+                    search = False
+                    continue
                 # inside the ball but the forward pass disagrees with the solver (tolerance):
                 # neither a proof nor a counterexample
                 result.status, result.margin_lower = "unknown", dual
