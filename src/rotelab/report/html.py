@@ -637,10 +637,12 @@ def bounds_section(run: Path, summary: BoundsSummary, prefix: str = "") -> Secti
         "The cost of robustness: parameters against ρ",
         "Kim, Moon and Yun 2025 bound the parameters a ReLU network needs to memorize N "
         "ε-separated points in R^d while keeping its label on every L2 ball of radius ρε. "
-        "The paper gives orders only: the curves are drawn with constant 1, or scaled by one "
-        "fitted constant each where a search ran. Points are the smallest networks found by "
-        "adversarial training whose robustness a sound verifier (IBP, CROWN or exact MILP) "
-        "certified on every training ball.",
+        "The paper gives orders only: the lower bound is drawn with constant 1 and the upper "
+        "with 16 (the smallest round constant keeping it above the lower one everywhere), or "
+        "each scaled by one fitted constant where a search ran. The middle and top upper-bound "
+        "regimes are as transcribed, unverified against the paper's text. Points are the "
+        "smallest networks found by adversarial training whose robustness a sound verifier "
+        "(IBP, CROWN or exact MILP) certified on every training ball.",
     )
     s = summary
     sec.headlines = [Headline("N", f"{prefix}n", s.n), Headline("d", f"{prefix}d", s.d)]
