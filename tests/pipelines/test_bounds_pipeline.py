@@ -149,3 +149,37 @@ def test_search_resumes_after_the_last_architecture_finished(tmp_path):
     again = pd.read_parquet(out / "results" / "search")
     keep = ["rho", "seed", "params", "certified", "certified_fraction", "failure"]
     pd.testing.assert_frame_equal(first[keep], again[keep])
+
+
+def test_pooling_separate_seed_runs_equals_one_multi_seed_run(tmp_path):
+    from rotelab.errors import RotelabError
+    from rotelab.options import RunOptions
+    from rotelab.pipelines.bounds import pool
+
+    base = ("bounds --search --n 8 --d 2 --rho 0.5 --separation 0.1 --widths 2,16 --depths 1 "
+            "--epochs 150 -q").split()  # fmt: skip
+
+    def run(name, *extra):
+        res = CliRunner().invoke(app, [*base, *extra, "-o", str(tmp_path / name)])
+        assert res.exit_code == 0, res.output
+        return tmp_path / name
+
+    a, b = run("a", "--seed", "0"), run("b", "--seed", "1")
+    both = run("both", "--seed", "0", "--seeds", "2")
+    pooled = pool([a, b], run=RunOptions(out=tmp_path / "pooled"))
+    one = json.loads((both / "summary.json").read_text())
+    keep = ["rho", "seed", "params", "certified", "failure"]
+    pd.testing.assert_frame_equal(
+        pooled.search[keep].reset_index(drop=True),
+        pd.read_parquet(both / "results" / "search")[keep].reset_index(drop=True),
+    )
+    written = json.loads((tmp_path / "pooled" / "summary.json").read_text())
+    assert [r["params_by_seed"] for r in written["search"]] == [
+        r["params_by_seed"] for r in one["search"]
+    ]
+    assert written["over_seeds"] == one["over_seeds"] and written["per_seed"] == one["per_seed"]
+    assert written["networks_searched_twice"] == 0
+    assert (tmp_path / "pooled" / "report.html").is_file()
+    other = run("other", "--seed", "0", "--widths", "2,8")
+    with pytest.raises(RotelabError, match="widths"):
+        pool([a, other], run=RunOptions(out=tmp_path / "bad"))

@@ -28,7 +28,7 @@ import pandas as pd
 
 from rotelab.errors import RotelabError
 from rotelab.options import RunOptions
-from rotelab.runs import Run
+from rotelab.runs import Run, read_json, read_table
 from rotelab.theory import (
     UPPER_CONSTANT,
     SearchConfig,
@@ -46,7 +46,15 @@ from rotelab.theory import (
     upper_regime,
 )
 
-__all__ = ["BoundsRun", "bounds", "bound_curves", "format_table", "parse_floats", "parse_ints"]
+__all__ = [
+    "BoundsRun",
+    "bound_curves",
+    "bounds",
+    "format_table",
+    "parse_floats",
+    "parse_ints",
+    "pool",
+]
 
 DATA_KINDS = ("synthetic", "digits")
 #: the search table's columns counting the balls each verifier proved
@@ -215,6 +223,73 @@ def bounds(
             table = out.read_table("search")
             summary.update(search_summary(table, ds.epsilon, ds.name, archs[-1].params, ds.n))
             summary["bounds_scaled"] = scaled_bounds(summary, n, d, classes)
+        out.write_summary(summary)
+    from rotelab.report import write_report
+
+    write_report(out.path)
+    return BoundsRun(summary, curves, table, out.path)
+
+
+#: arguments that must agree for runs to be pooled (the dataset and the architectures tried)
+POOL_SHARED = ("data", "n", "d", "classes", "separation", "data_seed", "widths", "depths",
+               "epochs")  # fmt: skip
+
+
+def pool(runs: Sequence[str | Path], *, run: RunOptions = RunOptions()) -> BoundsRun:
+    """Pool the search tables of several ``bounds --search`` runs into one run directory,
+    summarised (and reported) exactly as one multi-seed run would be.
+
+    Seeds, or parts of a seed's rho grid, run as separate runs (each fits in a slot of a shared
+    machine) come together here. The runs must agree on :data:`POOL_SHARED`; a network searched
+    in two runs (``rho = 0``, which every run includes) must come out the same in both
+    (training is deterministic given the seed) and is counted once.
+    """
+    run.check()
+    dirs = [Path(r) for r in runs]
+    configs = []
+    for r in dirs:
+        cfg = (read_json(r / "config.json") or {}) if (r / "config.json").is_file() else {}
+        if cfg.get("command") != "bounds" or not cfg.get("arguments", {}).get("search"):
+            raise RotelabError(f"{r} is not a finished `rotelab bounds --search` run")
+        configs.append(cfg["arguments"])
+    for key in POOL_SHARED:
+        if len({repr(c.get(key)) for c in configs}) > 1:
+            raise RotelabError(f"the runs differ in {key}; only runs of one search can be pooled")
+    table = pd.concat([read_table(r, "search") for r in dirs], ignore_index=True)
+    key = ["seed", "rho", "depth", "width"]
+    same = ["params", "certified", "certified_fraction", "failure"]
+    dup = table[table.duplicated(key, keep=False)]
+    if len(dup) and bool((dup.groupby(key)[same].nunique() > 1).to_numpy().any()):
+        raise RotelabError("two runs disagree on a (seed, rho, network): not the same search")
+    repeated = int(table.duplicated(key).sum())
+    table = table.drop_duplicates(key, ignore_index=True).sort_values(key[:2], kind="stable")
+    c = configs[0]
+    ds = (
+        synthetic(c["n"], c["d"], classes=c["classes"], separation=c["separation"],
+                  seed=c["data_seed"])
+        if c["data"] == "synthetic"
+        else digits(c["n"], classes=c["classes"], labels=c.get("digits"), seed=c["data_seed"])
+        if c["data"] == "digits" else load_points(c["data"])
+    )  # fmt: skip
+    archs = architectures(ds.d, ds.classes, c["widths"], c["depths"])
+    rhos = sorted({float(r) for r in table["rho"] if r > 0})
+    config = {**{k: c[k] for k in POOL_SHARED}, "pooled": [str(r) for r in dirs],
+              "rhos": rhos, "seeds": sorted({int(v) for v in table["seed"]})}  # fmt: skip
+    Run.check(run.out, resume=run.resume, force=run.force)
+    curves = bound_curves(ds.n, ds.d, ds.classes)
+    summary: dict[str, Any] = {
+        "n": ds.n, "d": ds.d, "classes": ds.classes, "norm": "l2",
+        "bounds": bound_curves(ds.n, ds.d, ds.classes, rhos).to_dict("records"),
+        "non_robust_order": non_robust_order(ds.n, ds.d),
+        "constants": f"unknown (the paper gives orders): lower bound with constant 1, upper "
+        f"with {UPPER_CONSTANT:g}",
+        "pooled_runs": [str(r) for r in dirs], "networks_searched_twice": repeated,
+    }  # fmt: skip
+    summary.update(search_summary(table, ds.epsilon, ds.name, archs[-1].params, ds.n))
+    summary["bounds_scaled"] = scaled_bounds(summary, ds.n, ds.d, ds.classes)
+    with Run.create(run.out, "bounds", config, resume=run.resume, force=run.force) as out:
+        out.write_table("curves", curves)
+        out.write_table("search", table)
         out.write_summary(summary)
     from rotelab.report import write_report
 
