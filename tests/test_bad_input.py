@@ -383,6 +383,8 @@ CASES = [
     case("bounds --data {missing} -o {out}", "does not exist"),
     case("bounds --search --widths 0,4 -o {out}", "--widths"),
     case("bounds --data digits --d 3 -o {out}", "d = 64"),
+    case("bounds --data digits --digits 3,3 -o {out}", "distinct 0..9"),
+    case("bounds --data digits --digits 3,12 -o {out}", "distinct 0..9"),
     # --------------------------------------------------------------- report, machine, the CLI
     case("report {missing}", "does not exist"),
     case("report {file}", "not a directory"),

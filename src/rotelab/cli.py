@@ -1262,6 +1262,10 @@ def bounds_cmd(
     seeds: Annotated[int, typer.Option(help="Training seeds per rho.")] = 1,
     epochs: Annotated[int, typer.Option(help="Adversarial-training epochs per network.")] = 2000,
     data_seed: Annotated[int, typer.Option(help="Seed of the dataset (fixed across --seeds).")] = 0,
+    digit_set: Annotated[
+        str | None,
+        typer.Option("--digits", help="--data digits: the digits kept, e.g. 3,8 (a class pair)."),
+    ] = None,
     *,
     run: RunOptions,
     show: Show,
@@ -1272,8 +1276,8 @@ def bounds_cmd(
     say = None if show.quiet or show.as_json else (lambda m: console.print(m, highlight=False))
     result = bounds(
         n, d, rho, classes=classes, search=search, data=data, separation=separation,
-        widths=widths, depths=depths, seeds=seeds, epochs=epochs, data_seed=data_seed, run=run,
-        progress=say,
+        widths=widths, depths=depths, seeds=seeds, epochs=epochs, data_seed=data_seed,
+        digit_labels=digit_set, run=run, progress=say,
     )  # fmt: skip
     if not show.as_json and not show.quiet:
         out.print(format_table(result.summary), highlight=False, soft_wrap=True)

@@ -7,7 +7,13 @@ import math
 import pytest
 
 from rotelab.errors import RotelabError
-from rotelab.theory import lower_bound, non_robust_order, upper_bound, upper_regime
+from rotelab.theory import (
+    UPPER_CONSTANT,
+    lower_bound,
+    non_robust_order,
+    upper_bound,
+    upper_regime,
+)
 
 
 def test_lower_bound_matches_theorem_3_1_by_hand():
@@ -45,6 +51,50 @@ def test_upper_bound_increases_within_each_regime():
         grid = [lo + (hi - lo) * k / 20 for k in range(21)]
         vals = [upper_bound(n, d, r) for r in grid]
         assert vals == sorted(vals)
+
+
+def _grid():
+    """N up to 10^6, d up to 10^4, rho log-spaced plus both regime boundaries and just above."""
+    for n in (1, 2, 7, 50, 584, 3_000, 10**5, 10**6):
+        for d in (1, 2, 3, 16, 64, 1_000, 10**4):
+            edges = (1 / (5 * n * math.sqrt(d)), 1 / (5 * math.sqrt(d)))
+            rhos = [10 ** (-8 + 8 * k / 60) * 0.9999 for k in range(61)]
+            rhos += [e * f for e in edges for f in (1.0, 1 + 1e-9, 1.01)]
+            for rho in rhos:
+                if 0 < rho < 1:
+                    yield n, d, rho
+
+
+def test_upper_bound_never_below_lower_bound_with_the_documented_constants():
+    """As orders the upper bound must dominate the lower one: their ratio (both constant 1)
+    stays under a fixed constant, here 16 (UPPER_CONSTANT), on a wide grid. A wrong exponent
+    fails this as N or d grows (e.g. rho instead of rho^(1/2) in the moderate regime gives
+    lower / upper ~ sqrt(N) at its lower boundary)."""
+    worst = 0.0
+    for n, d, rho in _grid():
+        low = lower_bound(n, d, rho)
+        assert upper_bound(n, d, rho, constant=UPPER_CONSTANT) >= low
+        worst = max(worst, low / upper_bound(n, d, rho))
+    # the documented supremum (13.03, at d = 1, N = 584 just above rho = 1/(5 sqrt d)) is hit
+    assert 12.5 < worst <= 13.1
+
+
+def test_adjacent_regimes_meet_in_order_at_their_boundaries():
+    """sqrt(N) where moderate starts, N where it hands over to large: the ratios of the two
+    sides are constants independent of N and d (the same order), not growing with them."""
+    ratios_low, ratios_high = set(), set()
+    for n in (10, 1_000, 10**6):
+        for d in (1, 16, 10**4):
+            b0, b1 = 1 / (5 * n * math.sqrt(d)), 1 / (5 * math.sqrt(d))
+            small = upper_bound(n, d, b0) - d
+            moderate_start = upper_bound(n, d, b0 * (1 + 1e-12)) - d
+            moderate_end = upper_bound(n, d, b1) - d
+            large_start = upper_bound(n, d, b1 * (1 + 1e-12)) - d
+            ratios_low.add(round(moderate_start / small, 6))
+            ratios_high.add(round(moderate_end / large_start, 3))
+            assert moderate_end == pytest.approx(n / math.sqrt(5))
+    assert ratios_low == {round(1 / math.sqrt(5), 6)}  # sqrt(N/5) against sqrt(N)
+    assert ratios_high == {round(625 / math.sqrt(5), 3)}  # N/sqrt(5) against N/625
 
 
 @pytest.mark.parametrize("rho", [0.0, 1.0, -0.1, 1.5, float("nan"), "abc"])

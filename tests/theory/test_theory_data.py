@@ -50,3 +50,36 @@ def test_digits_subset():
     ds = digits(100, classes=3, seed=0)
     assert ds.x.shape == (100, 64) and ds.x.max() <= 1.0 and set(ds.y.tolist()) <= {0, 1, 2}
     assert ds.epsilon == pytest.approx(epsilon(ds.x, ds.y)) and ds.epsilon > 0
+
+
+def _brute_epsilon(x, y):
+    from scipy.spatial.distance import cdist
+
+    dist = cdist(x, x)  # exact differences, independent of epsilon()'s chunked blocks
+    return float(dist[y[:, None] != y[None, :]].min()) / 2
+
+
+def test_all_digits_epsilon_is_exact_against_brute_force():
+    full = digits()
+    assert full.x.shape == (1797, 64) and full.classes == 10  # every pixel, no projection
+    assert full.epsilon == pytest.approx(_brute_epsilon(full.x, full.y), rel=1e-12)
+
+
+def test_digit_pair_subset():
+    pair = digits(labels=(3, 8))
+    assert pair.name.startswith("digits-3v8") and set(pair.y.tolist()) == {0, 1}
+    from sklearn.datasets import load_digits
+
+    target = load_digits().target
+    assert (pair.y == 0).sum() == (target == 3).sum() and (pair.y == 1).sum() == (target == 8).sum()
+    assert pair.epsilon == pytest.approx(_brute_epsilon(pair.x, pair.y), rel=1e-12)
+    # a pair is a subset of all digits: its closest cross pair can only be farther
+    assert pair.epsilon >= digits().epsilon
+    sub = digits(40, labels=(3, 8), seed=1)
+    assert sub.n == 40 and sub.epsilon >= pair.epsilon
+
+
+@pytest.mark.parametrize("labels", [(3,), (3, 3), (3, 11), (-1, 2)])
+def test_bad_digit_subsets_refused(labels):
+    with pytest.raises(RotelabError, match="distinct 0..9"):
+        digits(labels=labels)

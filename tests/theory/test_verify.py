@@ -66,9 +66,39 @@ def test_milp_certifies_the_ball_that_ibp_and_the_box_cannot():
     box = milp_certify(net, x0, 0, 1.0, "linf")
     assert box.status == "counterexample"
     assert np.abs(box.point).max() <= 1.0 + 1e-9  # inside the box, and a forward pass agrees
-    ball = milp_certify(net, x0, 0, 1.0, "l2")
-    assert ball.status == "certified" and ball.cuts >= 1
-    assert 0 < ball.margin_lower <= 2 * (1.6 - math.sqrt(2)) + 1e-6
+    ball = milp_certify(net, x0, 0, 1.0, "l2")  # decide: a feasibility search finds no point
+    assert ball.status == "certified" and 0 < ball.margin_lower <= 2 * (1.6 - math.sqrt(2))
+    exact = milp_certify(net, x0, 0, 1.0, "l2", skip_proven=False)  # optimize: the minimum
+    assert exact.status == "certified"
+    # the lifted ball polytope is within 1e-5 of the ball: the proven margin is nearly exact
+    assert 2 * (1.6 - math.sqrt(2)) - 1e-4 < exact.margin_lower <= 2 * (1.6 - math.sqrt(2)) + 1e-9
+
+
+@pytest.mark.parametrize("d", [2, 3, 7, 16])
+def test_l2_ball_polytope_contains_the_ball_and_hugs_it(d):
+    """Support function of the lifted polytope in random directions: at least the ball's
+    (soundness: every ball point is feasible), at most the guaranteed factor beyond it."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import lil_matrix
+
+    from rotelab.theory.verify import _l2_ball_rows
+
+    rng = np.random.default_rng(d)
+    x0, r, levels = rng.normal(size=d), 0.7, 4
+    rows, extra = _l2_ball_rows(x0, r, d, levels=levels)
+    a = lil_matrix((len(rows), d + extra))
+    for i, (coef, _, _) in enumerate(rows):
+        for k, v in coef.items():
+            a[i, k] = v
+    cons = LinearConstraint(a.tocsr(), [lo for _, lo, _ in rows], [hi for _, _, hi in rows])
+    box = Bounds(np.r_[np.full(d, -np.inf), np.zeros(extra)], np.inf)
+    factor = 1 / math.cos(math.pi / 2 ** (levels + 1)) ** math.ceil(math.log2(d))
+    for _ in range(10):
+        u = rng.normal(size=d)
+        u /= np.linalg.norm(u)
+        res = milp(np.r_[-u, np.zeros(extra)], constraints=[cons], bounds=box)
+        reach = (-res.fun - u @ x0) / r
+        assert 1 - 1e-9 <= reach <= factor + 1e-9
 
 
 def test_milp_finds_a_verified_counterexample_when_the_ball_crosses():

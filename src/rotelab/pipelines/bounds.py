@@ -28,10 +28,12 @@ import pandas as pd
 
 from rotelab.errors import RotelabError
 from rotelab.options import RunOptions
-from rotelab.runs import Run
+from rotelab.runs import Run, read_json, read_table
 from rotelab.theory import (
+    UPPER_CONSTANT,
     SearchConfig,
     architectures,
+    check_digit_labels,
     check_problem,
     check_rho,
     digits,
@@ -44,7 +46,15 @@ from rotelab.theory import (
     upper_regime,
 )
 
-__all__ = ["BoundsRun", "bounds", "bound_curves", "format_table", "parse_floats", "parse_ints"]
+__all__ = [
+    "BoundsRun",
+    "bound_curves",
+    "bounds",
+    "format_table",
+    "parse_floats",
+    "parse_ints",
+    "pool",
+]
 
 DATA_KINDS = ("synthetic", "digits")
 #: the search table's columns counting the balls each verifier proved
@@ -89,14 +99,16 @@ def parse_ints(text: str | Sequence[int], flag: str) -> list[int]:
 
 
 def bound_curves(n: int, d: int, classes: int = 2, rhos: Sequence[float] | None = None):
-    """Lower and upper bound (constant 1) and regime at each ``rho`` (default: a log grid)."""
+    """Lower bound (constant 1), upper bound (constant :data:`UPPER_CONSTANT`, so that it is
+    never below the lower one) and regime at each ``rho`` (default: a log grid)."""
     grid = np.geomspace(1e-4, 0.999, CURVE_POINTS) if rhos is None else np.asarray(rhos, float)
     rows = []
     for rho in grid:
         reg = upper_regime(n, d, float(rho))
         rows.append({
             "rho": float(rho), "lower": lower_bound(n, d, float(rho), classes=classes),
-            "upper": upper_bound(n, d, float(rho), classes=classes), "regime": reg.name,
+            "upper": upper_bound(n, d, float(rho), classes=classes, constant=UPPER_CONSTANT),
+            "regime": reg.name,
             "upper_theorem": reg.theorem,
         })  # fmt: skip
     return pd.DataFrame(rows)
@@ -116,6 +128,7 @@ def bounds(
     seeds: int = 1,
     epochs: int = 2000,
     data_seed: int = 0,
+    digit_labels: str | Sequence[int] | None = None,
     run: RunOptions = RunOptions(),
     progress=None,
 ) -> BoundsRun:
@@ -131,6 +144,8 @@ def bounds(
         widths, depths: the architectures tried, smallest parameter count first.
         seeds: training seeds ``run.seed .. run.seed + seeds - 1``.
         data_seed: the seed of the dataset (synthetic draw, digits subset), fixed across seeds.
+        digit_labels: digits only: the digits to keep (e.g. ``"3,8"``, a class pair), instead of
+            ``0 .. classes-1``; ``classes`` becomes their number.
         epochs: adversarial-training epochs per network.
         run: the run directory (``curves`` and ``search`` tables, summary, report with the
             plot); ``run.resume`` continues an interrupted search.
@@ -149,13 +164,16 @@ def bounds(
         check_problem(n, d if d is not None else 1, rho_list[0], classes)
     if d is not None:
         check_problem(n if n is not None else 1, d, rho_list[0], classes)
-    ds = None
+    ds, wanted = None, None
     if data not in DATA_KINDS:  # a file of points: N, d and the labels are the file's
         ds = load_points(data)
         if (n is not None and n != ds.n) or (d is not None and d != ds.d):
             raise RotelabError(f"{data} holds N={ds.n}, d={ds.d}; drop --n/--d for a file")
         n, d, classes = ds.n, ds.d, ds.classes
     elif data == "digits":
+        if digit_labels is not None:
+            wanted = check_digit_labels(digit_labels)
+            classes = len(wanted)
         if d is not None and d != 64:
             raise RotelabError(f"digits are 8x8 images (d = 64); drop --d or pass 64, got {d}")
         if classes > 10:
@@ -167,12 +185,14 @@ def bounds(
     if search and ds is None:
         ds = (
             synthetic(n, d, classes=classes, separation=separation, seed=data_seed)
-            if data == "synthetic" else digits(n, classes=classes, seed=data_seed)
+            if data == "synthetic"
+            else digits(n, classes=classes, labels=wanted, seed=data_seed)
         )  # fmt: skip
     config = {
         "n": n, "d": d, "rhos": rho_list, "classes": classes, "search": search, "data": data,
         "separation": separation, "widths": width_list, "depths": depth_list, "seeds": seeds,
         "epochs": epochs, "seed": run.seed, "data_seed": data_seed,
+        **({"digits": wanted} if wanted is not None else {}),
     }  # fmt: skip
     inputs = (data,) if data not in DATA_KINDS else ()
     Run.check(run.out, resume=run.resume, force=run.force, inputs=inputs)
@@ -184,7 +204,8 @@ def bounds(
         "n": n, "d": d, "classes": classes, "norm": "l2",
         "bounds": at_grid.to_dict("records"),
         "non_robust_order": non_robust_order(n, d),
-        "constants": "unknown (the paper gives orders): curves use constant 1",
+        "constants": "unknown (the paper gives orders): lower bound with constant 1, upper "
+        f"with {UPPER_CONSTANT:g} (the smallest round constant keeping it above the lower)",
     }  # fmt: skip
     table = None
     # 3. the run directory; the search is written one part per (seed, rho) as it proceeds, so
@@ -198,12 +219,7 @@ def bounds(
             cfg = SearchConfig(epochs=epochs)
             for seed in range(run.seed, run.seed + seeds):
                 for k, rho in enumerate([0.0, *rho_list]):
-                    key = f"s{seed:010d}-r{k:03d}"
-                    if not out.has_part("search", key):
-                        found = minimal_network(
-                            ds, rho, archs, seed=seed, config=cfg, progress=progress
-                        )
-                        out.write_part("search", key, found)
+                    _search_one(out, f"s{seed:010d}-r{k:03d}", ds, rho, archs, seed, cfg, progress)
             table = out.read_table("search")
             summary.update(search_summary(table, ds.epsilon, ds.name, archs[-1].params, ds.n))
             summary["bounds_scaled"] = scaled_bounds(summary, n, d, classes)
@@ -212,6 +228,93 @@ def bounds(
 
     write_report(out.path)
     return BoundsRun(summary, curves, table, out.path)
+
+
+#: arguments that must agree for runs to be pooled (the dataset and the architectures tried)
+POOL_SHARED = ("data", "n", "d", "classes", "separation", "data_seed", "widths", "depths",
+               "epochs")  # fmt: skip
+
+
+def pool(runs: Sequence[str | Path], *, run: RunOptions = RunOptions()) -> BoundsRun:
+    """Pool the search tables of several ``bounds --search`` runs into one run directory,
+    summarised (and reported) exactly as one multi-seed run would be.
+
+    Seeds, or parts of a seed's rho grid, run as separate runs (each fits in a slot of a shared
+    machine) come together here. The runs must agree on :data:`POOL_SHARED`; a network searched
+    in two runs (``rho = 0``, which every run includes) must come out the same in both
+    (training is deterministic given the seed) and is counted once.
+    """
+    run.check()
+    dirs = [Path(r) for r in runs]
+    configs = []
+    for r in dirs:
+        cfg = (read_json(r / "config.json") or {}) if (r / "config.json").is_file() else {}
+        if cfg.get("command") != "bounds" or not cfg.get("arguments", {}).get("search"):
+            raise RotelabError(f"{r} is not a finished `rotelab bounds --search` run")
+        configs.append(cfg["arguments"])
+    for key in POOL_SHARED:
+        if len({repr(c.get(key)) for c in configs}) > 1:
+            raise RotelabError(f"the runs differ in {key}; only runs of one search can be pooled")
+    table = pd.concat([read_table(r, "search") for r in dirs], ignore_index=True)
+    key = ["seed", "rho", "depth", "width"]
+    same = ["params", "certified", "certified_fraction", "failure"]
+    dup = table[table.duplicated(key, keep=False)]
+    if len(dup) and bool((dup.groupby(key)[same].nunique() > 1).to_numpy().any()):
+        raise RotelabError("two runs disagree on a (seed, rho, network): not the same search")
+    repeated = int(table.duplicated(key).sum())
+    table = table.drop_duplicates(key, ignore_index=True).sort_values(key[:2], kind="stable")
+    c = configs[0]
+    ds = (
+        synthetic(c["n"], c["d"], classes=c["classes"], separation=c["separation"],
+                  seed=c["data_seed"])
+        if c["data"] == "synthetic"
+        else digits(c["n"], classes=c["classes"], labels=c.get("digits"), seed=c["data_seed"])
+        if c["data"] == "digits" else load_points(c["data"])
+    )  # fmt: skip
+    archs = architectures(ds.d, ds.classes, c["widths"], c["depths"])
+    rhos = sorted({float(r) for r in table["rho"] if r > 0})
+    config = {**{k: c[k] for k in POOL_SHARED}, "pooled": [str(r) for r in dirs],
+              "rhos": rhos, "seeds": sorted({int(v) for v in table["seed"]})}  # fmt: skip
+    Run.check(run.out, resume=run.resume, force=run.force)
+    curves = bound_curves(ds.n, ds.d, ds.classes)
+    summary: dict[str, Any] = {
+        "n": ds.n, "d": ds.d, "classes": ds.classes, "norm": "l2",
+        "bounds": bound_curves(ds.n, ds.d, ds.classes, rhos).to_dict("records"),
+        "non_robust_order": non_robust_order(ds.n, ds.d),
+        "constants": f"unknown (the paper gives orders): lower bound with constant 1, upper "
+        f"with {UPPER_CONSTANT:g}",
+        "pooled_runs": [str(r) for r in dirs], "networks_searched_twice": repeated,
+    }  # fmt: skip
+    summary.update(search_summary(table, ds.epsilon, ds.name, archs[-1].params, ds.n))
+    summary["bounds_scaled"] = scaled_bounds(summary, ds.n, ds.d, ds.classes)
+    with Run.create(run.out, "bounds", config, resume=run.resume, force=run.force) as out:
+        out.write_table("curves", curves)
+        out.write_table("search", table)
+        out.write_summary(summary)
+    from rotelab.report import write_report
+
+    write_report(out.path)
+    return BoundsRun(summary, curves, table, out.path)
+
+
+def _search_one(out: Run, key: str, ds, rho: float, archs, seed: int, cfg, progress) -> None:
+    """One (seed, rho) search, saved one part per architecture tried (``KEY-aNNN``), so a
+    resumed run continues after the last architecture finished (a whole-search part ``KEY``,
+    as older runs wrote, counts as done)."""
+    if out.has_part("search", key):
+        return
+    done = sorted((out.path / "results" / "search").glob(f"part-{key}-a*.parquet"))
+    tried = [pd.read_parquet(p) for p in done]
+    if any(bool(t["certified"].any()) for t in tried) or len(tried) >= len(archs):
+        return
+    start = len(tried)
+
+    def save(row: dict) -> None:
+        nonlocal start
+        out.write_part("search", f"{key}-a{start:03d}", pd.DataFrame([row]))
+        start += 1
+
+    minimal_network(ds, rho, archs[start:], seed=seed, config=cfg, progress=progress, on_row=save)
 
 
 def _spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
@@ -228,6 +331,47 @@ def _stats(values: Sequence[float]) -> tuple[float, float, float, int]:
     if not ok.size:
         return math.nan, math.nan, math.nan, 0
     return float(ok.mean()), float(ok.min()), float(ok.max()), int(ok.size)
+
+
+def _mean_ci(values: Sequence[float]) -> dict[str, Any]:
+    """Mean and 95% t interval over seeds of one per-seed statistic (NaN ones left out)."""
+    from scipy.stats import t
+
+    ok = np.array([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    out: dict[str, Any] = {"mean": float(ok.mean()) if ok.size else math.nan, "seeds": int(ok.size)}
+    if ok.size >= 2:
+        half = float(t.ppf(0.975, ok.size - 1) * ok.std(ddof=1) / math.sqrt(ok.size))
+        out["ci"] = [out["mean"] - half, out["mean"] + half]
+    return out
+
+
+def per_seed_checks(
+    raw: dict[int, dict[float, float]], largest: int
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
+    """The issue's three checks for each seed alone, and their mean with a t interval over
+    seeds: ``small_rho_ratio`` (the largest count at ``0 < rho <= 0.2`` over that seed's
+    ``rho = 0`` count), ``spearman`` (over that seed's grid), ``ratio_rho_0_9``; the
+    ``_censored`` variants count an unfound network as ``largest + 1`` (so the ratio at
+    0.9 is an "at least", and Spearman ranks it above every size tried)."""
+    above = float(largest) + 1.0
+    per: dict[str, dict[str, float]] = {}
+    for seed, counts in raw.items():
+        base = counts.get(0.0, math.nan)
+        grid = sorted(r for r in counts if r > 0)
+        cens = {r: (above if math.isnan(counts[r]) else counts[r]) for r in grid}
+        small = [counts[r] / base for r in grid if r <= 0.2]
+        high = [r for r in grid if abs(r - 0.9) < 1e-9]
+        per[str(seed)] = {
+            "non_robust": base,
+            "small_rho_ratio": float(max(small)) if small and not np.isnan(small).any()
+            else math.nan,
+            "spearman": _spearman(grid, [counts[r] for r in grid]),
+            "spearman_censored": _spearman(grid, [cens[r] for r in grid]),
+            "ratio_rho_0_9": counts[high[0]] / base if high else math.nan,
+            "ratio_rho_0_9_censored": cens[high[0]] / base if high else math.nan,
+        }  # fmt: skip
+    keys = next(iter(per.values())).keys() if per else []
+    return per, {k: _mean_ci([p[k] for p in per.values()]) for k in keys}
 
 
 def search_summary(
@@ -312,6 +456,8 @@ def search_summary(
                                                          for r in grid])
             for s in seeds
         },
+        # each seed alone, and the mean over seeds with a 95% t interval (the issue's CIs)
+        **dict(zip(("per_seed", "over_seeds"), per_seed_checks(raw, largest), strict=True)),
         "networks_trained": int(len(table)),
         "seconds": float(table["train_seconds"].sum() + table["verify_seconds"].sum()),
     }  # fmt: skip
@@ -325,8 +471,10 @@ def scaled_bounds(summary: dict[str, Any], n: int, d: int, classes: int) -> dict
     if not pts:
         return {"lower": math.nan, "upper": math.nan}
     out = {}
-    for key, fn in (("lower", lower_bound), ("upper", upper_bound)):
-        logs = [math.log(p) - math.log(fn(n, d, rho, classes=classes)) for rho, p in pts]
+    for key, c in (("lower", 1.0), ("upper", UPPER_CONSTANT)):  # relative to the drawn curves
+        fn = lower_bound if key == "lower" else upper_bound
+        logs = [math.log(p) - math.log(fn(n, d, rho, classes=classes, constant=c))
+                for rho, p in pts]  # fmt: skip
         out[key] = math.exp(sum(logs) / len(logs))
     return out
 
@@ -335,7 +483,7 @@ def format_table(summary: dict[str, Any]) -> str:
     """The bounds at the grid and, after a search, the minimal certified parameters."""
     lines = [
         f"robust memorization, N={summary['n']} d={summary['d']} (L2 balls; constants unknown: "
-        "orders with constant 1)",
+        f"lower with 1, upper with {UPPER_CONSTANT:g} so it stays above)",
         f"{'rho':>6}  {'lower (Thm 3.1)':>16}  {'upper':>12}  {'regime':>9}  theorem",
     ]
     for b in summary["bounds"]:
@@ -358,4 +506,17 @@ def format_table(summary: dict[str, Any]) -> str:
             f"envelope: {summary['envelope_ratio_small_rho_max']}, "
             f"{summary['envelope_ratio_rho_0_9']}",
         ]
+        lines += format_over_seeds(summary.get("over_seeds", {}))
     return "\n".join(lines)
+
+
+def format_over_seeds(over: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per check: mean over seeds, the 95% t interval, how many seeds define it."""
+    out = []
+    for key, v in over.items():
+        if key == "non_robust":
+            continue
+        ci = v.get("ci")
+        ci_text = f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""
+        out.append(f"  {key}: {v['mean']:.3g}{ci_text} over {v['seeds']} seeds")
+    return ["per-seed checks, mean and 95% t interval:", *out] if out else []

@@ -312,7 +312,8 @@ def bounds_curves(
     after a search, the certified minimal parameters per seed and their mean.
 
     Args:
-        curves: rows ``rho, lower, upper`` (constant 1).
+        curves: rows ``rho, lower, upper`` (lower with constant 1, upper with 16, the
+            constant that keeps it above the lower bound everywhere).
         search: rows ``rho, params_mean, params_min, params_max`` (``rho = 0``: non-robust,
             drawn as a dashed line).
         scale: constants multiplying the ``lower`` and ``upper`` curves (fitted to the points).
@@ -320,7 +321,7 @@ def bounds_curves(
     scale = scale or {}
     fig, ax = plt.subplots(figsize=(6.6, 4.0))
     for key, color, label in (("lower", _COLORS[0], "lower bound (Thm 3.1)"),
-                              ("upper", _COLORS[1], "upper bound (Thms 4.1-4.3)")):  # fmt: skip
+                              ("upper", _COLORS[1], "upper bound x16 (Thm 4.1-4.3)")):  # fmt: skip
         c = scale.get(key)  # NaN (no certified network to fit) is written as null
         c = 1.0 if c is None or not np.isfinite(c) else float(c)
         ax.plot(curves["rho"], c * curves[key], color=color, lw=1.4,

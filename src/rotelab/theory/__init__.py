@@ -2,8 +2,16 @@
 epsilon-separated datasets they speak of, sound verifiers (IBP, exact MILP) and the certified
 search for the smallest robust-memorizing ReLU networks."""
 
-from rotelab.theory.data import SeparatedData, digits, epsilon, load_points, synthetic
+from rotelab.theory.data import (
+    SeparatedData,
+    check_digit_labels,
+    digits,
+    epsilon,
+    load_points,
+    synthetic,
+)
 from rotelab.theory.robust import (
+    UPPER_CONSTANT,
     Regime,
     check_problem,
     check_rho,
@@ -33,6 +41,7 @@ from rotelab.theory.verify import (
 )
 
 __all__ = [
+    "UPPER_CONSTANT",
     "Architecture",
     "MilpResult",
     "Norm",
@@ -41,6 +50,7 @@ __all__ = [
     "SeparatedData",
     "architectures",
     "certify",
+    "check_digit_labels",
     "check_problem",
     "check_rho",
     "crown_margins",

@@ -180,8 +180,13 @@ def minimal_network(
     seed: int = 0,
     config: SearchConfig = SearchConfig(),
     progress: Callable[[str], None] | None = None,
+    on_row: Callable[[dict], None] | None = None,
 ) -> pd.DataFrame:
     """Try ``archs`` in order (smallest first) until one is certified robust on every ball.
+
+    Each architecture is trained from ``seed`` alone, so a search resumed after its first
+    ``k`` architectures (``archs[k:]``, with ``on_row`` having saved each row as it came) gives
+    the rows an uninterrupted one would.
 
     Args:
         data: the dataset; rho: ``mu / epsilon`` in [0, 1) (0 = non-robust memorization).
@@ -219,6 +224,8 @@ def minimal_network(
                for m in ("center", "ibp", "crown", "milp")},
             "train_seconds": t1 - t0, "verify_seconds": t2 - t1,
         })  # fmt: skip
+        if on_row is not None:
+            on_row(rows[-1])
         if progress is not None:
             progress(
                 f"rho={rho:g} seed={seed} depth={arch.depth} width={arch.width} "

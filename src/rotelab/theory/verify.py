@@ -14,12 +14,15 @@ counterexamples and never certifies.
   minimized exactly over the ball; intermediate bounds by the same backward pass. Sound, usually
   much tighter than IBP, cost quadratic in depth.
 * :func:`milp_certify` -- the exact check by mixed-integer programming
-  (``scipy.optimize.milp``, HiGHS), big-M ReLU encoding with CROWN bounds (Tjeng et al. 2019).
-  For Linf the ball is a box and the MILP is exact. An L2 ball is not polyhedral: the MILP runs
-  on a polytope containing the ball (the box, the tangent planes along each first-layer row) and
-  adds a tangent plane through each optimum that falls outside the ball, until the optimum is a
-  point inside the ball (a verified counterexample) or the margin is proven positive on the
-  polytope (hence on the ball). Certification uses the solver's dual bound, not its incumbent.
+  (``scipy.optimize.milp``, HiGHS), big-M ReLU encoding with CROWN bounds (Tjeng et al. 2019);
+  classes CROWN proves are skipped and the LP relaxation is tried before the MILP. For Linf the
+  ball is a box and the MILP is exact. An L2 ball is not polyhedral: the MILP runs on a lifted
+  polytope that contains the ball and lies within a factor ``1 + 1e-5`` of its radius
+  (Ben-Tal and Nemirovski 2001, :func:`_l2_ball_rows`), intersected with the box; an optimum in
+  the thin shell outside the ball is projected onto the ball and searched from for a witness,
+  and failing that cut off by a tangent plane, until the optimum is a point inside the ball (a
+  counterexample, verified by a forward pass) or the margin is proven positive on the polytope
+  (hence on the ball). Certification uses the solver's dual bound, not its incumbent.
 
 Networks are ``torch.nn.Sequential`` of ``Linear`` and ``ReLU`` (see :func:`mlp`), or lists of
 float64 ``(W, b)`` pairs.
@@ -363,6 +366,67 @@ def _witness(
     return None
 
 
+#: levels of each two-dimensional cone in :func:`_l2_ball_rows`: the polytope lies within a
+#: factor ``1 / cos(pi / 2**(levels + 1))`` (1 + 1.2e-6 for 10) per tree level of the ball
+BALL_LEVELS = 10
+
+Row = tuple[dict[int, float], float, float]
+
+
+def _l2_ball_rows(x0: np.ndarray, radius: float, start: int, levels: int = BALL_LEVELS):
+    """A polytope containing the L2 ball ``||x - x0|| <= radius`` and contained in the ball of
+    radius ``radius / cos(pi / 2**(levels + 1))**ceil(log2 d)``, in lifted form.
+
+    Ben-Tal and Nemirovski's (2001) polyhedral approximation of the second-order cone: the
+    coordinates are paired in a binary tree; each node bounds the norm of its two children
+    ``(a, b)`` by rotating ``(|a|, |b|)`` ``levels`` times by halving angles, folding the
+    angle into ``[0, pi / 2**(levels + 1)]`` (``2 levels + 2`` extra variables, ``3 levels + 5``
+    rows per node). Every point of the ball extends to a feasible point (exact rotations), and
+    every feasible point has ``||(a, b)|| <= xi_levels / cos(pi / 2**(levels + 1))``. The
+    variables ``x`` are columns ``0 .. d-1``; the extra ones start at column ``start``.
+
+    Returns:
+        ``(rows, extra)``: rows ``(coefficients, low, high)`` and the number of extra columns
+        (all nonnegative).
+    """
+    rows: list[Row] = []
+
+    def geq(coef: dict[int, float], low: float) -> None:
+        rows.append((coef, low, np.inf))
+
+    # a node value is a linear expression: ({column: coefficient}, constant)
+    level: list[tuple[dict[int, float], float]] = [
+        ({i: 1.0}, -float(x0[i])) for i in range(x0.size)
+    ]
+    col = start
+    while len(level) > 1:
+        up = []
+        for k in range(0, len(level) - 1, 2):
+            xi = [col + 2 * t for t in range(levels + 1)]
+            eta = [col + 2 * t + 1 for t in range(levels + 1)]
+            col += 2 * (levels + 1)
+            for var, (coef, const) in ((xi[0], level[k]), (eta[0], level[k + 1])):
+                # var >= |expr|: var - expr >= 0 and var + expr >= 0
+                geq({var: 1.0, **{c: -v for c, v in coef.items()}}, const)
+                geq({var: 1.0, **coef}, -const)
+            for t in range(1, levels + 1):
+                ang = np.pi / 2 ** (t + 1)
+                c, s = float(np.cos(ang)), float(np.sin(ang))
+                rows.append(({xi[t]: 1.0, xi[t - 1]: -c, eta[t - 1]: -s}, 0.0, 0.0))
+                geq({eta[t]: 1.0, xi[t - 1]: s, eta[t - 1]: -c}, 0.0)
+                geq({eta[t]: 1.0, xi[t - 1]: -s, eta[t - 1]: c}, 0.0)
+            tan = float(np.tan(np.pi / 2 ** (levels + 1)))
+            rows.append(({eta[levels]: 1.0, xi[levels]: -tan}, -np.inf, 0.0))
+            up.append(({xi[levels]: 1.0}, 0.0))
+        if len(level) % 2:
+            up.append(level[-1])
+        level = up
+    if x0.size > 1:  # the root bounds the whole norm (d = 1: the box is the ball)
+        coef, const = level[0]
+        rows.append((coef, -np.inf, radius - const))
+    return rows, col - start
+
+
 def _solve_margin(
     layers: Layers,
     bounds: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -373,19 +437,28 @@ def _solve_margin(
     j: int,
     cuts: list[np.ndarray],
     time_limit: float,
+    relax: bool = False,
+    target: float | None = None,
 ):
-    """min z_y - z_j over the polytope (box + cuts) with big-M ReLUs; returns (dual, primal, x)."""
+    """min z_y - z_j over the polytope (box, L2: the lifted ball polytope and cuts) with big-M
+    ReLUs (``relax``: its LP relaxation, a cheaper and looser lower bound); returns (dual,
+    primal, x). With ``target``: a feasibility problem instead, a point of margin <= ``target``
+    (the solver stops at the first one; dual ``-inf``) or none (dual ``+inf``: the margin
+    exceeds ``target`` on the whole polytope)."""
     from scipy.optimize import Bounds, LinearConstraint, milp
-    from scipy.sparse import lil_matrix
+    from scipy.sparse import coo_matrix
 
     d = x0.size
-    # variable layout: x (d) | per hidden layer: z (w), a (w), s (w, binary)
+    # variable layout: x (d) | per hidden layer: z (w), a (w), s (w, binary) | ball (L2)
     sizes = [w.shape[0] for w, _ in layers[:-1]]
-    n_var = d + 3 * sum(sizes)
+    n_net = d + 3 * sum(sizes)
+    ball_rows, extra = _l2_ball_rows(x0, radius, n_net) if norm == Norm.L2 else ([], 0)
+    n_var = n_net + extra
     lb, ub = np.full(n_var, -np.inf), np.full(n_var, np.inf)
+    lb[n_net:] = 0.0
     integ = np.zeros(n_var)
     lb[:d], ub[:d] = x0 - radius, x0 + radius
-    rows: list[tuple[dict[int, float], float, float]] = []
+    rows: list[Row] = list(ball_rows)
     prev = np.arange(d)  # indices of the layer input
     off = d
     for (w, b), width, (lo, hi) in zip(layers[:-1], sizes, bounds, strict=True):
@@ -422,21 +495,30 @@ def _solve_margin(
     w_last, b_last = layers[-1]
     cost = np.zeros(n_var)
     cost[prev] = w_last[y] - w_last[j]
-    a_mat = lil_matrix((len(rows), n_var))
-    lo_c, hi_c = np.empty(len(rows)), np.empty(len(rows))
-    for r_i, (coef, l_r, h_r) in enumerate(rows):
-        for col, v in coef.items():
-            a_mat[r_i, col] = v
-        lo_c[r_i], hi_c[r_i] = l_r, h_r
+    const = float(b_last[y] - b_last[j])
+    if target is not None:  # margin = cost . v + const <= target
+        rows.append(({int(i): float(cost[i]) for i in prev}, -np.inf, target - const))
+    # triplets, summed into CSR in one call (element-wise sparse assignment is the slow part)
+    r_idx = [r_i for r_i, (coef, _, _) in enumerate(rows) for _ in coef]
+    c_idx = [col for coef, _, _ in rows for col in coef]
+    vals = [v for coef, _, _ in rows for v in coef.values()]
+    a_mat = coo_matrix((vals, (r_idx, c_idx)), shape=(len(rows), n_var))
+    lo_c = np.array([row[1] for row in rows], dtype=np.float64)
+    hi_c = np.array([row[2] for row in rows], dtype=np.float64)
     res = milp(
-        cost,
+        np.zeros(n_var) if target is not None else cost,
         constraints=[LinearConstraint(a_mat.tocsr(), lo_c, hi_c)] if rows else None,
-        integrality=integ,
+        integrality=np.zeros(n_var) if relax else integ,
         bounds=Bounds(lb, ub),
         options={"time_limit": time_limit, "mip_rel_gap": 1e-9, "disp": False},
     )
-    const = float(b_last[y] - b_last[j])
     dual = getattr(res, "mip_dual_bound", None)
+    if target is not None:
+        if res.status == 2:  # infeasible: no point of the polytope has margin <= target
+            return np.inf, np.inf, None
+        if res.x is None:
+            return -np.inf, np.nan, None
+        return -np.inf, float(cost @ res.x) + const, np.asarray(res.x[:d])
     if res.x is None:
         if res.status == 2:  # infeasible: the bounds already exclude every point (cannot happen
             return np.inf, np.inf, None  # for a non-empty ball; kept sound anyway)
@@ -470,9 +552,10 @@ def milp_certify(
         max_cuts: tangent planes added per class before giving up (``unknown``).
         time_limit: seconds per MILP solve.
         tol: the margin must be proven > ``tol`` to certify (solver tolerances).
-        skip_proven: skip the classes IBP already proves (``False``: solve every class, so
-            ``margin_lower`` is the exact minimum margin on a box, a lower bound on a ball); the
-            classes skipped are those :func:`crown_margins` proves.
+        skip_proven: decide only: skip the classes :func:`crown_margins` proves, and try the
+            MILP's LP relaxation before the MILP itself (``False``: solve every class's MILP to
+            optimality, so ``margin_lower`` is the exact minimum margin on a box, and on an L2
+            ball within the polytope's factor ``1 + 1e-5`` of the radius).
     """
     norm = Norm(norm)
     layers = layers_of(net)
@@ -490,13 +573,26 @@ def milp_certify(
     for j in range(len(layers[-1][1])):
         if j == y or (skip_proven and margins[0, j] > tol):  # CROWN proves j never wins
             continue
-        while True:
-            dual, primal, point = _solve_margin(
-                layers, bounds, x, radius, norm, y, j, cuts, time_limit
+        if skip_proven:  # the LP relaxation of the same encoding often proves it already
+            dual, _, _ = _solve_margin(
+                layers, bounds, x, radius, norm, y, j, cuts, time_limit, relax=True
             )
             result.solves += 1
             if dual > tol:
-                proven[j] = dual if not skip_proven else max(proven[j], dual)
+                proven[j] = max(proven[j], dual)
+                continue
+        # deciding needs no optimum: search for a point of margin <= tol (the solver stops at
+        # the first); none proves the class. The exact mode optimizes (the minimum margin)
+        search = skip_proven
+        while True:
+            dual, primal, point = _solve_margin(
+                layers, bounds, x, radius, norm, y, j, cuts, time_limit,
+                target=tol if search else None,
+            )  # fmt: skip
+            result.solves += 1
+            if dual > tol:
+                # the feasibility search proves margin > tol, no more (its dual is +inf)
+                proven[j] = max(proven[j], tol if search else dual) if skip_proven else dual
                 break
             if point is None or not np.isfinite(primal):
                 result.status, result.margin_lower = "unknown", -np.inf
@@ -515,6 +611,9 @@ def milp_certify(
                     result.status, result.point, result.worst_class = "counterexample", point, j
                     result.margin_lower = float(logits[y] - logits[j])
                     return result
+                if search:  # a borderline point (solver tolerance): optimize instead
+                    search = False
+                    continue
                 # inside the ball but the forward pass disagrees with the solver (tolerance):
                 # neither a proof nor a counterexample
                 result.status, result.margin_lower = "unknown", dual
