@@ -26,6 +26,7 @@ from rotelab.organism.world import (
     Task,
     World,
     generate_world,
+    train_tokenizer,
     write_world,
 )
 
@@ -47,5 +48,6 @@ __all__ = [
     "generate_world",
     "load_organism",
     "organism_command",
+    "train_tokenizer",
     "write_world",
 ]

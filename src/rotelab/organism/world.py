@@ -490,6 +490,12 @@ def _train_tokenizer(docs: list[str], vocab_size: int):
     )
 
 
+def train_tokenizer(docs: list[str], vocab_size: int):
+    """The organism's byte-level BPE tokenizer trained on ``docs`` (what ``rotelab train`` uses
+    for a model trained from scratch on the user's corpus)."""
+    return _train_tokenizer(docs, vocab_size)
+
+
 def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 

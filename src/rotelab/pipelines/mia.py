@@ -454,6 +454,8 @@ def _organism_exposure(
 ) -> dict[str, Any]:
     led = organism.ledger
     secrets = led[led["kind"] == "secret"]
+    if "secret_alphabet" in secrets.columns:  # a user's secrets (rotelab train) have no format
+        secrets = secrets[secrets["secret_alphabet"].fillna("").astype(str) != ""]
     if secrets.empty:
         return {}
     if not out.has_part("exposure", "secrets"):
