@@ -358,6 +358,13 @@ CASES = [
     case(f"{TRAIN.replace('{out}', '{model}')}", "not a `rotelab train` output"),
     case("train -d {data} -o {out} -q", "needs --insertions"),
     case("train --world {missing} -o {out} -q", "does not exist"),
+    case("sweep --counts 0 -o {out} -q", ">= 1"),
+    case("sweep --counts 64 --steps 10 -o {out} -q", "do not fit"),
+    case("sweep --phases 0:999 -o {out} -q", "phase"),
+    case("sweep --kinds poem -o {out} -q", "--kinds"),
+    case("sweep --seeds 1,1 -o {out} -q", "repeats"),
+    case("sweep --counts x -o {out} -q", "--counts"),
+    case("sweep -o {file} -q", "not a directory"),
     # --------------------------------------------------------------- organism
     case("organism --profile huge", "huge"),
     case("organism --precision fp8", "fp8"),
@@ -766,4 +773,4 @@ def test_the_table_covers_every_command():
     assert len(CASES) >= 100
     assert {"extract", "reconstruct", "mia", "kfac", "edit", "unlearn", "compare", "organism",
             "demo", "report", "machine", "recsys", "bands", "diff", "apt",
-            "passk", "bounds", "probe", "steer", "train"} <= commands  # fmt: skip
+            "passk", "bounds", "probe", "steer", "train", "sweep"} <= commands  # fmt: skip

@@ -1483,6 +1483,53 @@ def train_cmd(
     emit(result.summary, show, run_dir=result.path)
 
 
+@command("sweep", shared=("run", "show"), without=("seed",))
+def sweep_cmd(
+    counts: Annotated[str, typer.Option(help="Insertion counts, e.g. 1,4,16,64.")] = "1,4,16,64",
+    corpus_tokens: Annotated[
+        str, typer.Option(help="Background corpus sizes (dilution), e.g. 20000,80000.")
+    ] = "45000",
+    phases: Annotated[
+        str, typer.Option(help="Phases: all, first, second or step windows LO:HI.")
+    ] = "all",
+    seeds: Annotated[str, typer.Option(help="World and training seeds, e.g. 0,1,2.")] = "0",
+    profile: Annotated[str, typer.Option(help="The world profile: tiny or default.")] = "tiny",
+    kinds: Annotated[str, typer.Option(help="Item kinds inserted: secret, bio, passage.")] = (
+        "secret,bio"
+    ),
+    steps: Annotated[
+        int, typer.Option(help="Steps at the smallest corpus (larger ones train longer).")
+    ] = 250,
+    batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 16,
+    layers: Annotated[int, typer.Option(help="Model blocks.")] = 2,
+    hidden: Annotated[int, typer.Option(help="Model hidden size.")] = 96,
+    heads: Annotated[int, typer.Option(help="Attention heads.")] = 4,
+    intermediate: Annotated[int, typer.Option(help="MLP width.")] = 256,
+    context: Annotated[int, typer.Option(help="Context length.")] = 64,
+    workers: Annotated[int, typer.Option(help="Local worker processes (each on one thread).")] = 1,
+    *,
+    run: RunOptions,
+    show: Show,
+) -> None:
+    """Hubble-style grid: count x corpus size x phase x seed, each cell trained from scratch and
+    audited (one-pass extraction, loss-MIA AUC); one table, plots and a report; resumable."""
+    from rotelab.pipelines.sweep import SweepConfig, format_table, sweep
+    from rotelab.pipelines.train import ModelSize
+
+    config = SweepConfig(
+        profile=profile, kinds=_word_list(kinds) or (), steps=steps, batch_size=batch_size,
+        size=ModelSize(layers, hidden, heads, intermediate, context),
+    )  # fmt: skip
+    result = sweep(
+        _int_list("--counts", counts) or (), _int_list("--corpus-tokens", corpus_tokens) or (),
+        _word_list(phases) or (), _int_list("--seeds", seeds) or (), config=config,
+        workers=workers, run=run,
+    )  # fmt: skip
+    if not show.as_json and not show.quiet:
+        out.print(format_table(result.summary), highlight=False, soft_wrap=True)
+    emit(result.summary, show, run_dir=result.run_dir)
+
+
 def main() -> None:
     """Console-script entry point (``rotelab`` and ``python -m rotelab``)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
