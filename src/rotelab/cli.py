@@ -1452,6 +1452,9 @@ def train_cmd(
     context: Annotated[
         int | None, typer.Option(help="Context length (rows are one longer).")
     ] = None,
+    controls: Annotated[
+        int, typer.Option(help="Extra never-inserted controls per kind of the world (low FPR).")
+    ] = 0,
     force: ForceOpt = False,
     *,
     corpus: CorpusOptions,
@@ -1467,7 +1470,7 @@ def train_cmd(
     settings = TrainSettings(
         steps=steps, batch_size=batch_size, lr=lr, precision=precision, seed=seed,
         checkpoints=_int_list("--checkpoints", checkpoints) or (), lora_rank=lora_rank,
-        lora_alpha=lora_alpha,
+        lora_alpha=lora_alpha, controls=controls,
     )  # fmt: skip
     result = train_model(
         out_dir, world=world, world_seed=world_seed, corpus_tokens=corpus_tokens, data=data,

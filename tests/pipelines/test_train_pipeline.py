@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -283,3 +284,29 @@ def test_two_gloo_processes_train_as_one(tmp_path):
     np.testing.assert_allclose([x[1] for x in a], [x[1] for x in b], rtol=1e-5, atol=1e-6)
     assert json.loads((tmp_path / "two" / "train_info.json").read_text())["world_size"] == 2
     assert two.stdout.count('"final_loss"') == 1  # rank 0 alone prints
+
+
+@pytest.mark.slow
+def test_controls_cost_nothing_in_training_and_let_low_fpr_be_reported(tiny_organism, tmp_path):
+    """Deliverable 5: extra never-inserted controls leave the trained weights bit-identical, and
+    with them the loss attack's TPR at 1% FPR is reported instead of refused."""
+    from rotelab.options import RunOptions
+    from rotelab.pipelines.mia import MIAConfig, mia
+
+    size = ModelSize(layers=1, hidden=32, heads=2, intermediate=64)
+    settings = TrainSettings(steps=90, batch_size=16, precision="fp32", lr=1e-2)
+    common = dict(world=str(tiny_organism.path), counts=(0, 16), size=size, progress=False)
+    plain = train_model(tmp_path / "plain", settings=settings, **common)
+    more = train_model(tmp_path / "more", settings=replace(settings, controls=200), **common)
+    a = (plain.path / "model.safetensors").read_bytes()
+    assert a == (more.path / "model.safetensors").read_bytes()
+    led = Organism(more.path).ledger
+    assert (led["count"] == 0).sum() == plain.summary["controls"] + 600
+    assert led.loc[led["item_id"].str.contains("-ctl"), "count"].eq(0).all()
+    cfg = MIAConfig(attacks=["loss"], bootstrap=20, blind=False, exposure=False)
+    tpr = {}
+    for name, res in (("plain", plain), ("more", more)):
+        _, summary = mia(str(res.path), config=cfg,
+                         run=RunOptions(out=tmp_path / f"mia-{name}", progress=False))  # fmt: skip
+        tpr[name] = summary["attacks"]["loss"]["tpr_at_1pct_fpr"]
+    assert tpr["plain"] is None and tpr["more"] is not None

@@ -50,7 +50,15 @@ from rotelab.distributed import barrier, dist_context, is_main
 from rotelab.errors import RotelabError
 from rotelab.machine import configure_threads, cpu_capability, parse_precision, resolve_precision
 from rotelab.options import CorpusOptions
-from rotelab.organism import Organism, OrganismSpec, Profile, train_tokenizer, write_world
+from rotelab.organism import (
+    Organism,
+    OrganismSpec,
+    Profile,
+    generate_controls,
+    tokenize_items,
+    train_tokenizer,
+    write_world,
+)
 from rotelab.organism.world import PROFILES
 from rotelab.pipelines.inputs import is_organism_dir, resolve_corpus
 from rotelab.runs import OutputDir, atomic_write_json, check_output
@@ -83,6 +91,8 @@ class TrainSettings:
     ``lr`` ``None``: 3e-3 from scratch, 1e-4 for a full fine-tune, 1e-3 for LoRA. ``checkpoints``
     are step counts (1..steps) after which the model is saved. ``lora_alpha`` ``None``: twice the
     rank. ``rows_per_step``: most insertion rows in one step (default half the batch).
+    ``controls``: extra never-inserted controls per kind of the world (from scratch on a world's
+    own items), so TPR at 1% and 0.1% FPR can be reported; they change nothing in training.
     """
 
     steps: int = 200
@@ -98,6 +108,7 @@ class TrainSettings:
     heldout_fraction: float = 0.05
     rows_per_step: int | None = None
     log_every: int = 10
+    controls: int = 0
 
 
 @dataclass
@@ -141,6 +152,10 @@ def _check_settings(s: TrainSettings, size: ModelSize, init: str | None) -> None
                 "--lora-rank needs --init (a model to adapt); a model trained from scratch has "
                 "no base to keep frozen"
             )
+    if s.controls < 0:
+        raise RotelabError(f"--controls must be >= 0, got {s.controls}")
+    if s.controls and init is not None:
+        raise RotelabError("--controls works from scratch only (not with --init) for now")
     if s.lora_alpha is not None and not (math.isfinite(s.lora_alpha) and s.lora_alpha > 0):
         raise RotelabError(f"--lora-alpha must be a positive number, got {s.lora_alpha}")
     for name, value in asdict(size).items():
@@ -408,6 +423,11 @@ def train_model(
     user_items = read_insertions(insertions) if insertions is not None else None
     if user_items is None and data is not None:
         raise RotelabError("--data needs --insertions (your corpus has no items of its own)")
+    if s.controls and user_items is not None:
+        raise RotelabError(
+            "--controls draws controls of the world's kinds; with --insertions add count-0 "
+            "lines to your file instead"
+        )
     if user_items is not None:
         items = assign_grid(user_items, grid, phase_grid)
         _check_phases(items, s.steps)
@@ -433,6 +453,12 @@ def train_model(
         if tokenizer.eos_token_id is None:
             raise RotelabError(f"the tokenizer of {init_s} has no end-of-text token to end items")
         led = _ledger(c, items, user_items is None, init_path is not None, s.suffix_len)
+        if s.controls:  # never inserted: appended after the items, so the schedule is unchanged
+            extra = generate_controls(c.spec, s.controls)
+            items = items + [InsertionItem(x["item_id"], x["text"], x["kind"], 0, "all",
+                                           x["secret"]) for x in extra]  # fmt: skip
+            led = pd.concat([led, tokenize_items(extra, c.world_tokenizer, c.spec)],
+                            ignore_index=True)  # fmt: skip
         if model is None:  # from scratch: the context fits the longest inserted item by default
             if size.context is None:
                 longest = int(led.loc[led["count"] > 0, "n_tokens"].max()) if len(led) else 0
