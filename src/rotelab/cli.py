@@ -1504,6 +1504,7 @@ def sweep_cmd(
         int, typer.Option(help="Steps at the smallest corpus (larger ones train longer).")
     ] = 250,
     batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 16,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
     layers: Annotated[int, typer.Option(help="Model blocks.")] = 2,
     hidden: Annotated[int, typer.Option(help="Model hidden size.")] = 96,
     heads: Annotated[int, typer.Option(help="Attention heads.")] = 4,
@@ -1520,7 +1521,7 @@ def sweep_cmd(
     from rotelab.pipelines.train import ModelSize
 
     config = SweepConfig(
-        profile=profile, kinds=_word_list(kinds) or (), steps=steps, batch_size=batch_size,
+        profile=profile, kinds=_word_list(kinds) or (), steps=steps, batch_size=batch_size, lr=lr,
         size=ModelSize(layers, hidden, heads, intermediate, context),
     )  # fmt: skip
     result = sweep(

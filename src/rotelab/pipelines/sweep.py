@@ -104,6 +104,8 @@ def _check(cfg, counts, corpus_tokens, phases, seeds, workers) -> list[tuple]:
         raise RotelabError("--corpus-tokens must be at least 1000")
     if any(not 0 <= s < 2**32 for s in seeds):
         raise RotelabError("--seeds must be in 0 .. 2^32 - 1")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise RotelabError(f"--lr must be a positive number, got {cfg.lr}")
     if cfg.steps < 4 or workers < 1:
         raise RotelabError("--steps must be >= 4 and --workers >= 1")
     for ph in phases:
