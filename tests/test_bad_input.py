@@ -365,6 +365,7 @@ CASES = [
     case("sweep --seeds 1,1 -o {out} -q", "repeats"),
     case("sweep --counts x -o {out} -q", "--counts"),
     case("sweep -o {file} -q", "not a directory"),
+    case(f"{MIA} --reference-model reference", "needs an organism target"),
     # --------------------------------------------------------------- organism
     case("organism --profile huge", "huge"),
     case("organism --precision fp8", "fp8"),

@@ -508,7 +508,11 @@ def mia_cmd(
         ),
     ] = None,
     reference_model: Annotated[
-        str | None, typer.Option(help="Reference model (same tokenizer) for the reference attack.")
+        str | None,
+        typer.Option(
+            help="Reference model (same tokenizer) for the reference attack; `reference`: the "
+            "organism's own (its world and seed, no insertions; built once, cached)."
+        ),
     ] = None,
     recall_prefix: Annotated[
         Path | None,

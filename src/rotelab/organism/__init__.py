@@ -13,6 +13,7 @@ from rotelab.organism.build import (
     default_organism,
     load_organism,
     organism_command,
+    reference_organism,
 )
 from rotelab.organism.describe import describe_organism, format_description
 from rotelab.organism.world import (
@@ -52,6 +53,7 @@ __all__ = [
     "tokenize_items",
     "load_organism",
     "organism_command",
+    "reference_organism",
     "train_tokenizer",
     "write_world",
 ]
