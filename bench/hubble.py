@@ -5,7 +5,7 @@ trains 4x longer: the same epochs, a quarter of the frequency), seeds 0, 1, 2. H
 2025): at a fixed count a 4x larger corpus at least halves strict extraction where the 1x corpus
 extracts 0.3-0.9, and lowers the loss-MIA AUC.
 
-``phase``: counts 32 and 64, 4,000 tokens, items inserted only in the first or only in the second
+``phase``: counts 32 and 48, 4,000 tokens, items inserted only in the first or only in the second
 half, seeds 0, 1, 2, audited at 25/50/75/100% of training. Hubble: items seen only early are
 recited less at the end than items seen only late.
 
@@ -35,7 +35,7 @@ GRIDS = {
     "dilution": dict(counts=(32, 48), corpus_tokens=(4000, 16000), phases=("all",),
                      seeds=(0, 1, 2), config=SweepConfig(kinds=("secret",), steps=200, lr=1e-2,
                                                          size=SIZE, checkpoints=())),
-    "phase": dict(counts=(32, 64), corpus_tokens=(4000,), phases=("first", "second"),
+    "phase": dict(counts=(32, 48), corpus_tokens=(4000,), phases=("first", "second"),
                   seeds=(0, 1, 2), config=SweepConfig(kinds=("secret",), steps=200, lr=1e-2,
                                                       size=SIZE)),
 }  # fmt: skip

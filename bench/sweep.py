@@ -1,7 +1,7 @@
 """Benchmark (issue 17): a 12-cell tiny ``rotelab sweep`` on 2 local workers against the same
 cells one after another (in this process), and whether the two give identical numbers.
 
-Grid: counts 2, 8, 32 x corpus 4,000 and 16,000 tokens x phases first, second x seed 0, secrets
+Grid: counts 2, 8, 16 x corpus 4,000 and 16,000 tokens x phases first, second x seed 0, secrets
 only, a 1-block model (hidden 64, context 48); the 16,000-token cells train 4x longer (dilution).
 Both arms run every cell on one thread (``OMP_NUM_THREADS=1`` in each worker), so the items tables
 must be equal to the last bit. Goal: parallel wall time <= 0.75x serial.
@@ -23,7 +23,7 @@ from rotelab.options import RunOptions
 from rotelab.pipelines.sweep import SweepConfig, sweep
 from rotelab.pipelines.train import ModelSize
 
-GRID = dict(counts=(2, 8, 32), corpus_tokens=(4000, 16000), phases=("first", "second"), seeds=(0,))
+GRID = dict(counts=(2, 8, 16), corpus_tokens=(4000, 16000), phases=("first", "second"), seeds=(0,))
 CONFIG = SweepConfig(kinds=("secret",), steps=80, size=ModelSize(1, 64, 2, 128, 48), lr=1e-2,
                      checkpoints=(0.5,))  # fmt: skip
 
