@@ -14,7 +14,8 @@ ratio) at lr 1e-2, batch 16, on the tiny world of the seed; the 28 secrets split
 14 members and 14 never-inserted controls. Printed: seed means with 95% t intervals, and the
 paired per-seed contrasts (4x - 1x, second - first) with t intervals. Not a speed benchmark.
 
-Run: ``python bench/hubble.py dilution|phase [--workers 2] [--out DIR]`` (under the lock).
+Run: ``python bench/hubble.py dilution|phase [--workers 2] [--seeds 0,1,2] [--out DIR]`` (under
+the lock).
 """
 
 from __future__ import annotations
@@ -55,9 +56,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default=None)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--seeds", default=None, help="Seeds instead of 0,1,2, e.g. 3,4,5.")
     args = ap.parse_args()
     out = args.out or f"runs/hubble-{args.experiment}"
-    r = sweep(**GRIDS[args.experiment], workers=args.workers,
+    grid = dict(GRIDS[args.experiment])
+    if args.seeds:
+        grid["seeds"] = tuple(int(x) for x in args.seeds.split(","))
+    r = sweep(**grid, workers=args.workers,
               run=RunOptions(out=out, resume=args.resume, progress=True))  # fmt: skip
     print(f"{args.experiment}: {r.summary['cells']} cells in {r.summary['seconds']} s, "
           f"CPU {cpu_capability()}, run {r.run_dir}")  # fmt: skip
