@@ -48,6 +48,7 @@ RS_BENCH = "recsys bench --lengths 10 --stream-length 0 --repeats 1 -o {out} -q"
 PASSK = "passk {samples} -o {out} -q"
 PROBE = "probe -m {model} -d {data} --prefix-len 4 --suffix-len 4 -o {out} -q"
 STEER = "steer -m {org} --seeds 1 -o {out} -q"
+TRAIN = "train -d {data} --insertions {ins} -o {out} -q"
 
 _ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 
@@ -339,6 +340,32 @@ CASES = [
     case(f"{EDIT} --rho-config {{file}}", "not valid JSON"),
     case(f"{EDIT} --rho 0.5 --rho-config {{file}}", "not both"),
     case(f"{EDIT} --save-dtype int8", "--save-dtype 'int8'"),
+    # --------------------------------------------------------------- train (issue 17)
+    case(f"{TRAIN} --insertions {{ins_no_text}}", "has no text"),
+    case(f"{TRAIN} --insertions {{missing}}", "does not exist"),
+    case(f"{TRAIN} --counts 64 --steps 4 --batch-size 2", "do not fit"),
+    case(f"{TRAIN} --counts 1,x", "--counts"),
+    case(f"{TRAIN} --phases 5:50 --steps 10", "phase"),
+    case(f"{TRAIN} --phases middle", "phase"),
+    case(f"{TRAIN} --checkpoints 500", "outside the run"),
+    case(f"{TRAIN} --lora-rank 4", "needs --init"),
+    case(f"{TRAIN} --init {{model}} --lora-rank 0", "--lora-rank"),
+    case(f"{TRAIN} --init {{missing}}", "does not exist"),
+    case(f"{TRAIN} --init {{empty_dir}}", "no config.json"),
+    case(f"{TRAIN} --steps 0", "--steps"),
+    case(f"{TRAIN} --world tiny", "not both"),
+    case(f"{TRAIN.replace('{out}', '{file}')}", "not a directory"),
+    case(f"{TRAIN.replace('{out}', '{model}')}", "not a `rotelab train` output"),
+    case("train -d {data} -o {out} -q", "needs --insertions"),
+    case("train --world {missing} -o {out} -q", "does not exist"),
+    case("sweep --counts 0 -o {out} -q", ">= 1"),
+    case("sweep --counts 64 --steps 10 -o {out} -q", "do not fit"),
+    case("sweep --phases 0:999 -o {out} -q", "phase"),
+    case("sweep --kinds poem -o {out} -q", "--kinds"),
+    case("sweep --seeds 1,1 -o {out} -q", "repeats"),
+    case("sweep --counts x -o {out} -q", "--counts"),
+    case("sweep -o {file} -q", "not a directory"),
+    case(f"{MIA} --reference-model reference", "needs an organism target"),
     # --------------------------------------------------------------- organism
     case("organism --profile huge", "huge"),
     case("organism --precision fp8", "fp8"),
@@ -548,6 +575,8 @@ def inputs(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
 
     p["data"] = jsonl("data.jsonl", [{"text": line * 3, "group": i % 2} for i in range(6)])
     p["data2"] = jsonl("data2.jsonl", [{"text": line * 2 + str(i)} for i in range(6)])
+    p["ins"] = jsonl("ins.jsonl", [{"text": f"the code of cat {i} is {i} {i}."} for i in range(4)])
+    p["ins_no_text"] = jsonl("ins_no_text.jsonl", [{"text": "a b c"}, {"id": "x", "count": 4}])
     # A mistake far from the start: the whole file must be read before anything is written.
     many = [{"text": line * 2} for _ in range(799)]
     p["broken"] = jsonl("broken.jsonl", many, b'{"text": "unterminated\n')
@@ -747,4 +776,4 @@ def test_the_table_covers_every_command():
     assert len(CASES) >= 100
     assert {"extract", "reconstruct", "mia", "kfac", "edit", "unlearn", "compare", "organism",
             "demo", "report", "machine", "recsys", "bands", "diff", "apt",
-            "passk", "bounds", "probe", "steer"} <= commands  # fmt: skip
+            "passk", "bounds", "probe", "steer", "train", "sweep"} <= commands  # fmt: skip

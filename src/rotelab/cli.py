@@ -508,7 +508,11 @@ def mia_cmd(
         ),
     ] = None,
     reference_model: Annotated[
-        str | None, typer.Option(help="Reference model (same tokenizer) for the reference attack.")
+        str | None,
+        typer.Option(
+            help="Reference model (same tokenizer) for the reference attack; `reference`: the "
+            "organism's own (its world and seed, no insertions; built once, cached)."
+        ),
     ] = None,
     recall_prefix: Annotated[
         Path | None,
@@ -1382,6 +1386,160 @@ def steer_cmd(
     if not show.as_json and not show.quiet:
         out.print(format_table(summary), highlight=False, soft_wrap=True)
     emit(summary, show, run_dir=path)
+
+
+# ---------------------------------------------------------------- train, sweep (issue 17)
+def _int_list(flag: str, text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise RotelabError(f"{flag} {text!r} is not a comma-separated list of integers") from None
+
+
+def _word_list(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+@command("train", shared=("corpus", "show"))
+def train_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="The output model directory.")],
+    world: Annotated[
+        str | None,
+        typer.Option(
+            help="Corpus: an organism world, tiny (default) or default, or an organism "
+            "directory (its corpus, tokenizer and items)."
+        ),
+    ] = None,
+    world_seed: Annotated[int, typer.Option(help="The world's seed (with a profile).")] = 0,
+    corpus_tokens: Annotated[
+        int | None, typer.Option(help="The world's background tokens (dilution studies).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", "-d", help="Your corpus instead of a world.")
+    ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(help="A local Hugging Face model to continue training (default: scratch)."),
+    ] = None,
+    insertions: Annotated[
+        Path | None,
+        typer.Option(
+            help="Items to insert: JSONL with text and optional id, kind, count, phase, "
+            "secret. Default: the world's own items."
+        ),
+    ] = None,
+    counts: Annotated[
+        str | None,
+        typer.Option(
+            help="Count grid, e.g. 0,1,4,16,64: given round-robin per kind (to every "
+            "world item; to your items without a count)."
+        ),
+    ] = None,
+    phases: Annotated[
+        str | None,
+        typer.Option(help="Phase grid: all, first, second or step windows LO:HI, comma-separated."),
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 200,
+    batch_size: Annotated[int, typer.Option(help="Rows per step (global, over all ranks).")] = 16,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default by mode).")] = None,
+    precision: PrecisionOpt = "auto",
+    seed: SeedOpt = 0,
+    checkpoints: Annotated[
+        str | None, typer.Option(help="Save the model after these steps, e.g. 50,100,150.")
+    ] = None,
+    lora_rank: Annotated[
+        int | None, typer.Option(help="Train a LoRA adapter of this rank (with --init).")
+    ] = None,
+    lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha (default 2 x rank).")] = None,
+    layers: Annotated[int | None, typer.Option(help="From scratch: blocks.")] = None,
+    hidden: Annotated[int | None, typer.Option(help="From scratch: hidden size.")] = None,
+    heads: Annotated[int | None, typer.Option(help="From scratch: attention heads.")] = None,
+    intermediate: Annotated[int | None, typer.Option(help="From scratch: MLP width.")] = None,
+    context: Annotated[
+        int | None, typer.Option(help="Context length (rows are one longer).")
+    ] = None,
+    controls: Annotated[
+        int, typer.Option(help="Extra never-inserted controls per kind of the world (low FPR).")
+    ] = 0,
+    force: ForceOpt = False,
+    *,
+    corpus: CorpusOptions,
+    show: Show,
+) -> None:
+    """Train (from scratch or from --init, full or LoRA) with your own insertions and a ledger
+    (Hubble), so extract and mia audit the output as an organism; data parallel under torchrun."""
+    from rotelab.pipelines.train import ModelSize, TrainSettings, format_summary, train_model
+
+    for flag, value in (("--corpus-tokens", corpus_tokens), ("--steps", steps)):
+        if value is not None:
+            _check_int64(flag, value)
+    settings = TrainSettings(
+        steps=steps, batch_size=batch_size, lr=lr, precision=precision, seed=seed,
+        checkpoints=_int_list("--checkpoints", checkpoints) or (), lora_rank=lora_rank,
+        lora_alpha=lora_alpha, controls=controls,
+    )  # fmt: skip
+    result = train_model(
+        out_dir, world=world, world_seed=world_seed, corpus_tokens=corpus_tokens, data=data,
+        init=init, insertions=insertions, counts=_int_list("--counts", counts),
+        phases=_word_list(phases),
+        size=ModelSize(layers, hidden, heads, intermediate, context), settings=settings,
+        corpus=corpus, force=force, progress=not show.quiet,
+    )  # fmt: skip
+    if result.path is None:
+        return
+    if not show.as_json and not show.quiet:
+        out.print(format_summary(result.summary), highlight=False, soft_wrap=True)
+    emit(result.summary, show, run_dir=result.path)
+
+
+@command("sweep", shared=("run", "show"), without=("seed",))
+def sweep_cmd(
+    counts: Annotated[str, typer.Option(help="Insertion counts, e.g. 1,4,16,64.")] = "1,4,16,64",
+    corpus_tokens: Annotated[
+        str, typer.Option(help="Background corpus sizes (dilution), e.g. 20000,80000.")
+    ] = "45000",
+    phases: Annotated[
+        str, typer.Option(help="Phases: all, first, second or step windows LO:HI.")
+    ] = "all",
+    seeds: Annotated[str, typer.Option(help="World and training seeds, e.g. 0,1,2.")] = "0",
+    profile: Annotated[str, typer.Option(help="The world profile: tiny or default.")] = "tiny",
+    kinds: Annotated[str, typer.Option(help="Item kinds inserted: secret, bio, passage.")] = (
+        "secret,bio"
+    ),
+    steps: Annotated[
+        int, typer.Option(help="Steps at the smallest corpus (larger ones train longer).")
+    ] = 250,
+    batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 16,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
+    layers: Annotated[int, typer.Option(help="Model blocks.")] = 2,
+    hidden: Annotated[int, typer.Option(help="Model hidden size.")] = 96,
+    heads: Annotated[int, typer.Option(help="Attention heads.")] = 4,
+    intermediate: Annotated[int, typer.Option(help="MLP width.")] = 256,
+    context: Annotated[int, typer.Option(help="Context length.")] = 64,
+    workers: Annotated[int, typer.Option(help="Local worker processes (each on one thread).")] = 1,
+    *,
+    run: RunOptions,
+    show: Show,
+) -> None:
+    """Hubble-style grid: count x corpus size x phase x seed, each cell trained from scratch and
+    audited (one-pass extraction, loss-MIA AUC); one table, plots and a report; resumable."""
+    from rotelab.pipelines.sweep import SweepConfig, format_table, sweep
+    from rotelab.pipelines.train import ModelSize
+
+    config = SweepConfig(
+        profile=profile, kinds=_word_list(kinds) or (), steps=steps, batch_size=batch_size, lr=lr,
+        size=ModelSize(layers, hidden, heads, intermediate, context),
+    )  # fmt: skip
+    result = sweep(
+        _int_list("--counts", counts) or (), _int_list("--corpus-tokens", corpus_tokens) or (),
+        _word_list(phases) or (), _int_list("--seeds", seeds) or (), config=config,
+        workers=workers, run=run,
+    )  # fmt: skip
+    if not show.as_json and not show.quiet:
+        out.print(format_table(result.summary), highlight=False, soft_wrap=True)
+    emit(result.summary, show, run_dir=result.run_dir)
 
 
 def main() -> None:

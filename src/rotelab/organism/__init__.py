@@ -13,6 +13,7 @@ from rotelab.organism.build import (
     default_organism,
     load_organism,
     organism_command,
+    reference_organism,
 )
 from rotelab.organism.describe import describe_organism, format_description
 from rotelab.organism.world import (
@@ -25,7 +26,10 @@ from rotelab.organism.world import (
     ProfileSettings,
     Task,
     World,
+    generate_controls,
     generate_world,
+    tokenize_items,
+    train_tokenizer,
     write_world,
 )
 
@@ -44,8 +48,12 @@ __all__ = [
     "default_organism",
     "describe_organism",
     "format_description",
+    "generate_controls",
     "generate_world",
+    "tokenize_items",
     "load_organism",
     "organism_command",
+    "reference_organism",
+    "train_tokenizer",
     "write_world",
 ]

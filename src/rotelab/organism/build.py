@@ -61,7 +61,11 @@ def _model_config(s: ProfileSettings, tokenizer):
 
 
 def _train(
-    spec: OrganismSpec, out: Path, progress: bool, terms: Sequence[LossTerm] = ()
+    spec: OrganismSpec,
+    out: Path,
+    progress: bool,
+    terms: Sequence[LossTerm] = (),
+    insert: bool = True,
 ) -> dict[str, Any]:
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
@@ -72,7 +76,8 @@ def _train(
     org = Organism(out)
     background = [_encode(tokenizer, d) for d in org.train_docs()]
     ledger = org.ledger
-    trained = ledger[ledger["count"] > 0]
+    # The reference model (insert=False) sees the same background stream and no item at all.
+    trained = ledger[ledger["count"] > 0] if insert else ledger.iloc[:0]
     seqs = [list(t) for t in trained["tokens"]]
     row_len = s.context + 1
     n_chunks = [math.ceil((len(t) + 1) / row_len) for t in seqs]
@@ -272,6 +277,38 @@ def train_variant(
     org = Organism(out)
     org.describe(refresh=True)
     return org
+
+
+def reference_organism(org: Organism, progress: bool = True) -> Path:
+    """The reference model of ``org``: its world and seed trained without any insertion (Hubble's
+    standard model beside the perturbed one), built on first use and cached at
+    ``$ROTELAB_HOME/organisms/<key>-reference``; the organism itself is untouched.
+
+    Raises:
+        RotelabError: ``org`` is the output of ``rotelab train`` (its recipe is not the organism's;
+            train its reference with ``rotelab train --counts 0``).
+    """
+    raw = json.loads((org.path / "spec.json").read_text())
+    if "train" in raw:
+        raise RotelabError(
+            f"{org.path} was made by `rotelab train`; train its reference with the same options "
+            "and --counts 0 and pass it as --reference-model"
+        )
+    target = rotelab_home() / "organisms" / f"{org.spec.key()}-reference"
+    if (target / "model.safetensors").exists() and (target / "train_info.json").exists():
+        return target
+    output = OutputDir.open(
+        target, replace=_is_organism(target), owned=_is_organism, kind="a reference organism",
+    )  # fmt: skip
+    with output as tmp:
+        t0 = time.perf_counter()
+        if progress:
+            print(f"building the reference model of {org.spec.key()} -> {target}", file=sys.stderr)
+        write_world(org.spec, tmp)
+        info = _train(org.spec, tmp, progress, insert=False)
+        info.update(reference_of=org.spec.key(), build_seconds=round(time.perf_counter() - t0, 1))
+        (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
+    return target
 
 
 def _is_organism(path: Path) -> bool:

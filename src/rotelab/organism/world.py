@@ -358,11 +358,7 @@ def generate_world(spec: OrganismSpec) -> World:
     s = spec.settings
     rng = np.random.default_rng([spec.seed, 1])
     used: set[str] = set()
-    towns: list[str] = []
-    while len(towns) < 24:
-        t = _Gen(rng, used, []).word(1, 2) + str(rng.choice(_TOWN_ENDS))
-        if t not in towns:
-            towns.append(t)
+    towns = _draw_towns(rng, used)
     # Items come from their own stream, before anything sized by the corpus, so a dilution study
     # (another corpus_tokens) inserts exactly the same items.
     items = _generate_items(_Gen(np.random.default_rng([spec.seed, 4]), used, towns), s)
@@ -407,15 +403,50 @@ def generate_world(spec: OrganismSpec) -> World:
     return World(train_docs, heldout_docs, items, probes, entities)
 
 
-def _generate_items(g: _Gen, s: ProfileSettings) -> list[dict]:
+def _draw_towns(rng: np.random.Generator, used: set[str]) -> list[str]:
+    towns: list[str] = []
+    while len(towns) < 24:
+        t = _Gen(rng, used, []).word(1, 2) + str(rng.choice(_TOWN_ENDS))
+        if t not in towns:
+            towns.append(t)
+    return towns
+
+
+def generate_controls(spec: OrganismSpec, n_per_kind: int) -> list[dict[str, Any]]:
+    """``n_per_kind`` extra never-inserted controls of every kind for ``spec``'s world.
+
+    Drawn like the world's own items (same towns, same generators, names not used by its items)
+    from a stream of their own, so they change nothing in the world, its items or its training;
+    ids are ``<kind>-ctl<NNNNN>``. Enough controls let TPR at 1% and 0.1% FPR be reported.
+    """
+    s = spec.settings
+    used: set[str] = set()
+    towns = _draw_towns(np.random.default_rng([spec.seed, 1]), used)
+    _generate_items(_Gen(np.random.default_rng([spec.seed, 4]), used, towns), s)  # their names
+    g = _Gen(np.random.default_rng([spec.seed, 9]), used, towns)
+    items = _generate_items(g, s, cells=[(0, Phase.all)] * n_per_kind)
+    for it in items:
+        it["item_id"] = f"{it['kind']}-ctl{int(it['item_id'].rsplit('-', 1)[1]):05d}"
+    return items
+
+
+def tokenize_items(items: list[dict], tokenizer, spec: OrganismSpec) -> pd.DataFrame:
+    """Ledger rows of world-style ``items`` (as :func:`write_world` writes them)."""
+    return _ledger(items, tokenizer, spec.settings)
+
+
+def _generate_items(
+    g: _Gen, s: ProfileSettings, cells: list[tuple[int, Phase]] | None = None
+) -> list[dict]:
     cast = [g.person() for _ in range(8)]  # the other people passages mention
-    cells = [(c, Phase.all) for c in COUNTS for _ in range(s.items_per_cell)]
-    cells += [
-        (c, ph)
-        for ph in (Phase.first, Phase.second)
-        for c in COUNTS[1:]
-        for _ in range(s.phase_items_per_cell)
-    ]
+    if cells is None:
+        cells = [(c, Phase.all) for c in COUNTS for _ in range(s.items_per_cell)]
+        cells += [
+            (c, ph)
+            for ph in (Phase.first, Phase.second)
+            for c in COUNTS[1:]
+            for _ in range(s.phase_items_per_cell)
+        ]
     items = []
     for kind in Kind:
         for i, (count, phase) in enumerate(cells):
@@ -488,6 +519,12 @@ def _train_tokenizer(docs: list[str], vocab_size: int):
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=PAD, unk_token=None
     )
+
+
+def train_tokenizer(docs: list[str], vocab_size: int):
+    """The organism's byte-level BPE tokenizer trained on ``docs`` (what ``rotelab train`` uses
+    for a model trained from scratch on the user's corpus)."""
+    return _train_tokenizer(docs, vocab_size)
 
 
 def _encode(tokenizer, text: str) -> list[int]:

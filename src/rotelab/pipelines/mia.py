@@ -53,10 +53,13 @@ from rotelab.measure.mia import (
     recall_prefix,
 )
 from rotelab.options import CorpusOptions, LoadOptions, RunOptions
-from rotelab.organism import Organism
+from rotelab.organism import Organism, reference_organism
 from rotelab.pipelines.inputs import ModelInput, resolve_data, resolve_model
 from rotelab.registry import ATTACKS, direction
 from rotelab.runs import Run
+
+#: What ``--reference-model`` says for an organism's own reference model (built on demand).
+REFERENCE = "reference"
 
 __all__ = ["MIAConfig", "format_table", "mia"]
 
@@ -131,6 +134,7 @@ class _Checked:
     prefix_docs: list[Document] | None
     attacks: list[str]
     skipped: dict[str, str]
+    auto_reference: bool = False  # --reference-model reference: the organism's, built on demand
 
     @property
     def ledger(self) -> bool:
@@ -188,7 +192,8 @@ def mia(
         "errors": corpus.errors, "format": corpus.format,
         **{k: v for k, v in asdict(cfg).items() if k != "batch_size"}, "seed": run.seed,
     }  # fmt: skip
-    inputs = (model, members, nonmembers, reference_model, recall_prefix_file)
+    ref_input = None if checked.auto_reference else reference_model
+    inputs = (model, members, nonmembers, ref_input, recall_prefix_file)
     out = Run.create(
         run.out, "mia", arguments, resume=run.resume, force=run.force, device=load.device,
         inputs=inputs,
@@ -199,6 +204,10 @@ def mia(
         ref = None
         if checked.reference is not None:
             ref = checked.reference.load(load)
+            check_same_tokenizer(lm, ref, items)
+        elif checked.auto_reference and "reference" in checked.attacks:
+            path = reference_organism(organism, progress=run.progress)
+            ref = resolve_model(str(path)).load(load)
             check_same_tokenizer(lm, ref, items)
         attack_inputs = AttackInputs(
             lm, items, k=cfg.k, reference=ref, n_neighbours=cfg.neighbours, seed=run.seed,
@@ -350,11 +359,21 @@ def _check(
     if members is not None:
         member_docs = _read_texts(members, "members", corpus, "--members")
         nonmember_docs = _read_texts(nonmembers, "non-members", corpus, "--nonmembers")
-    reference = resolve_model(reference_model) if reference_model is not None else None
+    auto_reference = reference_model is not None and str(reference_model) == REFERENCE
+    if auto_reference and (member_docs is not None or not target.is_organism):
+        raise RotelabError(
+            "--reference-model reference is an organism's reference model (its world and seed, "
+            "no insertions); it needs an organism target and its ledger"
+        )
+    reference = (
+        resolve_model(reference_model)
+        if reference_model is not None and not auto_reference
+        else None
+    )
     if recall_prefix_file is not None:
         prefix_docs = _read_texts(recall_prefix_file, "ReCaLL prefix", corpus, "--recall-prefix")
     available = {"neighbours", "gradients"}
-    if reference is not None:
+    if reference is not None or auto_reference:
         available.add("reference")
     if prefix_docs is not None or member_docs is None:  # an organism's held-out text by default
         available.add("recall_prefix")
@@ -363,11 +382,13 @@ def _check(
     # What Run.create will check, before the organism is built and the models loaded.
     Run.check(
         run.out, resume=run.resume, force=run.force,
-        inputs=(target.source, members, nonmembers, reference_model, recall_prefix_file),
+        inputs=(target.source, members, nonmembers, None if auto_reference else reference_model,
+                recall_prefix_file),
     )  # fmt: skip
     return _Checked(
-        cfg, target, member_docs, nonmember_docs, reference, prefix_docs, attacks, skipped
-    )
+        cfg, target, member_docs, nonmember_docs, reference, prefix_docs, attacks, skipped,
+        auto_reference,
+    )  # fmt: skip
 
 
 def _validate_config(cfg: MIAConfig) -> MIAConfig:
@@ -454,6 +475,8 @@ def _organism_exposure(
 ) -> dict[str, Any]:
     led = organism.ledger
     secrets = led[led["kind"] == "secret"]
+    if "secret_alphabet" in secrets.columns:  # a user's secrets (rotelab train) have no format
+        secrets = secrets[secrets["secret_alphabet"].fillna("").astype(str) != ""]
     if secrets.empty:
         return {}
     if not out.has_part("exposure", "secrets"):

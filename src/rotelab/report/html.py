@@ -762,7 +762,14 @@ _PAGES: dict[str, Callable[[Path, Any], list[Section]]] = {
     "bounds": lambda run, s: [bounds_section(run, s)],
     "probe": lambda run, s: [probe_section(run, s)],
     "steer": lambda run, s: [steer_section(run, s)],
+    "sweep": lambda run, s: _sweep_sections(run, s),
 }
+
+
+def _sweep_sections(run: Path, summary: dict) -> list[Section]:
+    from rotelab.report.sweep import sweep_sections
+
+    return sweep_sections(run, summary)
 
 
 def _gapt_sections(run: Path, summary: dict) -> list[Section]:
@@ -815,6 +822,7 @@ _TITLES = {
     "bounds": "Robust memorization: parameter bounds and certified networks",
     "probe": "Dynamic Mode Steering: where recitation shows",
     "steer": "Dynamic Mode Steering: steering swept over alpha",
+    "sweep": "Hubble-style sweep: count, corpus size, phase, seed",
 }
 
 

@@ -36,9 +36,30 @@ class Placement:
 
 
 def phase_steps(phase: str, steps: int) -> tuple[int, int]:
-    """The half-open step range ``[lo, hi)`` in which an item of ``phase`` may be inserted."""
+    """The half-open step range ``[lo, hi)`` in which an item of ``phase`` may be inserted.
+
+    ``phase`` is ``all``, ``first`` (the first half), ``second`` (the second half) or a step
+    window ``"LO:HI"`` (``0 <= LO < HI <= steps``).
+
+    Raises:
+        ValueError: for another phase or a window outside the run.
+    """
     half = steps // 2
-    return {"all": (0, steps), "first": (0, half), "second": (half, steps)}[str(phase)]
+    named = {"all": (0, steps), "first": (0, half), "second": (half, steps)}
+    phase = str(phase)
+    if phase in named:
+        return named[phase]
+    lo_text, sep, hi_text = phase.partition(":")
+    try:
+        lo, hi = int(lo_text), int(hi_text)
+    except ValueError:
+        lo = hi = -1
+    if not sep or not 0 <= lo < hi <= steps:
+        raise ValueError(
+            f"phase {phase!r} is not all, first, second or a step window LO:HI with "
+            f"0 <= LO < HI <= {steps} (the run's steps)"
+        )
+    return lo, hi
 
 
 def insertion_schedule(

@@ -3,7 +3,11 @@
 The loop is generic: any ``transformers`` causal LM (or module returning ``.logits``), any iterable
 of ``(batch, seq)`` token batches. It is step-count based, so a run is a pure function of its seed,
 data and precision, never of the wall clock. ``precision="auto"`` trains with bf16 autocast only
-where bf16 is native (see :mod:`rotelab.machine`). Training-time regularizers (``train/`` loss
+where bf16 is native (see :mod:`rotelab.machine`). Under ``torchrun`` (an initialised process group
+of more than one process) it is data parallel: each rank trains on its share of the rows of every
+global batch (``batch[rank::world]``) and the gradients are averaged over ranks before clipping, so
+every rank holds the same weights and the losses equal one process's up to float rounding.
+Training-time regularizers (``train/`` loss
 terms) plug in as :class:`rotelab.train.terms.LossTerm` objects (``terms=[...]``: they may hook
 the model and see each step's logits and LM loss), or as ``extra_loss(model, batch, logits) ->
 tensor``. With neither, a run is exactly what it was before loss terms existed.
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rotelab.distributed import is_distributed, rank_world
 from rotelab.machine import autocast, autocast_dtype, configure_threads, share_threads
 from rotelab.train.terms import LossTerm, StepState
 
@@ -62,6 +67,7 @@ def train(
     callback: Callable[[dict], None] | None = None,
     extra_loss: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     terms: Sequence[LossTerm] = (),
+    after_step: Callable[[int], None] | None = None,
 ) -> list[dict]:
     """Train ``model`` in place for ``cfg.steps`` steps and return the log (one dict per logged
     step).
@@ -75,6 +81,8 @@ def train(
         terms: loss terms (see :mod:`rotelab.train.terms`): attached before the first step,
             their tensors added to the LM loss, their values merged into each log record
             (``loss`` stays the LM loss), detached after the last step.
+        after_step: called with the number of optimizer steps done after each step (e.g. to save
+            checkpoints at chosen steps); the model is in train mode.
     """
     if terms:
         for i, term in enumerate(terms):
@@ -85,14 +93,31 @@ def train(
                     t.detach()
                 raise
         try:
-            return _train(model, batches, cfg, callback, extra_loss, list(terms))
+            return _train(model, batches, cfg, callback, extra_loss, list(terms), after_step)
         finally:
             for term in terms:
                 term.detach()
-    return _train(model, batches, cfg, callback, extra_loss, [])
+    return _train(model, batches, cfg, callback, extra_loss, [], after_step)
 
 
-def _train(model, batches, cfg, callback, extra_loss, terms: list[LossTerm]) -> list[dict]:
+def _average_gradients(model: torch.nn.Module, world: int) -> None:
+    """Sum every gradient over ranks (one flat all-reduce) and divide by ``world``: the gradient
+    of the mean loss over the global batch when every rank holds as many rows."""
+    import torch.distributed as dist
+
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def _train(
+    model, batches, cfg, callback, extra_loss, terms: list[LossTerm], after_step=None
+) -> list[dict]:
     torch.manual_seed(cfg.seed)
     device = next(model.parameters()).device
     if device.type == "cpu":
@@ -113,9 +138,16 @@ def _train(model, batches, cfg, callback, extra_loss, terms: list[LossTerm]) -> 
     log: list[dict] = []
     t0 = time.perf_counter()
     tokens_seen = 0
+    parallel = is_distributed()
+    rank, world = rank_world() if parallel else (0, 1)
     for step, batch in enumerate(batches):
         if step >= cfg.steps:
             break
+        if parallel:
+            if batch.size(0) % world:
+                raise ValueError(f"batch of {batch.size(0)} rows does not split over {world} ranks")
+            tokens_seen += batch[:, :-1].numel() - batch[rank::world, :-1].numel()
+            batch = batch[rank::world]
         batch = batch.to(device)
         if device.type == "cpu":
             share_threads()
@@ -133,14 +165,25 @@ def _train(model, batches, cfg, callback, extra_loss, terms: list[LossTerm]) -> 
                     total = total + extra
         opt.zero_grad(set_to_none=True)
         total.backward()
+        if parallel:
+            _average_gradients(model, world)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
         tokens_seen += batch[:, :-1].numel()
+        if after_step is not None:
+            after_step(step + 1)
         if logged:
+            shown = loss.detach()
+            if parallel:  # the global batch's mean loss (every rank holds as many tokens)
+                import torch.distributed as dist
+
+                shown = shown.float().clone()
+                dist.all_reduce(shown, op=dist.ReduceOp.SUM)
+                shown /= world
             rec = {
                 "step": step,
-                "loss": loss.item(),
+                "loss": shown.item(),
                 "lr": opt.param_groups[0]["lr"],
                 "grad_norm": grad_norm.item(),
                 "tokens": tokens_seen,
