@@ -44,6 +44,7 @@ __all__ = [
     "ProbeSummary",
     "SteerSummary",
     "Summary",
+    "TrainingAuditSummary",
     "read_summary",
 ]
 
@@ -382,6 +383,26 @@ class SteerSummary(Summary):
     static_ppl_at_equal_extraction: float | None = None
 
 
+@_schema("training audit")
+class TrainingAuditSummary(Summary):
+    """One checkpoint's audit by :class:`rotelab.pipelines.hf_callback.AuditCallback`."""
+
+    NESTED = {"attacks": (AttackSummary, "dict")}
+
+    model: str
+    step: int
+    n_members: int
+    n_controls: int
+    extracted: int
+    extraction_rate: float
+    extraction_rate_ci: list[float]
+    control_extraction_rate: float
+    mean_matched_prefix: float
+    member_nll: float
+    control_nll: float
+    attacks: dict[str, AttackSummary]
+
+
 #: The schema of each command's summary.json (config.json's ``command``).
 SCHEMAS: dict[str, type[Summary]] = {
     "extract": ExtractionSummary,
@@ -397,6 +418,7 @@ SCHEMAS: dict[str, type[Summary]] = {
     "bounds": BoundsSummary,
     "probe": ProbeSummary,
     "steer": SteerSummary,
+    "training-audit": TrainingAuditSummary,
 }
 
 
