@@ -44,6 +44,7 @@ __all__ = [
     "ProbeSummary",
     "SteerSummary",
     "Summary",
+    "TermnormSummary",
     "read_summary",
 ]
 
@@ -382,6 +383,23 @@ class SteerSummary(Summary):
     static_ppl_at_equal_extraction: float | None = None
 
 
+# ------------------------------------------------------------------------------------- termnorm
+@_schema("termnorm")
+class TermnormSummary(Summary):
+    """``rotelab termnorm``'s summary: memorization (train) and generalization (withheld) gains
+    per terminology, lexicalization and popularity bucket; baseline accuracy by popularity; the
+    term/ID alignment and whether it predicts the withheld outcome."""
+
+    terminologies: list[str]
+    models: list[str]
+    pairs: int
+    gains: list[dict[str, Any]]
+    gains_by_lexical: list[dict[str, Any]]
+    gains_by_bucket: list[dict[str, Any]]
+    baseline_by_popularity: list[dict[str, Any]]
+    alignment: list[dict[str, Any]]
+
+
 #: The schema of each command's summary.json (config.json's ``command``).
 SCHEMAS: dict[str, type[Summary]] = {
     "extract": ExtractionSummary,
@@ -397,6 +415,7 @@ SCHEMAS: dict[str, type[Summary]] = {
     "bounds": BoundsSummary,
     "probe": ProbeSummary,
     "steer": SteerSummary,
+    "termnorm": TermnormSummary,
 }
 
 

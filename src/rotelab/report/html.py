@@ -748,7 +748,14 @@ _PAGES: dict[str, Callable[[Path, Any], list[Section]]] = {
     "bounds": lambda run, s: [bounds_section(run, s)],
     "probe": lambda run, s: [probe_section(run, s)],
     "steer": lambda run, s: [steer_section(run, s)],
+    "termnorm": lambda run, s: _termnorm_sections(run, s),
 }
+
+
+def _termnorm_sections(run: Path, summary) -> list[Section]:
+    from rotelab.report.termnorm import termnorm_sections
+
+    return termnorm_sections(run, summary)
 
 
 def _gapt_sections(run: Path, summary: dict) -> list[Section]:
@@ -801,6 +808,7 @@ _TITLES = {
     "bounds": "Robust memorization: parameter bounds and certified networks",
     "probe": "Dynamic Mode Steering: where recitation shows",
     "steer": "Dynamic Mode Steering: steering swept over alpha",
+    "termnorm": "Term -> identifier: memorization vs generalization (Pericharla et al. 2025)",
 }
 
 

