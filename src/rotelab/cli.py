@@ -1409,9 +1409,9 @@ def termnorm_cmd(
     ] = "tiny",
     sample: Annotated[int, typer.Option(help="Pairs sampled from a real terminology.")] = 200,
     fraction: Annotated[float, typer.Option(help="Share of pairs fine-tuned on, in (0, 1).")] = 0.5,
-    epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs (default 10).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs (default 20).")] = None,
     lr: Annotated[
-        float | None, typer.Option(help="Learning rate (default 3e-4 full, 1e-3 LoRA).")
+        float | None, typer.Option(help="Learning rate (default 1e-3 full, 3e-3 LoRA).")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Pairs per fine-tuning step.")] = 16,
     full: Annotated[

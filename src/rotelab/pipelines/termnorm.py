@@ -58,8 +58,8 @@ __all__ = ["BUILTIN", "TermnormRun", "format_table", "termnorm"]
 #: Terminologies known by name; anything else is a file.
 BUILTIN = ("synthetic", "hpo", "genes")
 #: Fine-tuning defaults: full fine-tuning of the small pretrained model, LoRA on a real model.
-FULL_DEFAULTS = {"epochs": 10, "lr": 3e-4}
-LORA_DEFAULTS = {"epochs": 10, "lr": 1e-3}
+FULL_DEFAULTS = {"epochs": 20, "lr": 1e-3}
+LORA_DEFAULTS = {"epochs": 20, "lr": 3e-3}
 
 
 @dataclass
