@@ -27,6 +27,7 @@ from rotelab.termnorm import (
     pretrain_with_ontology,
     read_terminology,
     run_study,
+    sample_pairs,
     split_pairs,
     synthetic_ontology,
 )
@@ -96,6 +97,23 @@ def test_split_is_stratified_and_seeded(onto):
     for bad in (0, 1, 1.5, -0.1):
         with pytest.raises(RotelabError, match=r"\(0, 1\)"):
             split_pairs(onto, bad)
+
+
+def test_sample_spreads_over_popularity_buckets():
+    """A heavy-tailed terminology: 1000 unpopular pairs, 10 popular ones; the sample of 20 takes
+    every bucket's share, the small bucket's leftover going to the others."""
+    pop = [0] * 1000 + [100] * 10 + [3] * 50
+    df = pd.DataFrame({"term": [f"t{i}" for i in range(len(pop))],
+                       "id": [str(i) for i in range(len(pop))], "popularity": pop})  # fmt: skip
+    s = sample_pairs(df, 24, seed=0)
+    assert len(s) == 24 and s["term"].is_unique
+    counts = s["popularity"].value_counts()
+    assert counts[100] == 8 and counts[3] == 8 and counts[0] == 8
+    small = sample_pairs(df.iloc[995:1012], 12, seed=0)  # 5 unpopular, 10 popular, 2 at 3
+    assert small["popularity"].value_counts().to_dict() == {0: 5, 100: 5, 3: 2}
+    assert sample_pairs(df, 24, seed=0)["term"].tolist() == s["term"].tolist()
+    with pytest.raises(RotelabError, match="at least 2"):
+        sample_pairs(df, 1)
 
 
 def test_check_pairs_rejects_bad_terminologies(tmp_path):
