@@ -49,6 +49,7 @@ PASSK = "passk {samples} -o {out} -q"
 PROBE = "probe -m {model} -d {data} --prefix-len 4 --suffix-len 4 -o {out} -q"
 STEER = "steer -m {org} --seeds 1 -o {out} -q"
 TRAIN = "train -d {data} --insertions {ins} -o {out} -q"
+TERMNORM = "termnorm -m {model} --seeds 1 -o {out} -q"
 
 _ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 
@@ -471,6 +472,17 @@ CASES = [
     case("passk {samples_c_above_n} -o {out}", "0 <= c <= n"),
     case("passk {samples_broken} -o {out}", "line 21 is not JSON"),
     case("passk {samples} -o {samples} --force", "is the input"),
+    # --------------------------------------------------------------- termnorm (issue 24)
+    case(f"{TERMNORM} --terminology {{tn_nocol}}", "no id column"),
+    case(f"{TERMNORM} --terminology {{tn_noid}}", "map to no ID"),
+    case(f"{TERMNORM} --terminology {{missing}}", "does not exist"),
+    case(f"{TERMNORM} --terminology {{file}}", "no term or id column"),
+    case(f"{TERMNORM} --terminology {{samples}}", "use a .csv, .tsv or .parquet"),
+    case(f"{TERMNORM} --fraction 1.5", "(0, 1)"),
+    case(f"{TERMNORM} --fraction 0", "(0, 1)"),
+    case(f"{TERMNORM} --seeds 0", "--seeds"),
+    case(f"{TERMNORM} --preset huge", "--preset"),
+    case(f"{TERMNORM} --terminology ''", "at least one terminology"),
     # --------------------------------------------------------------- probe, steer, steered models
     case(f"{PROBE} --layers x", "--layers"),
     case(f"{PROBE} --layers 9", "layer 9 does not exist", loads=True),
@@ -623,6 +635,10 @@ def inputs(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
          run=RunOptions(out=root / "factors", progress=False))  # fmt: skip
     p["factors"] = root / "factors"
     _recsys_inputs(root, p)
+    p["tn_nocol"] = root / "tn_nocol.csv"
+    p["tn_nocol"].write_text("term,code\nSeizure,HP:0001250\n")
+    p["tn_noid"] = root / "tn_noid.tsv"
+    p["tn_noid"].write_text("term\tid\nSeizure\tHP:0001250\nAtaxia\t\n")
     p.update(_steering_specs(root, p["model"]))
     return p
 
@@ -776,4 +792,5 @@ def test_the_table_covers_every_command():
     assert len(CASES) >= 100
     assert {"extract", "reconstruct", "mia", "kfac", "edit", "unlearn", "compare", "organism",
             "demo", "report", "machine", "recsys", "bands", "diff", "apt",
-            "passk", "bounds", "probe", "steer", "train", "sweep"} <= commands  # fmt: skip
+            "passk", "bounds", "probe", "steer", "train", "sweep",
+            "termnorm"} <= commands  # fmt: skip

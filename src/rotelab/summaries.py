@@ -45,6 +45,7 @@ __all__ = [
     "SteerSummary",
     "Summary",
     "TrainingAuditSummary",
+    "TermnormSummary",
     "read_summary",
 ]
 
@@ -403,6 +404,23 @@ class TrainingAuditSummary(Summary):
     attacks: dict[str, AttackSummary]
 
 
+# ------------------------------------------------------------------------------------- termnorm
+@_schema("termnorm")
+class TermnormSummary(Summary):
+    """``rotelab termnorm``'s summary: memorization (train) and generalization (withheld) gains
+    per terminology, lexicalization and popularity bucket; baseline accuracy by popularity; the
+    term/ID alignment and whether it predicts the withheld outcome."""
+
+    terminologies: list[str]
+    models: list[str]
+    pairs: int
+    gains: list[dict[str, Any]]
+    gains_by_lexical: list[dict[str, Any]]
+    gains_by_bucket: list[dict[str, Any]]
+    baseline_by_popularity: list[dict[str, Any]]
+    alignment: list[dict[str, Any]]
+
+
 #: The schema of each command's summary.json (config.json's ``command``).
 SCHEMAS: dict[str, type[Summary]] = {
     "extract": ExtractionSummary,
@@ -419,6 +437,7 @@ SCHEMAS: dict[str, type[Summary]] = {
     "probe": ProbeSummary,
     "steer": SteerSummary,
     "training-audit": TrainingAuditSummary,
+    "termnorm": TermnormSummary,
 }
 
 

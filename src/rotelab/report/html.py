@@ -763,6 +763,7 @@ _PAGES: dict[str, Callable[[Path, Any], list[Section]]] = {
     "probe": lambda run, s: [probe_section(run, s)],
     "steer": lambda run, s: [steer_section(run, s)],
     "sweep": lambda run, s: _sweep_sections(run, s),
+    "termnorm": lambda run, s: _termnorm_sections(run, s),
 }
 
 
@@ -770,6 +771,12 @@ def _sweep_sections(run: Path, summary: dict) -> list[Section]:
     from rotelab.report.sweep import sweep_sections
 
     return sweep_sections(run, summary)
+
+
+def _termnorm_sections(run: Path, summary) -> list[Section]:
+    from rotelab.report.termnorm import termnorm_sections
+
+    return termnorm_sections(run, summary)
 
 
 def _gapt_sections(run: Path, summary: dict) -> list[Section]:
@@ -823,6 +830,7 @@ _TITLES = {
     "probe": "Dynamic Mode Steering: where recitation shows",
     "steer": "Dynamic Mode Steering: steering swept over alpha",
     "sweep": "Hubble-style sweep: count, corpus size, phase, seed",
+    "termnorm": "Term -> identifier: memorization vs generalization (Pericharla et al. 2025)",
 }
 
 

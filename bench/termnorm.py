@@ -1,0 +1,147 @@
+"""Benchmark: term -> ID fine-tuning and evaluation (issue 24, Pericharla et al. 2025).
+
+Two ratios, each against its baseline in the same run, the arms alternating round by round so
+a change of load on this shared machine hits them alike:
+
+- ``lora``: :func:`rotelab.termnorm.finetune` through a LoRA adapter
+  (:func:`rotelab.termnorm.lora_model`) on SmolLM2 against a minimal ``peft`` loop (``loss =
+  model(input_ids, attention_mask, labels).loss``, AdamW, no clipping, no schedule) on the
+  same batches; ``speed`` = minimal time / rotelab time (the issue's target: >= 0.9).
+- ``scoring``: :func:`rotelab.termnorm.exact_match` (one teacher-forced pass per batch) against
+  :func:`rotelab.termnorm.greedy_exact_match` (greedy decoding of the ID's length) on the same
+  queries; ``speed`` = greedy time / one-pass time (target: >= 3x), and ``agree`` = the share
+  of queries on which the two verdicts agree (must be 1).
+
+Run: ``python bench/termnorm.py [--queries 10000] [--smol-queries 1000] [--pairs 64]``; prints
+JSON, then a Markdown table labelled with the CPU capability.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from rotelab.lm import LM  # noqa: E402
+from rotelab.machine import cpu_capability  # noqa: E402
+from rotelab.sources import named_model_dir  # noqa: E402
+from rotelab.termnorm import (  # noqa: E402
+    TEMPLATES,
+    FinetuneConfig,
+    LoraSettings,
+    encode_pairs,
+    exact_match,
+    finetune,
+    greedy_exact_match,
+    lora_model,
+    synthetic_ontology,
+    target_batches,
+)
+
+
+def _smol() -> LM:
+    return LM.load(named_model_dir("smollm2"), device="cpu", dtype="float32")
+
+
+def minimal_peft_loop(model, batches, lr: float) -> None:
+    """The baseline: what a user writes with peft and nothing else."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for ids, mask, labels in batches:
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+
+
+def bench_lora(pairs: int, rounds: int) -> dict:
+    onto = synthetic_ontology(max(1, pairs // 10 + 1), seed=0).head(pairs)
+    template = TEMPLATES["synthetic"]
+    times = {"rotelab": [], "minimal": []}
+    for r in range(rounds):
+        for arm in ("rotelab", "minimal") if r % 2 == 0 else ("minimal", "rotelab"):
+            lm = _smol()
+            torch.manual_seed(0)
+            model = lora_model(lm.model, LoraSettings())
+            cfg = FinetuneConfig(epochs=1, lr=1e-3, batch_size=16, seed=0)
+            seqs, starts = encode_pairs(lm.tokenizer, onto["term"], onto["id"], template)
+            batches = target_batches(seqs, starts, 16, lm.pad_id, seed=0)  # what finetune makes
+            t0 = time.perf_counter()
+            if arm == "rotelab":
+                finetune(model, lm.tokenizer, onto["term"], onto["id"], template, cfg)
+            else:
+                minimal_peft_loop(model, batches, cfg.lr)
+            times[arm].append(time.perf_counter() - t0)
+    rot, mini = float(np.median(times["rotelab"])), float(np.median(times["minimal"]))
+    return {"bench": "lora", "model": "smollm2", "pairs": pairs, "steps": -(-pairs // 16),
+            "rotelab_s": rot, "minimal_s": mini, "speed": mini / rot}  # fmt: skip
+
+
+def bench_scoring(lm: LM, name: str, queries: int, rounds: int, batch: int) -> dict:
+    onto = synthetic_ontology(queries // 10 + 1, seed=1).head(queries)
+    template = TEMPLATES["synthetic"]
+    terms, ids = onto["term"].tolist(), onto["id"].tolist()
+    exact_match(lm, terms[:batch], ids[:batch], template)  # warm-up
+    times = {"one_pass": [], "greedy": []}
+    verdicts = {}
+    for r in range(rounds):
+        for arm in ("one_pass", "greedy") if r % 2 == 0 else ("greedy", "one_pass"):
+            t0 = time.perf_counter()
+            if arm == "one_pass":
+                v = exact_match(lm, terms, ids, template, batch_size=batch)["correct"].to_numpy()
+            else:
+                v = greedy_exact_match(lm, terms, ids, template, batch_size=batch)
+            times[arm].append(time.perf_counter() - t0)
+            verdicts[arm] = v
+    one, greedy = float(np.median(times["one_pass"])), float(np.median(times["greedy"]))
+    return {"bench": "scoring", "model": name, "queries": queries, "one_pass_s": one,
+            "greedy_s": greedy, "speed": greedy / one,
+            "agree": float(np.mean(verdicts["one_pass"] == verdicts["greedy"])),
+            "correct": int(verdicts["one_pass"].sum())}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--queries", type=int, default=10_000, help="queries on the tiny organism")
+    ap.add_argument("--smol-queries", type=int, default=1000, help="queries on SmolLM2")
+    ap.add_argument("--pairs", type=int, default=64, help="LoRA training pairs (one epoch)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--skip", default="", help="comma list of lora,tiny,smollm2 to skip")
+    args = ap.parse_args()
+    skip = set(args.skip.split(","))
+    rows = []
+    if "tiny" not in skip:
+        tiny = LM.load(os.environ.get("ROTELAB_TEST_ORGANISM", "/work/tiny-org"), device="cpu",
+                       dtype="float32")  # fmt: skip
+        rows.append(bench_scoring(tiny, "tiny organism", args.queries, args.rounds, args.batch))
+        print(json.dumps(rows[-1]), flush=True)
+    if "smollm2" not in skip:
+        rows.append(bench_scoring(_smol(), "smollm2", args.smol_queries, args.rounds, args.batch))
+        print(json.dumps(rows[-1]), flush=True)
+    if "lora" not in skip:
+        rows.append(bench_lora(args.pairs, args.rounds))
+        print(json.dumps(rows[-1]), flush=True)
+    cap = cpu_capability()
+    print("\n| bench | model | size | rotelab s | baseline s | speed | CPU |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        if r["bench"] == "lora":
+            print(f"| LoRA fine-tuning vs minimal peft loop | {r['model']} | {r['pairs']} pairs, "
+                  f"{r['steps']} steps | {r['rotelab_s']:.2f} | {r['minimal_s']:.2f} | "
+                  f"{r['speed']:.2f}x | {cap} |")  # fmt: skip
+        else:
+            print(f"| one-pass exact match vs greedy decoding | {r['model']} | {r['queries']} "
+                  f"queries (agree {r['agree']:.3f}) | {r['one_pass_s']:.2f} | {r['greedy_s']:.2f}"
+                  f" | {r['speed']:.2f}x | {cap} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

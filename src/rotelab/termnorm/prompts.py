@@ -1,0 +1,51 @@
+"""How a term -> ID pair becomes tokens: one template for pretraining text, fine-tuning and
+evaluation, so the model is always asked in the words it learned from.
+
+Prompt and target are encoded separately and concatenated (``prompt_ids + target_ids``): the
+target's tokens are then the same in training and scoring, never re-split by the tokenizer at
+the prompt boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["TEMPLATES", "Template", "encode_pairs"]
+
+
+@dataclass(frozen=True)
+class Template:
+    """``prompt`` (with ``{term}``) asks; ``target`` (with ``{id}``) is the answer the model must
+    reproduce exactly; ``end`` closes a pretraining statement."""
+
+    prompt: str
+    target: str = " {id}"
+    end: str = "."
+
+    def statement(self, term: str, ident: str) -> str:
+        """The pair as one sentence of pretraining text."""
+        return self.prompt.format(term=term) + self.target.format(id=ident) + self.end
+
+
+#: ``synthetic`` matches the organism's pretraining statements; the others ask a real model.
+TEMPLATES = {
+    "synthetic": Template("{term} has the identifier"),
+    "hpo": Template("The Human Phenotype Ontology ID of {term} is"),
+    "genes": Template("The NCBI Gene ID of the gene {term} is"),
+    "file": Template("The identifier of {term} is"),
+}
+
+
+def encode_pairs(
+    tokenizer, terms: Sequence[str], ids: Sequence[str], template: Template
+) -> tuple[list[list[int]], list[int]]:
+    """Token ids of ``prompt + target`` per pair and where each target starts."""
+    seqs: list[list[int]] = []
+    starts: list[int] = []
+    for term, ident in zip(terms, ids, strict=True):
+        p = tokenizer(template.prompt.format(term=term), add_special_tokens=False)["input_ids"]
+        t = tokenizer(template.target.format(id=ident), add_special_tokens=False)["input_ids"]
+        seqs.append(list(p) + list(t))
+        starts.append(len(p))
+    return seqs, starts

