@@ -748,6 +748,8 @@ _PAGES: dict[str, Callable[[Path, Any], list[Section]]] = {
     "bounds": lambda run, s: [bounds_section(run, s)],
     "probe": lambda run, s: [probe_section(run, s)],
     "steer": lambda run, s: [steer_section(run, s)],
+    "barrier": lambda run, s: _barrier_sections(run, s),
+    "finetune": lambda run, s: _finetune_sections(run, s),
 }
 
 
@@ -755,6 +757,18 @@ def _gapt_sections(run: Path, summary: dict) -> list[Section]:
     from rotelab.report.gapt import gapt_sections
 
     return gapt_sections(run, summary)
+
+
+def _barrier_sections(run: Path, summary: Any) -> list[Section]:
+    from rotelab.report.barrier import barrier_sections
+
+    return barrier_sections(run, summary.to_dict())
+
+
+def _finetune_sections(run: Path, summary: Any) -> list[Section]:
+    from rotelab.report.barrier import finetune_sections
+
+    return finetune_sections(run, summary.to_dict())
 
 
 # ------------------------------------------------------------------------------------ render
@@ -801,6 +815,8 @@ _TITLES = {
     "bounds": "Robust memorization: parameter bounds and certified networks",
     "probe": "Dynamic Mode Steering: where recitation shows",
     "steer": "Dynamic Mode Steering: steering swept over alpha",
+    "barrier": "The memorization barrier and IB-FT (Wang et al. 2025)",
+    "finetune": "Fine-tuning: SFT or IB-FT",
 }
 
 
