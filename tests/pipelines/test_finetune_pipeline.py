@@ -70,3 +70,16 @@ def test_cli_negative_alpha_is_one_line(tmp_path, tiny_llama_dir, no_organism):
                                    "--ib-alpha", "-1", "-o", str(tmp_path / "r")])  # fmt: skip
     assert res.exit_code == 2 and "--ib-alpha must be a number >= 0" in res.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_program_task_is_measured_before_and_after(tmp_path, tiny_organism):
+    opts = FinetuneOptions(ib=True, steps=2, batch_size=2, eval_samples=1)
+    r = finetune(str(tiny_organism.path), "programs", opts, run=RunOptions(tmp_path / "r"))
+    assert r.summary["examples"] == 400  # the task's fine-tuning split
+    cell = r.summary["pass_at_k"]["pass@1(1)"]
+    for stage in ("before", "after"):
+        lo, hi = cell[stage]["ci"]
+        assert lo <= cell[stage]["value"] <= hi
+    table = pd.read_parquet(tmp_path / "r" / "results" / "passk")
+    assert sorted(table.stage) == ["after", "before"] and (table.problems == 200).all()
