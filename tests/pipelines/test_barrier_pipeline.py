@@ -49,9 +49,11 @@ def test_claims_are_paired_per_seed_differences():
     assert barrier_claim["per_seed"] == pytest.approx([0.08, 0.07, 0.06])
     assert barrier_claim["mean"] == pytest.approx(0.07)
     assert barrier_claim["ci"][0] < 0.07 < barrier_claim["ci"][1]
-    assert out["claims"]["barrier"]["agrees"] is True
+    assert out["claims"]["barrier"]["verdict"] == "agrees"
     ib = out["claims"]["ibft_over_sft"]["ibft_minus_sft"]
-    assert ib["mean"] == pytest.approx(0.01) and out["claims"]["ibft_over_sft"]["agrees"]
+    assert (
+        ib["mean"] == pytest.approx(0.01) and out["claims"]["ibft_over_sft"]["verdict"] == "agrees"
+    )
     km = out["claims"]["ibft_over_sft_passkm"]["ibft_minus_sft"]
     # Pass@5(3): ibft = (sft + 0.01) / 2 + 0.02, sft = sft / 2: difference 0.025
     assert km["mean"] == pytest.approx(0.025)
@@ -67,7 +69,7 @@ def test_a_claim_the_numbers_contradict_disagrees():
     units.loc[(units.unit == "ibft") & (units.copies == 64), P1] -= 0.05  # IB-FT now 0.04 worse
     out = summarize(units, BarrierConfig(ks=(1, 5), ms=(1, 3), samples=5))
     assert out["claims"]["ibft_over_sft"]["ibft_minus_sft"]["mean"] == pytest.approx(-0.04)
-    assert out["claims"]["ibft_over_sft"]["agrees"] is False
+    assert out["claims"]["ibft_over_sft"]["verdict"] == "disagrees"
 
 
 TINY = BarrierConfig(copies=(0, 3), n_finetune=4, n_eval=4, samples=5, ks=(1, 5), ms=(1, 3),
@@ -109,3 +111,11 @@ def test_bad_options_fail_before_any_work(tmp_path, no_organism):
     res = CliRunner().invoke(app, ["barrier", "--copies", "64,64", "-o", str(tmp_path / "b")])
     assert res.exit_code == 2 and "distinct" in res.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_a_difference_within_noise_is_inconclusive():
+    units = _units()
+    sel = (units.unit == "ibft") & (units.copies == 64)
+    units.loc[sel, P1] += [0.01, -0.03, 0.0]  # IB-FT - SFT per seed: +0.02, -0.02, +0.01
+    out = summarize(units, BarrierConfig(ks=(1, 5), ms=(1, 3), samples=5))
+    assert out["claims"]["ibft_over_sft"]["verdict"] == "inconclusive (mean +)"

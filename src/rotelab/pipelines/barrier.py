@@ -346,13 +346,16 @@ def summarize(units: pd.DataFrame, cfg: BarrierConfig) -> dict[str, Any]:
         return per_seed(copies, arm, metric) - per_seed(copies, "base", metric)
 
     if lo != hi:
-        d = (gain(lo, "sft", p1) - gain(hi, "sft", p1)).dropna()
-        claims["barrier"] = {
-            "claim": PAPER["barrier"],
-            "metric": p1,
-            "gain_clean_minus_gain_memorized": _mean_ci(d.tolist()),
-            "agrees": _agrees(d),
-        }
+        # the paper's barrier is about held-out problems; the same comparison on the fine-tuning
+        # problems themselves shows what the memorized base does with the data it memorized
+        for metric, name in ((p1, "barrier"), ("finetune/" + _key(1, 1), "barrier_ft_problems")):
+            d = (gain(lo, "sft", metric) - gain(hi, "sft", metric)).dropna()
+            claims[name] = {
+                "claim": PAPER["barrier"],
+                "metric": metric,
+                "gain_clean_minus_gain_memorized": _mean_ci(d.tolist()),
+                "verdict": _verdict(d),
+            }
         mk = {c: _mean_ci(per_seed(c, "base", "min_k_correct").tolist()) for c in (lo, hi)}
         claims["min_k"] = {f"c{c}": v for c, v in mk.items()}
     for metric, name in ((p1, "ibft_over_sft"), (pkm, "ibft_over_sft_passkm")):
@@ -361,7 +364,7 @@ def summarize(units: pd.DataFrame, cfg: BarrierConfig) -> dict[str, Any]:
         d = (per_seed(hi, "ibft", metric) - per_seed(hi, "sft", metric)).dropna()
         under = "" if metric == p1 else " (here under Pass@k(m))"
         claims[name] = {"claim": PAPER["ibft_over_sft"] + under, "metric": metric,
-                        "ibft_minus_sft": _mean_ci(d.tolist()), "agrees": _agrees(d)}  # fmt: skip
+                        "ibft_minus_sft": _mean_ci(d.tolist()), "verdict": _verdict(d)}  # fmt: skip
     if pkm is not None:
         d1 = (per_seed(hi, "ibft", p1) - per_seed(hi, "sft", p1)).dropna()
         dk = (per_seed(hi, "ibft", pkm) - per_seed(hi, "sft", pkm)).dropna()
@@ -369,16 +372,28 @@ def summarize(units: pd.DataFrame, cfg: BarrierConfig) -> dict[str, Any]:
         claims["passkm_gain"] = {
             "claim": PAPER["passkm_gain"], "metric": f"({pkm} - {p1}) of IB-FT minus SFT",
             "gain_passkm_minus_gain_pass1": _mean_ci(diff.tolist()),
-            "agrees": None if not len(diff) else bool(diff.mean() >= 0),
+            "verdict": _verdict(diff),
         }  # fmt: skip
     return {"cells": cells, "gains": gains, "claims": claims, "paper": PAPER,
             "headline_metrics": {"pass1": p1, "passkm": pkm}}  # fmt: skip
 
 
-def _agrees(d: pd.Series) -> bool | None:
-    """Whether a per-seed difference supports the claim (mean > 0), None without data; the
-    interval in the summary says whether it is more than noise."""
-    return None if not len(d) else bool(d.mean() > 0)
+def _verdict(d: pd.Series) -> str | None:
+    """How a per-seed difference (positive = the paper's direction) reads: ``agrees`` or
+    ``disagrees`` when its t interval over seeds excludes 0, else ``inconclusive`` with the sign
+    of the mean; ``None`` without data."""
+    if not len(d):
+        return None
+    cell = _mean_ci(d.tolist())
+    mean = cell["mean"]
+    sign = "+" if mean > 0 else "-" if mean < 0 else "0"
+    if cell["ci"] is not None:
+        lo, hi = cell["ci"]
+        if lo > 0 or (lo == hi and mean > 0):
+            return "agrees"
+        if hi < 0 or (lo == hi and mean < 0):
+            return "disagrees"
+    return f"inconclusive (mean {sign})"
 
 
 def _plots(run_dir: Path) -> None:
@@ -419,9 +434,8 @@ def format_table(summary: dict[str, Any]) -> str:
     for name, g in summary.get("gains", {}).items():
         lines.append(f"  gain {name:<10} " + "   ".join(f"{m} {ci(g.get(m))}" for m in shown))
     for name, c in summary.get("claims", {}).items():
-        if "agrees" not in c:
+        if "verdict" not in c:
             continue
         value = next(v for k, v in c.items() if isinstance(v, dict) and "mean" in v)
-        verdict = {True: "agrees", False: "DISAGREES", None: "n/a"}[c["agrees"]]
-        lines.append(f"  {name}: {c['metric']} {ci(value)} -> {verdict} ({c['claim']})")
+        lines.append(f"  {name}: {c['metric']} {ci(value)} -> {c['verdict']} ({c['claim']})")
     return "\n".join(lines)

@@ -132,12 +132,12 @@ def barrier_sections(run: Path, summary: dict[str, Any]) -> list:
         "Wang et al. 2025: fine-tuning from a base that memorized the downstream data gains less "
         "(the barrier, diagnosed with Min-K%); IB-FT beats SFT from such a base, by more under "
         "Pass@k(m) than under Pass@1. Below: the organism's numbers, means over seeds with t "
-        "intervals; a claim 'agrees' when the mean difference has the paper's sign (read the "
-        "interval for whether it is more than noise)."
+        "intervals; a claim agrees (or disagrees) when the t interval over seeds of its paired "
+        "difference excludes 0, and is inconclusive otherwise."
         + ("" if summary.get("complete", True) else " <b>Incomplete run: --resume.</b>")
     )
     for name, c in summary.get("claims", {}).items():
-        if "agrees" not in c:
+        if "verdict" not in c:
             continue
         value = next(v for v in c.values() if isinstance(v, dict) and "mean" in v)
         if value.get("mean") is not None:
@@ -148,11 +148,11 @@ def barrier_sections(run: Path, summary: dict[str, Any]) -> list:
         plt.close(fig)
     rows = []
     for c in summary.get("claims", {}).values():
-        if "agrees" in c:
+        if "verdict" in c:
             value = next(v for v in c.values() if isinstance(v, dict) and "mean" in v)
             rows.append({"claim": c["claim"], "metric": c["metric"], "mean": value.get("mean"),
                          "95% CI": value.get("ci"), "per seed": value.get("per_seed"),
-                         "agrees": c["agrees"]})  # fmt: skip
+                         "verdict": c["verdict"]})  # fmt: skip
     if rows:
         sec.tables.append(pd.DataFrame(rows).to_html(index=False, classes="data"))
     units = read_table(run, "units")
