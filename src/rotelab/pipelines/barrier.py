@@ -245,8 +245,8 @@ def barrier(
                 model = fresh_model(tok, cfg.shape, seed)
                 log = train(
                     model, (_torch_rows(rows, i, cfg.batch_size) for i in range(len(rows))),
-                    TrainConfig(steps=cfg.pretrain_steps, lr=cfg.lr, warmup_steps=30,
-                                seed=seed, log_every=10),
+                    TrainConfig(steps=cfg.pretrain_steps, lr=cfg.lr, seed=seed, log_every=10,
+                                warmup_steps=min(30, max(1, cfg.pretrain_steps // 10))),
                 )  # fmt: skip
                 model.save_pretrained(base_dir, safe_serialization=True)
                 tok.save_pretrained(base_dir)
