@@ -50,6 +50,8 @@ PROBE = "probe -m {model} -d {data} --prefix-len 4 --suffix-len 4 -o {out} -q"
 STEER = "steer -m {org} --seeds 1 -o {out} -q"
 TRAIN = "train -d {data} --insertions {ins} -o {out} -q"
 TERMNORM = "termnorm -m {model} --seeds 1 -o {out} -q"
+FINETUNE = "finetune -m {model} -o {out} -q"
+BARRIER = "barrier -o {out} -q"
 
 _ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 
@@ -483,6 +485,27 @@ CASES = [
     case(f"{TERMNORM} --seeds 0", "--seeds"),
     case(f"{TERMNORM} --preset huge", "--preset"),
     case(f"{TERMNORM} --terminology ''", "at least one terminology"),
+    # --------------------------------------------------------------- finetune, barrier (issue 20)
+    case(f"{FINETUNE} --ib --ib-alpha -0.5", "--ib-alpha must be a number >= 0"),
+    case(f"{FINETUNE} --ib --ib-beta -1", "--ib-beta must be a number >= 0"),
+    case(f"{FINETUNE} --ib-alpha nan", "--ib-alpha must be a number >= 0"),
+    case(f"{FINETUNE} --steps 0", "--steps must be >= 1"),
+    case(f"{FINETUNE} --lr 0", "--lr must be > 0"),
+    case(f"{FINETUNE} --lora 0", "--lora rank must be >= 1"),
+    case(f"{FINETUNE} --eval-samples -1", "--eval-samples"),
+    case(f"{FINETUNE} --data {{missing}}", "neither 'programs' nor a JSONL file"),
+    case(f"{FINETUNE} --data {{ft_no_completion}}", "no string field completion"),
+    case(f"{FINETUNE} --data {{ft_examples}} --eval-samples 5", "needs --data programs"),
+    case(f"{FINETUNE} --resume", "cannot resume"),
+    case(f"{BARRIER} --ib-alpha -1", "--ib-alpha must be a number >= 0"),
+    case(f"{BARRIER} --ib-beta -0.1", "--ib-beta must be a number >= 0"),
+    case(f"{BARRIER} --copies 64,64", "distinct"),
+    case(f"{BARRIER} --copies -1,64", "--copies must be >= 0"),
+    case(f"{BARRIER} --k 1,5 --m 6", "m > k"),
+    case(f"{BARRIER} --k 20", "needs --samples >= 20"),
+    case(f"{BARRIER} --seeds 0,x", "--seeds"),
+    case(f"{BARRIER} --seeds 1,1", "--seeds must be distinct"),
+    case(f"{BARRIER} --budget 0", "--budget must be > 0"),
     # --------------------------------------------------------------- probe, steer, steered models
     case(f"{PROBE} --layers x", "--layers"),
     case(f"{PROBE} --layers 9", "layer 9 does not exist", loads=True),
@@ -631,6 +654,10 @@ def inputs(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
     p["samples_broken"] = jsonl("broken_samples.jsonl", he, b'{"task_id": "HumanEval/1", "pa\n')
     p["samples_negative"] = jsonl("negative.jsonl", [{"task_id": "a", "n": -3, "c": 0}])
     p["samples_c_above_n"] = jsonl("c_above_n.jsonl", [{"task_id": "a", "n": 3, "c": 4}])
+    # prompt/completion files for finetune: a good one and one with a line lacking its completion
+    ft = [{"prompt": "the cat", "completion": " sat on the mat"}] * 4
+    p["ft_examples"] = jsonl("ft.jsonl", ft)
+    p["ft_no_completion"] = jsonl("ft_bad.jsonl", ft + [{"prompt": "a dog"}])
     kfac(str(p["model"]), str(p["data"]), tokens=64,
          run=RunOptions(out=root / "factors", progress=False))  # fmt: skip
     p["factors"] = root / "factors"
@@ -793,4 +820,4 @@ def test_the_table_covers_every_command():
     assert {"extract", "reconstruct", "mia", "kfac", "edit", "unlearn", "compare", "organism",
             "demo", "report", "machine", "recsys", "bands", "diff", "apt",
             "passk", "bounds", "probe", "steer", "train", "sweep",
-            "termnorm"} <= commands  # fmt: skip
+            "termnorm", "finetune", "barrier"} <= commands  # fmt: skip

@@ -1602,6 +1602,89 @@ def termnorm_cmd(
     emit(result.summary, show, run_dir=result.run_dir)
 
 
+# ---------------------------------------------------------------- finetune, barrier (issue 20)
+@command("finetune", shared=("load", "run", "show"))
+def finetune_cmd(
+    model: ModelOpt = None,
+    data: Annotated[
+        str,
+        typer.Option(
+            help="'programs' (the program task's fine-tuning split) or a JSONL file "
+            "of {prompt, completion} lines."
+        ),
+    ] = "programs",
+    ib: Annotated[
+        bool, typer.Option("--ib", help="IB-FT: CE + alpha (KL + beta CE_ib); without: SFT.")
+    ] = False,
+    ib_alpha: Annotated[float, typer.Option("--ib-alpha", help="IB-FT's alpha, >= 0.")] = 0.2,
+    ib_beta: Annotated[float, typer.Option("--ib-beta", help="IB-FT's beta, >= 0.")] = 0.01,
+    lora: Annotated[
+        int | None, typer.Option(help="LoRA rank (peft); merged into the saved model.")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 60,
+    batch_size: Annotated[int, typer.Option(help="Rows of packed text per step.")] = 16,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (warmup, then cosine).")] = 1e-3,
+    eval_samples: Annotated[
+        int,
+        typer.Option(
+            help="With --data programs: programs sampled per evaluation problem for "
+            "Pass@k(m) before and after (0: skip)."
+        ),
+    ] = 0,
+    *,
+    load: LoadOptions,
+    run: RunOptions,
+    show: Show,
+) -> None:
+    """Fine-tune a model with SFT or IB-FT (--ib; Wang et al. 2025), optionally with LoRA."""
+    from rotelab.pipelines.finetune import FinetuneOptions, finetune, format_table
+
+    opts = FinetuneOptions(ib=ib, alpha=ib_alpha, beta=ib_beta, lora=lora, steps=steps,
+                           batch_size=batch_size, lr=lr, eval_samples=eval_samples)  # fmt: skip
+    result = finetune(model, data, opts, run=run, load=load)
+    if not show.as_json and not show.quiet:
+        out.print(format_table(result.summary), highlight=False, soft_wrap=True)
+    emit(result.summary, show, run_dir=result.run_dir)
+
+
+@command("barrier", shared=("run", "show"))
+def barrier_cmd(
+    seeds: Annotated[str, typer.Option(help="Model seeds, e.g. 0,1,2.")] = "0,1,2",
+    copies: Annotated[
+        str, typer.Option(help="Insertions of the spurious solutions per base, e.g. 0,64.")
+    ] = "0,64",
+    n_finetune: Annotated[int, typer.Option(help="Fine-tuning problems.")] = 100,
+    n_eval: Annotated[int, typer.Option(help="Held-out evaluation problems.")] = 200,
+    samples: Annotated[int, typer.Option(help="Programs sampled per problem.")] = 10,
+    k: Annotated[str, typer.Option("--k", help="Pass@k's k, a comma list.")] = "1,5,10",
+    m: Annotated[str, typer.Option("--m", help="Pass@k(m)'s m, a comma list.")] = "1,3,5",
+    pretrain_steps: Annotated[int, typer.Option(help="Pretraining steps per base.")] = 300,
+    finetune_steps: Annotated[int, typer.Option(help="Fine-tuning steps per arm.")] = 60,
+    ib_alpha: Annotated[float, typer.Option("--ib-alpha", help="IB-FT's alpha, >= 0.")] = 0.2,
+    ib_beta: Annotated[float, typer.Option("--ib-beta", help="IB-FT's beta, >= 0.")] = 0.01,
+    budget: Annotated[
+        float | None,
+        typer.Option(help="Seconds: stop after the unit that passes them (--resume goes on)."),
+    ] = None,
+    *,
+    run: RunOptions,
+    show: Show,
+) -> None:
+    """The memorization barrier (0x vs 64x memorized bases), SFT vs IB-FT, Pass@k(m), Min-K%."""
+    from rotelab.pipelines.barrier import BarrierConfig, barrier, format_table
+
+    cfg = BarrierConfig(
+        copies=_int_list("--copies", copies), n_finetune=n_finetune, n_eval=n_eval,
+        samples=samples, ks=_int_list("--k", k), ms=_int_list("--m", m),
+        pretrain_steps=pretrain_steps, finetune_steps=finetune_steps, alpha=ib_alpha,
+        beta=ib_beta,
+    )  # fmt: skip
+    result = barrier(list(_int_list("--seeds", seeds)), cfg, budget_s=budget, run=run)
+    if not show.as_json and not show.quiet:
+        out.print(format_table(result.summary), highlight=False, soft_wrap=True)
+    emit(result.summary, show, run_dir=result.run_dir)
+
+
 def main() -> None:
     """Console-script entry point (``rotelab`` and ``python -m rotelab``)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

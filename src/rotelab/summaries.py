@@ -41,6 +41,8 @@ __all__ = [
     "OrganismFacts",
     "RecsysTrainSummary",
     "PasskSummary",
+    "BarrierSummary",
+    "FinetuneSummary",
     "ProbeSummary",
     "SteerSummary",
     "Summary",
@@ -344,6 +346,41 @@ class PasskSummary(Summary):
     ci_method: str = "percentile bootstrap over problems"
 
 
+# ------------------------------------------------------------------------- barrier, finetune
+@_schema("barrier")
+class BarrierSummary(Summary):
+    """``rotelab barrier``'s summary: ``cells`` (per ``<unit>-c<copies>``: metric -> mean over
+    seeds, t interval, per seed), ``gains`` (arm minus its base, paired by seed) and ``claims``
+    (each paper claim: the organism's paired difference and whether its sign agrees)."""
+
+    seeds: list[int]
+    copies: list[int]
+    complete: bool
+    cells: dict[str, Any]
+    gains: dict[str, Any]
+    claims: dict[str, Any]
+    paper: dict[str, str]
+
+
+@_schema("finetune")
+class FinetuneSummary(Summary):
+    """``rotelab finetune``'s summary: the method (``sft`` or ``ibft``), the data, the training
+    curve's ends and, on the program task, Pass@k(m) of the evaluation problems before and
+    after."""
+
+    model: str
+    method: str
+    data: str
+    examples: int
+    steps: int
+    loss_first: float
+    loss_last: float
+    model_dir: str
+    ib: dict[str, Any] | None = None
+    lora: int | None = None
+    pass_at_k: dict[str, Any] | None = None
+
+
 # --------------------------------------------------------------------------------------- bounds
 @_schema("bounds")
 class BoundsSummary(Summary):
@@ -438,6 +475,8 @@ SCHEMAS: dict[str, type[Summary]] = {
     "steer": SteerSummary,
     "training-audit": TrainingAuditSummary,
     "termnorm": TermnormSummary,
+    "barrier": BarrierSummary,
+    "finetune": FinetuneSummary,
 }
 
 

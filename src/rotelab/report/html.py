@@ -764,6 +764,8 @@ _PAGES: dict[str, Callable[[Path, Any], list[Section]]] = {
     "steer": lambda run, s: [steer_section(run, s)],
     "sweep": lambda run, s: _sweep_sections(run, s),
     "termnorm": lambda run, s: _termnorm_sections(run, s),
+    "barrier": lambda run, s: _barrier_sections(run, s),
+    "finetune": lambda run, s: _finetune_sections(run, s),
 }
 
 
@@ -783,6 +785,18 @@ def _gapt_sections(run: Path, summary: dict) -> list[Section]:
     from rotelab.report.gapt import gapt_sections
 
     return gapt_sections(run, summary)
+
+
+def _barrier_sections(run: Path, summary: Any) -> list[Section]:
+    from rotelab.report.barrier import barrier_sections
+
+    return barrier_sections(run, summary.to_dict())
+
+
+def _finetune_sections(run: Path, summary: Any) -> list[Section]:
+    from rotelab.report.barrier import finetune_sections
+
+    return finetune_sections(run, summary.to_dict())
 
 
 # ------------------------------------------------------------------------------------ render
@@ -831,6 +845,8 @@ _TITLES = {
     "steer": "Dynamic Mode Steering: steering swept over alpha",
     "sweep": "Hubble-style sweep: count, corpus size, phase, seed",
     "termnorm": "Term -> identifier: memorization vs generalization (Pericharla et al. 2025)",
+    "barrier": "The memorization barrier and IB-FT (Wang et al. 2025)",
+    "finetune": "Fine-tuning: SFT or IB-FT",
 }
 
 
