@@ -38,26 +38,22 @@ from rotelab.organism.world import (
 )
 from rotelab.paths import rotelab_home
 from rotelab.runs import OutputDir, atomic_write_json
-from rotelab.train import LossTerm, TrainConfig, insertion_schedule, packed_batches, train
+from rotelab.train import (
+    LossTerm,
+    TrainConfig,
+    insertion_schedule,
+    llama_config,
+    packed_batches,
+    train,
+)
 
 
 # ------------------------------------------------------------------------------------- training
 def _model_config(s: ProfileSettings, tokenizer):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=s.hidden,
-        intermediate_size=s.intermediate,
-        num_hidden_layers=s.n_layers,
-        num_attention_heads=s.n_heads,
-        num_key_value_heads=s.n_heads,
-        max_position_embeddings=s.context,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    return llama_config(
+        tokenizer, hidden=s.hidden, intermediate=s.intermediate, layers=s.n_layers,
+        heads=s.n_heads, context=s.context,
+    )  # fmt: skip
 
 
 def _train(

@@ -398,14 +398,10 @@ def _verdict(d: pd.Series) -> str | None:
 
 def _plots(run_dir: Path) -> None:
     """The report's figures, also as PNG files under ``plots/``."""
-    import matplotlib.pyplot as plt
-
     from rotelab.report.barrier import figures
+    from rotelab.report.plots import save_figures
 
-    (run_dir / "plots").mkdir(exist_ok=True)
-    for name, fig in figures(run_dir).items():
-        fig.savefig(run_dir / "plots" / f"{name}.png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
+    save_figures(run_dir, figures(run_dir))
 
 
 def format_table(summary: dict[str, Any]) -> str:

@@ -368,13 +368,9 @@ def gapt_study(
 def _plots(run_dir: Path) -> None:
     """The figures of the report, also as PNG files under ``plots/``."""
     from rotelab.report.gapt import figures
+    from rotelab.report.plots import save_figures
 
-    (run_dir / "plots").mkdir(exist_ok=True)
-    for name, fig in figures(run_dir).items():
-        fig.savefig(run_dir / "plots" / f"{name}.png", dpi=110, bbox_inches="tight")
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
+    save_figures(run_dir, figures(run_dir))
 
 
 def format_table(summary: dict[str, Any]) -> str:

@@ -312,18 +312,16 @@ def _ledger(c: _Corpus, items: list[InsertionItem], world_items: bool, init: boo
 
 # ------------------------------------------------------------------------------------ the model
 def _scratch_model(tokenizer, size: ModelSize, profile: Profile):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
+
+    from rotelab.train import llama_config
 
     p = PROFILES[profile]
     hidden = size.hidden or p.hidden
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden,
-        intermediate_size=size.intermediate or p.intermediate,
-        num_hidden_layers=size.layers or p.n_layers,
-        num_attention_heads=size.heads or p.n_heads, num_key_value_heads=size.heads or p.n_heads,
-        max_position_embeddings=size.context or p.context, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    cfg = llama_config(
+        tokenizer, hidden=hidden, intermediate=size.intermediate or p.intermediate,
+        layers=size.layers or p.n_layers, heads=size.heads or p.n_heads,
+        context=size.context or p.context,
     )  # fmt: skip
     if hidden % cfg.num_attention_heads:
         heads = cfg.num_attention_heads

@@ -51,6 +51,17 @@ def to_data_uri(fig: Figure, *, dpi: int = 110) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def save_figures(run_dir, figures: Mapping[str, Figure], *, dpi: int = 110) -> None:
+    """Each of a report's figures as ``run_dir/plots/NAME.png``, then closed."""
+    from pathlib import Path
+
+    plots = Path(run_dir) / "plots"
+    plots.mkdir(exist_ok=True)
+    for name, fig in figures.items():
+        fig.savefig(plots / f"{name}.png", dpi=dpi, bbox_inches="tight")
+        plt.close(fig)
+
+
 def _count_axis(ax, counts: Sequence[int]) -> None:
     # Duplication counts are 0, 1, 4, 16, 64: equally spaced categories read better than a log
     # axis, which cannot show the count-0 controls.

@@ -58,16 +58,15 @@ class ModelShape:
 def fresh_model(tokenizer, shape: ModelShape = ModelShape(), seed: int = 0):
     """A randomly initialised ``LlamaForCausalLM`` of ``shape`` for ``tokenizer`` (seeded)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
+
+    from rotelab.train import llama_config
 
     shape.check()
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=shape.hidden,
-        intermediate_size=int(2.75 * shape.hidden), num_hidden_layers=shape.blocks,
-        num_attention_heads=shape.heads, num_key_value_heads=shape.heads,
-        max_position_embeddings=shape.context, tie_word_embeddings=True,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    cfg = llama_config(
+        tokenizer, hidden=shape.hidden, intermediate=int(2.75 * shape.hidden),
+        layers=shape.blocks, heads=shape.heads, context=shape.context,
+        bos_token_id=tokenizer.eos_token_id,
     )  # fmt: skip
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg)

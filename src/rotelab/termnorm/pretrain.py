@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 from rotelab.termnorm.prompts import TEMPLATES, Template
-from rotelab.train import TrainConfig, insertion_schedule, packed_batches, train
+from rotelab.train import TrainConfig, insertion_schedule, llama_config, packed_batches, train
 
 __all__ = ["PRETRAIN_PRESETS", "PretrainConfig", "pretrain_with_ontology"]
 
@@ -80,7 +80,7 @@ def pretrain_with_ontology(
         The trained ``LlamaForCausalLM`` (eval mode) and its training log.
     """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     counts = ontology["count" if "count" in ontology else "popularity"].astype(int).tolist()
     items = [
@@ -99,19 +99,14 @@ def pretrain_with_ontology(
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=config.hidden,
-            intermediate_size=config.intermediate,
-            num_hidden_layers=config.n_layers,
-            num_attention_heads=config.n_heads,
-            num_key_value_heads=config.n_heads,
-            max_position_embeddings=config.context,
-            tie_word_embeddings=True,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        llama_config(
+            tokenizer,
+            hidden=config.hidden,
+            intermediate=config.intermediate,
+            layers=config.n_layers,
+            heads=config.n_heads,
+            context=config.context,
+        )  # fmt: skip
     )
     batches = packed_batches(
         docs, items, placements, steps=config.steps, batch_size=config.batch_size,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from rotelab.train.gapt import GAPT, MBETerm, PhaseGate
 from rotelab.train.insertion import Placement, insertion_schedule, packed_batches, phase_steps
 from rotelab.train.terms import LossTerm, StepState
-from rotelab.train.trainer import TrainConfig, causal_lm_loss, cosine_lr, train
+from rotelab.train.trainer import TrainConfig, causal_lm_loss, cosine_lr, llama_config, train
 
 __all__ = [
     "GAPT",
@@ -19,6 +19,7 @@ __all__ = [
     "causal_lm_loss",
     "cosine_lr",
     "insertion_schedule",
+    "llama_config",
     "packed_batches",
     "phase_steps",
     "train",

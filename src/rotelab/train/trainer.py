@@ -197,3 +197,33 @@ def _train(
                 callback(rec)
     model.eval()
     return log
+
+
+def llama_config(
+    tokenizer,
+    *,
+    hidden: int,
+    intermediate: int,
+    layers: int,
+    heads: int,
+    context: int,
+    bos_token_id: int | None = None,
+):
+    """The ``LlamaConfig`` of a model trained from scratch here (the organism's architecture):
+    full multi-head attention, tied embeddings, the tokenizer's size and special tokens
+    (``bos_token_id`` default: the tokenizer's)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=context,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id if bos_token_id is None else bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
