@@ -521,6 +521,7 @@ CASES = [
     case("extract -m {spec_no_tensors} -d {data} -o {out} -q", "missing steering.safetensors"),
     case("extract -m {spec_bad_alpha} -d {data} -o {out} -q", "alpha must be a finite number"),
     case("extract -m {spec_bad_layer} -d {data} -o {out} -q", "layer 7 does not exist"),
+    case("mia -m {spec_bad_gamma} --members {data} --nonmembers {data2} -o {out} -q", "gamma"),
     case("extract -m {spec_other} -d {data} -o {out} -q", "fitted on another model", loads=True),
     case("compare --models {spec_no_tensors} -o {out} -q", "missing steering.safetensors"),
     # --------------------------------------------------------------- outputs that cannot be written
@@ -715,6 +716,10 @@ def _steering_specs(root: Path, model: Path) -> dict[str, Path]:
     out["spec_bad_alpha"] = spec.save(root / "spec_bad_alpha")
     meta = json.loads((out["spec_bad_alpha"] / SPEC_FILE).read_text())
     (out["spec_bad_alpha"] / SPEC_FILE).write_text(json.dumps({**meta, "alpha": "strong"}))
+    contrastive = spec.with_(mode="contrastive").save(root / "spec_bad_gamma")
+    meta = json.loads((contrastive / SPEC_FILE).read_text())
+    (contrastive / SPEC_FILE).write_text(json.dumps({**meta, "gamma": None}))
+    out["spec_bad_gamma"] = contrastive
     return out
 
 

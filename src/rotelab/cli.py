@@ -1368,12 +1368,15 @@ def steer_cmd(
         float | None, typer.Option(help="Saved model's alpha factor. Default: by the budget.")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 32,
+    contrastive: Annotated[
+        bool, typer.Option(help="Also the self-contrastive arm (twice the compute).")
+    ] = True,
     *,
     run: RunOptions,
     load: LoadOptions,
     show: Show,
 ) -> None:
-    """Dynamic Mode Steering (Zhang 2025): none/static/dynamic arms over alpha; saves model/."""
+    """Dynamic Mode Steering (Zhang 2025): none/static/dynamic/contrastive arms; saves model/."""
     from rotelab.pipelines.probe import ProbeSettings
     from rotelab.pipelines.steer import DEFAULT_FACTORS, format_table, steer
 
@@ -1381,7 +1384,7 @@ def steer_cmd(
     path, summary = steer(
         model, factors=alpha or DEFAULT_FACTORS, layer=layer, settings=settings,
         heldout_tokens=heldout_tokens, max_ppl_rise=max_ppl_rise, save_factor=save_alpha,
-        run=run, load=load,
+        contrastive=contrastive, run=run, load=load,
     )  # fmt: skip
     if not show.as_json and not show.quiet:
         out.print(format_table(summary), highlight=False, soft_wrap=True)

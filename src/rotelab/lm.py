@@ -500,7 +500,7 @@ class LM:
         spec.check_base_config(where)
         lm = cls.load(spec.base_model, **load_kwargs)
         spec.check_model(lm.model, lm.num_layers, where)
-        lm.attach_hooks({spec.point: spec.hook()})
+        lm._attached.extend(spec.install(lm.model, lm._register))
         lm.name = str(path)
         lm.steering = spec
         return lm
@@ -711,9 +711,13 @@ class LM:
                 f"prefix ({len(prefix)} tokens) plus continuations of {length} tokens exceed the "
                 f"model's context of {ctx}"
             )
+        base = self.model.base_model
+        if getattr(base, "_rotelab_doubled", 0):  # contrastive steering: no row-gathered caches
+            full = [list(prefix) + [int(t) for t in row] for row in conts]
+            scores = self.score(full, targets_from=len(prefix), batch_size=batch_size)
+            return np.stack([np.asarray(s.logprobs, dtype=np.float32) for s in scores])
         budget = SHARED_CACHE_BYTES if shared_cache_bytes is None else shared_cache_bytes
         key = self.cache_arg
-        base = self.model.base_model
         dev = self.device
         out = np.empty((n, length), dtype=np.float32)
         with _lean_inference(self.model):
@@ -1111,6 +1115,17 @@ class LM:
         """Install ``fns`` on their hook points for the rest of the LM's life (a steered model's
         steering, :mod:`rotelab.steered`). They run before any :meth:`hooks` on the same point."""
         self._attached.extend(self._register(fns))
+
+    @contextlib.contextmanager
+    def steered(self, spec: SteeringSpec | None) -> Iterator[LM]:
+        """Apply a steering spec (any mode, :mod:`rotelab.steered`) inside the ``with`` block;
+        ``None`` applies nothing."""
+        handles = [] if spec is None else spec.install(self.model, self._register)
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def _register(self, fns: Mapping[str, HookFn]) -> list:
         """Register ``fns`` on their hook points; returns the handles (all or none)."""

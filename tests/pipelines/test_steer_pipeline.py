@@ -49,13 +49,13 @@ def test_steer_cuts_extraction_and_saves_a_model(tiny_organism, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     arms = {(a["arm"], a["factor"]): a for a in summary["arms"]}
     assert set(arms) == {("none", 0.0), ("static", 1.0), ("static", 8.0), ("dynamic", 1.0),
-                         ("dynamic", 8.0)}  # fmt: skip
+                         ("dynamic", 8.0), ("contrastive", 1.0), ("contrastive", 8.0)}  # fmt: skip
     assert arms[("none", 0.0)]["extraction"] == 1.0
     # the strongest steering removes recitation that no steering keeps
     assert arms[("dynamic", 8.0)]["extraction"] < arms[("none", 0.0)]["extraction"]
     assert arms[("static", 8.0)]["extraction"] < arms[("none", 0.0)]["extraction"]
     rows = pd.read_parquet(out / "results" / "arms")
-    assert len(rows) == 5 and (rows.loc[rows["arm"] == "none", "ppl_change"] == 0).all()
+    assert len(rows) == 7 and (rows.loc[rows["arm"] == "none", "ppl_change"] == 0).all()
     page = write_report(out).read_text()
     assert "Steering at layer" in page and 'data-plot="steer-tradeoff"' in page
     lm = LM.load(summary["saved"]["path"])

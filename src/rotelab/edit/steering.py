@@ -19,8 +19,9 @@ parts, both here:
    (:func:`steering_spec`; the saved form and the hook itself are :mod:`rotelab.steered`, so
    that :meth:`rotelab.lm.LM.load` takes a steered model like any other).
 
-The paper's self-contrastive variant (steered logits contrasted with unsteered ones) needs the
-unsteered computation above the steered layer as well, i.e. a second pass; it is not here.
+The paper's self-contrastive variant (steered logits contrasted with unsteered ones, weighted by
+the probe) is the spec mode ``contrastive``: it needs the unsteered computation above the steered
+layer as well, so the batch runs twice (:mod:`rotelab.steered` holds the formula and the hooks).
 """
 
 from __future__ import annotations
@@ -460,9 +461,10 @@ def steering_spec(
     alpha: float,
     mode: SteeringMode | str = SteeringMode.dynamic,
     info: dict | None = None,
+    gamma: float = 1.0,
 ) -> SteeringSpec:
     """The steering of ``lm`` (whose weights the spec's fingerprint records) as a
-    :class:`~rotelab.steered.SteeringSpec`; apply with ``lm.hooks({spec.point: spec.hook()})``
+    :class:`~rotelab.steered.SteeringSpec`; apply with ``lm.steered(spec)`` (any mode)
     or save it and load the steered model with :meth:`rotelab.lm.LM.load`."""
     check_steering_layer(layer, lm.num_layers, "steering")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
@@ -476,5 +478,5 @@ def steering_spec(
         base_model=base_model, layer=layer, alpha=float(alpha), mode=SteeringMode(mode),
         probe_weight=torch.as_tensor(probe.coef_, dtype=torch.float32),
         probe_bias=probe.intercept_, vector=torch.as_tensor(vector, dtype=torch.float32),
-        fingerprint=model_fingerprint(lm.model), info=dict(info or {}),
+        fingerprint=model_fingerprint(lm.model), info=dict(info or {}), gamma=gamma,
     )  # fmt: skip

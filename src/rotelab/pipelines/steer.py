@@ -4,7 +4,9 @@ Zhang 2025's second part (the method is :mod:`rotelab.edit.steering`, the hook
 :mod:`rotelab.steered`): at the layer ``rotelab probe`` chooses, ``h_t += alpha * p_mem(h_t) * v``
 with ``v = unit(mean h[generalizing] - mean h[memorizing])``. Per split seed, the probe and ``v``
 are fitted on the training windows only, and three arms are measured on what that split holds
-out: no steering, static steering (``p_mem = 1``) and dynamic steering, each at every alpha of the
+out: no steering, static steering (``p_mem = 1``), dynamic steering and (with ``contrastive``) the
+self-contrastive variant ``logits = l_u + gamma * p_mem * (l_s - l_u)`` (:mod:`rotelab.steered`;
+``gamma`` 1, ``l_s`` statically steered at the same alpha), each at every alpha of the
 sweep (multiples of the class-mean separation ``|mean h_gen - mean h_mem|``, so the grid means the
 same on any model). Measured per arm: strict extraction (greedy reproduces the whole suffix, from
 the one-pass audit, which the hook steers exactly as it steers decoding) of the held-out memorized
@@ -20,6 +22,7 @@ alpha of the sweep whose mean perplexity rise stays within ``max_ppl_rise``), ``
                "ppl", "ppl_change", "ppl_change_ci"}],
      "baseline": {"extraction", "extraction_all", "ppl"},
      "dynamic_at_budget": {...arm row...} | null, "static_ppl_at_equal_extraction": f | null,
+     "contrastive_at_budget": {...arm row...} | null,
      "saved": {"path", "alpha", "factor"}}
 """
 
@@ -65,8 +68,7 @@ def _check_factors(factors: Sequence[float]) -> tuple[float, ...]:
 
 def _measure(lm: LM, spec: SteeringSpec | None, windows, all_windows, docs, tokens, batch):
     """(held-out extraction verdicts, all >= min_count verdicts, per-token NLLs) under ``spec``."""
-    hooks = {} if spec is None else {spec.point: spec.hook()}
-    with lm.hooks(hooks):
+    with lm.steered(spec):
         held = score_windows(lm, windows, batch_size=batch)["extracted"].to_numpy(bool)
         every = score_windows(lm, all_windows, batch_size=batch)["extracted"].to_numpy(bool)
         ppl = perplexity(lm, docs, max_tokens=tokens, batch_size=batch)
@@ -82,6 +84,7 @@ def steer(
     heldout_tokens: int = 20_000,
     max_ppl_rise: float = 0.05,
     save_factor: float | None = None,
+    contrastive: bool = True,
     run: RunOptions = RunOptions(),
     load: LoadOptions = LoadOptions(),
 ) -> tuple[Path, dict[str, Any]]:
@@ -95,6 +98,7 @@ def steer(
         heldout_tokens: tokens of held-out text for perplexity.
         max_ppl_rise: the perplexity budget (0.05: +5%) that picks the saved alpha.
         save_factor: the saved model's alpha factor (``None``: picked by the budget).
+        contrastive: also measure the self-contrastive arm (twice the compute of the others).
         run, load: the run directory and how the model is loaded.
     """
     run.check()
@@ -120,7 +124,8 @@ def steer(
     label = model.name if isinstance(model, LM) else (str(model) if model else "organism")
     config = {"model": label, "factors": list(factors), "layer": layer, "seed": run.seed,
               "heldout_tokens": heldout_tokens, "max_ppl_rise": max_ppl_rise,
-              "save_factor": save_factor, **settings.__dict__}  # fmt: skip
+              "save_factor": save_factor, "contrastive": contrastive,
+              **settings.__dict__}  # fmt: skip
     inputs = (given.source,)
     if run.out is not None:
         Run.check(run.out, force=run.force, inputs=inputs)
@@ -146,7 +151,10 @@ def steer(
         held = [w for w, t, y in zip(probed.data.windows, test, labels) if t and y]
         probe_s, vector, separation = probed.fit(chosen, ~test)
         arms: list[tuple[str, float, SteeringSpec | None]] = [("none", 0.0, None)]
-        for mode in (SteeringMode.static, SteeringMode.dynamic):
+        modes = [SteeringMode.static, SteeringMode.dynamic]
+        if contrastive:
+            modes.append(SteeringMode.contrastive)
+        for mode in modes:
             for f in factors:
                 spec = steering_spec(lm, base, chosen, probe_s, vector, f * separation, mode)
                 arms.append((mode.value, f, spec))
@@ -228,6 +236,9 @@ def _summarize(frame, probed, layer, factors, max_ppl_rise, label) -> dict[str, 
     within = [a for a in dynamic if a["ppl_change"] <= max_ppl_rise]
     # the least extraction within the budget; of equal ones the cheapest in perplexity
     at_budget = min(within, key=lambda a: (a["extraction"], a["ppl_change"])) if within else None
+    contrastive = [a for a in arms if a["arm"] == "contrastive"]
+    c_within = [a for a in contrastive if a["ppl_change"] <= max_ppl_rise]
+    c_best = min(c_within, key=lambda a: (a["extraction"], a["ppl_change"])) if c_within else None
     static_ppl = None
     if at_budget is not None:
         static_ppl = _static_ppl_at(static, at_budget["extraction"])
@@ -241,7 +252,7 @@ def _summarize(frame, probed, layer, factors, max_ppl_rise, label) -> dict[str, 
         "baseline": {"extraction": none["extraction"], "extraction_all": none["extraction_all"],
                      "ppl": none["ppl"]},
         "max_ppl_rise": max_ppl_rise, "dynamic_at_budget": at_budget,
-        "static_ppl_at_equal_extraction": static_ppl,
+        "static_ppl_at_equal_extraction": static_ppl, "contrastive_at_budget": c_best,
     }  # fmt: skip
 
 
@@ -250,14 +261,14 @@ def format_table(summary: dict[str, Any]) -> str:
     lines = [
         f"{summary['model']}: steering at layer {summary['layer']} (probe AUC "
         f"{summary['auc']:.3f}), {summary['seeds']} seed(s)",
-        f"{'arm':<8} {'factor':>6} {'alpha':>7} {'extract':>8} {'95% CI':>16} {'all>=k':>7} "
+        f"{'arm':<11} {'factor':>6} {'alpha':>7} {'extract':>8} {'95% CI':>16} {'all>=k':>7} "
         f"{'ppl':>7} {'ppl chg':>8}",
     ]
     for a in summary["arms"]:
         ci = a["extraction_ci"]
         ci_text = "" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
         lines.append(
-            f"{a['arm']:<8} {a['factor']:>6.2f} {a['alpha']:>7.3f} {a['extraction']:>8.3f} "
+            f"{a['arm']:<11} {a['factor']:>6.2f} {a['alpha']:>7.3f} {a['extraction']:>8.3f} "
             f"{ci_text:>16} {a['extraction_all']:>7.3f} {a['ppl']:>7.3f} {a['ppl_change']:>+8.2%}"
         )
     saved = summary.get("saved")

@@ -710,7 +710,8 @@ def steer_section(run: Path, summary: SteerSummary) -> Section:
     sec = Section(
         f"Steering at layer {summary.layer}",
         intro="No steering, static (p_mem = 1) and dynamic (gated by the probe) steering "
-        "h += alpha p_mem(h) v; extraction of held-out memorized items, perplexity on held-out "
+        "h += alpha p_mem(h) v, and (when run) self-contrastive steering, logits = l_u + "
+        "p_mem (l_s - l_u); extraction of held-out memorized items, perplexity on held-out "
         "text; means over split seeds.",
     )
     sec.headlines.append(Headline("probe AUC", "auc", summary.auc, True))
