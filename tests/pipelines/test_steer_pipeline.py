@@ -46,6 +46,7 @@ def test_steer_cuts_extraction_and_saves_a_model(tiny_organism, tmp_path):
     ])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "steering at layer" in res.output
+    assert f"{out / 'model'}\n" in res.output.replace(" \n", "\n")  # where it is, not was written
     summary = json.loads((out / "summary.json").read_text())
     arms = {(a["arm"], a["factor"]): a for a in summary["arms"]}
     assert set(arms) == {("none", 0.0), ("static", 1.0), ("static", 8.0), ("dynamic", 1.0),

@@ -187,6 +187,8 @@ def steer(
                             "factor": factor}  # fmt: skip
         summary["seconds"] = round(time.perf_counter() - t0, 2)
         out.write_summary(summary)
+    # written under a temporary name and moved into place on exit (the file's paths with it)
+    summary["saved"]["path"] = str(out.path / "model")
     return out.path, summary
 
 
