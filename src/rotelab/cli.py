@@ -1084,6 +1084,59 @@ def recsys_serve_cmd(
     emit(result.summary, show, run_dir=result.run_dir)
 
 
+@command("refresh", parent=recsys_app, shared=("show",))
+def recsys_refresh_cmd(
+    model: Annotated[
+        Path, typer.Option("--model", "-m", help="A `rotelab recsys train` run directory.")
+    ],
+    log: Annotated[
+        Path, typer.Option("--log", "-d", help="New events: user,item,timestamp CSV/Parquet.")
+    ],
+    cache: Annotated[
+        Path | None, typer.Option(help="Summary cache. Default: the train run's cache.")
+    ] = None,
+    compact: Annotated[
+        bool, typer.Option("--compact", help="Then rewrite the live rows into one segment.")
+    ] = False,
+    *,
+    show: Show,
+) -> None:
+    """Fold new events into the summary cache (the old history is never read again)."""
+    from rotelab.pipelines.recsys import refresh
+
+    result = refresh(model, log, cache=cache, compact=compact)
+    emit(result, show)
+    if not show.as_json and not show.quiet:
+        out.print(
+            f"refreshed {result['users']} users ({result['new_users']} new) with "
+            f"{result['events']} events; {result['cache']}: {result['cached_users']} users in "
+            f"{result['segments']} segment(s)", highlight=False, soft_wrap=True,
+        )  # fmt: skip
+
+
+@command("compact", parent=recsys_app, shared=("show",))
+def recsys_compact_cmd(
+    model: Annotated[
+        Path, typer.Option("--model", "-m", help="A `rotelab recsys train` run directory.")
+    ],
+    cache: Annotated[
+        Path | None, typer.Option(help="Summary cache. Default: the train run's cache.")
+    ] = None,
+    *,
+    show: Show,
+) -> None:
+    """Rewrite the summary cache's live rows into one segment (refreshes append segments)."""
+    from rotelab.pipelines.recsys import compact as compact_cache
+
+    result = compact_cache(model, cache=cache)
+    emit(result, show)
+    if not show.as_json and not show.quiet:
+        out.print(
+            f"{result['cache']}: {result['cached_users']} users, {result['segments_before']} -> "
+            f"{result['segments']} segment(s)", highlight=False, soft_wrap=True,
+        )  # fmt: skip
+
+
 @command("bench", parent=recsys_app, shared=("run", "show"), without=("resume",))
 def recsys_bench_cmd(
     lengths: Annotated[str, typer.Option(help="History lengths timed.")] = "1000,10000,100000",

@@ -137,3 +137,64 @@ def test_bench_table(tmp_path):
     assert summary["streaming"]["items"] == 20000 and summary["streaming"]["peak_mib"] > 0
     assert summary["cache_users"] == 42 and summary["cache_reads_per_s_batch_256"] > 0
     assert "µs per candidate" in res.output
+
+
+def test_refresh_folds_new_events_and_compact_keeps_the_summaries(trained, tmp_path):
+    """`recsys refresh` on a copied cache: the users in the log get new summaries and counts,
+    the others keep theirs, a user the cache lacked is added; `--compact` leaves one segment
+    serving the same rows; events older than a user's cached history are refused, cache intact."""
+    shutil.copytree(trained / "cache", tmp_path / "cache")
+    model, vocab = load_vista(trained)
+    cache = SummaryCache.open(tmp_path / "cache", model_version(model))
+    users = cache.users()
+    before, _ = cache.get(users)
+    _, counts, last = cache.states(users)
+    a, b = users[0], users[1]
+    rows = [(a, vocab[3], last[0] + 1), (a, vocab[7], last[0] + 2), (b, vocab[1], last[1] + 5),
+            ("newcomer", vocab[2], 10)]  # fmt: skip
+    pd.DataFrame(rows, columns=["user", "item", "timestamp"]).to_csv(tmp_path / "new.csv",
+                                                                     index=False)  # fmt: skip
+    args = [
+        "-m",
+        str(trained),
+        "--log",
+        str(tmp_path / "new.csv"),
+        "--cache",
+        str(tmp_path / "cache"),
+    ]
+    res = CliRunner().invoke(app, ["recsys", "refresh", *args, "--compact", "--json"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    assert (result["users"], result["new_users"], result["events"]) == (3, 1, 4)
+    assert result["segments"] == 1 and result["cached_users"] == len(users) + 1
+    cache = SummaryCache.open(tmp_path / "cache", model_version(model))
+    after, found = cache.get(users + ["newcomer"])
+    assert found.all()
+    _, counts_after, last_after = cache.states(users)
+    assert counts_after[0] == counts[0] + 2 and counts_after[1] == counts[1] + 1
+    assert last_after[0] == last[0] + 2 and (counts_after[2:] == counts[2:]).all()
+    assert not np.allclose(after[:2], before[:2])
+    np.testing.assert_array_equal(after[2 : len(users)], before[2:])  # int8 rows rewritten as is
+    # a user's new events before the end of the cached history: one line, nothing written
+    manifest = (tmp_path / "cache" / "manifest.json").read_text()
+    pd.DataFrame([(a, vocab[3], 1)], columns=["user", "item", "timestamp"]).to_csv(
+        tmp_path / "old.csv", index=False
+    )
+    res = CliRunner().invoke(
+        app,
+        [
+            "recsys",
+            "refresh",
+            "-m",
+            str(trained),
+            "--log",
+            str(tmp_path / "old.csv"),
+            "--cache",
+            str(tmp_path / "cache"),
+        ],
+    )
+    assert res.exit_code == 2 and "before the cached history" in res.output
+    assert (tmp_path / "cache" / "manifest.json").read_text() == manifest
+    res = CliRunner().invoke(app, ["recsys", "compact", "-m", str(trained), "--cache",
+                                   str(tmp_path / "cache")])  # fmt: skip
+    assert res.exit_code == 0 and "1 -> 1 segment(s)" in res.output

@@ -442,6 +442,70 @@ def serve(
     return RecsysRun(summary, out.path)
 
 
+# ---------------------------------------------------------------------------- refresh, compact
+def refresh(
+    model_dir: str | os.PathLike,
+    log: str | os.PathLike,
+    *,
+    cache: str | os.PathLike | None = None,
+    compact: bool = False,
+) -> dict[str, Any]:
+    """Fold a log of new events into the summary cache, user by user (``rotelab recsys refresh``).
+
+    Each user's new items continue the stage-1 state the cache holds (a sum over the history),
+    so the cost is the new events only and the old history is never read; users the cache does
+    not know start from an empty history. The cache is a store, updated where it is: each write
+    is a new segment and a new index, made current by an atomic rename of the manifest, so a
+    kill leaves the previous cache whole.
+
+    Args:
+        model_dir: a ``rotelab recsys train`` run (or its ``models/vista``): the model the cache
+            was built by.
+        log: the new events, ``user,item,timestamp`` CSV/Parquet sorted by user and time; every
+            user's events must start no earlier than the history the cache holds for them.
+        cache: the summary cache; default ``<model_dir>/cache``.
+        compact: afterwards rewrite the live rows into one segment (:meth:`SummaryCache.compact`).
+
+    Returns:
+        Users refreshed (and how many were new to the cache), events folded, segments on disk.
+    """
+    model, vocab = load_vista(model_dir)
+    cache_dir = Path(cache) if cache is not None else Path(model_dir) / "cache"
+    store = SummaryCache.open(cache_dir, model_version(model))
+    events = read_log(log, vocab={v: i + 1 for i, v in enumerate(vocab)}).frame
+    t0 = time.perf_counter()
+    new: dict[object, tuple[list[np.ndarray], tuple[int, int]]] = {}
+    for user, rows in events.groupby("user", sort=False):
+        ts = rows["timestamp"].to_numpy()
+        new[str(user)] = (
+            [rows["item_id"].to_numpy(dtype=np.int64, copy=True)],
+            (int(ts[0]), int(ts[-1])),
+        )
+    known = sum(u in store for u in new)
+    store.refresh(model, new)
+    if compact:
+        store.compact()
+    return {
+        "cache": str(cache_dir), "users": len(new), "new_users": len(new) - known,
+        "events": len(events), "cached_users": len(store),
+        "segments": sum(n is not None for n in store.manifest["segments"]),
+        "compacted": compact, "seconds": round(time.perf_counter() - t0, 4),
+    }  # fmt: skip
+
+
+def compact(model_dir: str | os.PathLike, *, cache: str | os.PathLike | None = None) -> dict:
+    """Rewrite a summary cache's live rows into one segment (``rotelab recsys compact``): each
+    refresh appends a segment, and the rows it replaced stay on disk until this."""
+    model, _ = load_vista(model_dir)
+    cache_dir = Path(cache) if cache is not None else Path(model_dir) / "cache"
+    store = SummaryCache.open(cache_dir, model_version(model))
+    before = sum(n is not None for n in store.manifest["segments"])
+    store.compact()
+    after = sum(n is not None for n in store.manifest["segments"])
+    return {"cache": str(cache_dir), "cached_users": len(store), "segments_before": before,
+            "segments": after}  # fmt: skip
+
+
 # -------------------------------------------------------------------------------------- bench
 def bench(
     *,
