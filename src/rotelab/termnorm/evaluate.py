@@ -106,7 +106,8 @@ def argmax_hits(
     the vocabulary with a running maximum and the first index attaining it: exactly
     ``head_logits(h).argmax(-1) == targets`` (the lowest index wins a tie, as in greedy
     decoding), never holding more than (N, ``vocab_chunk``) logits. With ``logprob`` also
-    log p(target) from a running log-sum-exp; else ``None``."""
+    log p(target) from a running log-sum-exp (in place on each chunk's logits: call it without
+    autograd, as :func:`exact_match` does); else ``None``."""
     n = h.shape[0]
     f32 = torch.float32
     best = torch.full((n,), -math.inf, device=h.device, dtype=f32)
