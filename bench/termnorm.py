@@ -7,7 +7,8 @@ a change of load on this shared machine hits them alike:
   (:func:`rotelab.termnorm.lora_model`) on SmolLM2 against a minimal ``peft`` loop (``loss =
   model(input_ids, attention_mask, labels).loss``, AdamW, no clipping, no schedule) on the
   same batches; ``speed`` = minimal time / rotelab time (the issue's target: >= 0.9).
-- ``scoring``: :func:`rotelab.termnorm.exact_match` (one teacher-forced pass per batch) against
+- ``scoring``: :func:`rotelab.termnorm.exact_match` with ``logprob=False`` (one teacher-forced
+  pass per batch, the LM head on the ID positions only, argmax by a chunked running max) against
   :func:`rotelab.termnorm.greedy_exact_match` (greedy decoding of the ID's length) on the same
   queries; ``speed`` = greedy time / one-pass time (target: >= 3x), and ``agree`` = the share
   of queries on which the two verdicts agree (must be 1).
@@ -95,7 +96,8 @@ def bench_scoring(lm: LM, name: str, queries: int, rounds: int, batch: int) -> d
         for arm in ("one_pass", "greedy") if r % 2 == 0 else ("greedy", "one_pass"):
             t0 = time.perf_counter()
             if arm == "one_pass":
-                v = exact_match(lm, terms, ids, template, batch_size=batch)["correct"].to_numpy()
+                v = exact_match(lm, terms, ids, template, batch_size=batch, logprob=False)
+                v = v["correct"].to_numpy()
             else:
                 v = greedy_exact_match(lm, terms, ids, template, batch_size=batch)
             times[arm].append(time.perf_counter() - t0)

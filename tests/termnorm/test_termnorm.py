@@ -16,7 +16,9 @@ from rotelab.termnorm import (
     PretrainConfig,
     alignment,
     alignment_outcome,
+    argmax_hits,
     check_pairs,
+    encode_pairs,
     exact_match,
     finetune,
     gain_table,
@@ -158,6 +160,50 @@ def test_one_pass_exact_match_equals_greedy_decoding(tok, onto):
     greedy = greedy_exact_match(lm, onto["term"], onto["id"], SYN)
     assert one.any() and not one.all()
     np.testing.assert_array_equal(one, greedy)
+    verdicts = exact_match(lm, onto["term"], onto["id"], SYN, logprob=False, batch_size=3)
+    np.testing.assert_array_equal(verdicts["correct"].to_numpy(), greedy)
+    assert "logprob" not in verdicts
+    # a tie, broken as greedy's argmax breaks it: give a lower token the first ID token's head
+    # row, so the two logits are equal everywhere and the lower index wins in both paths
+    i = int(np.flatnonzero(one)[0])
+    seqs, starts = encode_pairs(tok, onto["term"], onto["id"], SYN)
+    target = seqs[i][starts[i]]
+    assert target > 0
+    with torch.no_grad():
+        model.lm_head.weight[target - 1] = model.lm_head.weight[target]
+    tied = exact_match(lm, onto["term"], onto["id"], SYN, logprob=False)["correct"].to_numpy()
+    greedy_tied = greedy_exact_match(lm, onto["term"], onto["id"], SYN)
+    assert not tied[i] and not greedy_tied[i]
+    np.testing.assert_array_equal(tied, greedy_tied)
+
+
+def test_argmax_hits_is_the_first_argmax_across_chunks(tok):
+    """Chunked running max = ``argmax`` of the whole row, ties to the lowest index even when the
+    tied tokens sit in different chunks; the log-probability is the log-softmax's."""
+    model = _model(tok, seed=2)
+    lm = LM.from_model(model, tok)
+    with torch.no_grad():
+        w = model.lm_head.weight
+        w[7] = w[200]  # tie across chunks (chunk 64): 7 must win over 200
+        w[210] = w[100]  # 100 must win over 210
+    h = torch.randn(400, 48, generator=torch.Generator().manual_seed(0)) * 3
+    with torch.no_grad():
+        full = lm.head_logits(h)
+    best = full.argmax(-1)
+    gen = torch.Generator().manual_seed(1)
+    targets = torch.where(torch.rand(400, generator=gen) < 0.5, best,
+                          torch.randint(0, len(tok), (400,), generator=gen))  # fmt: skip
+    targets[:4] = torch.tensor([7, 200, 100, 210])
+    h[:4] = 0.01 * h[:4] + torch.stack([w[7], w[7], w[100], w[100]]).detach() * 50
+    with torch.no_grad():
+        full = lm.head_logits(h)
+        hits, lp = argmax_hits(lm, h, targets, vocab_chunk=64, logprob=True)
+    expect = full.argmax(-1) == targets
+    assert expect[:4].tolist() == [True, False, True, False]
+    assert expect.any() and not expect.all()
+    assert torch.equal(hits, expect)
+    want = torch.log_softmax(full.double(), -1).gather(1, targets[:, None]).squeeze(1)
+    torch.testing.assert_close(lp.double(), want, rtol=0, atol=1e-4)
 
 
 def test_full_finetune_memorizes_training_terms(tok, onto):
@@ -214,9 +260,35 @@ def test_alignment_is_a_cosine(tok):
     np.testing.assert_allclose(same, 1.0, atol=1e-5)
     other = alignment(lm, ["vanor kelidra"], ["TN:1234567"], layer=1)
     assert -1 <= other[0] < 0.999
+    raw = alignment(lm, ["vanor kelidra", "bo ri"], ["TN:1", "TN:2"], layer=1, centre=False)
+    assert raw.shape == (2,)
     out = alignment_outcome([0.1, 0.2, 0.8, 0.9], [False, False, True, True], n_boot=50)
     assert out["auc"] == 1.0 and out["spearman"] > 0.8
     assert alignment_outcome([0.1, 0.2], [True, True])["auc"] is None
+
+
+def test_alignment_is_centred(tok, monkeypatch):
+    """A component shared by every state makes every raw cosine ~1; centring removes it, so
+    pairs whose ID state is its term's (plus noise) stand out from mismatched pairs."""
+    lm = LM.from_model(_model(tok), tok)
+    rng = np.random.default_rng(0)
+    n = 40
+    term = rng.normal(size=(n, 16))
+    ident = term.copy()
+    ident[n // 2 :] = rng.normal(size=(n // 2, 16))  # the second half: unrelated IDs
+    ident += 0.1 * rng.normal(size=(n, 16))
+    shared = 100.0 * rng.normal(size=16)
+    states = np.concatenate([term, ident]) + shared
+    monkeypatch.setattr(lm, "hidden_states", lambda seqs, layers, pool: {layers[0]: states})
+    terms, ids = [f"t{k}" for k in range(n)], [f"i{k}" for k in range(n)]
+    raw = alignment(lm, terms, ids, layer=1, centre=False)
+    assert raw.min() > 0.98  # the shared component hides everything
+    cen = alignment(lm, terms, ids, layer=1)
+    mean = states.mean(axis=0)
+    a, b = states[:n] - mean, states[n:] - mean
+    manual = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    np.testing.assert_allclose(cen, manual, rtol=1e-10)
+    assert cen[: n // 2].min() > 0.8 and abs(cen[n // 2 :].mean()) < 0.3
 
 
 def test_pretraining_insertions_set_popularity(tok):

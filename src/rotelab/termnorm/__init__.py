@@ -13,6 +13,7 @@ pretraining with the ontology inserted (:mod:`~rotelab.termnorm.pretrain`), fine
 from rotelab.termnorm.evaluate import (
     alignment,
     alignment_outcome,
+    argmax_hits,
     exact_match,
     gain_table,
     greedy_exact_match,
@@ -58,6 +59,7 @@ __all__ = [
     "alignment_outcome",
     "check_pairs",
     "encode_pairs",
+    "argmax_hits",
     "exact_match",
     "finetune",
     "gain_table",

@@ -4,9 +4,17 @@ embedding alignment of a term with its ID.
 A query is correct when the model's greedy choice reproduces every token of the identifier.
 Teacher forcing decides that in one forward pass over ``prompt + id``: the greedy continuation
 equals the ID exactly when the argmax at every ID position is the ID's next token (the first
-mismatch is where greedy decoding would leave it). So no decoding is needed, and the pass also
-gives the ID's log-probability. :func:`greedy_exact_match` decodes instead; it is kept for the
-benchmark and as the reference the tests compare with.
+mismatch is where greedy decoding would leave it). So no decoding is needed. The verdict needs
+only the argmax, so :func:`exact_match` runs the LM head on the ID positions alone, in vocabulary
+chunks, keeping a running maximum and the first index attaining it (no softmax, no top-k); the
+ID's log-probability, when asked for, adds a running log-sum-exp to the same chunks. Ties are
+broken as greedy decoding's ``argmax`` breaks them: the lowest token index wins, so a target
+tied with an earlier token is wrong. :func:`greedy_exact_match` decodes instead; it is kept for
+the benchmark and as the reference the tests compare with.
+
+Alignment cosines are *centred*: the mean hidden state over all the terms and IDs of the call is
+subtracted first, because a residual stream carries a large component shared by every input
+(on SmolLM2 the raw cosine is 0.999-1.000 for every pair), which says nothing about the pair.
 
 Gains (Pericharla et al. 2025): memorization = accuracy on the trained terms after fine-tuning
 minus before; generalization = the same on the withheld terms. Rates get Wilson intervals; a
@@ -15,18 +23,21 @@ gain gets a paired percentile bootstrap over terms.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
-from rotelab.lm import LM
+from rotelab.lm import LM, length_buckets, pad_batch
 from rotelab.stats import bootstrap_auc, rate_with_ci
 from rotelab.termnorm.prompts import Template, encode_pairs
 
 __all__ = [
     "alignment",
     "alignment_outcome",
+    "argmax_hits",
     "exact_match",
     "gain_table",
     "greedy_exact_match",
@@ -35,19 +46,91 @@ __all__ = [
 
 
 def exact_match(
-    lm: LM, terms: Sequence[str], ids: Sequence[str], template: Template, *, batch_size: int = 64
+    lm: LM,
+    terms: Sequence[str],
+    ids: Sequence[str],
+    template: Template,
+    *,
+    batch_size: int = 64,
+    logprob: bool = True,
+    vocab_chunk: int = 8192,
 ) -> pd.DataFrame:
-    """Per pair: ``correct`` (greedy reproduces the whole ID), ``logprob`` (sum over ID tokens)
-    and ``id_tokens``, from one teacher-forced pass per batch."""
+    """Per pair: ``correct`` (greedy reproduces the whole ID), ``id_tokens`` and, with
+    ``logprob``, ``logprob`` (sum over the ID's tokens), from one teacher-forced pass per batch
+    of similar lengths; ``logprob=False`` gives the verdicts alone, the fastest."""
     seqs, starts = encode_pairs(lm.tokenizer, terms, ids, template)
-    scores = lm.score(seqs, targets_from=starts, batch_size=batch_size)
-    return pd.DataFrame(
-        {
-            "correct": [bool(np.all(s.argmax_match)) for s in scores],
-            "logprob": [float(np.sum(s.logprobs)) for s in scores],
-            "id_tokens": [len(s.logprobs) for s in scores],
-        }
-    )
+    n = len(seqs)
+    correct = np.zeros(n, dtype=bool)
+    total = np.zeros(n, dtype=np.float64)
+    with torch.inference_mode():
+        for batch in length_buckets([len(s) for s in seqs], batch_size):
+            ok, lp = _batch_verdicts(
+                lm, [seqs[i] for i in batch], [starts[i] for i in batch], logprob, vocab_chunk
+            )
+            correct[batch] = ok
+            if logprob:
+                total[batch] = lp
+    out = {"correct": correct, "id_tokens": [len(s) - k for s, k in zip(seqs, starts)]}
+    if logprob:
+        out["logprob"] = total
+    return pd.DataFrame(out)
+
+
+def _batch_verdicts(
+    lm: LM, seqs: list[list[int]], starts: list[int], logprob: bool, vocab_chunk: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(B,) verdicts and (B,) ID log-probabilities (``None`` unless ``logprob``) of one batch."""
+    ids, mask = pad_batch(seqs, lm.pad_id, device=lm.device)
+    # the last column is only ever a target: the model never needs to read it
+    hidden = lm.final_hidden(ids[:, :-1], mask[:, :-1])  # (B, T - 1, D)
+    lengths = torch.tensor([len(s) for s in seqs], device=ids.device)
+    first = torch.tensor(starts, device=ids.device) - 1  # position predicting the ID's 1st token
+    pos = torch.arange(hidden.shape[1], device=ids.device)
+    keep = (pos[None, :] >= first[:, None]) & (pos[None, :] < lengths[:, None] - 1)
+    rows, cols = keep.nonzero(as_tuple=True)  # only the ID positions go through the head
+    ok, lp = argmax_hits(lm, hidden[rows, cols], ids[rows, cols + 1], vocab_chunk, logprob)
+    b = len(seqs)
+    # a pair is right when no ID position misses
+    misses = torch.zeros(b, dtype=torch.long, device=ids.device).index_add_(0, rows, (~ok).long())
+    verdict = (misses == 0).cpu().numpy()
+    if lp is None:
+        return verdict, None
+    sums = torch.zeros(b, dtype=torch.float64, device=ids.device).index_add_(0, rows, lp.double())
+    return verdict, sums.cpu().numpy()
+
+
+def argmax_hits(
+    lm: LM, h: torch.Tensor, targets: torch.Tensor, vocab_chunk: int = 8192, logprob: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Whether each target is the LM head's argmax at hidden states ``h`` (N, D), chunked over
+    the vocabulary with a running maximum and the first index attaining it: exactly
+    ``head_logits(h).argmax(-1) == targets`` (the lowest index wins a tie, as in greedy
+    decoding), never holding more than (N, ``vocab_chunk``) logits. With ``logprob`` also
+    log p(target) from a running log-sum-exp (in place on each chunk's logits: call it without
+    autograd, as :func:`exact_match` does); else ``None``."""
+    n = h.shape[0]
+    f32 = torch.float32
+    best = torch.full((n,), -math.inf, device=h.device, dtype=f32)
+    best_idx = torch.zeros(n, dtype=torch.long, device=h.device)
+    lse = torch.full((n,), -math.inf, device=h.device, dtype=f32) if logprob else None
+    target_logit = torch.zeros(n, device=h.device, dtype=f32)
+    vocab = lm.vocab_size
+    for lo in range(0, vocab, vocab_chunk):
+        hi = min(vocab, lo + vocab_chunk)
+        logits = lm.head_logits(h, lo, hi)  # (N, chunk)
+        cmax, cidx = logits.max(dim=1)  # first index of the chunk's maximum
+        # strictly greater: an earlier chunk keeps a tie, so the lowest index wins
+        better = cmax > best
+        best = torch.where(better, cmax, best)
+        best_idx = torch.where(better, cidx + lo, best_idx)
+        if lse is not None:
+            inside = (targets >= lo) & (targets < hi)
+            picked = logits.gather(1, (targets - lo).clamp(0, hi - lo - 1)[:, None]).squeeze(1)
+            target_logit = torch.where(inside, picked, target_logit)
+            w = logits.sub_(cmax[:, None]).exp_().sum(1).log_().add_(cmax)
+            lse = torch.logaddexp(lse, w)
+    hits = best_idx == targets
+    return hits, (target_logit - lse) if lse is not None else None
 
 
 def greedy_exact_match(
@@ -111,15 +194,29 @@ def gain_table(
 
 # ------------------------------------------------------------------------------------ alignment
 def alignment(
-    lm: LM, terms: Sequence[str], ids: Sequence[str], *, layer: int | None = None
+    lm: LM,
+    terms: Sequence[str],
+    ids: Sequence[str],
+    *,
+    layer: int | None = None,
+    centre: bool = True,
 ) -> np.ndarray:
     """(n,) cosine similarity between the mean hidden state of each term and of its ID, each
-    encoded alone, at ``layer`` (default: the middle block; 0 = embeddings)."""
+    encoded alone, at ``layer`` (default: the middle block; 0 = embeddings).
+
+    With ``centre`` (the default) the mean of all 2n pooled states (every term and every ID of
+    the call) is subtracted before the cosine, so the component every input shares does not
+    make every pair look aligned; a cosine then says how a pair agrees relative to the others
+    (with fewer than two pairs there is nothing to centre against, and the raw cosine is used).
+    """
     layer = lm.num_layers // 2 if layer is None else layer
     enc = lm.tokenizer
     t = [list(enc(x, add_special_tokens=False)["input_ids"]) for x in terms]
     i = [list(enc(x, add_special_tokens=False)["input_ids"]) for x in ids]
     h = lm.hidden_states(t + i, [layer], pool="mean")[layer]  # (2n, hidden)
+    h = np.asarray(h, dtype=np.float64)
+    if centre and len(terms) > 1:
+        h = h - h.mean(axis=0, keepdims=True)
     a, b = h[: len(terms)], h[len(terms) :]
     num = (a * b).sum(axis=1)
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
