@@ -1348,11 +1348,10 @@ class _FastLlamaRest:
     def step(self, tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
         """One trie level: node ``i`` is node ``parents[i]`` followed by ``tokens[i]``; returns
         the new nodes' (U, D) final hidden states and keeps their keys and values."""
-        new_k, new_v = [], []
-        h = self._forward(tokens[:, None], parents, keep=(new_k, new_v))
-        for i in range(len(self.node_k)):
-            self.node_k[i] = torch.cat([self.node_k[i].index_select(0, parents), new_k[i]], 2)
-            self.node_v[i] = torch.cat([self.node_v[i].index_select(0, parents), new_v[i]], 2)
+        keys, values = [], []  # per layer: (parents' levels, the new token), gathered once
+        h = self._forward(tokens[:, None], parents, keep=(keys, values))
+        self.node_k = [torch.cat(kv, 2) for kv in keys]
+        self.node_v = [torch.cat(kv, 2) for kv in values]
         self.length += 1
         return h[:, 0]
 
@@ -1383,12 +1382,12 @@ class _FastLlamaRest:
             q = qk[:, :, :heads].transpose(1, 2)  # (B, heads, T, d)
             k = qk[:, :, heads:].transpose(1, 2)  # (B, kv heads, T, d)
             v = qkv[..., (heads + kv_heads) * d :].view(n, t, kv_heads, d).transpose(1, 2)
-            if keep is not None:
-                keep[0].append(k)
-                keep[1].append(v)
             pre_k, pre_v = self.pre_k[i], self.pre_v[i]  # (kv heads, P, d)
             node_k = self.node_k[i].index_select(0, parents)  # (B, kv heads, levels, d)
             node_v = self.node_v[i].index_select(0, parents)
+            if keep is not None:  # a trie level: its nodes' keys and values, before any repeat
+                keep[0].append((node_k, k))
+                keep[1].append((node_v, v))
             if groups > 1:  # grouped-query attention: each kv head serves `groups` query heads
                 pre_k, pre_v = (z.repeat_interleave(groups, dim=0) for z in (pre_k, pre_v))
                 node_k, node_v, k, v = (
