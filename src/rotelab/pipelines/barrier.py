@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from rotelab.errors import RotelabError
-from rotelab.lm import LM, Sampler
+from rotelab.lm import LM, Sampler, progress_bar
 from rotelab.measure.passk import check_km, pass_at_k_table
 from rotelab.options import RunOptions
 from rotelab.runs import Run
@@ -225,58 +225,60 @@ def barrier(
     complete, done = True, 0
     with Run.create(run.out, "barrier", args, resume=run.resume, force=run.force) as out:
         units = [(s, c, arm) for s in seeds for c in cfg.copies for arm in ("base", *ARMS)]
-        for seed, copies, arm in units:
-            key = f"{arm}-c{copies:03d}-s{seed}"
-            if out.has_part("units", key):
-                continue
-            if done and budget_s is not None and time.perf_counter() - t0 > budget_s:
-                complete = False  # this slice has used its time: the rest on --resume
-                break
-            u0 = time.perf_counter()
-            tag = {"unit": arm, "copies": copies, "seed": seed}
-            base_dir = out.path / "models" / f"base-c{copies:03d}-s{seed}"
-            row: dict[str, Any] = dict(tag)
-            if arm == "base":
-                docs, counts = pretrain_docs(
-                    task, tok.encode, copies=copies, finetune=ft, seed=seed,
-                    tokens=cfg.pretrain_steps * cfg.batch_size * (seq + 1),
-                )  # fmt: skip
-                rows = pack_rows(docs, tok.eos_token_id, seq)
-                model = fresh_model(tok, cfg.shape, seed)
-                log = train(
-                    model, (_torch_rows(rows, i, cfg.batch_size) for i in range(len(rows))),
-                    TrainConfig(steps=cfg.pretrain_steps, lr=cfg.lr, seed=seed, log_every=10,
-                                warmup_steps=min(30, max(1, cfg.pretrain_steps // 10))),
-                )  # fmt: skip
-                model.save_pretrained(base_dir, safe_serialization=True)
-                tok.save_pretrained(base_dir)
-                lm = LM.from_model(model.eval(), tok, name=f"base-c{copies}-s{seed}")
-                correct = min_k_scores(lm, [p.text() for p in ft])
-                spurious = min_k_scores(lm, [p.text(p.wrong_solution(seed)) for p in ft])
-                out.write_part("mink", key, pd.DataFrame({
-                    "problem": [p.id for p in ft], "min_k_correct": correct,
-                    "min_k_spurious": spurious,
-                }).assign(**tag))  # fmt: skip
-                row.update(counts, min_k_correct=float(correct.mean()),
-                           min_k_spurious=float(spurious.mean()))  # fmt: skip
-            else:
-                if not base_dir.is_dir():
-                    raise RotelabError(f"{base_dir} is missing; rerun with --force")
-                lm = LM.load(base_dir, device="cpu", dtype="float32")
-                model = lm.model
-                ft_rows = pack_rows([tok.encode(p.text()) for p in ft], tok.eos_token_id, seq)
-                ib = IBConfig(cfg.alpha, cfg.beta) if arm == "ibft" else None
-                log = finetune(model, ft_rows, FinetuneConfig(
-                    steps=cfg.finetune_steps, batch_size=cfg.ft_batch_size, lr=cfg.ft_lr,
-                    seed=seed), ib=ib)  # fmt: skip
-                lm = LM.from_model(model.eval(), tok, name=f"{arm}-c{copies}-s{seed}")
-            measured, table = _measure(lm, problems, cfg, seed)
-            row.update(measured, train_loss_last=float(log[-1]["loss"]))
-            row["seconds"] = round(time.perf_counter() - u0, 1)
-            out.write_part("curves", key, _curve(log, **tag))
-            out.write_part("passk", key, table.assign(**tag))
-            out.write_part("units", key, pd.DataFrame([row]))  # last: marks the unit done
-            done += 1
+        with progress_bar(run.progress, len(units), "bases and arms") as advance:
+            for seed, copies, arm in units:
+                advance()
+                key = f"{arm}-c{copies:03d}-s{seed}"
+                if out.has_part("units", key):
+                    continue
+                if done and budget_s is not None and time.perf_counter() - t0 > budget_s:
+                    complete = False  # this slice has used its time: the rest on --resume
+                    break
+                u0 = time.perf_counter()
+                tag = {"unit": arm, "copies": copies, "seed": seed}
+                base_dir = out.path / "models" / f"base-c{copies:03d}-s{seed}"
+                row: dict[str, Any] = dict(tag)
+                if arm == "base":
+                    docs, counts = pretrain_docs(
+                        task, tok.encode, copies=copies, finetune=ft, seed=seed,
+                        tokens=cfg.pretrain_steps * cfg.batch_size * (seq + 1),
+                    )  # fmt: skip
+                    rows = pack_rows(docs, tok.eos_token_id, seq)
+                    model = fresh_model(tok, cfg.shape, seed)
+                    log = train(
+                        model, (_torch_rows(rows, i, cfg.batch_size) for i in range(len(rows))),
+                        TrainConfig(steps=cfg.pretrain_steps, lr=cfg.lr, seed=seed, log_every=10,
+                                    warmup_steps=min(30, max(1, cfg.pretrain_steps // 10))),
+                    )  # fmt: skip
+                    model.save_pretrained(base_dir, safe_serialization=True)
+                    tok.save_pretrained(base_dir)
+                    lm = LM.from_model(model.eval(), tok, name=f"base-c{copies}-s{seed}")
+                    correct = min_k_scores(lm, [p.text() for p in ft])
+                    spurious = min_k_scores(lm, [p.text(p.wrong_solution(seed)) for p in ft])
+                    out.write_part("mink", key, pd.DataFrame({
+                        "problem": [p.id for p in ft], "min_k_correct": correct,
+                        "min_k_spurious": spurious,
+                    }).assign(**tag))  # fmt: skip
+                    row.update(counts, min_k_correct=float(correct.mean()),
+                               min_k_spurious=float(spurious.mean()))  # fmt: skip
+                else:
+                    if not base_dir.is_dir():
+                        raise RotelabError(f"{base_dir} is missing; rerun with --force")
+                    lm = LM.load(base_dir, device="cpu", dtype="float32")
+                    model = lm.model
+                    ft_rows = pack_rows([tok.encode(p.text()) for p in ft], tok.eos_token_id, seq)
+                    ib = IBConfig(cfg.alpha, cfg.beta) if arm == "ibft" else None
+                    log = finetune(model, ft_rows, FinetuneConfig(
+                        steps=cfg.finetune_steps, batch_size=cfg.ft_batch_size, lr=cfg.ft_lr,
+                        seed=seed), ib=ib)  # fmt: skip
+                    lm = LM.from_model(model.eval(), tok, name=f"{arm}-c{copies}-s{seed}")
+                measured, table = _measure(lm, problems, cfg, seed)
+                row.update(measured, train_loss_last=float(log[-1]["loss"]))
+                row["seconds"] = round(time.perf_counter() - u0, 1)
+                out.write_part("curves", key, _curve(log, **tag))
+                out.write_part("passk", key, table.assign(**tag))
+                out.write_part("units", key, pd.DataFrame([row]))  # last: marks the unit done
+                done += 1
         units_df = out.read_table("units")
         summary = {
             "seeds": seeds, "copies": list(cfg.copies), "task_seed": task_seed,

@@ -41,7 +41,7 @@ from typing import Any
 import pandas as pd
 
 from rotelab.errors import RotelabError
-from rotelab.lm import LM, Sampler
+from rotelab.lm import LM, Sampler, progress_bar
 from rotelab.measure.passk import pass_at_k_table
 from rotelab.options import LoadOptions, RunOptions
 from rotelab.pipelines.inputs import resolve_model
@@ -180,7 +180,14 @@ def finetune(
         ib = IBConfig(opts.alpha, opts.beta) if opts.ib else None
         cfg = FinetuneConfig(steps=opts.steps, batch_size=opts.batch_size, lr=opts.lr,
                              seed=run.seed)  # fmt: skip
-        log = run_finetune(net, rows, cfg, ib=ib)
+        with progress_bar(run.progress, cfg.steps, "fine-tuning") as advance:
+            seen = [0]  # steps shown so far: records are logged every few steps
+
+            def shown(record: dict) -> None:
+                advance(record["step"] + 1 - seen[0])
+                seen[0] = record["step"] + 1
+
+            log = run_finetune(net, rows, cfg, ib=ib, callback=shown)
         if not math.isfinite(log[-1]["loss"]):
             raise RotelabError("fine-tuning diverged (the loss is not finite); lower --lr")
         lm.model = merge_lora(net).eval()
