@@ -453,6 +453,26 @@ CASES = [
         skip=_NO_PROC,
         id="apt in /proc without --out",
     ),  # fmt: skip
+    # --------------------------------------------------------------- melody (issue 21)
+    case("melody --melodies {melody_unknown} -o {out}", "unknown token 'H9:4'"),
+    case("melody --melodies {melody_word} -o {out}", "not in the CMU Pronouncing"),
+    case("melody --melodies {melody_bare} -o {out}", "write 'lyric line |"),
+    case("melody --melodies {melody_short} -o {out}", "lower --per-count"),
+    case("melody --melodies {binary} -o {out}", "not valid UTF-8"),
+    case("melody --melodies {empty} -o {out}", "has no pairs"),
+    case("melody --melodies {missing} -o {out}", "does not exist"),
+    case("melody --encoding graphemes -o {out}", "--encoding"),
+    case("melody --preset huge -o {out}", "--preset"),
+    case("melody --counts 1,x -o {out}", "comma list"),
+    case("melody --counts 1,999 -o {out}", "0 .. 256"),
+    case("melody --per-count 0 -o {out}", "--per-count"),
+    case("melody --seeds 0 -o {out}", "--seeds"),
+    case("melody --steps 5 -o {out}", "--steps"),
+    case("melody -o {file}", "not a directory"),
+    case("apt-recall -m {model} --verses {one_verse} -o {out}", "at least two"),
+    case("apt-recall -m {model} --verses {binary} -o {out}", "not valid UTF-8"),
+    case("apt-recall -m {model} --controls 0 -o {out}", "--controls"),
+    case("apt-recall -m {missing} -o {out}", "does not exist"),
     # --------------------------------------------------------------- passk (issue 20)
     case(f"{PASSK} --k 1,5 --m 6", "m > k"),
     case(f"{PASSK} --k 12", "larger than the 10 samples"),
@@ -632,6 +652,16 @@ def inputs(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
     p["late_byte"].write_bytes((line * 2000).encode() + b"\xff\xfe tail")
     p["binary"] = root / "blob.bin"
     p["binary"].write_bytes(bytes(range(256)) * 8)
+    p["melody_unknown"] = root / "melody-unknown.txt"
+    p["melody_unknown"].write_text("Twinkle, twinkle, little star | C4:4 H9:4 D4:8\n")
+    p["melody_word"] = root / "melody-word.txt"
+    p["melody_word"].write_text("zqxv brrkt | C4:4 D4:8\n")
+    p["melody_bare"] = root / "melody-bare.txt"
+    p["melody_bare"].write_text("Twinkle, twinkle, little star C4:4 D4:8\n")
+    p["melody_short"] = root / "melody-short.txt"
+    p["melody_short"].write_text("Twinkle, twinkle, little star | C4:4 D4:8\n")
+    p["one_verse"] = root / "one-verse.txt"
+    p["one_verse"].write_text("Twinkle, twinkle, little star,\nHow I wonder what you are!\n")
     p["empty"] = root / "empty.txt"
     p["empty"].write_bytes(b"")
     p["bad_parquet"] = root / "table.parquet"
