@@ -79,6 +79,7 @@ def test_summary_follows_the_table():
     assert row["apt_minus_control_edit"] == pytest.approx(0.2)
     assert row["apt_minus_control_edit_ci"] == pytest.approx([0.2, 0.2])
     assert row["apt_minus_unrelated_dtw"] == pytest.approx(0.2)
+    assert row["apt_minus_control_logp"] == pytest.approx(-0.2)
     assert row["original_exact"] == 1.0 and row["apt_exact"] == 0.0
     (flat,) = summarize_recovery(_frame(0.0), n_boot=300)
     assert flat["apt_minus_control_edit_ci"] == pytest.approx([0.0, 0.0], abs=1e-12)

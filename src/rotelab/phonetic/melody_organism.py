@@ -351,8 +351,8 @@ METRICS = ("edit", "dtw", "exact", "logp")
 
 def summarize_recovery(frame: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> list[dict]:
     """Per insertion count: each condition's mean of every metric, and the paired differences
-    ``apt - control`` and ``apt - unrelated`` (and ``original - unrelated``) of ``edit``, ``dtw``
-    and ``exact`` with 95% bootstrap CIs. ``frame`` holds :func:`melody_recovery`'s rows of one or
+    ``apt - control`` and ``apt - unrelated`` (and ``original - unrelated``) of every metric with
+    95% bootstrap CIs. ``frame`` holds :func:`melody_recovery`'s rows of one or
     more training seeds (column ``seed``); a line's controls are averaged first, and the bootstrap
     resamples lines within each seed (the seeds are fixed strata)."""
     frame = frame.assign(exact=frame["exact"].astype(float))
@@ -371,7 +371,7 @@ def summarize_recovery(frame: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0
             [s[rng.integers(0, len(s), size=(n_boot, len(s)))] for s in strata], axis=1
         )  # (n_boot, lines): every resample keeps each seed's number of lines
         for a, b in (("apt", "control"), ("apt", "unrelated"), ("original", "unrelated")):
-            for m in ("edit", "dtw", "exact"):
+            for m in METRICS:
                 d = (per[(m, a)] - per[(m, b)]).to_numpy()
                 means = d[boot].mean(axis=1)
                 lo, hi = np.percentile(means, [2.5, 97.5])
