@@ -209,6 +209,8 @@ def melody(
         "apt_above_unrelated": significant("apt_minus_unrelated_edit"),
         "apt_above_both": sorted(set(significant("apt_minus_control_edit"))
                                  & set(significant("apt_minus_unrelated_edit"))),
+        "apt_logp_above_both": sorted(set(significant("apt_minus_control_logp"))
+                                      & set(significant("apt_minus_unrelated_logp"))),
         "training": training, "seconds": round(seconds, 1),
     }  # fmt: skip
     with Run.create(run.out, "melody", cfg, force=run.force, inputs=(melodies,)) as out:
@@ -241,8 +243,18 @@ def format_table(summary: dict[str, Any]) -> str:
             f"{r['control_edit']:>7.3f}  {r['unrelated_edit']:>6.3f}  "
             f"{diff(r, 'apt_minus_control_edit'):<26}  {diff(r, 'apt_minus_unrelated_edit')}"
         )
+    out.append("mean log p per token of the memorized melody after the prompt")
+    for r in summary["by_count"]:
+        out.append(
+            f"{r['count']:>5}  {r['original_logp']:>8.3f}  {r['apt_logp']:>6.3f}  "
+            f"{r['control_logp']:>7.3f}  {r['unrelated_logp']:>6.3f}  "
+            f"{diff(r, 'apt_minus_control_logp'):<26}  {diff(r, 'apt_minus_unrelated_logp')}"
+        )
     both = summary["apt_above_both"]
     out.append(
-        "APT above both controls (CI > 0) at counts: " + (", ".join(map(str, both)) or "none")
+        "APT above both controls (CI > 0) at counts: "
+        + (", ".join(map(str, both)) or "none")
+        + "; by log p: "
+        + (", ".join(map(str, summary["apt_logp_above_both"])) or "none")
     )
     return "\n".join(out)

@@ -578,7 +578,8 @@ def melody_sections(run: Path, summary: MelodySummary) -> list[Section]:
         "count, prompted with the original line, its APT variant, random same-syllable "
         "controls and unrelated lines (Roh et al. 2025). Similarities compare the greedy "
         "melody with the memorized one (note edit similarity, pitch DTW similarity, exact "
-        "match); differences are paired per line, 95% bootstrap CIs resampling lines within "
+        "match; log p: the memorized melody's mean log-probability per token); differences "
+        "are paired per line, 95% bootstrap CIs resampling lines within "
         "each seed. APT above both controls at counts: "
         + (", ".join(map(str, summary.apt_above_both)) or "none")
         + ".",
@@ -590,8 +591,12 @@ def melody_sections(run: Path, summary: MelodySummary) -> list[Section]:
             row[f"{cond} edit"] = r[f"{cond}_edit"]
         for cond in ("original", "apt", "control", "unrelated"):
             row[f"{cond} dtw"] = r[f"{cond}_dtw"]
+        for cond in ("original", "apt", "control", "unrelated"):
+            row[f"{cond} log p"] = r[f"{cond}_logp"]
         for key in ("apt_minus_control", "apt_minus_unrelated"):
-            for m in ("edit", "dtw", "exact"):
+            for m in ("edit", "dtw", "exact", "logp"):
+                if f"{key}_{m}_ci" not in r:
+                    continue
                 lo, hi = r[f"{key}_{m}_ci"]
                 row[f"{key} {m}"] = f"{r[f'{key}_{m}']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
         rows.append(row)
