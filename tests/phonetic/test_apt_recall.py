@@ -66,7 +66,7 @@ def test_summary_follows_the_table(tiny_lm, search, monkeypatch):
         logp = [0.0 if c == "apt" else -1.0 for c in frame["condition"]]
         return logp, [float(r) for r in recalled], recalled
 
-    monkeypatch.setattr(recall, "_measure", fake)
+    monkeypatch.setattr(recall, "measure_recall", fake)
     r = recall.next_line_recall(tiny_lm, public_domain_verses()[:2], search, n_boot=200)
     s = r.summary
     assert s["original"]["recall"] == 1.0 and s["apt"]["recall"] == 0.0

@@ -42,7 +42,15 @@ from rotelab.phonetic.search import FUNCTION_WORDS, AptSearch, diverges
 from rotelab.phonetic.verses import Verse
 from rotelab.stats import rate_with_ci
 
-__all__ = ["CONDITIONS", "RecallResult", "control_variant", "next_line_recall", "verse_pairs"]
+__all__ = [
+    "CONDITIONS",
+    "RecallResult",
+    "control_variant",
+    "measure_recall",
+    "next_line_recall",
+    "recall_prompts",
+    "verse_pairs",
+]
 
 CONDITIONS = ("original", "apt", "control", "unrelated")
 
@@ -97,26 +105,15 @@ class RecallResult:
     summary: dict
 
 
-def next_line_recall(
-    lm: LM,
-    verses: Sequence[Verse],
-    search: AptSearch,
-    *,
-    controls: int = 3,
-    seed: int = 0,
-    n_boot: int = 2000,
-    batch_size: int = 16,
-) -> RecallResult:
-    """Prompt ``lm`` with each verse line under every condition and measure next-line recall.
+def recall_prompts(
+    verses: Sequence[Verse], search: AptSearch, *, controls: int = 3, seed: int = 0
+) -> pd.DataFrame:
+    """Every prompt of :func:`next_line_recall` (no model involved): per line pair the original
+    line, its APT variant, ``controls`` controls and an unrelated line; columns ``pair``,
+    ``verse``, ``line``, ``next``, ``condition``, ``seed`` (the control's draw), ``prompt``.
 
-    Args:
-        lm: the model.
-        verses: the verses (at least two, for the unrelated prompts).
-        search: the APT search (and the control's vocabulary).
-        controls: random same-syllable controls per line.
-        seed: seeds the controls, the unrelated lines and the bootstrap.
-        n_boot: bootstrap resamples of lines for the paired differences.
-        batch_size: prompts per forward pass.
+    Raises:
+        RotelabError: fewer than two verses, or no line the search can vary.
     """
     if len(verses) < 2:
         raise RotelabError("next-line recall needs at least two verses (for unrelated prompts)")
@@ -139,12 +136,37 @@ def next_line_recall(
     frame = pd.DataFrame(rows)
     if frame.empty:
         raise RotelabError("no verse line could be varied; give verses in dictionary words")
-    frame["logp"], frame["match"], frame["recalled"] = _measure(lm, frame, batch_size)
+    return frame
+
+
+def next_line_recall(
+    lm: LM,
+    verses: Sequence[Verse],
+    search: AptSearch,
+    *,
+    controls: int = 3,
+    seed: int = 0,
+    n_boot: int = 2000,
+    batch_size: int = 16,
+) -> RecallResult:
+    """Prompt ``lm`` with each verse line under every condition and measure next-line recall.
+
+    Args:
+        lm: the model.
+        verses: the verses (at least two, for the unrelated prompts).
+        search: the APT search (and the control's vocabulary).
+        controls: random same-syllable controls per line.
+        seed: seeds the controls, the unrelated lines and the bootstrap.
+        n_boot: bootstrap resamples of lines for the paired differences.
+        batch_size: prompts per forward pass.
+    """
+    frame = recall_prompts(verses, search, controls=controls, seed=seed)
+    frame["logp"], frame["match"], frame["recalled"] = measure_recall(lm, frame, batch_size)
     return RecallResult(frame, _summarize(frame, seed, n_boot))
 
 
-def _measure(
-    lm: LM, frame: pd.DataFrame, batch_size: int
+def measure_recall(
+    lm: LM, frame: pd.DataFrame, batch_size: int = 16
 ) -> tuple[list[float], list[float], list[bool]]:
     """Per prompt, from one pass: the true next line's mean log p per token, its share of argmax
     matches, and whether all its tokens are argmax matches (greedy reproduces it)."""
