@@ -87,8 +87,8 @@ class TaskSettings:
     lr: float = 3e-3
     warmup: int = 20
     steps: int = 800  # multiply; interference: steps_a + steps_b
-    steps_a: int = 500
-    steps_b: int = 300
+    steps_a: int = 400
+    steps_b: int = 200
 
 
 def _steps(task: str, s: TaskSettings) -> int:
