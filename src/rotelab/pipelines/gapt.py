@@ -15,7 +15,10 @@ extraction of every inserted item (counts 1-64 and the count-0 controls) and the
 accuracies. The summary puts the paper's figures beside the organism's: the MBE ratio
 GAPT/CE (per seed, mean with a t interval over seeds), the held-out CE change, the extraction of
 16x/64x items per arm (Wilson intervals over items pooled across seeds, and the per-seed paired
-difference), and the sign changes of the alignment in CE-only training.
+difference), and the sign changes of the alignment in CE-only training: raw, smoothed (a centred
+rolling mean of :data:`SMOOTH_WINDOW` measurements) and tested against shuffled orders of the
+same cosines (:func:`cycle_test`). The paper's synthetic settings (OOD multiplication, two tasks
+in sequence) are :mod:`rotelab.pipelines.gapt_tasks`.
 
 Every arm is one part of the run's tables, written when the arm is done; ``--resume`` continues
 a study cut short after its last whole arm. The run directory::
