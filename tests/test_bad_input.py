@@ -399,6 +399,13 @@ CASES = [
     case("gapt-study --seeds 1,1 -o {out}", "distinct"),
     case("gapt-study --profile huge -o {out}", "huge"),
     case("gapt-study -o {file}", "not a directory"),
+    case("gapt-study --task nosuch -o {out}", "--task 'nosuch'"),
+    case("gapt-study --task multiply --patch 7 -o {out}", "divide"),
+    case("gapt-study --task interference --p-a 800 -o {out}", "never trigger"),
+    case("gapt-study --task multiply --lambda -1 -o {out}", "lambda"),
+    case("entropy --patch 0 -o {out}", "--patch"),
+    case("entropy --tokens 4 -o {out}", "less than one patch"),
+    case("entropy --batch-size 0 -o {out}", "--batch-size"),
     # --------------------------------------------------------------- bounds (issue 22)
     case("bounds --rho 0 -o {out}", "rho"),
     case("bounds --rho 1 -o {out}", "rho"),

@@ -1274,24 +1274,38 @@ def gapt_study_cmd(
     align_every: Annotated[
         int, typer.Option(help="Steps between cos(grad CE, grad MBE) measurements.")
     ] = 10,
+    task: Annotated[
+        str,
+        typer.Option(
+            help="organism (the organism's pretraining), multiply (OOD multiplication: 1-2 "
+            "digit operands in training, 3-digit ones in the test) or interference (a*b then a+b "
+            "in sequence: forgetting and separation). --profile applies to organism only."
+        ),
+    ] = "organism",
     *,
     run: RunOptions,
     show: Show,
 ) -> None:
-    """CE-only vs GAPT pretraining of the organism (Yu 2025): MBE, held-out CE, the CE/MBE
-    gradient-alignment cycle and the extraction of inserted items, per seed."""
+    """CE-only vs GAPT pretraining (Yu 2025), per seed: on the organism (MBE, held-out CE, the
+    CE/MBE gradient-alignment cycle, extraction of inserted items), OOD multiplication, or two
+    tasks in sequence."""
     from rotelab.pipelines.gapt import format_table, gapt_study
+    from rotelab.pipelines.gapt_tasks import format_task_table, gapt_task_study
 
     try:
         seed_list = [int(x) for x in seeds.split(",") if x.strip()]
     except ValueError:
         raise RotelabError(f"--seeds {seeds!r} is not a comma-separated list of integers") from None
-    result = gapt_study(
-        profile, seed_list, weight=weight, p_m=p_m, p_a=p_a, ce_gain=ce_gain, ce_spike=ce_spike,
-        mbe_gain=mbe_gain, smooth=smooth, patch=patch, align_every=align_every, run=run,
+    opts = dict(
+        weight=weight, p_m=p_m, p_a=p_a, ce_gain=ce_gain, ce_spike=ce_spike, mbe_gain=mbe_gain,
+        smooth=smooth, patch=patch, align_every=align_every, run=run,
     )  # fmt: skip
+    if task == "organism":
+        result, table = gapt_study(profile, seed_list, **opts), format_table
+    else:
+        result, table = gapt_task_study(task, seed_list, **opts), format_task_table
     if not show.as_json and not show.quiet:
-        out.print(format_table(result.summary), highlight=False, soft_wrap=True)
+        out.print(table(result.summary), highlight=False, soft_wrap=True)
     emit(result.summary, show, run_dir=result.run_dir)
 
 
