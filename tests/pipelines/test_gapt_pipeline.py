@@ -149,10 +149,3 @@ def test_cycle_test_finds_a_slow_oscillation_and_not_noise():
     assert not res["cycle"] and res["p"] > 0.05
     assert res["raw"] > res["smoothed"]
     assert cycle_test([0.1, float("nan")])["cycle"] is False
-
-
-def test_the_report_smooths_as_the_study_counts():
-    from rotelab.pipelines.gapt import SMOOTH_WINDOW
-    from rotelab.report import gapt as report
-
-    assert report.SMOOTH_WINDOW == SMOOTH_WINDOW

@@ -19,24 +19,23 @@ __all__ = ["figures", "gapt_sections"]
 
 _COLORS = {"ce": "#1f77b4", "gapt": "#d62728"}
 _EMA = 0.9
-#: The centred rolling mean behind the smoothed sign-change count (the study's SMOOTH_WINDOW;
-#: the report may not import the pipeline, a test keeps the two equal).
-SMOOTH_WINDOW = 5
 
 
 def _ema(values: pd.Series) -> pd.Series:
     return values.ewm(alpha=1 - _EMA, adjust=False).mean()
 
 
-def alignment_plot(align: pd.DataFrame) -> Figure:
+def alignment_plot(align: pd.DataFrame, window: int) -> Figure:
+    """cos(∇CE, ∇MBE) per arm and seed; the CE-only arms also as the centred rolling mean of
+    ``window`` points whose sign changes the study counts."""
     fig, ax = plt.subplots(figsize=(8, 3.2))
     for (arm, seed), g in align.groupby(["arm", "seed"]):
         ax.plot(g["step"], g["cos"], color=_COLORS.get(arm, "gray"), lw=0.7,
                 ls="-" if arm == "ce" else "--", alpha=0.45, label=f"{arm} s{seed}")  # fmt: skip
         if arm == "ce":  # what the smoothed sign-change count counts
-            mean = g["cos"].rolling(SMOOTH_WINDOW, center=True, min_periods=1).mean()
+            mean = g["cos"].rolling(window, center=True, min_periods=1).mean()
             ax.plot(g["step"], mean, color="black", lw=1.4, alpha=0.8,
-                    label=f"ce s{seed}, mean of {SMOOTH_WINDOW}")  # fmt: skip
+                    label=f"ce s{seed}, mean of {window}")  # fmt: skip
     ax.axhline(0, color="black", lw=0.6)
     ax.set_xlabel("training step")
     ax.set_ylabel("cos(∇CE, ∇MBE)")
@@ -96,14 +95,15 @@ def extraction_plot(items: pd.DataFrame) -> Figure:
     return fig
 
 
-def figures(run_dir: str | Path) -> dict[str, Figure]:
-    """The study's figures by name (the caller closes them)."""
+def figures(run_dir: str | Path, *, smooth_window: int) -> dict[str, Figure]:
+    """The study's figures by name (the caller closes them); ``smooth_window``: the study's
+    smoothing window for the alignment plot."""
     run = Path(run_dir)
     steps, align = read_table(run, "steps"), read_table(run, "alignment")
     blocks, items = read_table(run, "blocks"), read_table(run, "items")
     out: dict[str, Figure] = {}
     if len(align):
-        out["alignment"] = alignment_plot(align)
+        out["alignment"] = alignment_plot(align, smooth_window)
     if len(steps):
         out["train_ce"] = curves_plot(steps, "ce", "training CE (EMA 0.9)")
         out["train_mbe"] = curves_plot(steps, "mbe", "training MBE (mean over blocks)")
