@@ -175,13 +175,22 @@ def _backward(
     r: torch.Tensor,
     norm: Norm,
     alphas: Sequence[torch.Tensor] | None = None,
+    splits: Sequence[torch.Tensor] | None = None,
+    betas: Sequence[torch.Tensor] | None = None,
+    record: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Lower bound of ``spec @ z_upto + const`` over each ball, CROWN's backward pass.
 
     ``spec`` (N, rows, width of layer ``upto``'s output), ``bounds[k]`` the pre-activation bounds
     of hidden layer ``k``; returns (N, rows). ``alphas[k]`` (N, rows, width of hidden layer
     ``k``), if given, are the lower lines' slopes of the unstable ReLUs, clamped to [0, 1]: any
-    such slope gives a sound bound (alpha-CROWN optimizes them, :func:`crown_margins`)."""
+    such slope gives a sound bound (alpha-CROWN optimizes them, :func:`crown_margins`).
+    ``splits[k]`` (N, width) in {-1, 0, +1} marks ReLUs fixed inactive / free / active in a
+    branch-and-bound subdomain (their ``bounds`` already clipped to that side); ``betas[k]``
+    (N, rows, width), clamped to >= 0, are the Lagrange multipliers of those sign constraints
+    (beta-CROWN, Wang et al. 2021): any value gives a sound bound over the subdomain.
+    ``record``: filled with each hidden layer's coefficients on its ReLU outputs (deepest
+    first), for choosing what to split, then the input's coefficients."""
     w, b = layers[upto]
     lam = spec @ w  # (N, rows, width of the layer's input)
     const = const + spec @ b
@@ -200,13 +209,19 @@ def _backward(
             low_slope = torch.where(
                 unstable[:, None, :], alphas[k].clamp(0.0, 1.0), active.to(lo.dtype)[:, None, :]
             )
+        if record is not None:
+            record.append(lam)
         pos = lam.clamp(min=0)
         neg = lam.clamp(max=0)
         const = const + (neg * up_shift[:, None, :]).sum(-1)
         lam = pos * low_slope + neg * up_slope[:, None, :]
+        if splits is not None and betas is not None:  # min f - sum beta s z over the subdomain
+            lam = lam - betas[k].clamp(min=0.0) * splits[k][:, None, :]
         w, b = layers[k]
         const = const + lam @ b
         lam = lam @ w
+    if record is not None:
+        record.append(lam)  # on the input: the minimizer over the ball is x - r lam / ||lam||
     dual = torch.linalg.vector_norm(lam, ord=2 if norm == Norm.L2 else 1, dim=-1)
     return (lam @ x[:, :, None]).squeeze(-1) + const - r[:, None] * dual
 
