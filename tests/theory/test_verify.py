@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from rotelab.theory import crown_margins, ibp_margins, milp_certify, mlp, param_count, pgd
+from rotelab.theory import (
+    bab_certify,
+    crown_margins,
+    ibp_margins,
+    milp_certify,
+    mlp,
+    param_count,
+    pgd,
+)
 from rotelab.theory.verify import layers_of
 
 
@@ -199,8 +207,6 @@ def _balls_between_crown_and_the_truth(depth: int, norm: str):
 def test_branch_and_bound_agrees_with_the_exact_milp(depth, norm):
     """Where CROWN fails, branch and bound decides as the exact MILP does: its certificates'
     margin bounds lie below the exact minimum margin, its counterexamples lie in the ball."""
-    from rotelab.theory.bab import bab_certify
-
     branched = 0
     for net, x, y, r in _balls_between_crown_and_the_truth(depth, norm):
         got = bab_certify(net, x, y, r, norm, time_limit=20)
