@@ -9,7 +9,9 @@ and of the multipliers >= 0 gives a sound lower bound of the margin over its sub
 ball is certified once every leaf's bound is positive; the subdomains cover the ball, since
 each split divides one into ``z >= 0`` and ``z <= 0``. Each bound's minimizer over the ball is
 checked by a forward pass, which finds counterexamples (a point of the ball whose margin is not
-positive). What neither settles within the budget is ``unknown``: the MILP is the exact check.
+positive). A subdomain with every ReLU's sign fixed is linear: it is solved exactly as the
+MILP's encoding without binaries (an LP on the ball's polytope, :func:`_solve_margin`). What
+none of this settles within the budget is ``unknown``: the MILP is the exact check.
 
 The split chosen in a subdomain is the unstable ReLU whose relaxation loses the most, scored as
 ``|coefficient| * (-l u / (u - l))`` (the upper line's intercept; BaBSR-like, Bunel et al.
@@ -29,6 +31,7 @@ from rotelab.theory.verify import (
     MilpResult,
     Norm,
     _backward,
+    _solve_margin,
     crown_margins,
     layers_of,
 )
@@ -46,7 +49,7 @@ def _clip(bounds, splits):
     return out
 
 
-def _evaluate(layers, bounds, splits, spec, x, r, norm, steps, lr):
+def _evaluate(layers, bounds, splits, spec, x, r, norm, steps, lr, beta_lr=1.0):
     """Bounds of ``spec @ logits`` over each subdomain (B of them; ``splits`` (B, width) per
     layer), optimized; returns (best bound (B,), that step's minimizer (B, d), coefficients on
     the ReLU outputs per hidden layer at the last step, shallowest first)."""
@@ -60,7 +63,8 @@ def _evaluate(layers, bounds, splits, spec, x, r, norm, steps, lr):
               for lo, hi in clipped]  # fmt: skip
     betas = [torch.zeros(b, 1, s.shape[1], dtype=torch.float64, requires_grad=True)
              for s in splits]  # fmt: skip
-    opt = torch.optim.Adam([*alphas, *betas], lr=lr)
+    # multipliers may need to grow far from 0 (an almost empty subdomain): larger steps
+    opt = torch.optim.Adam([{"params": alphas, "lr": lr}, {"params": betas, "lr": beta_lr}])
     best = torch.full((b,), -torch.inf, dtype=torch.float64)
     point = xb.clone()
     record: list[torch.Tensor] = []
@@ -159,11 +163,27 @@ def bab_certify(
             if root:  # the root is bounded as it is; later rounds bound both children
                 children, root = splits, False
             else:
-                children = _branch(layers, bounds, splits, spec, xt, r, norm, lr)
-                if children is None:
+                children, settled = _branch(layers, bounds, splits, spec, xt, r, norm, lr)
+                # a subdomain with every ReLU's sign fixed is a linear program: solved exactly
+                # on the ball's polytope (which contains the ball)
+                for i in settled:
+                    dual, point = _linear_piece(layers_np, bounds, splits, i, x, radius, norm,
+                                                y, j, time_limit)  # fmt: skip
+                    result.solves += 1
+                    if dual > tol:
+                        leaves.append(dual)
+                        continue
+                    inside = point is not None and _dist(point, x, norm) <= radius * (1 + 1e-9)
+                    margin = _logits(layers, torch.as_tensor(point)[None])[0] if inside else None
+                    if margin is not None and float(margin[y] - margin[j]) <= tol:
+                        result.status, result.worst_class = "counterexample", j
+                        result.point, result.margin_lower = point, float(margin[y] - margin[j])
+                        return result
                     result.status, result.margin_lower = "unknown", -np.inf
-                    result.notes.append(f"class {j}: a subdomain has no unstable ReLU left")
+                    result.notes.append(f"class {j}: a linear piece's optimum is not confirmed")
                     return result
+                if children is None:
+                    continue
             value, point, _, _ = _evaluate(layers, bounds, children, spec, xt, r, norm,
                                            steps, lr)  # fmt: skip
             result.solves += int(value.shape[0])
@@ -196,9 +216,31 @@ def _logits(layers, points: torch.Tensor) -> torch.Tensor:
     return z
 
 
+def _dist(point: np.ndarray, x: np.ndarray, norm: Norm) -> float:
+    diff = np.asarray(point) - np.asarray(x)
+    return float(np.linalg.norm(diff) if norm == Norm.L2 else np.abs(diff).max())
+
+
+def _linear_piece(layers_np, bounds, splits, i, x, radius, norm, y, j, time_limit):
+    """Subdomain ``i`` (every ReLU's sign fixed): min of the margin by the MILP's encoding, an
+    LP here (no unstable ReLU is left); (dual bound, optimal point or None)."""
+    clipped = _clip([(lo.expand(len(splits[0]), -1), hi.expand(len(splits[0]), -1))
+                     for lo, hi in bounds], splits)  # fmt: skip
+    own = [(lo[i].numpy(), hi[i].numpy()) for lo, hi in clipped]
+    args = (layers_np, own, np.asarray(x, np.float64), float(radius), norm, y, j, [], time_limit)
+    dual, _, point = _solve_margin(*args, relax=True)
+    if point is None and not dual > 0:  # no optimum (HiGHS is unsure on near-empty pieces):
+        # ask instead for a point of margin <= 0; none (infeasible) proves the piece
+        dual, _, point = _solve_margin(*args, relax=True, target=0.0)
+    if point is None and not dual > 0:  # still unsure: once more without presolve
+        dual, _, point = _solve_margin(*args, relax=True, target=0.0, presolve=False)
+    return dual, point
+
+
 def _branch(layers, bounds, splits, spec, x, r, norm, lr):
-    """Split each subdomain on its highest-scoring unstable ReLU; the children, stacked (the
-    active side first, then the inactive side). ``None`` if some subdomain has none left."""
+    """Split each subdomain on its highest-scoring unstable ReLU: the children, stacked (the
+    active side first, then the inactive side; ``None`` if there are none), and the indices of
+    the subdomains with no unstable ReLU left (not split)."""
     _, _, coefs, clipped = _evaluate(layers, bounds, splits, spec, x, r, norm, 0, lr)
     scores = []
     for (lo, hi), c, s in zip(clipped, coefs, splits, strict=True):
@@ -206,14 +248,17 @@ def _branch(layers, bounds, splits, spec, x, r, norm, lr):
         gap = -lo * hi / (hi - lo).clamp_min(1e-30)
         scores.append(torch.where(unstable, c.abs() * gap + 1e-12 * gap, torch.zeros_like(lo)))
     flat = torch.cat(scores, dim=1)
-    if bool((flat.max(dim=1).values <= 0).any()):
-        return None
-    pick = flat.argmax(dim=1)
+    open_ = flat.max(dim=1).values > 0
+    settled = torch.nonzero(~open_).flatten().tolist()
+    keep = torch.nonzero(open_).flatten()
+    if keep.numel() == 0:
+        return None, settled
+    pick = flat[keep].argmax(dim=1)
     offsets = np.cumsum([0] + [s.shape[1] for s in splits])
-    active = [s.clone() for s in splits]
-    inactive = [s.clone() for s in splits]
+    active = [s[keep].clone() for s in splits]
+    inactive = [s[keep].clone() for s in splits]
     for i, p in enumerate(pick.tolist()):
         k = int(np.searchsorted(offsets, p, side="right") - 1)
         active[k][i, p - offsets[k]] = 1.0
         inactive[k][i, p - offsets[k]] = -1.0
-    return [torch.cat([a, b]) for a, b in zip(active, inactive, strict=True)]
+    return [torch.cat([a, b]) for a, b in zip(active, inactive, strict=True)], settled

@@ -510,6 +510,7 @@ def _solve_margin(
     time_limit: float,
     relax: bool = False,
     target: float | None = None,
+    presolve: bool = True,
 ):
     """min z_y - z_j over the polytope (box, L2: the lifted ball polytope and cuts) with big-M
     ReLUs (``relax``: its LP relaxation, a cheaper and looser lower bound); returns (dual,
@@ -581,7 +582,12 @@ def _solve_margin(
         constraints=[LinearConstraint(a_mat.tocsr(), lo_c, hi_c)] if rows else None,
         integrality=np.zeros(n_var) if relax else integ,
         bounds=Bounds(lb, ub),
-        options={"time_limit": time_limit, "mip_rel_gap": 1e-9, "disp": False},
+        options={
+            "time_limit": time_limit,
+            "mip_rel_gap": 1e-9,
+            "disp": False,
+            "presolve": presolve,
+        },  # fmt: skip
     )
     dual = getattr(res, "mip_dual_bound", None)
     if target is not None:
