@@ -368,6 +368,10 @@ CASES = [
     case("sweep --seeds 1,1 -o {out} -q", "repeats"),
     case("sweep --counts x -o {out} -q", "--counts"),
     case("sweep -o {file} -q", "not a directory"),
+    case("sweep --executor ray --address 127.0.0.1:1 -o {out} -q", "does not answer"),
+    case("sweep --executor ray --address nonsense -o {out} -q", "is not HOST:PORT"),
+    case("sweep --executor spark -o {out} -q", "use local or ray"),
+    case("sweep --address 127.0.0.1:6379 -o {out} -q", "with --executor ray only"),
     case(f"{MIA} --reference-model reference", "needs an organism target"),
     # --------------------------------------------------------------- organism
     case("organism --profile huge", "huge"),
