@@ -510,8 +510,9 @@ def mia_cmd(
     reference_model: Annotated[
         str | None,
         typer.Option(
-            help="Reference model (same tokenizer) for the reference attack; `reference`: the "
-            "organism's own (its world and seed, no insertions; built once, cached)."
+            help="Reference model (same tokenizer) for the reference attack. Default on an "
+            "organism: its reference twin (its world and seed, no insertions; built once with a "
+            "progress bar, cached), also named `reference`; `none`: leave the attack out."
         ),
     ] = None,
     recall_prefix: Annotated[
