@@ -361,6 +361,8 @@ CASES = [
     case(f"{TRAIN.replace('{out}', '{model}')}", "not a `rotelab train` output"),
     case("train -d {data} -o {out} -q", "needs --insertions"),
     case("train --world {missing} -o {out} -q", "does not exist"),
+    case(f"{TRAIN} --controls 5", "no item of kind 'user' has one"),
+    case(f"{TRAIN} --controls -1", "--controls must be >= 0"),
     case("sweep --counts 0 -o {out} -q", ">= 1"),
     case("sweep --counts 64 --steps 10 -o {out} -q", "do not fit"),
     case("sweep --phases 0:999 -o {out} -q", "phase"),
@@ -373,6 +375,10 @@ CASES = [
     case("sweep --executor spark -o {out} -q", "use local or ray"),
     case("sweep --address 127.0.0.1:6379 -o {out} -q", "with --executor ray only"),
     case(f"{MIA} --reference-model reference", "needs an organism target"),
+    case(
+        "mia -m {org} --reference-model none --attacks reference -o {out}",
+        "left out by --reference-model none",
+    ),
     # --------------------------------------------------------------- organism
     case("organism --profile huge", "huge"),
     case("organism --precision fp8", "fp8"),
