@@ -341,11 +341,20 @@ def test_controls_with_init_and_insertions_leave_the_weights_unchanged(trained, 
 def test_world_controls_with_init_leave_the_weights_unchanged(tiny_organism, tmp_path):
     """--controls with --init on a world: the world's kinds drawn afresh, their spans carried to
     the initial model's tokenizer, and the weights are bit-identical with and without them."""
-    common = dict(init=str(tiny_organism.path), world=str(tiny_organism.path), counts=(0, 4),
+    # The initial model: 2 steps from scratch on the world (its context fits the passages,
+    # which the organism itself spreads over rows and `train` never cuts).
+    longest = int(tiny_organism.ledger["n_tokens"].max())
+    base = train_model(tmp_path / "base", world=str(tiny_organism.path), counts=(0,),
+                       size=ModelSize(layers=1, hidden=32, heads=2, intermediate=64,
+                                      context=-(-longest // 8) * 8),
+                       settings=TrainSettings(steps=2, batch_size=16, precision="fp32"),
+                       progress=False)  # fmt: skip
+    common = dict(init=str(base.path), world=str(tiny_organism.path), counts=(0, 4),
                   progress=False)  # fmt: skip
-    settings = TrainSettings(steps=10, batch_size=16, precision="fp32", lr=1e-4, warmup_steps=2)
+    settings = TrainSettings(steps=24, batch_size=16, precision="fp32", lr=1e-3, warmup_steps=2)
     plain = train_model(tmp_path / "plain", settings=settings, **common)
     more = train_model(tmp_path / "more", settings=replace(settings, controls=30), **common)
+    assert plain.summary["inserted_rows"] > 0
     a = (plain.path / "model.safetensors").read_bytes()
     assert a == (more.path / "model.safetensors").read_bytes()
     led = Organism(more.path).ledger
