@@ -372,7 +372,8 @@ def test_mia_on_a_train_output_skips_the_reference_attack_by_default(trained, tm
     from rotelab.options import RunOptions
     from rotelab.pipelines.mia import MIAConfig, mia
 
-    cfg = MIAConfig(attacks=None, bootstrap=0, blind=False, exposure=False, neighbours=1)
+    cfg = MIAConfig(attacks=None, bootstrap=0, blind=False, exposure=False, neighbours=1,
+                    recall_prefix_tokens=8)  # fmt: skip
     _, summary = mia(str(trained.path), config=cfg,
                      run=RunOptions(out=tmp_path / "mia", progress=False))  # fmt: skip
     assert "--counts 0" in summary["skipped_attacks"]["reference"]
