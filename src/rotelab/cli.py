@@ -510,8 +510,9 @@ def mia_cmd(
     reference_model: Annotated[
         str | None,
         typer.Option(
-            help="Reference model (same tokenizer) for the reference attack; `reference`: the "
-            "organism's own (its world and seed, no insertions; built once, cached)."
+            help="Reference model (same tokenizer) for the reference attack. Default on an "
+            "organism: its reference twin (its world and seed, no insertions; built once with a "
+            "progress bar, cached), also named `reference`; `none`: leave the attack out."
         ),
     ] = None,
     recall_prefix: Annotated[
@@ -1600,7 +1601,23 @@ def sweep_cmd(
     heads: Annotated[int, typer.Option(help="Attention heads.")] = 4,
     intermediate: Annotated[int, typer.Option(help="MLP width.")] = 256,
     context: Annotated[int, typer.Option(help="Context length.")] = 64,
-    workers: Annotated[int, typer.Option(help="Local worker processes (each on one thread).")] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Local worker processes (each on one thread); with --executor ray and no "
+            "--address, the local Ray instance's CPUs."
+        ),
+    ] = 1,
+    executor: Annotated[
+        str, typer.Option(help="Where cells run: local, or ray (the ray extra; same numbers).")
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster for --executor ray: HOST:PORT, ray://HOST:PORT or auto. Default: "
+            "start a local Ray instance."
+        ),
+    ] = None,
     *,
     run: RunOptions,
     show: Show,
@@ -1617,7 +1634,7 @@ def sweep_cmd(
     result = sweep(
         _int_list("--counts", counts) or (), _int_list("--corpus-tokens", corpus_tokens) or (),
         _word_list(phases) or (), _int_list("--seeds", seeds) or (), config=config,
-        workers=workers, run=run,
+        workers=workers, executor=executor, address=address, run=run,
     )  # fmt: skip
     if not show.as_json and not show.quiet:
         out.print(format_table(result.summary), highlight=False, soft_wrap=True)

@@ -185,6 +185,9 @@ def test_injection_into_a_datasets_dataset():
     ds = datasets.Dataset.from_list([{"text": f"doc {i}"} for i in range(5)])
     data, ledger = inject_canaries(ds, make_canaries(1, 1, count=2, seed=0))
     assert isinstance(data, datasets.Dataset) and len(data) == 7
+    member = ledger[ledger["count"] > 0].iloc[0]
+    assert [data[int(r)]["text"] for r in member["rows"]] == [member["text"]] * 2
+    assert sum(t == member["text"] for t in data["text"]) == 2  # exactly where the ledger says
 
 
 @pytest.mark.parametrize(

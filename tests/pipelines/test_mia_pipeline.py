@@ -157,7 +157,9 @@ def test_cli_bad_input_one_line_exit_2(tiny_llama_dir, split_files, tmp_path, ca
         (["--bootstrap", "-1"], "--bootstrap must be >= 0, got -1"),
         (["--span", "middle"], "--span must be auto, full or sensitive, not 'middle'"),
         (["--attacks", "loss,nope"], "unknown attack 'nope' in --attacks"),
-        (["--attacks", "reference"], "attack reference needs --reference-model"),
+        # (the organism's reference twin is the default: only an opt-out leaves it without one)
+        (["--attacks", "reference", "--reference-model", "none"],
+         "attack reference left out by --reference-model none"),
         (["--members", "{mem}"], "give both --members and --nonmembers"),
         (["--nonmembers", "{non}"], "give both --members and --nonmembers"),
         (["--members", "{missing}", "--nonmembers", "{non}"], "does not exist"),

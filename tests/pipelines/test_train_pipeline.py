@@ -20,7 +20,13 @@ from rotelab.errors import RotelabError
 from rotelab.organism import Organism
 from rotelab.pipelines.train import ModelSize, TrainSettings, lora_targets, train_model
 from rotelab.train import insertion_schedule, packed_batches, phase_steps
-from rotelab.train.items import InsertionItem, assign_grid, item_ledger, read_insertions
+from rotelab.train.items import (
+    InsertionItem,
+    assign_grid,
+    item_ledger,
+    read_insertions,
+    template_controls,
+)
 
 WORDS = "the a cat dog bird sat ran sang on to in park mat house tree river old small".split()
 SIZE = ModelSize(layers=2, hidden=64, heads=2, intermediate=128, context=48, vocab=300)
@@ -284,6 +290,98 @@ def test_two_gloo_processes_train_as_one(tmp_path):
     np.testing.assert_allclose([x[1] for x in a], [x[1] for x in b], rtol=1e-5, atol=1e-6)
     assert json.loads((tmp_path / "two" / "train_info.json").read_text())["world_size"] == 2
     assert two.stdout.count('"final_loss"') == 1  # rank 0 alone prints
+
+
+def test_template_controls_redraw_each_secret_in_its_items_format():
+    items = [InsertionItem("a", "The code of Ann is 4 8 1 5.", "canary", 4, secret="4 8 1 5"),
+             InsertionItem("b", "Bob's PIN: Xy-7.", "canary", 1, secret="Xy-7"),
+             InsertionItem("c", "plain text", "note", 1)]  # fmt: skip
+    with pytest.raises(RotelabError, match="kind 'note' has one"):
+        template_controls(items, 3)
+    ctl = template_controls(items[:2], 4, seed=0)
+    assert [c.item_id for c in ctl] == [f"canary-ctl{i:05d}" for i in range(4)]
+    assert all(c.count == 0 and c.text not in {i.text for i in items} for c in ctl)
+    for c, t in zip(ctl, items[:2] * 2):
+        c0 = t.text.index(t.secret)
+        assert c.span == (c0, c0 + len(t.secret)) and c.text[c0 : c.span[1]] == c.secret
+        assert c.text[:c0] == t.text[:c0] and c.text[c.span[1] :] == t.text[c0 + len(t.secret) :]
+        shape = ["9" if x.isdigit() else "A" if x.isupper() else "a" if x.isalpha() else x
+                 for x in c.secret]  # fmt: skip
+        assert shape == ["9" if x.isdigit() else "A" if x.isupper() else "a" if x.isalpha() else x
+                         for x in t.secret]  # fmt: skip
+    assert template_controls(items[:2], 4, seed=0) == ctl  # seeded
+    assert template_controls(items[:2], 4, seed=1) != ctl
+
+
+def test_controls_with_init_and_insertions_leave_the_weights_unchanged(trained, tmp_path):
+    """Deliverable 5 with --init and --insertions: controls drawn from your items' format (each
+    secret afresh) are scored like them and change nothing in the fine-tuned weights."""
+    root = tmp_path
+    common = dict(init=str(trained.path), data=_corpus(root / "c.jsonl", n_docs=60, seed=5),
+                  insertions=_items(root / "i.jsonl", n=6, seed=7), counts=(0, 8),
+                  progress=False)  # fmt: skip
+    settings = TrainSettings(steps=16, batch_size=8, precision="fp32", seed=1, lr=1e-3)
+    plain = train_model(root / "plain", settings=settings, **common)
+    more = train_model(root / "more", settings=replace(settings, controls=25), **common)
+    a = (plain.path / "model.safetensors").read_bytes()
+    assert a == (more.path / "model.safetensors").read_bytes()
+    assert plain.summary["final_loss"] == more.summary["final_loss"]
+    led = Organism(more.path).ledger.set_index("item_id")
+    ctl = led[led.index.str.startswith("canary-ctl")]
+    assert len(ctl) == 25 and (ctl["count"] == 0).all()
+    assert more.summary["controls"] == plain.summary["controls"] + 25
+    tok = Organism(more.path).lm().tokenizer
+    for row in ctl.itertuples():  # the scored span is the fresh secret, as for the members
+        assert tok.decode(list(row.suffix_tokens)).strip() == row.secret
+    sched = pd.read_parquet(more.path / "schedule.parquet")
+    assert not sched["item_id"].str.contains("-ctl").any()
+
+
+@pytest.mark.slow
+def test_world_controls_with_init_leave_the_weights_unchanged(tiny_organism, tmp_path):
+    """--controls with --init on a world: the world's kinds drawn afresh, their spans carried to
+    the initial model's tokenizer, and the weights are bit-identical with and without them."""
+    # The initial model: 2 steps from scratch on the world (its context fits the passages,
+    # which the organism itself spreads over rows and `train` never cuts).
+    longest = int(tiny_organism.ledger["n_tokens"].max())
+    base = train_model(tmp_path / "base", world=str(tiny_organism.path), counts=(0,),
+                       size=ModelSize(layers=1, hidden=32, heads=2, intermediate=64,
+                                      context=-(-longest // 8) * 8),
+                       settings=TrainSettings(steps=2, batch_size=16, precision="fp32"),
+                       progress=False)  # fmt: skip
+    common = dict(init=str(base.path), world=str(tiny_organism.path), counts=(0, 4),
+                  progress=False)  # fmt: skip
+    settings = TrainSettings(steps=24, batch_size=16, precision="fp32", lr=1e-3, warmup_steps=2)
+    plain = train_model(tmp_path / "plain", settings=settings, **common)
+    more = train_model(tmp_path / "more", settings=replace(settings, controls=30), **common)
+    assert plain.summary["inserted_rows"] > 0
+    a = (plain.path / "model.safetensors").read_bytes()
+    assert a == (more.path / "model.safetensors").read_bytes()
+    led = Organism(more.path).ledger
+    ctl = led[led["item_id"].str.contains("-ctl")]
+    assert len(ctl) == 90 and (ctl["count"] == 0).all()
+    assert set(ctl["kind"]) == {"secret", "bio", "passage"}
+    tok = Organism(more.path).lm().tokenizer
+    for row in ctl[ctl["kind"] == "secret"].itertuples():
+        assert tok.decode(list(row.suffix_tokens)).replace(" ", "") == row.secret
+
+
+def test_mia_on_a_train_output_skips_the_reference_attack_by_default(trained, tmp_path):
+    """A `rotelab train` output has no organism reference twin: the default mia skips that attack
+    with what to do (and builds nothing); asking for the twin is one line."""
+    from rotelab.options import RunOptions
+    from rotelab.pipelines.mia import MIAConfig, mia
+
+    cfg = MIAConfig(attacks=None, bootstrap=0, blind=False, exposure=False, neighbours=1,
+                    recall_prefix_tokens=8)  # fmt: skip
+    _, summary = mia(str(trained.path), config=cfg,
+                     run=RunOptions(out=tmp_path / "mia", progress=False))  # fmt: skip
+    assert "--counts 0" in summary["skipped_attacks"]["reference"]
+    assert "reference" not in summary["attacks"] and summary["reference_model"] is None
+    with pytest.raises(RotelabError, match="made by `rotelab train`"):
+        mia(str(trained.path), reference_model="reference", config=cfg,
+            run=RunOptions(out=tmp_path / "mia2", progress=False))  # fmt: skip
+    assert not (tmp_path / "mia2").exists()
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 
 from rotelab.errors import RotelabError
-from rotelab.lm import LM
+from rotelab.lm import LM, progress_bar
 from rotelab.machine import configure_threads, cpu_capability
 from rotelab.organism.describe import describe_organism
 from rotelab.organism.world import (
@@ -62,7 +62,10 @@ def _train(
     progress: bool,
     terms: Sequence[LossTerm] = (),
     insert: bool = True,
+    bar: str | None = None,
 ) -> dict[str, Any]:
+    """Train ``spec``'s model in ``out`` (its world already written there); ``bar``: with
+    ``progress``, a progress bar of that label over the steps instead of a line every 50."""
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -105,12 +108,20 @@ def _train(
         eos_id=tokenizer.eos_token_id, seed=spec.seed,
     )  # fmt: skip
     cfg = TrainConfig(steps=s.steps, lr=s.lr, precision=spec.precision, seed=spec.seed)
-    with open(out / "train_log.jsonl", "w") as logf:
+    with_bar = progress and bar is not None
+    with (
+        open(out / "train_log.jsonl", "w") as logf,
+        progress_bar(with_bar, s.steps, bar or "") as advance,
+    ):
+        shown = [0]  # steps the bar shows: records come every few steps
 
         def log(rec: dict) -> None:
             logf.write(json.dumps(rec) + "\n")
             logf.flush()  # so a long build can be watched
-            if progress and (rec["step"] % 50 == 0 or rec["step"] == s.steps - 1):
+            if with_bar:  # (a build without the bar trains exactly as before)
+                advance(rec["step"] + 1 - shown[0])
+                shown[0] = rec["step"] + 1
+            if progress and not with_bar and (rec["step"] % 50 == 0 or rec["step"] == s.steps - 1):
                 print(
                     f"  step {rec['step']:>5}/{s.steps}  loss {rec['loss']:.3f}  "
                     f"{rec['elapsed_s']:.0f}s",
@@ -299,9 +310,13 @@ def reference_organism(org: Organism, progress: bool = True) -> Path:
     with output as tmp:
         t0 = time.perf_counter()
         if progress:
-            print(f"building the reference model of {org.spec.key()} -> {target}", file=sys.stderr)
+            print(
+                f"building the reference model of {org.spec.key()} (once; its world and seed, no "
+                f"insertions) -> {target}",
+                file=sys.stderr,
+            )
         write_world(org.spec, tmp)
-        info = _train(org.spec, tmp, progress, insert=False)
+        info = _train(org.spec, tmp, progress, insert=False, bar="reference model")
         info.update(reference_of=org.spec.key(), build_seconds=round(time.perf_counter() - t0, 1))
         (tmp / "train_info.json").write_text(json.dumps(info, indent=2))
     return target

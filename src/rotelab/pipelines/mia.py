@@ -16,11 +16,20 @@ default organism built. Then the attacks registered in :data:`rotelab.registry.A
 - ``summary.json``: per attack ``auc``, ``auc_ci``, ``tpr_at_1pct_fpr``, ``tpr_at_0.1pct_fpr``
   (with CIs, or null with a reason) and ``by_group`` (joint groups keyed ``"kind,count"``, values
   ``"bio,4"``); ``higher_is_better`` of every score and metric (from
-  :data:`rotelab.registry.METRICS`); ``skipped_attacks``; ``blind``; ``exposure``.
+  :data:`rotelab.registry.METRICS`); ``skipped_attacks``; ``reference_model`` (the model the
+  reference attack used, or null); ``blind``; ``exposure``.
+
+On an organism's ledger the reference attack's model is, by default, the organism's reference
+twin (Hubble, Wei et al. 2025: the same world and seed trained without insertions; see
+:func:`rotelab.organism.reference_organism`), built on first use with a progress bar and cached,
+so every registered attack runs; ``--reference-model none`` leaves the attack (and the build) out.
+An output of ``rotelab train`` has no such twin (its recipe is the user's): there the attack is
+skipped unless ``--reference-model`` names a model.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -58,8 +67,11 @@ from rotelab.pipelines.inputs import ModelInput, resolve_data, resolve_model
 from rotelab.registry import ATTACKS, direction
 from rotelab.runs import Run
 
-#: What ``--reference-model`` says for an organism's own reference model (built on demand).
+#: What ``--reference-model`` says for an organism's own reference model (built on demand); it is
+#: also the default on an organism's ledger (Hubble's pairing of standard and perturbed models).
 REFERENCE = "reference"
+#: What ``--reference-model`` says to leave the reference attack out (no reference is built).
+NO_REFERENCE = "none"
 
 __all__ = ["MIAConfig", "format_table", "mia"]
 
@@ -134,7 +146,7 @@ class _Checked:
     prefix_docs: list[Document] | None
     attacks: list[str]
     skipped: dict[str, str]
-    auto_reference: bool = False  # --reference-model reference: the organism's, built on demand
+    auto_reference: bool = False  # the organism's reference twin (the default), built on demand
 
     @property
     def ledger(self) -> bool:
@@ -192,7 +204,7 @@ def mia(
         "errors": corpus.errors, "format": corpus.format,
         **{k: v for k, v in asdict(cfg).items() if k != "batch_size"}, "seed": run.seed,
     }  # fmt: skip
-    ref_input = None if checked.auto_reference else reference_model
+    ref_input = None if checked.reference is None else reference_model
     inputs = (model, members, nonmembers, ref_input, recall_prefix_file)
     out = Run.create(
         run.out, "mia", arguments, resume=run.resume, force=run.force, device=load.device,
@@ -206,9 +218,12 @@ def mia(
             ref = checked.reference.load(load)
             check_same_tokenizer(lm, ref, items)
         elif checked.auto_reference and "reference" in checked.attacks:
-            path = reference_organism(organism, progress=run.progress)
-            ref = resolve_model(str(path)).load(load)
+            ref_path = reference_organism(organism, progress=run.progress)
+            ref = resolve_model(str(ref_path)).load(load)
             check_same_tokenizer(lm, ref, items)
+        reference_used = None
+        if ref is not None:
+            reference_used = checked.reference.label if checked.reference else str(ref_path)
         attack_inputs = AttackInputs(
             lm, items, k=cfg.k, reference=ref, n_neighbours=cfg.neighbours, seed=run.seed,
             batch_size=cfg.batch_size, progress=run.progress,
@@ -256,6 +271,7 @@ def mia(
                 "metrics": {m: direction(m) for m in METRIC_NAMES},
             },
             "skipped_attacks": checked.skipped,
+            "reference_model": reference_used,
             "attacks": metrics,
         }
 
@@ -359,15 +375,33 @@ def _check(
     if members is not None:
         member_docs = _read_texts(members, "members", corpus, "--members")
         nonmember_docs = _read_texts(nonmembers, "non-members", corpus, "--nonmembers")
-    auto_reference = reference_model is not None and str(reference_model) == REFERENCE
+    given_ref = None if reference_model is None else str(reference_model)
+    auto_reference = given_ref == REFERENCE
     if auto_reference and (member_docs is not None or not target.is_organism):
         raise RotelabError(
             "--reference-model reference is an organism's reference model (its world and seed, "
             "no insertions); it needs an organism target and its ledger"
         )
+    hints: dict[str, str] = {}
+    trained = member_docs is None and _made_by_train(target)
+    if auto_reference and trained:
+        raise RotelabError(
+            f"{target.label} was made by `rotelab train`, so it has no organism reference twin; "
+            "train its reference with the same options and --counts 0 and pass that directory"
+        )
+    if given_ref is None and member_docs is None:
+        # The default on an organism: its reference twin (unless it came from `rotelab train`).
+        auto_reference = not trained
+        if trained:
+            hints["reference"] = (
+                "needs --reference-model (a `rotelab train` output: train its reference with "
+                "the same options and --counts 0)"
+            )
+    if given_ref == NO_REFERENCE:
+        hints["reference"] = "left out by --reference-model none"
     reference = (
         resolve_model(reference_model)
-        if reference_model is not None and not auto_reference
+        if given_ref is not None and given_ref not in (REFERENCE, NO_REFERENCE)
         else None
     )
     if recall_prefix_file is not None:
@@ -377,18 +411,28 @@ def _check(
         available.add("reference")
     if prefix_docs is not None or member_docs is None:  # an organism's held-out text by default
         available.add("recall_prefix")
-    attacks, skipped = _choose_attacks(cfg.attacks, available)
+    attacks, skipped = _choose_attacks(cfg.attacks, available, hints)
     _check_options_apply(given, attacks, exposure=cfg.exposure and member_docs is None)
     # What Run.create will check, before the organism is built and the models loaded.
     Run.check(
         run.out, resume=run.resume, force=run.force,
-        inputs=(target.source, members, nonmembers, None if auto_reference else reference_model,
-                recall_prefix_file),
+        inputs=(target.source, members, nonmembers,
+                None if reference is None else reference_model, recall_prefix_file),
     )  # fmt: skip
     return _Checked(
         cfg, target, member_docs, nonmember_docs, reference, prefix_docs, attacks, skipped,
         auto_reference,
     )  # fmt: skip
+
+
+def _made_by_train(target: ModelInput) -> bool:
+    """The organism-like target is an output of ``rotelab train`` (or one of its checkpoints)."""
+    if target.is_default_organism or target.source is None:
+        return False
+    try:
+        return "train" in json.loads((Path(target.source) / "spec.json").read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def _validate_config(cfg: MIAConfig) -> MIAConfig:
@@ -441,12 +485,14 @@ def _check_options_apply(given: MIAConfig, attacks: list[str], *, exposure: bool
 
 
 def _choose_attacks(
-    requested: list[str] | None, available: set[str]
+    requested: list[str] | None, available: set[str], hints: dict[str, str] | None = None
 ) -> tuple[list[str], dict[str, str]]:
-    """The attacks to run and, when none were named, those skipped with what they need."""
+    """The attacks to run and, when none were named, those skipped with what they need
+    (``hints`` replace :data:`_NEED_HINTS` where this run knows better)."""
+    hints = {**_NEED_HINTS, **(hints or {})}
 
     def missing(name: str) -> str:
-        return "; ".join(_NEED_HINTS[n] for n in sorted(ATTACKS[name].needs - available))
+        return "; ".join(hints[n] for n in sorted(ATTACKS[name].needs - available))
 
     if requested is not None:
         for a in requested:

@@ -17,7 +17,10 @@ frequency), ``summary.json`` (the grid, per-cell rows and the seed means with t 
 early- vs late-inserted items along the checkpoints). Every cell is written as a part when done,
 so ``--resume`` continues with the cells not yet done. Cells run in ``workers`` local processes
 (each on one thread, ``OMP_NUM_THREADS=1``); one worker runs them in this process, on one thread
-too, so both give the same numbers.
+too, so both give the same numbers. With ``executor="ray"`` each cell is a Ray task asking for one
+CPU, on a local Ray instance of ``workers`` CPUs or on the cluster at ``address``; a cell trains
+in a temporary directory of the node it runs on and returns its rows, so the numbers are the same
+as the local executor's (every cell is seeded and runs on one thread wherever it runs).
 
 Example:
     >>> result = sweep(counts=(1, 4, 16), corpus_tokens=(20_000, 80_000), seeds=(0, 1, 2),
@@ -29,6 +32,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Sequence
@@ -49,7 +53,12 @@ from rotelab.runs import Run
 from rotelab.stats import auc_score, wilson_interval
 from rotelab.train import phase_steps
 
-__all__ = ["SweepConfig", "SweepResult", "cell_key", "format_table", "sweep"]
+__all__ = ["EXECUTORS", "SweepConfig", "SweepResult", "cell_key", "format_table", "sweep"]
+
+#: Where cells run: ``local`` (this process or local worker processes) or ``ray``.
+EXECUTORS = ("local", "ray")
+#: Seconds to wait for a Ray address to answer before the sweep is refused.
+RAY_CONNECT_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -166,8 +175,12 @@ def _items_file(profile: str, seed: int, tokens: int, kinds: Sequence[str], path
 
 
 def run_cell(cfg: SweepConfig, count: int, tokens: int, phase: str, seed: int, smallest: int,
-             workdir: str) -> pd.DataFrame:  # fmt: skip
-    """Train and audit one cell on one thread; one row per checkpoint and item."""
+             workdir: str | None) -> pd.DataFrame:  # fmt: skip
+    """Train and audit one cell on one thread; one row per checkpoint and item.
+
+    ``workdir``: where the cell's model is trained (and removed); ``None``: the system's temporary
+    directory (a Ray node's own, which need not see the run directory).
+    """
     import torch
 
     from rotelab.lm import LM
@@ -275,6 +288,8 @@ def sweep(
     *,
     config: SweepConfig = SweepConfig(),
     workers: int = 1,
+    executor: str = "local",
+    address: str | None = None,
     run: RunOptions = RunOptions(),
 ) -> SweepResult:
     """Train and audit every cell of the grid; write a run directory (see the module docstring).
@@ -287,11 +302,26 @@ def sweep(
         seeds: world and training seeds.
         config: profile, item kinds, model size, steps, checkpoints.
         workers: local worker processes (each ``OMP_NUM_THREADS=1``); 1 runs in this process.
+            With ``executor="ray"`` and no ``address``: the local Ray instance's CPUs.
+        executor: ``local`` or ``ray`` (needs the ``ray`` extra); the same numbers either way.
+        address: a Ray cluster (``HOST:PORT``, ``ray://HOST:PORT`` or ``auto``) for the ``ray``
+            executor; ``None`` starts a local Ray instance (or uses one this process started).
         run: output directory, ``resume`` (cells already written are skipped), ``force``.
     """
     run.check()
     Run.check(run.out, resume=run.resume, force=run.force)
     grid = _check(config, list(counts), list(corpus_tokens), list(phases), list(seeds), workers)
+    _check_executor(executor, address)
+    # Connected before the run directory exists: an address that does not answer leaves nothing.
+    session = _RaySession.connect(address, workers) if executor == "ray" else None
+    try:
+        return _sweep(counts, corpus_tokens, phases, seeds, grid, config, workers, session, run)
+    finally:
+        if session is not None:
+            session.close()
+
+
+def _sweep(counts, corpus_tokens, phases, seeds, grid, config, workers, session, run):
     smallest = min(corpus_tokens)
     arguments = {"counts": list(counts), "corpus_tokens": list(corpus_tokens),
                  "phases": list(phases), "seeds": list(seeds), **asdict(config)}  # fmt: skip
@@ -301,7 +331,12 @@ def sweep(
         work = out.path / "work"
         work.mkdir(exist_ok=True)
         done = 0
-        if workers == 1:
+        if session is not None:
+            for g, frame in session.run(config, todo, smallest):
+                out.write_part("items", cell_key(*g), frame)
+                done += 1
+                _progress(run, done, len(todo), g)
+        elif workers == 1:
             for g in todo:
                 out.write_part("items", cell_key(*g), run_cell(config, *g, smallest, str(work)))
                 done += 1
@@ -322,6 +357,7 @@ def sweep(
         means = seed_means(cells)
         summary = {
             "cells": len(grid), "cells_run_now": len(todo), "workers": workers,
+            "executor": "local" if session is None else "ray",
             "seconds": round(time.perf_counter() - t0, 1), "cpu_capability": cpu_capability(),
             "grid": {"counts": list(counts), "corpus_tokens": list(corpus_tokens),
                      "phases": list(phases), "seeds": list(seeds)},
@@ -338,6 +374,134 @@ def sweep(
     except Exception as exc:  # noqa: BLE001 - the numbers are written; a report failure is not
         summary["report_error"] = str(exc)
     return SweepResult(cells, summary, out.path)
+
+
+def _check_executor(executor: str, address: str | None) -> None:
+    if executor not in EXECUTORS:
+        raise RotelabError(f"--executor {executor!r}: use local or ray")
+    if address is not None and executor != "ray":
+        raise RotelabError("--address is a Ray cluster's; it applies with --executor ray only")
+    if address is not None and not address.strip():
+        raise RotelabError("--address is empty; give HOST:PORT of a Ray cluster, or leave it out")
+
+
+def _ray_cell(cfg: SweepConfig, g: tuple, smallest: int) -> pd.DataFrame:
+    """One cell as a Ray task: trained in the node's own temporary directory."""
+    _worker_init()
+    return run_cell(cfg, *g, smallest, None)
+
+
+class _RaySession:
+    """A connection to Ray for one sweep: a local instance it started (shut down after), a
+    cluster at an address (disconnected after), or a Ray this process had already started (left
+    as it was)."""
+
+    def __init__(self, ray, owned: bool) -> None:
+        self.ray, self.owned = ray, owned
+
+    @classmethod
+    def connect(cls, address: str | None, workers: int) -> _RaySession:
+        try:
+            import ray
+        except ImportError:
+            raise RotelabError(
+                "--executor ray needs Ray: install the ray extra (pip install 'rotelab[ray]')"
+            ) from None
+        if ray.is_initialized():
+            if address is not None:
+                raise RotelabError(
+                    "Ray is already running in this process; leave --address out to use it"
+                )
+            return cls(ray, owned=False)
+        import logging
+
+        # Each cell runs on one thread wherever it runs (the same arithmetic as the local
+        # executor); the numbers do not depend on the node.
+        common = dict(runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}}, log_to_driver=False,
+                      logging_level=logging.ERROR)  # fmt: skip
+        if address is None:
+            try:
+                ray.init(num_cpus=workers, include_dashboard=False,
+                         object_store_memory=256 * 2**20, **common)  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - Ray's own failures become one line
+                raise RotelabError(f"could not start a local Ray instance: {_first(exc)}") from None
+            return cls(ray, owned=True)
+        if address != "auto":
+            _check_answers(address)
+        # Something listens there: Ray's own connection loop (about a second a try) gets as long
+        # as the probe had, and its C++ retry messages are kept off the terminal (one line).
+        wait = os.environ.get("RAY_gcs_server_port_wait_time_s")
+        os.environ["RAY_gcs_server_port_wait_time_s"] = str(max(1, round(RAY_CONNECT_TIMEOUT_S)))
+        try:
+            with _quiet_stderr():
+                ray.init(address=address, **common)
+        except Exception as exc:  # noqa: BLE001
+            raise RotelabError(
+                f"the Ray address {address} does not answer as a Ray cluster: {_first(exc)}"
+            ) from None
+        finally:
+            if wait is None:
+                os.environ.pop("RAY_gcs_server_port_wait_time_s", None)
+            else:
+                os.environ["RAY_gcs_server_port_wait_time_s"] = wait
+        return cls(ray, owned=True)
+
+    def run(self, cfg: SweepConfig, todo: list[tuple], smallest: int):
+        """Yield ``(cell, rows)`` as the cells finish (each written at once: resumable)."""
+        ray = self.ray
+        task = ray.remote(num_cpus=1, max_retries=0)(_ray_cell)
+        pending = {task.remote(cfg, g, smallest): g for g in todo}
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                g = pending.pop(ready[0])
+                yield g, ray.get(ready[0])
+        finally:
+            for ref in pending:  # a failed cell stops the sweep; the others are not left running
+                ray.cancel(ref, force=True)
+
+    def close(self) -> None:
+        if self.owned:
+            self.ray.shutdown()
+
+
+def _check_answers(address: str) -> None:
+    """Refuse at once (one line) an address where nothing listens, before Ray's long retries."""
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise RotelabError(f"--address {address!r} is not HOST:PORT (or ray://HOST:PORT, or auto)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), RAY_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise RotelabError(
+            f"the Ray address {address} does not answer ({why} within "
+            f"{RAY_CONNECT_TIMEOUT_S:g} s); start the cluster (ray start --head) or fix --address"
+        ) from None
+
+
+class _quiet_stderr:  # noqa: N801 - used like a function
+    """Send file descriptor 2 (where Ray's C++ core logs) to a discarded file for a while."""
+
+    def __enter__(self) -> None:
+        import sys
+
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        self._sink = tempfile.TemporaryFile()
+        os.dup2(self._sink.fileno(), 2)
+
+    def __exit__(self, *exc) -> None:
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._sink.close()
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _spawn():

@@ -63,7 +63,13 @@ from rotelab.organism.world import PROFILES
 from rotelab.pipelines.inputs import is_organism_dir, resolve_corpus
 from rotelab.runs import OutputDir, atomic_write_json, check_output
 from rotelab.train import TrainConfig, insertion_schedule, packed_batches, phase_steps, train
-from rotelab.train.items import InsertionItem, assign_grid, item_ledger, read_insertions
+from rotelab.train.items import (
+    InsertionItem,
+    assign_grid,
+    item_ledger,
+    read_insertions,
+    template_controls,
+)
 
 __all__ = ["ModelSize", "TrainResult", "TrainSettings", "train_model", "format_summary"]
 
@@ -91,8 +97,10 @@ class TrainSettings:
     ``lr`` ``None``: 3e-3 from scratch, 1e-4 for a full fine-tune, 1e-3 for LoRA. ``checkpoints``
     are step counts (1..steps) after which the model is saved. ``lora_alpha`` ``None``: twice the
     rank. ``rows_per_step``: most insertion rows in one step (default half the batch).
-    ``controls``: extra never-inserted controls per kind of the world (from scratch on a world's
-    own items), so TPR at 1% and 0.1% FPR can be reported; they change nothing in training.
+    ``controls``: extra never-inserted controls per kind, so TPR at 1% and 0.1% FPR can be
+    reported; they change nothing in training. With the world's items, drawn like them (see
+    :func:`rotelab.organism.generate_controls`); with ``--insertions``, each kind's items with
+    their ``secret`` drawn afresh (:func:`rotelab.train.items.template_controls`).
     """
 
     steps: int = 200
@@ -154,8 +162,6 @@ def _check_settings(s: TrainSettings, size: ModelSize, init: str | None) -> None
             )
     if s.controls < 0:
         raise RotelabError(f"--controls must be >= 0, got {s.controls}")
-    if s.controls and init is not None:
-        raise RotelabError("--controls works from scratch only (not with --init) for now")
     if s.lora_alpha is not None and not (math.isfinite(s.lora_alpha) and s.lora_alpha > 0):
         raise RotelabError(f"--lora-alpha must be a positive number, got {s.lora_alpha}")
     for name, value in asdict(size).items():
@@ -421,15 +427,13 @@ def train_model(
     user_items = read_insertions(insertions) if insertions is not None else None
     if user_items is None and data is not None:
         raise RotelabError("--data needs --insertions (your corpus has no items of its own)")
-    if s.controls and user_items is not None:
-        raise RotelabError(
-            "--controls draws controls of the world's kinds; with --insertions add count-0 "
-            "lines to your file instead"
-        )
+    user_controls: list[InsertionItem] = []
     if user_items is not None:
         items = assign_grid(user_items, grid, phase_grid)
         _check_phases(items, s.steps)
         _schedule(items, s)  # the counts must fit before the world is made or a model loaded
+        if s.controls:  # your items' own format, each secret drawn afresh (checked here)
+            user_controls = template_controls(items, s.controls, seed=s.seed)
     inputs = (init_s, data, insertions, world_path)
     check_output(out, replace=force, owned=_is_trained, kind="a `rotelab train` output",
                  inputs=inputs)  # fmt: skip
@@ -451,12 +455,21 @@ def train_model(
         if tokenizer.eos_token_id is None:
             raise RotelabError(f"the tokenizer of {init_s} has no end-of-text token to end items")
         led = _ledger(c, items, user_items is None, init_path is not None, s.suffix_len)
-        if s.controls:  # never inserted: appended after the items, so the schedule is unchanged
+        # Controls are never inserted and come after the items, so the schedule, the batches
+        # and the trained weights are what they would be without them (tested).
+        if user_controls:  # tokenized exactly as your items are
+            items = items + user_controls
+            led = pd.concat([led, _ledger(c, user_controls, False, init_path is not None,
+                                          s.suffix_len)], ignore_index=True)  # fmt: skip
+        elif s.controls:  # the world's kinds, drawn like its items from a stream of their own
             extra = generate_controls(c.spec, s.controls)
-            items = items + [InsertionItem(x["item_id"], x["text"], x["kind"], 0, "all",
-                                           x["secret"]) for x in extra]  # fmt: skip
-            led = pd.concat([led, tokenize_items(extra, c.world_tokenizer, c.spec)],
-                            ignore_index=True)  # fmt: skip
+            extra_items = [InsertionItem(x["item_id"], x["text"], x["kind"], 0, "all",
+                                         x["secret"]) for x in extra]  # fmt: skip
+            # Spans as the world's own items get them (carried to --init's tokenizer by char).
+            extra_c = replace(c, world_ledger=tokenize_items(extra, c.world_tokenizer, c.spec))
+            items = items + extra_items
+            led = pd.concat([led, _ledger(extra_c, extra_items, True, init_path is not None,
+                                          s.suffix_len)], ignore_index=True)  # fmt: skip
         if model is None:  # from scratch: the context fits the longest inserted item by default
             if size.context is None:
                 longest = int(led.loc[led["count"] > 0, "n_tokens"].max()) if len(led) else 0

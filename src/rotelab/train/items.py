@@ -25,11 +25,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from rotelab.errors import RotelabError
 
-__all__ = ["InsertionItem", "assign_grid", "item_ledger", "read_insertions"]
+__all__ = ["InsertionItem", "assign_grid", "item_ledger", "read_insertions", "template_controls"]
 
 _FIELDS = {"text", "id", "kind", "count", "phase", "secret"}
 
@@ -165,3 +166,64 @@ def item_ledger(
             "secret_len": len(it.secret), "secret_format": "",
         })  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def template_controls(
+    items: Sequence[InsertionItem], n_per_kind: int, *, seed: int = 0
+) -> list[InsertionItem]:
+    """``n_per_kind`` never-inserted controls per kind of ``items``, each one of the kind's items
+    (in turn) with its ``secret`` drawn afresh: every digit a random digit, every letter a random
+    letter of the same case, everything else kept (Carlini et al. 2019's canary controls: the
+    same format, a secret never seen). They are exchangeable with the members when the secrets
+    are random (codes, ID numbers); for other secrets write count-0 lines of your own.
+
+    Ids are ``<kind>-ctl<NNNNN>``; spans are set in characters, so a control is scored exactly
+    where its template is. Seeded: the same items and seed give the same controls.
+
+    Raises:
+        RotelabError: a kind none of whose items has a ``secret`` (nothing to draw afresh), an id
+            already used, or a secret too short to give distinct controls.
+    """
+    rng = np.random.default_rng([seed, 0x5EC])
+    ids = {it.item_id for it in items}
+    texts = {it.text for it in items}
+    kinds: dict[str, list[InsertionItem]] = {}
+    for it in items:
+        kinds.setdefault(it.kind, []).append(it)
+    out: list[InsertionItem] = []
+    for kind, group in kinds.items():
+        templates = [it for it in group if it.secret]
+        if not templates:
+            raise RotelabError(
+                f"--controls draws controls by redrawing each item's secret, and no item of kind "
+                f"{kind!r} has one; give them a 'secret', or add count-0 lines of your own"
+            )
+        for i in range(n_per_kind):
+            t = templates[i % len(templates)]
+            c0 = t.text.index(t.secret)
+            for _ in range(100):
+                secret = "".join(_redraw(ch, rng) for ch in t.secret)
+                text = t.text[:c0] + secret + t.text[c0 + len(t.secret) :]
+                if text not in texts:
+                    break
+            else:
+                raise RotelabError(
+                    f"--controls: the secrets of kind {kind!r} are too short to draw "
+                    f"{n_per_kind} distinct controls; ask for fewer"
+                )
+            item_id = f"{kind}-ctl{i:05d}"
+            if item_id in ids:
+                raise RotelabError(f"--controls: id {item_id!r} is already an item's; rename it")
+            texts.add(text)
+            out.append(InsertionItem(item_id, text, kind, 0, "all", secret,
+                                     (c0, c0 + len(secret))))  # fmt: skip
+    return out
+
+
+def _redraw(ch: str, rng: np.random.Generator) -> str:
+    if ch.isascii() and ch.isdigit():
+        return str(int(rng.integers(10)))
+    if ch.isascii() and ch.isalpha():
+        letter = chr(ord("a") + int(rng.integers(26)))
+        return letter.upper() if ch.isupper() else letter
+    return ch
