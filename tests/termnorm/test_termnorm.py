@@ -370,14 +370,62 @@ def test_alignment_is_centred(tok, monkeypatch):
     states = np.concatenate([term, ident]) + shared
     monkeypatch.setattr(lm, "hidden_states", lambda seqs, layers, pool: {layers[0]: states})
     terms, ids = [f"t{k}" for k in range(n)], [f"i{k}" for k in range(n)]
-    raw = alignment(lm, terms, ids, layer=1, centre=False)
+    raw = alignment(lm, terms, ids, layer=1, centre=False, skip_first=False)
     assert raw.min() > 0.98  # the shared component hides everything
-    cen = alignment(lm, terms, ids, layer=1)
+    cen = alignment(lm, terms, ids, layer=1, skip_first=False)
     mean = states.mean(axis=0)
     a, b = states[:n] - mean, states[n:] - mean
     manual = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     np.testing.assert_allclose(cen, manual, rtol=1e-10)
     assert cen[: n // 2].min() > 0.8 and abs(cen[n // 2 :].mean()) < 0.3
+
+
+def test_alignment_leaves_out_the_first_position(tok, monkeypatch):
+    """An attention sink (a huge first-position state shared by every input) makes the pooled
+    mean that state scaled by 1/length, so centred cosines follow the token lengths; leaving the
+    first position out recovers which IDs match their terms. A one-token input keeps its only
+    position; with real states the two poolings differ only by that position."""
+    lm = LM.from_model(_model(tok), tok)
+    rng = np.random.default_rng(1)
+    n, dim = 40, 16
+    content = rng.normal(size=(n, dim))
+    other = content.copy()
+    other[n // 2 :] = rng.normal(size=(n // 2, dim))  # the second half: unrelated IDs
+    sink = 100.0 * rng.normal(size=dim)
+    lengths = rng.integers(2, 12, size=2 * n)
+    lengths[0] = 1  # a one-token term: its only state is kept (content, no sink here)
+    states = np.empty(2 * n, dtype=object)
+    for j, (c, length) in enumerate(zip([*content, *other], lengths)):
+        rows = c + 0.1 * rng.normal(size=(length, dim))
+        if length > 1:
+            rows[0] = sink + rng.normal(size=dim)
+        states[j] = rows
+    pooled = np.stack([x.mean(0) for x in states])  # what pool="mean" gives
+
+    def fake(seqs, layers, pool):
+        return {layers[0]: pooled if pool == "mean" else states}
+
+    monkeypatch.setattr(lm, "hidden_states", fake)
+    terms, ids = [f"t{k}" for k in range(n)], [f"i{k}" for k in range(n)]
+    kept = alignment(lm, terms, ids, layer=1, skip_first=False)
+    inv = 1.0 / np.where(lengths > 1, lengths, np.inf)  # the sink's weight in each mean
+    sign = np.sign((inv[:n] - inv.mean()) * (inv[n:] - inv.mean()))
+    assert np.mean(np.sign(kept[1:]) == sign[1:]) > 0.9  # lengths, not the pair
+    skipped = alignment(lm, terms, ids, layer=1)
+    assert np.isfinite(skipped).all()
+    assert skipped[: n // 2].min() > 0.8 and abs(skipped[n // 2 :].mean()) < 0.3
+    # the real pass: pooled over positions 1.. of each input
+    monkeypatch.undo()
+    real = alignment(lm, ["vanor kelidra", "bo ri"], ["TN:vanor-kelidra", "TN:1234"], layer=1)
+    enc = [tok(x, add_special_tokens=False)["input_ids"] for x in
+           ["vanor kelidra", "bo ri", "TN:vanor-kelidra", "TN:1234"]]  # fmt: skip
+    hs = lm.hidden_states(enc, [1], pool="none")[1]
+    h = np.stack([x[1:].astype(np.float64).mean(0) for x in hs])
+    h -= h.mean(0)
+    manual = (h[:2] * h[2:]).sum(1) / (
+        np.linalg.norm(h[:2], axis=1) * np.linalg.norm(h[2:], axis=1)
+    )
+    np.testing.assert_allclose(real, manual, rtol=1e-6)
 
 
 def test_pretraining_insertions_set_popularity(tok):

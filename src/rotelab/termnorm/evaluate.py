@@ -20,9 +20,11 @@ stages grow: tokens 2-4, then the rest) on their cached prompts. Where a model g
 token wrong for most terms (a model before fine-tuning, withheld terms), the ID positions are
 never computed at all. Each stage is one pass over many tokens, never a token-by-token decode.
 
-Alignment cosines are *centred*: the mean hidden state over all the terms and IDs of the call is
-subtracted first, because a residual stream carries a large component shared by every input
-(on SmolLM2 the raw cosine is 0.999-1.000 for every pair), which says nothing about the pair.
+Alignment cosines pool each input's hidden states *after its first position* (the first is an
+attention sink in trained LMs, over 100x the others' norm on SmolLM2) and are *centred*: the mean
+pooled state over all the terms and IDs of the call is subtracted first, because a residual
+stream carries a large component shared by every input (on SmolLM2 the raw cosine is 0.999-1.000
+for every pair), which says nothing about the pair.
 
 Gains (Pericharla et al. 2025): memorization = accuracy on the trained terms after fine-tuning
 minus before; generalization = the same on the withheld terms. Rates get Wilson intervals; a
@@ -442,9 +444,18 @@ def alignment(
     *,
     layer: int | None = None,
     centre: bool = True,
+    skip_first: bool = True,
 ) -> np.ndarray:
     """(n,) cosine similarity between the mean hidden state of each term and of its ID, each
     encoded alone, at ``layer`` (default: the middle block; 0 = embeddings).
+
+    With ``skip_first`` (the default) the mean leaves out each input's first position (an input
+    of one token keeps it): that position sees no context, and in a trained LM it is the
+    attention sink, whose state dwarfs the others (SmolLM2-135M, middle block: 112-143x the mean
+    norm of the other positions, so the pooled mean was that one state scaled by 1/length and
+    the cosine followed token lengths). Every later position has attended to the first token,
+    so its content is not lost; on the tiny organism (first-position norm 0.7-2x the others) it
+    changes little. One definition for every model keeps the cosines comparable.
 
     With ``centre`` (the default) the mean of all 2n pooled states (every term and every ID of
     the call) is subtracted before the cosine, so the component every input shares does not
@@ -455,8 +466,11 @@ def alignment(
     enc = lm.tokenizer
     t = [list(enc(x, add_special_tokens=False)["input_ids"]) for x in terms]
     i = [list(enc(x, add_special_tokens=False)["input_ids"]) for x in ids]
-    h = lm.hidden_states(t + i, [layer], pool="mean")[layer]  # (2n, hidden)
-    h = np.asarray(h, dtype=np.float64)
+    if skip_first:
+        states = lm.hidden_states(t + i, [layer], pool="none")[layer]
+        h = np.stack([(s[1:] if len(s) > 1 else s).astype(np.float64).mean(0) for s in states])
+    else:
+        h = np.asarray(lm.hidden_states(t + i, [layer], pool="mean")[layer], dtype=np.float64)
     if centre and len(terms) > 1:
         h = h - h.mean(axis=0, keepdims=True)
     a, b = h[: len(terms)], h[len(terms) :]
