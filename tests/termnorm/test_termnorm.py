@@ -199,11 +199,16 @@ def _first_miss(lm, terms, ids) -> np.ndarray:
     return np.array([m.index(True) if any(m) else -1 for m in miss])
 
 
-def test_early_stop_verdicts_equal_greedy_decoding(tok, onto, tuned_state):
+@pytest.mark.parametrize("rest_at", [0.5, 2.0])
+def test_early_stop_verdicts_equal_greedy_decoding(tok, onto, tuned_state, rest_at, monkeypatch):
     """Verdicts that stop at the first wrong ID token (the prompts' pass, then stages over the
     cached prompts) = greedy decoding, for pairs wrong at the first, a middle or the last ID
     token, IDs that end inside a stage, prompts of several lengths in one batch, every stage
-    schedule and batch size, and exact ties at the first and at a later ID token."""
+    schedule and batch size, and exact ties at the first and at a later ID token; with the
+    rest checked at once while half the batch is right (the default), and never (2.0)."""
+    from rotelab.termnorm import evaluate
+
+    monkeypatch.setattr(evaluate, "REST_AT", rest_at)
     model = _tuned(tok, tuned_state)
     lm = LM.from_model(model, tok)
     terms, ids = onto["term"].tolist(), onto["id"].tolist()

@@ -18,7 +18,10 @@ prompt length (no padding), keeping their keys and values; the head then checks 
 token; only the rows still right continue, teacher-forced over the next stage of ID tokens (the
 stages grow: tokens 2-4, then the rest) on their cached prompts. Where a model gets the first ID
 token wrong for most terms (a model before fine-tuning, withheld terms), the ID positions are
-never computed at all. Each stage is one pass over many tokens, never a token-by-token decode.
+never computed at all. While half the batch or more is still right, the rest of the ID is
+checked in one pass instead (for a model that knows most answers, stages would save little and
+cost passes over few rows). Each stage is one pass over many tokens, never a token-by-token
+decode.
 
 Alignment cosines pool each input's hidden states *after its first position* (the first is an
 attention sink in trained LMs, over 100x the others' norm on SmolLM2) and are *centred*: the mean
@@ -59,6 +62,8 @@ __all__ = [
 #: :func:`exact_match`'s default early-stop stages after the prompts' pass (which checks the first
 #: ID token): up to the 4th ID token, then the rest; three passes at most, each over many tokens.
 STAGES = (4,)
+#: ... unless this share of the batch or more is still right: then the rest of the ID at once.
+REST_AT = 0.5
 
 
 def exact_match(
@@ -194,6 +199,10 @@ def _staged_batch(
         go = alive[rows] & (k[rows] > done)
         if end <= done or not bool(go.any()):
             break
+        if int(go.sum()) >= REST_AT * b:
+            # most of the batch still right: more stages would cut little work, and each pass
+            # over few rows multiplies the weights less efficiently; check the rest at once
+            end = width
         keep = go.nonzero(as_tuple=True)[0]
         cache = _cache_rows(cache, keep)
         rows, last, mask = rows[keep], last[keep], mask[keep]
