@@ -36,6 +36,7 @@ gain gets a paired percentile bootstrap over terms.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -43,7 +44,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rotelab.lm import LM, _cache_rows, _lean_inference, _rms_norm, length_buckets, pad_batch
+from rotelab.lm import LM, length_buckets, pad_batch
 from rotelab.stats import bootstrap_auc, rate_with_ci
 from rotelab.termnorm.prompts import Template, encode_pairs
 
@@ -145,7 +146,7 @@ def _staged_verdicts(
     correct = np.zeros(n, dtype=bool)
     # one prompt length per batch where possible (no padding); equal ID lengths together
     order = sorted(range(n), key=lambda i: (starts[i], len(seqs[i]) - starts[i], i))
-    with torch.inference_mode(), _lean_inference(lm.model):
+    with torch.inference_mode():
         prompt_pass = _LlamaPromptPass.of(lm.model)
         for j in range(0, n, batch_size):
             batch = order[j : j + batch_size]
@@ -230,6 +231,22 @@ def _staged_batch(
         alive[rows] = alive[rows] & (misses == 0)
         done = end
     return alive.cpu().numpy()
+
+
+def _cache_rows(cache, rows: torch.Tensor):
+    """A new cache of ``cache``'s batch rows ``rows``; ``cache`` is unchanged (the layers are
+    copied shallowly, then the cache's own row gather replaces their tensors)."""
+    picked = copy.copy(cache)
+    picked.layers = [copy.copy(layer) for layer in cache.layers]
+    picked.reorder_cache(rows)
+    return picked
+
+
+def _rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``LlamaRMSNorm.forward``'s operations without a module call."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    return norm.weight * h.to(x.dtype)
 
 
 def _pad(
