@@ -11,9 +11,11 @@ a change of load on this shared machine hits them alike:
   :func:`rotelab.termnorm.greedy_exact_match` (greedy decoding of the ID's length with the KV
   cache, fp32, the same batch size) on the same queries; ``speed`` = greedy time / scoring time
   (target: >= 3x), and ``agree`` = the share of queries on which the verdicts agree (must be
-  1). Two scoring arms: ``early stop`` (the default: the prompts' pass, then teacher-forced
-  stages over the cached prompts for the rows still right) and ``one pass`` (``stages=None``:
-  the whole ID teacher-forced in one pass, the LM head on the ID positions only). Two query
+  1). Three scoring arms: ``early stop`` (the default: the prompts' pass, then teacher-forced
+  stages over the cached prompts for the rows still right), ``early stop bf16``
+  (``precision="bf16"``: the same in a bfloat16 copy, near-ties redone in fp32; the copy is
+  made inside the timed call) and ``one pass`` (``stages=None``: the whole ID teacher-forced in
+  one pass, the LM head on the ID positions only). Two query
   sets: ``ontology`` (the synthetic ontology's IDs, which a model that never saw them gets wrong,
   mostly at the first ID token: early stop's best case) and ``own answers`` (each ID is the
   model's own greedy continuation of the prompt, decoded: mostly right, early stop's worst
@@ -105,6 +107,9 @@ def own_answers(lm: LM, terms: list[str], ids: list[str], template, batch: int) 
 
 ARMS = {
     "early_stop": lambda lm, t, i, tp, b: exact_match(lm, t, i, tp, batch_size=b, logprob=False),
+    "early_stop_bf16": lambda lm, t, i, tp, b: exact_match(
+        lm, t, i, tp, batch_size=b, logprob=False, precision="bf16"
+    ),
     "one_pass": lambda lm, t, i, tp, b: exact_match(
         lm, t, i, tp, batch_size=b, logprob=False, stages=None
     ),
@@ -120,6 +125,7 @@ def bench_scoring(lm: LM, name: str, queries: int, rounds: int, batch: int, sets
         qids = ids if qset == "ontology" else own_answers(lm, terms, ids, template, batch)
         times = {"greedy": [], **{arm: [] for arm in ARMS}}
         verdicts = {}
+        rechecked = float("nan")
         for r in range(rounds):
             arms = list(times) if r % 2 == 0 else list(times)[::-1]
             for arm in arms:
@@ -127,7 +133,10 @@ def bench_scoring(lm: LM, name: str, queries: int, rounds: int, batch: int, sets
                 if arm == "greedy":
                     v = greedy_exact_match(lm, terms, qids, template, batch_size=batch)
                 else:
-                    v = ARMS[arm](lm, terms, qids, template, batch)["correct"].to_numpy()
+                    frame = ARMS[arm](lm, terms, qids, template, batch)
+                    v = frame["correct"].to_numpy()
+                    if "rechecked" in frame:
+                        rechecked = float(frame["rechecked"].mean())
                 times[arm].append(time.perf_counter() - t0)
                 verdicts[arm] = v
         greedy = float(np.median(times["greedy"]))
@@ -136,7 +145,8 @@ def bench_scoring(lm: LM, name: str, queries: int, rounds: int, batch: int, sets
             yield {"bench": "scoring", "model": name, "queries": queries, "set": qset,
                    "arm": arm, "one_pass_s": t, "greedy_s": greedy, "speed": greedy / t,
                    "agree": float(np.mean(verdicts[arm] == verdicts["greedy"])),
-                   "correct": int(verdicts["greedy"].sum()), "rounds": rounds}  # fmt: skip
+                   "correct": int(verdicts["greedy"].sum()), "rounds": rounds,
+                   "rechecked": rechecked if arm.endswith("bf16") else None}  # fmt: skip
 
 
 def main() -> None:
@@ -177,6 +187,8 @@ def main() -> None:
                   f"{r['speed']:.2f}x | {cap} |")  # fmt: skip
         else:
             arm = r["arm"].replace("_", " ")
+            if r["rechecked"] is not None:
+                arm += f" ({r['rechecked']:.1%} rechecked in fp32)"
             print(f"| {arm} exact match vs greedy decoding | {r['model']} | {r['queries']} "
                   f"queries, {r['set']} ({r['correct']} right, agree {r['agree']:.3f}) | "
                   f"{r['one_pass_s']:.2f} | {r['greedy_s']:.2f} | {r['speed']:.2f}x | "

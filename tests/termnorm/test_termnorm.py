@@ -271,6 +271,59 @@ def test_early_stop_through_the_model_forward_equals_greedy(tok, onto, tuned_sta
         np.testing.assert_array_equal(got["correct"].to_numpy(), greedy)
 
 
+def test_bf16_screen_with_fp32_recheck_equals_greedy(tok, onto, tuned_state):
+    """bf16 verdicts, the pairs resting on a gap under the near-tie margin redone in fp32, equal
+    fp32 greedy decoding; an exact tie (gap 0) is always redone, and broken as greedy breaks it;
+    most pairs are decided by the bf16 pass alone."""
+    model = _tuned(tok, tuned_state)
+    lm = LM.from_model(model, tok)
+    terms, ids = onto["term"].tolist() * 2, onto["id"].tolist() + [i + "7" for i in onto["id"]]
+    greedy = greedy_exact_match(lm, terms, ids, SYN)
+    got = exact_match(lm, terms, ids, SYN, logprob=False, precision="bf16")
+    np.testing.assert_array_equal(got["correct"].to_numpy(), greedy)
+    assert 0 < got["rechecked"].mean() < 0.5
+    assert next(model.parameters()).dtype == torch.float32  # the model itself is untouched
+    # a tie at a right pair's 2nd ID token: the lower token wins in fp32 and the pair turns wrong
+    seqs, starts = encode_pairs(tok, terms, ids, SYN)
+    pair = int(np.flatnonzero(greedy)[0])
+    t = seqs[pair][starts[pair] + 1]
+    with torch.no_grad():
+        model.lm_head.weight[t - 1] = model.lm_head.weight[t]
+    tied = greedy_exact_match(lm, terms, ids, SYN)
+    assert not tied[pair]
+    got = exact_match(lm, terms, ids, SYN, logprob=False, precision="bf16", stages=(2, 3))
+    assert got["rechecked"][pair]
+    np.testing.assert_array_equal(got["correct"].to_numpy(), tied)
+    # every pair redone (margin beyond any logit gap): the fp32 verdicts themselves
+    got = exact_match(lm, terms, ids, SYN, logprob=False, precision="bf16", near_tie=1e9)
+    assert got["rechecked"].all()
+    np.testing.assert_array_equal(got["correct"].to_numpy(), tied)
+    with pytest.raises(ValueError, match="early-stopping"):
+        exact_match(lm, terms, ids, SYN, precision="bf16")
+
+
+def test_gaps_are_the_target_lead_over_every_other_token(tok):
+    from rotelab.termnorm.evaluate import _hits_and_gaps
+
+    lm = LM.from_model(_model(tok, seed=2), tok)
+    with torch.no_grad():
+        lm.model.lm_head.weight[7] = lm.model.lm_head.weight[200]
+    h = torch.randn(300, 48, generator=torch.Generator().manual_seed(0)) * 3
+    with torch.no_grad():
+        full = lm.head_logits(h)
+        targets = torch.where(torch.arange(300) % 2 == 0, full.argmax(-1), torch.arange(300) % 320)
+        targets[:2] = torch.tensor([7, 200])
+        h[:2] = lm.model.lm_head.weight[7] * 50
+        full = lm.head_logits(h)
+        hits, gap = _hits_and_gaps(lm, h, targets, 64, near=1.0)
+    others = full.clone()
+    others[torch.arange(300), targets] = -torch.inf
+    want = full.gather(1, targets[:, None]).squeeze(1) - others.max(-1).values
+    torch.testing.assert_close(gap, want, rtol=0, atol=1e-5)
+    assert torch.equal(hits, full.argmax(-1) == targets)
+    assert gap[0] == 0 and gap[1] == 0 and hits[0] and not hits[1]
+
+
 def test_argmax_hits_is_the_first_argmax_across_chunks(tok):
     """Chunked running max = ``argmax`` of the whole row, ties to the lowest index even when the
     tied tokens sit in different chunks; the log-probability is the log-softmax's."""

@@ -77,6 +77,8 @@ def exact_match(
     logprob: bool = True,
     vocab_chunk: int = 8192,
     stages: Sequence[int] | None = STAGES,
+    precision: str = "fp32",
+    near_tie: float | None = None,
 ) -> pd.DataFrame:
     """Per pair: ``correct`` (greedy reproduces the whole ID), ``id_tokens`` and, with
     ``logprob``, ``logprob`` (sum over the ID's tokens), from one teacher-forced pass per batch
@@ -84,14 +86,41 @@ def exact_match(
     each pair's first wrong ID token. The prompts' pass checks the first ID token, then one
     teacher-forced pass per stage checks the ID tokens up to each count of ``stages``
     (increasing, >= 2), and a last pass the rest; ``stages=None`` checks the whole ID in one
-    pass, as with ``logprob``."""
+    pass, as with ``logprob``.
+
+    ``precision="bf16"`` (verdicts with early stop only) screens in a bfloat16 copy of the model
+    and redoes in the model's own precision every pair whose verdict rests on a logit gap under
+    ``near_tie`` (default :func:`rotelab.measure.extraction.default_near_tie`: 1.5, from
+    SmolLM2's measured bf16 error; exact ties have gap 0 and are always redone); a ``rechecked``
+    column says which. The verdicts are then the fp32 ones as long as the bf16 error stays under
+    ``near_tie`` on the pairs not redone: a measured margin, not a proven bound."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+    if precision == "bf16" and (logprob or stages is None):
+        raise ValueError("precision='bf16' is for early-stopping verdicts (logprob=False)")
     seqs, starts = encode_pairs(lm.tokenizer, terms, ids, template)
     n = len(seqs)
     if not logprob and stages is not None:
-        correct = _staged_verdicts(lm, seqs, starts, batch_size, vocab_chunk, list(stages))
-        return pd.DataFrame(
-            {"correct": correct, "id_tokens": [len(s) - k for s, k in zip(seqs, starts)]}
+        id_tokens = [len(s) - k for s, k in zip(seqs, starts)]
+        if precision == "fp32":
+            correct = _staged_verdicts(lm, seqs, starts, batch_size, vocab_chunk, list(stages))
+            return pd.DataFrame({"correct": correct, "id_tokens": id_tokens})
+        if near_tie is None:
+            from rotelab.measure.extraction import default_near_tie
+
+            near_tie = default_near_tie(torch.bfloat16)
+        fast = LM.from_model(copy.deepcopy(lm.model).to(torch.bfloat16), lm.tokenizer)
+        correct, unsure = _staged_verdicts(
+            fast, seqs, starts, batch_size, vocab_chunk, list(stages), near=near_tie
         )
+        del fast
+        redo = np.flatnonzero(unsure)
+        if redo.size:
+            correct[redo] = _staged_verdicts(
+                lm, [seqs[i] for i in redo], [starts[i] for i in redo], batch_size,
+                vocab_chunk, list(stages),
+            )  # fmt: skip
+        return pd.DataFrame({"correct": correct, "id_tokens": id_tokens, "rechecked": unsure})
     correct = np.zeros(n, dtype=bool)
     total = np.zeros(n, dtype=np.float64)
     with torch.inference_mode():
@@ -138,27 +167,31 @@ def _staged_verdicts(
     batch_size: int,
     vocab_chunk: int,
     stages: list[int],
-) -> np.ndarray:
-    """(n,) verdicts that stop at each pair's first wrong ID token (see the module docstring)."""
+    near: float | None = None,
+):
+    """(n,) verdicts that stop at each pair's first wrong ID token (see the module docstring);
+    with ``near`` also (n,) whether a verdict rests on a logit gap under ``near``."""
     if any(b <= a for a, b in zip([1, *stages], stages)):
         raise ValueError(f"stages must be increasing counts of ID tokens >= 2, not {stages}")
     n = len(seqs)
     correct = np.zeros(n, dtype=bool)
+    unsure = np.zeros(n, dtype=bool)
     # one prompt length per batch where possible (no padding); equal ID lengths together
     order = sorted(range(n), key=lambda i: (starts[i], len(seqs[i]) - starts[i], i))
     with torch.inference_mode():
         prompt_pass = _LlamaPromptPass.of(lm.model)
         for j in range(0, n, batch_size):
             batch = order[j : j + batch_size]
-            correct[batch] = _staged_batch(
+            correct[batch], unsure[batch] = _staged_batch(
                 lm,
                 [seqs[i][: starts[i]] for i in batch],
                 [seqs[i][starts[i] :] for i in batch],
                 vocab_chunk,
                 stages,
                 prompt_pass,
+                near,
             )
-    return correct
+    return correct if near is None else (correct, unsure)
 
 
 def _staged_batch(
@@ -168,9 +201,12 @@ def _staged_batch(
     vocab_chunk: int,
     stages: list[int],
     prompt_pass: _LlamaPromptPass | None = None,
-) -> np.ndarray:
+    near: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Verdicts of one batch: the prompts' pass, then one teacher-forced pass per stage over the
-    ID tokens of the rows still right, on their cached keys and values."""
+    ID tokens of the rows still right, on their cached keys and values; and which verdicts rest
+    on a gap under ``near`` (a right row with any hit by less, a wrong row with no miss by more:
+    its first miss may not be one in fp32; all False without ``near``)."""
     dev = lm.device
     base = lm.model.base_model
     b = len(prompts)
@@ -190,7 +226,12 @@ def _staged_batch(
     width = int(k.max())
     want = _pad(wants, lm.pad_id, "right", dev)[0]  # (B, width)
     first = want[:, 0]
-    alive, _ = argmax_hits(lm, h_last, first, vocab_chunk)
+    alive, gap = _hits_and_gaps(lm, h_last, first, vocab_chunk, near)
+    close = torch.zeros(b, dtype=torch.bool, device=dev)  # a hit by less than near
+    sure_miss = torch.zeros(b, dtype=torch.bool, device=dev)  # a miss by near or more
+    if near is not None:
+        close |= alive & (gap < near)
+        sure_miss |= ~alive & (gap <= -near)
     rows = torch.arange(b, device=dev)  # batch rows of the cache's rows
     last = pos[:, -1]  # each cached row's last position
     done = 1  # ID tokens checked so far
@@ -224,13 +265,45 @@ def _staged_batch(
         cache = getattr(out, key)
         last = last + (end - done)
         r, c = valid.nonzero(as_tuple=True)
-        hits, _ = argmax_hits(lm, out.last_hidden_state[r, c], tgt[r, c], vocab_chunk)
+        hits, gap = _hits_and_gaps(lm, out.last_hidden_state[r, c], tgt[r, c], vocab_chunk, near)
         misses = torch.zeros(len(rows), dtype=torch.long, device=dev).index_add_(
             0, r, (~hits).long()
         )
+        if near is not None:
+            lo = torch.zeros(len(rows), dtype=torch.long, device=dev)
+            close[rows] |= lo.index_add(0, r, (hits & (gap < near)).long()) > 0
+            sure_miss[rows] |= lo.index_add(0, r, (~hits & (gap <= -near)).long()) > 0
         alive[rows] = alive[rows] & (misses == 0)
         done = end
-    return alive.cpu().numpy()
+    unsure = torch.where(alive, close, ~sure_miss) if near is not None else close
+    return alive.cpu().numpy(), unsure.cpu().numpy()
+
+
+def _hits_and_gaps(
+    lm: LM, h: torch.Tensor, targets: torch.Tensor, vocab_chunk: int, near: float | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`argmax_hits`, and with ``near`` each target's logit minus the largest other
+    logit (positive: a hit by that much; negative: a miss; 0: a tie)."""
+    if near is None:
+        return argmax_hits(lm, h, targets, vocab_chunk)[0], None
+    n = h.shape[0]
+    best = torch.full((n,), -math.inf, device=h.device)
+    best_idx = torch.zeros(n, dtype=torch.long, device=h.device)
+    other = torch.full((n,), -math.inf, device=h.device)
+    target_logit = torch.zeros(n, device=h.device)
+    for lo in range(0, lm.vocab_size, vocab_chunk):
+        hi = min(lm.vocab_size, lo + vocab_chunk)
+        logits = lm.head_logits(h, lo, hi)
+        cmax, cidx = logits.max(dim=1)
+        better = cmax > best  # strictly: the lowest index keeps a tie, as in argmax_hits
+        best = torch.where(better, cmax, best)
+        best_idx = torch.where(better, cidx + lo, best_idx)
+        inside = (targets >= lo) & (targets < hi)
+        col = (targets - lo).clamp(0, hi - lo - 1)[:, None]
+        target_logit = torch.where(inside, logits.gather(1, col).squeeze(1), target_logit)
+        logits.scatter_(1, col, torch.where(inside[:, None], -math.inf, logits.gather(1, col)))
+        other = torch.maximum(other, logits.max(dim=1).values)
+    return best_idx == targets, target_logit - other
 
 
 def _cache_rows(cache, rows: torch.Tensor):
