@@ -472,11 +472,11 @@ def test_alignment_leaves_out_the_first_position(tok, monkeypatch):
     skipped = alignment(lm, terms, ids, layer=1)
     assert np.isfinite(skipped).all()
     assert skipped[: n // 2].min() > 0.8 and abs(skipped[n // 2 :].mean()) < 0.3
-    # the real pass: pooled over positions 1.. of each input
+    # the real pass: each input behind the BOS token, pooled over the input's own positions
     monkeypatch.undo()
     real = alignment(lm, ["vanor kelidra", "bo ri"], ["TN:vanor-kelidra", "TN:1234"], layer=1)
-    enc = [tok(x, add_special_tokens=False)["input_ids"] for x in
-           ["vanor kelidra", "bo ri", "TN:vanor-kelidra", "TN:1234"]]  # fmt: skip
+    texts = ["vanor kelidra", "bo ri", "TN:vanor-kelidra", "TN:1234"]
+    enc = [[tok.bos_token_id, *tok(x, add_special_tokens=False)["input_ids"]] for x in texts]
     hs = lm.hidden_states(enc, [1], pool="none")[1]
     h = np.stack([x[1:].astype(np.float64).mean(0) for x in hs])
     h -= h.mean(0)

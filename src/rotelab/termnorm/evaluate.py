@@ -23,8 +23,9 @@ checked in one pass instead (for a model that knows most answers, stages would s
 cost passes over few rows). Each stage is one pass over many tokens, never a token-by-token
 decode.
 
-Alignment cosines pool each input's hidden states *after its first position* (the first is an
-attention sink in trained LMs, over 100x the others' norm on SmolLM2) and are *centred*: the mean
+Alignment cosines pool each input's hidden states behind a BOS token, leaving that first
+position out (the first position is an attention sink in trained LMs, over 100x the others' norm
+on SmolLM2) and are *centred*: the mean
 pooled state over all the terms and IDs of the call is subtracted first, because a residual
 stream carries a large component shared by every input (on SmolLM2 the raw cosine is 0.999-1.000
 for every pair), which says nothing about the pair.
@@ -548,13 +549,17 @@ def alignment(
     """(n,) cosine similarity between the mean hidden state of each term and of its ID, each
     encoded alone, at ``layer`` (default: the middle block; 0 = embeddings).
 
-    With ``skip_first`` (the default) the mean leaves out each input's first position (an input
-    of one token keeps it): that position sees no context, and in a trained LM it is the
-    attention sink, whose state dwarfs the others (SmolLM2-135M, middle block: 112-143x the mean
-    norm of the other positions, so the pooled mean was that one state scaled by 1/length and
-    the cosine followed token lengths). Every later position has attended to the first token,
-    so its content is not lost; on the tiny organism (first-position norm 0.7-2x the others) it
-    changes little. One definition for every model keeps the cosines comparable.
+    With ``skip_first`` (the default) each input is encoded after one extra first token (the
+    tokenizer's BOS, else its EOS) and the mean leaves that first position out. In a trained LM
+    the first position is the attention sink, whose state dwarfs the others (SmolLM2-135M,
+    middle block: 112-143x the mean norm of the other positions), so the pooled mean was that
+    one state scaled by 1/length and the cosine followed token lengths. Merely dropping an
+    input's own first token is not enough: a token repeating it right after (the NCBI ID
+    ``22``) becomes a second sink of the same norm, and a one-token input would have nothing
+    left; behind a BOS every token of the input keeps an ordinary state. On the tiny organism
+    (first-position norm 0.7-2x the others) it changes little; one definition for every model.
+    Without a BOS or EOS token the input's own first position is left out (one-token inputs
+    keep it).
 
     With ``centre`` (the default) the mean of all 2n pooled states (every term and every ID of
     the call) is subtracted before the cosine, so the component every input shares does not
@@ -566,7 +571,10 @@ def alignment(
     t = [list(enc(x, add_special_tokens=False)["input_ids"]) for x in terms]
     i = [list(enc(x, add_special_tokens=False)["input_ids"]) for x in ids]
     if skip_first:
-        states = lm.hidden_states(t + i, [layer], pool="none")[layer]
+        first = getattr(enc, "bos_token_id", None)
+        first = getattr(enc, "eos_token_id", None) if first is None else first
+        seqs = t + i if first is None else [[first, *x] for x in t + i]
+        states = lm.hidden_states(seqs, [layer], pool="none")[layer]
         h = np.stack([(s[1:] if len(s) > 1 else s).astype(np.float64).mean(0) for s in states])
     else:
         h = np.asarray(lm.hidden_states(t + i, [layer], pool="mean")[layer], dtype=np.float64)
