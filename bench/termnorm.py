@@ -146,7 +146,9 @@ def bench_scoring(lm: LM, name: str, queries: int, rounds: int, batch: int, sets
                    "arm": arm, "one_pass_s": t, "greedy_s": greedy, "speed": greedy / t,
                    "agree": float(np.mean(verdicts[arm] == verdicts["greedy"])),
                    "correct": int(verdicts["greedy"].sum()), "rounds": rounds,
-                   "rechecked": rechecked if arm.endswith("bf16") else None}  # fmt: skip
+                   "rechecked": rechecked if arm.endswith("bf16") else None,
+                   "round_s": [round(x, 3) for x in times[arm]],
+                   "greedy_round_s": [round(x, 3) for x in times["greedy"]]}  # fmt: skip
 
 
 def main() -> None:
