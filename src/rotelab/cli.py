@@ -1187,6 +1187,10 @@ def apt_cmd(
         Path | None,
         typer.Option(help="File of words the variants may use. Default: all of CMUdict."),
     ] = None,
+    evade: Annotated[
+        bool,
+        typer.Option("--evade", help="Filter-aware search: only variants the fuzzy filter passes."),
+    ] = False,
     *,
     run: RunOptions,
     show: Show,
@@ -1196,7 +1200,15 @@ def apt_cmd(
     from rotelab.pipelines.apt import apt, format_table
 
     result = apt(
-        phrase, lyric, verses=verses, check=check, top=top, songs=songs, vocab=vocab, run=run
+        phrase,
+        lyric,
+        verses=verses,
+        check=check,
+        top=top,
+        songs=songs,
+        vocab=vocab,
+        evade=evade,
+        run=run,
     )
     if not show.as_json and not show.quiet:
         out.print(format_table(result.summary, result.candidates), highlight=False, soft_wrap=True)
@@ -1262,24 +1274,38 @@ def gapt_study_cmd(
     align_every: Annotated[
         int, typer.Option(help="Steps between cos(grad CE, grad MBE) measurements.")
     ] = 10,
+    task: Annotated[
+        str,
+        typer.Option(
+            help="organism (the organism's pretraining), multiply (OOD multiplication: 1-2 "
+            "digit operands in training, 3-digit ones in the test) or interference (a*b then a+b "
+            "in sequence: forgetting and separation). --profile applies to organism only."
+        ),
+    ] = "organism",
     *,
     run: RunOptions,
     show: Show,
 ) -> None:
-    """CE-only vs GAPT pretraining of the organism (Yu 2025): MBE, held-out CE, the CE/MBE
-    gradient-alignment cycle and the extraction of inserted items, per seed."""
+    """CE-only vs GAPT pretraining (Yu 2025), per seed: on the organism (MBE, held-out CE, the
+    CE/MBE gradient-alignment cycle, extraction of inserted items), OOD multiplication, or two
+    tasks in sequence."""
     from rotelab.pipelines.gapt import format_table, gapt_study
+    from rotelab.pipelines.gapt_tasks import format_task_table, gapt_task_study
 
     try:
         seed_list = [int(x) for x in seeds.split(",") if x.strip()]
     except ValueError:
         raise RotelabError(f"--seeds {seeds!r} is not a comma-separated list of integers") from None
-    result = gapt_study(
-        profile, seed_list, weight=weight, p_m=p_m, p_a=p_a, ce_gain=ce_gain, ce_spike=ce_spike,
-        mbe_gain=mbe_gain, smooth=smooth, patch=patch, align_every=align_every, run=run,
+    opts = dict(
+        weight=weight, p_m=p_m, p_a=p_a, ce_gain=ce_gain, ce_spike=ce_spike, mbe_gain=mbe_gain,
+        smooth=smooth, patch=patch, align_every=align_every, run=run,
     )  # fmt: skip
+    if task == "organism":
+        result, table = gapt_study(profile, seed_list, **opts), format_table
+    else:
+        result, table = gapt_task_study(task, seed_list, **opts), format_task_table
     if not show.as_json and not show.quiet:
-        out.print(format_table(result.summary), highlight=False, soft_wrap=True)
+        out.print(table(result.summary), highlight=False, soft_wrap=True)
     emit(result.summary, show, run_dir=result.run_dir)
 
 
@@ -1736,6 +1762,76 @@ def barrier_cmd(
         beta=ib_beta,
     )  # fmt: skip
     result = barrier(list(_int_list("--seeds", seeds)), cfg, budget_s=budget, run=run)
+    if not show.as_json and not show.quiet:
+        out.print(format_table(result.summary), highlight=False, soft_wrap=True)
+    emit(result.summary, show, run_dir=result.run_dir)
+
+
+# ---------------------------------------------------------------- melody, apt-recall (issue 21)
+@command("melody", shared=("run", "show"), without=("resume",))
+def melody_cmd(
+    melodies: Annotated[
+        Path | None,
+        typer.Option(
+            help="Melody file: 'lyric line | C4:4 D4:8 ...' per line. Default: the "
+            "shipped verses with syllable melodies."
+        ),
+    ] = None,
+    encoding: Annotated[
+        str, typer.Option(help="How the model hears lyrics: phonemes (ARPAbet) or letters.")
+    ] = "phonemes",
+    counts: Annotated[str, typer.Option(help="Insertion counts, a comma list.")] = "0,1,4,16,64",
+    per_count: Annotated[int, typer.Option(help="Memorized lines per count.")] = 12,
+    seeds: Annotated[int, typer.Option(help="Models trained (one per seed).")] = 3,
+    preset: Annotated[str, typer.Option(help="Model shape and budget: tiny or micro.")] = "tiny",
+    steps: Annotated[
+        int | None, typer.Option(help="Training steps (default: the preset's).")
+    ] = None,
+    background: Annotated[
+        int, typer.Option(help="Background pairs (synthetic lines, random melodies).")
+    ] = 300,
+    controls: Annotated[int, typer.Option(help="Random same-syllable controls per line.")] = 3,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 2000,
+    *,
+    run: RunOptions,
+    show: Show,
+) -> None:
+    """Lyric -> melody models (APT, Roh et al. 2025): do sound-alike lyrics bring back a
+    memorized melody, beyond same-syllable and unrelated controls?"""
+    from rotelab.pipelines.melody import format_table, melody
+
+    result = melody(
+        melodies, encoding=encoding, counts=counts, per_count=per_count, seeds=seeds,
+        preset=preset, steps=steps, background=background, controls=controls,
+        bootstrap=bootstrap, run=run,
+    )  # fmt: skip
+    if not show.as_json and not show.quiet:
+        out.print(format_table(result.summary), highlight=False, soft_wrap=True)
+    emit(result.summary, show, run_dir=result.run_dir)
+
+
+@command("apt-recall", shared=("run", "load", "show"), without=("resume",))
+def apt_recall_cmd(
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model (smollm2, a directory, a hub id).")
+    ] = None,
+    verses: Annotated[
+        Path | None,
+        typer.Option(help="Verse file: verses separated by blank lines. Default: the shipped."),
+    ] = None,
+    controls: Annotated[int, typer.Option(help="Random same-syllable controls per line.")] = 3,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 16,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 2000,
+    *,
+    run: RunOptions,
+    load: LoadOptions,
+    show: Show,
+) -> None:
+    """Does a model continue a famous line's sound-alike (APT) with the original next line?"""
+    from rotelab.pipelines.apt_recall import apt_recall, format_table
+
+    result = apt_recall(model, verses, controls=controls, batch_size=batch_size,
+                        bootstrap=bootstrap, run=run, load=load)  # fmt: skip
     if not show.as_json and not show.quiet:
         out.print(format_table(result.summary), highlight=False, soft_wrap=True)
     emit(result.summary, show, run_dir=result.run_dir)

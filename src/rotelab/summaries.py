@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 from rotelab.errors import RotelabError
 
 __all__ = [
+    "AptRecallSummary",
     "AptSummary",
     "AttackSummary",
     "BandsSummary",
@@ -37,6 +38,7 @@ __all__ = [
     "ExtractionSummary",
     "Groups",
     "KfacSweepSummary",
+    "MelodySummary",
     "MIASummary",
     "OrganismFacts",
     "RecsysTrainSummary",
@@ -331,6 +333,34 @@ class AptSummary(Summary):
     check: dict[str, Any] | None = None
 
 
+@_schema("melody")
+class MelodySummary(Summary):
+    """``rotelab melody``'s summary: per insertion count, each condition's melodic similarity to
+    the memorized melody and the APT differences with bootstrap CIs (``by_count``)."""
+
+    encoding: str
+    seeds: int
+    counts: list[int]
+    per_count: int
+    by_count: list[dict[str, Any]]
+    apt_above_both: list[int]
+
+
+@_schema("apt-recall")
+class AptRecallSummary(Summary):
+    """``rotelab apt-recall``'s summary: next-line recall per prompt condition and the paired
+    APT differences (``apt_minus_control_logp`` etc., ``{mean, ci}``)."""
+
+    model: str
+    pairs: int
+    original: dict[str, Any]
+    apt: dict[str, Any]
+    control: dict[str, Any]
+    unrelated: dict[str, Any]
+    apt_minus_control_logp: dict[str, Any]
+    apt_minus_control_recalled: dict[str, Any]
+
+
 # ---------------------------------------------------------------------------------------- passk
 @_schema("Pass@k")
 class PasskSummary(Summary):
@@ -469,6 +499,8 @@ SCHEMAS: dict[str, type[Summary]] = {
     "demo": DemoSummary,
     "recsys-train": RecsysTrainSummary,
     "apt": AptSummary,
+    "melody": MelodySummary,
+    "apt-recall": AptRecallSummary,
     "passk": PasskSummary,
     "bounds": BoundsSummary,
     "probe": ProbeSummary,

@@ -46,6 +46,15 @@ def test_recall_on_a_tiny_model(tiny_lm, search):
     direct = tiny_lm.score([prefix + target], targets_from=len(prefix))[0].logprobs
     assert row["logp"] == pytest.approx(float(np.mean(direct)), rel=1e-5)
     assert r.summary["pairs"] == pairs
+    # recalled, from the one pass, is what greedy decoding after the prompt would reproduce
+    for row in p.iloc[:6].itertuples():
+        prefix = tiny_lm.encode(row.prompt + "\n", add_bos=True)
+        target = tiny_lm.encode(row.next)
+        greedy = tiny_lm.generate([prefix], len(target))[0]
+        first_miss = next((i for i, (a, b) in enumerate(zip(greedy, target)) if a != b), None)
+        assert row.recalled == (first_miss is None)
+        matched = len(target) if first_miss is None else first_miss
+        assert row.match >= matched / len(target) - 1e-9
 
 
 def test_summary_follows_the_table(tiny_lm, search, monkeypatch):
@@ -53,11 +62,11 @@ def test_summary_follows_the_table(tiny_lm, search, monkeypatch):
     paired differences are what the table says."""
 
     def fake(lm, frame, batch_size):
-        conts = [n if c == "original" else "" for c, n in zip(frame["condition"], frame["next"])]
+        recalled = [c == "original" for c in frame["condition"]]
         logp = [0.0 if c == "apt" else -1.0 for c in frame["condition"]]
-        return logp, conts
+        return logp, [float(r) for r in recalled], recalled
 
-    monkeypatch.setattr(recall, "_measure", fake)
+    monkeypatch.setattr(recall, "measure_recall", fake)
     r = recall.next_line_recall(tiny_lm, public_domain_verses()[:2], search, n_boot=200)
     s = r.summary
     assert s["original"]["recall"] == 1.0 and s["apt"]["recall"] == 0.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -130,3 +131,21 @@ def test_summarize_pairs_seeds_and_pools_items():
     assert out["alignment_ce"]["sign_changes_per_seed"] == [3, 3]
     assert out["alignment_ce"]["positive_fraction"] == 0.75
     assert out["alignment_ce"]["expected_if_independent"] == [1.5]
+
+
+def test_cycle_test_finds_a_slow_oscillation_and_not_noise():
+    """A slow sine under noise changes sign far less often, once smoothed, than shuffles of the
+    same values; independent noise does not."""
+    from rotelab.pipelines.gapt import cycle_test
+
+    rng = np.random.default_rng(0)
+    t = np.arange(60)
+    slow = np.sin(2 * np.pi * t / 20) * 0.1 + rng.normal(0, 0.05, 60)
+    res = cycle_test(slow.tolist(), n_perm=500)
+    assert res["cycle"] and res["p"] < 0.05
+    assert 2 <= res["smoothed"] < res["null_mean"]
+    noise = rng.normal(0, 0.1, 60)
+    res = cycle_test(noise.tolist(), n_perm=500)
+    assert not res["cycle"] and res["p"] > 0.05
+    assert res["raw"] > res["smoothed"]
+    assert cycle_test([0.1, float("nan")])["cycle"] is False

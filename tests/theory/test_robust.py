@@ -45,6 +45,34 @@ def test_regimes_and_their_boundaries():
     assert upper_bound(n, d, 0.999999) == pytest.approx(d + n * d**2, rel=1e-5)
 
 
+def test_regimes_name_the_parts_of_theorem_4_2():
+    """The paper states the upper bound as one theorem in three parts; only part (ii) allows an
+    arbitrarily small robust-memorization error (its ReLU construction is continuous)."""
+    n, d = 100, 4
+    small, moderate, large = (upper_regime(n, d, r) for r in (1e-5, 0.05, 0.5))
+    assert [r.theorem.split(",")[0] for r in (small, moderate, large)] == [
+        "Thm 4.2(i)",
+        "Thm 4.2(ii)",
+        "Thm 4.2(iii)",
+    ]
+    assert (small.exact, moderate.exact, large.exact) == (True, False, True)
+    # the intervals tile (0, 1): each regime starts where the previous one ends
+    assert small.rho_high == moderate.rho_low and moderate.rho_high == large.rho_low
+    assert (small.rho_low, large.rho_high) == (0.0, 1.0)
+
+
+def test_smallest_regime_is_tight_as_the_paper_says():
+    """Theorem 4.2(i) matches Theorem 3.1 for rho <= 1/(5 N sqrt(d)) (the paper's conclusion):
+    with both bare expressions the ratio is 1 up to the lower bound's rho-dependent terms, which
+    vanish there; a wrong small-regime order (e.g. N instead of sqrt(N)) fails this."""
+    for n in (2, 50, 10**4, 10**6):
+        for d in (1, 16, 10**4):
+            edge = 1 / (5 * n * math.sqrt(d))
+            for rho in (edge * 1e-3, edge / 2, edge):
+                ratio = upper_bound(n, d, rho) / lower_bound(n, d, rho)
+                assert 0.98 < ratio <= 1.0  # rho <= 0.1 here, so 1/sqrt(1 - rho^2) < 1.006
+
+
 def test_upper_bound_increases_within_each_regime():
     n, d = 100, 4
     for lo, hi in ((1e-4, 0.1), (0.11, 0.99)):

@@ -38,7 +38,9 @@ def test_search_stops_at_the_first_certified_network_and_its_certificate_holds()
     table = minimal_network(DATA, rho, archs, seed=0, config=FAST)
     assert table["certified"].iloc[-1] and not table["certified"].iloc[:-1].any()
     assert table["params"].is_monotonic_increasing
-    proofs = table.iloc[-1][["proved_by_ibp", "proved_by_crown", "proved_by_milp"]].sum()
+    proofs = table.iloc[-1][
+        ["proved_by_ibp", "proved_by_crown", "proved_by_bab", "proved_by_milp"]
+    ].sum()
     assert proofs == len(Y)  # every ball of the reported network has a proof
     # width 1 cannot fit XOR-like labels: the first row fails
     assert table.iloc[0]["width"] == 1 and not table.iloc[0]["certified"]
@@ -48,8 +50,8 @@ def test_search_stops_at_the_first_certified_network_and_its_certificate_holds()
     net = train_robust(DATA, rho * DATA.epsilon, arch, seed=0, config=FAST)
     checked = certify(net, DATA, rho * DATA.epsilon, config=FAST, stop_at_failure=False)
     assert (checked["status"] == "certified").all()
-    assert set(checked["method"]) <= {"ibp", "crown", "milp"}
-    for i in checked.loc[checked["method"] == "milp", "point"]:
+    assert set(checked["method"]) <= {"ibp", "crown", "bab", "milp"}
+    for i in checked.loc[checked["method"].isin(["bab", "milp"]), "point"]:
         assert milp_certify(net, X[i], int(Y[i]), rho * DATA.epsilon).status == "certified"
 
 
@@ -60,7 +62,7 @@ def test_certify_reports_failures_and_never_certifies_by_pgd():
     checked = certify(net, DATA, big, config=FAST, stop_at_failure=False)
     assert (checked["status"] != "certified").any()
     proven = checked[checked["status"] == "certified"]
-    assert set(proven["method"]) <= {"ibp", "crown", "milp"}
+    assert set(proven["method"]) <= {"ibp", "crown", "bab", "milp"}
     ibp = ibp_margins(net, X, Y, big).min(dim=1).values.numpy()
     assert (proven.loc[proven["method"] == "ibp", "margin_lower"].to_numpy() > 0).all()
     assert (ibp[proven.loc[proven["method"] == "ibp", "point"].to_numpy()] > 0).all()

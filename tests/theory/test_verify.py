@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from rotelab.theory import crown_margins, ibp_margins, milp_certify, mlp, param_count, pgd
+from rotelab.theory import (
+    bab_certify,
+    crown_margins,
+    ibp_margins,
+    milp_certify,
+    mlp,
+    param_count,
+    pgd,
+)
 from rotelab.theory.verify import layers_of
 
 
@@ -154,3 +162,61 @@ def test_crown_is_tighter_than_ibp_where_ibp_loses_the_coupling():
     assert ibp < crown <= 2 * (1.6 - math.sqrt(2)) + 1e-12  # tighter, still below the truth
     exact = crown_margins(_identity_net(), np.array([[1.0, 0.3]]), np.array([1]), 0.5)
     assert exact[0, 0].item() == pytest.approx(1.0)
+
+
+def test_alpha_crown_is_sound_and_never_looser_than_crown():
+    """Optimized lower slopes (alpha-CROWN) stay below the exact minimum margin (the MILP's,
+    solved to optimality on a box) and above plain CROWN on every entry, strictly on some."""
+    torch.manual_seed(0)
+    net = mlp(4, 12, 2, 3).double()
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(12, 4)), rng.integers(0, 3, 12)
+    r = 0.3
+    plain = crown_margins(net, x, y, r, "linf")
+    tight = crown_margins(net, x, y, r, "linf", alpha_steps=40)
+    finite = torch.isfinite(plain)
+    assert bool((tight[finite] >= plain[finite] - 1e-12).all())
+    assert bool((tight[finite] > plain[finite] + 1e-6).any())
+    for i in range(6):
+        exact = milp_certify(net, x[i], int(y[i]), r, "linf", skip_proven=False)
+        assert exact.status in ("certified", "counterexample")
+        assert float(tight[i].min()) <= exact.margin_lower + 1e-7
+
+
+def _balls_between_crown_and_the_truth(depth: int, norm: str):
+    """Balls of a random net at 1.3x and 2x the largest radius CROWN proves: some robust (only
+    branching or the MILP can tell), some not."""
+    torch.manual_seed(10 + depth)
+    net = mlp(4, 10, depth, 2).double()
+    x = np.random.default_rng(depth).normal(size=(5, 4))
+    with torch.no_grad():
+        y = net(torch.as_tensor(x)).argmax(1).numpy()
+    for i in range(len(x)):
+        lo, hi = 0.0, 5.0
+        for _ in range(25):  # bisection on CROWN's certified radius
+            mid = (lo + hi) / 2
+            if crown_margins(net, x[i : i + 1], y[i : i + 1], mid, norm).min() > 0:
+                lo = mid
+            else:
+                hi = mid
+        for factor in (1.3, 2.0):
+            yield net, x[i], int(y[i]), lo * factor
+
+
+@pytest.mark.parametrize(("depth", "norm"), [(1, "l2"), (2, "linf"), (2, "l2")])
+def test_branch_and_bound_agrees_with_the_exact_milp(depth, norm):
+    """Where CROWN fails, branch and bound decides as the exact MILP does: its certificates'
+    margin bounds lie below the exact minimum margin, its counterexamples lie in the ball."""
+    branched = 0
+    for net, x, y, r in _balls_between_crown_and_the_truth(depth, norm):
+        got = bab_certify(net, x, y, r, norm, time_limit=20)
+        exact = milp_certify(net, x, y, r, norm, skip_proven=False)
+        assert got.status == exact.status
+        if got.status == "certified":
+            assert got.margin_lower <= exact.margin_lower + 1e-7
+            branched += got.solves > 1
+        else:
+            dist = np.linalg.norm(got.point - x) if norm == "l2" else np.abs(got.point - x).max()
+            assert dist <= r * (1 + 1e-9)
+            assert got.margin_lower <= 1e-7
+    assert branched >= 2  # balls CROWN alone could not prove, proved by splitting

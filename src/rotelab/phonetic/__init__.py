@@ -6,7 +6,11 @@ Memorization Attacks in Music and Video Generation").
 - :mod:`~rotelab.phonetic.search`: the APT search (sound-alike, meaning-divergent variants);
 - :mod:`~rotelab.phonetic.filters`: the text filters services use, and a phonetic filter;
 - :mod:`~rotelab.phonetic.evaluate`: APT variants against the filters;
-- :mod:`~rotelab.phonetic.verses`: public-domain verses shipped for examples and tests.
+- :mod:`~rotelab.phonetic.verses`: public-domain verses shipped for examples and tests;
+- :mod:`~rotelab.phonetic.melody`: melodies as note tokens and melodic similarity;
+- :mod:`~rotelab.phonetic.melody_organism`: lyric -> melody models and melody recovery from APT
+  prompts (imports torch; not re-exported here);
+- :mod:`~rotelab.phonetic.recall`: next-line recall of a language model from APT prompts.
 """
 
 from rotelab.phonetic.dictionary import Pronunciation, cmu_dict, pronounce, tokenize
@@ -20,6 +24,13 @@ from rotelab.phonetic.filters import (
     NgramFilter,
     PhoneticFilter,
     TextFilters,
+)
+from rotelab.phonetic.melody import (
+    Note,
+    note_edit_similarity,
+    parse_melody,
+    pitch_dtw_similarity,
+    syllable_melody,
 )
 from rotelab.phonetic.search import AptCandidate, AptSearch
 from rotelab.phonetic.similarity import WEIGHTS, Similarity, phonetic_similarity, similarity_of
@@ -36,6 +47,7 @@ __all__ = [
     "ExactFilter",
     "FuzzyFilter",
     "NgramFilter",
+    "Note",
     "PhoneticFilter",
     "Pronunciation",
     "Similarity",
@@ -43,10 +55,14 @@ __all__ = [
     "Verse",
     "cmu_dict",
     "evaluate_defence",
+    "note_edit_similarity",
+    "parse_melody",
     "phonetic_similarity",
+    "pitch_dtw_similarity",
     "pronounce",
     "public_domain_verses",
     "similarity_of",
+    "syllable_melody",
     "synthetic_lines",
     "tokenize",
 ]

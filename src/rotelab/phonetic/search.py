@@ -23,6 +23,14 @@ span's vowels and stresses, or its rhyme), pre-ranked by phoneme edit similarity
 C code, then fully scored.
 A beam over the line's positions joins the spans.
 
+Two modes. The plain search (``max_fuzzy=None``) ranks by sound alone, so its best variants keep
+much of the original's spelling (``tom's spaghetti``) and a fuzzy text filter catches many. The
+**filter-aware** mode (``max_fuzzy=FUZZY_THRESHOLD``, ``rotelab apt --evade``) is the attack the
+paper describes, one meant to get past text filters: it maximizes phonetic similarity subject to
+spelling divergence, keeping only variants whose rapidfuzz ``fuzz.ratio`` to the original line
+(normalized text) is below ``max_fuzzy``; because that discards the spelling-close variants the
+plain ranking prefers, it keeps :data:`EVADE_BEAM` times the beam (fixed before any measurement).
+
 Example:
     >>> apt = AptSearch()
     >>> [c.text for c in apt.candidates("mom's spaghetti", top=3)]  # doctest: +SKIP
@@ -37,7 +45,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
-from rapidfuzz import process
+from rapidfuzz import fuzz, process
 from rapidfuzz.distance import Levenshtein
 
 from rotelab.errors import RotelabError
@@ -53,6 +61,7 @@ from rotelab.phonetic.dictionary import (
 from rotelab.phonetic.similarity import COMPONENTS, Similarity, similarity_of, similarity_score
 
 __all__ = [
+    "EVADE_BEAM",
     "FUNCTION_WORDS",
     "AptCandidate",
     "AptSearch",
@@ -73,6 +82,8 @@ FUNCTION_WORDS = frozenset(
     just only also again once oh o o'er ye thee thou thy thine 'tis i'm i'll i've i'd you're
     you'll we're we'll they're it's that's there's don't won't can't let let's""".split()
 )
+#: The filter-aware mode's beam, as a multiple of the plain beam.
+EVADE_BEAM = 4
 _VOWEL_LETTERS = str.maketrans("", "", "aeiouy")
 _VOWELS_ONLY = str.maketrans("", "", "".join(c for c in PHONE_CHAR.values() if c.islower()))
 _ALPHA = re.compile(r"^[a-z]+(?:'[a-z]+)?$")
@@ -220,6 +231,9 @@ class AptSearch:
         per_span: replacement candidates kept per span (and per split of a word in two).
         pool: candidates pre-ranked by phoneme edit similarity before full scoring.
         beam: partial variants kept while joining spans.
+        max_fuzzy: the filter-aware mode: keep only variants whose ``fuzz.ratio`` to the
+            original line is below this (``FUZZY_THRESHOLD``: what the fuzzy filter lets
+            through); ``None`` (default): rank by sound alone.
     """
 
     def __init__(
@@ -229,9 +243,14 @@ class AptSearch:
         per_span: int = 12,
         pool: int = 60,
         beam: int = 64,
+        max_fuzzy: float | None = None,
     ) -> None:
         if min(per_span, pool, beam) < 1:
             raise RotelabError("per_span, pool and beam must each be >= 1")
+        if max_fuzzy is not None and not 0 < max_fuzzy <= 100:
+            raise RotelabError(f"max_fuzzy must be in (0, 100], got {max_fuzzy}")
+        self.max_fuzzy = max_fuzzy
+        beam = beam * EVADE_BEAM if max_fuzzy is not None else beam
         self.index = _default_index() if vocabulary is None else _Index(vocabulary)
         if not self.index.words:
             raise RotelabError("the vocabulary has no word of the CMU Pronouncing Dictionary")
@@ -322,9 +341,14 @@ class AptSearch:
 
     def _rank(self, original: Pronunciation, finished: list[_Hyp], content, top: int):
         seen, out = set(), []
+        spelled = " ".join(original.words)
         for h in finished:
             new_words = tuple(x for _, new in h.pieces for x in new)
             if new_words in seen or any(w in content for w in new_words):
+                continue
+            if self.max_fuzzy is not None and (
+                fuzz.ratio(" ".join(new_words), spelled) >= self.max_fuzzy
+            ):  # the filter-aware mode: spelled too close to pass the fuzzy filter
                 continue
             seen.add(new_words)
             reps = tuple((" ".join(o), " ".join(n)) for o, n in h.pieces if o != n)

@@ -40,6 +40,7 @@ from rotelab.phonetic import (
     tokenize,
 )
 from rotelab.phonetic.dictionary import pronounce_word
+from rotelab.phonetic.filters import FUZZY_THRESHOLD
 from rotelab.phonetic.search import content_words
 from rotelab.report import write_report
 from rotelab.runs import Run
@@ -131,6 +132,7 @@ def apt(
     top: int = 10,
     songs: int = 1000,
     vocab: str | os.PathLike | None = None,
+    evade: bool = False,
     run: RunOptions = RunOptions(),
 ) -> AptRun:
     """Rank APT candidates and run the filters on them; write a run directory (``rotelab apt``).
@@ -143,6 +145,9 @@ def apt(
         top: candidates per line (>= 1).
         songs: songs in the filters' stand-in catalogue (>= 1).
         vocab: a file of words the variants may use (default: all of CMUdict).
+        evade: the filter-aware search (:class:`~rotelab.phonetic.search.AptSearch`'s
+            ``max_fuzzy``): only variants spelled far enough from the line to pass the fuzzy
+            filter (``fuzz.ratio`` below :data:`~rotelab.phonetic.filters.FUZZY_THRESHOLD`).
         run: the run directory (``run.out``, default ``runs/apt-<time>``; ``force``; ``seed``
             of the synthetic catalogue); it gets ``results/candidates``, ``results/filters``,
             ``results/unrelated``, ``config.json``, ``summary.json`` and ``report.html``.
@@ -177,13 +182,13 @@ def apt(
         _check_line(check, "--check")
     words = _read_vocab(vocab) if vocab is not None else None
     config = {"phrase": phrase, "lyric": lyric, "verses": verses, "check": check, "top": top,
-              "songs": songs, "vocab": vocab, "seed": run.seed}  # fmt: skip
+              "songs": songs, "vocab": vocab, "evade": evade, "seed": run.seed}  # fmt: skip
     inputs = (lyric, vocab)
     Run.check(run.out, force=run.force, inputs=inputs)
 
     # 2. the search and the filters
     t0 = time.perf_counter()
-    search = AptSearch(words)
+    search = AptSearch(words, max_fuzzy=FUZZY_THRESHOLD if evade else None)
     index_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
     candidates = search.lyric(lines, top=top)
@@ -213,6 +218,7 @@ def apt(
     best = candidates[candidates["rank"] == 1]
     summary = {
         "input": "phrase" if phrase is not None else ("verses" if verses else str(lyric)),
+        "search": "filter-aware" if evade else "sound",
         "lines": len(lines), "lines_varied": int(best["line"].nunique()),
         "lines_skipped": int((candidates["rank"] == 0).sum()), "top": top,
         "vocabulary": "cmudict" if words is None else str(vocab),

@@ -58,7 +58,7 @@ __all__ = [
 
 DATA_KINDS = ("synthetic", "digits")
 #: the search table's columns counting the balls each verifier proved
-PROOFS = [f"proved_by_{m}" for m in ("center", "ibp", "crown", "milp")]
+PROOFS = [f"proved_by_{m}" for m in ("center", "ibp", "crown", "bab", "milp")]
 #: rho values of the drawn curves (log-spaced: the regimes' boundaries are small numbers)
 CURVE_POINTS = 200
 
@@ -440,8 +440,11 @@ def search_summary(
     return {
         "data": name, "epsilon": eps, "largest_params_tried": largest,
         # every ball of a reported network carries a proof (rho = 0: the forward pass at the point;
-        # else IBP, CROWN or MILP), counted again
-        "every_reported_network_certified": bool((found[PROOFS].sum(axis=1) == n).all()),
+        # else IBP, CROWN, branch and bound or MILP), counted again
+        # (tables written before branch and bound existed have no proved_by_bab: 0)
+        "every_reported_network_certified": bool(
+            (found.reindex(columns=PROOFS, fill_value=0).sum(axis=1) == n).all()
+        ),
         "search": rows,
         "non_robust_params": by_rho.get(0.0, {}).get("params_mean", math.nan),
         "non_robust_envelope": by_rho.get(0.0, {}).get("envelope_mean", math.nan),

@@ -15,7 +15,10 @@ extraction of every inserted item (counts 1-64 and the count-0 controls) and the
 accuracies. The summary puts the paper's figures beside the organism's: the MBE ratio
 GAPT/CE (per seed, mean with a t interval over seeds), the held-out CE change, the extraction of
 16x/64x items per arm (Wilson intervals over items pooled across seeds, and the per-seed paired
-difference), and the sign changes of the alignment in CE-only training.
+difference), and the sign changes of the alignment in CE-only training: raw, smoothed (a centred
+rolling mean of :data:`SMOOTH_WINDOW` measurements) and tested against shuffled orders of the
+same cosines (:func:`cycle_test`). The paper's synthetic settings (OOD multiplication, two tasks
+in sequence) are :mod:`rotelab.pipelines.gapt_tasks`.
 
 Every arm is one part of the run's tables, written when the arm is done; ``--resume`` continues
 a study cut short after its last whole arm. The run directory::
@@ -53,7 +56,15 @@ from rotelab.organism.build import Organism, train_variant
 from rotelab.organism.world import OrganismSpec, Profile
 from rotelab.runs import Run
 from rotelab.stats import bootstrap_auc, rate_with_ci
-from rotelab.train.gapt import GAPT, MBETerm, check_patch
+from rotelab.train.gapt import (  # noqa: F401  (re-exported: the study's statistics)
+    GAPT,
+    SMOOTH_WINDOW,
+    MBETerm,
+    check_patch,
+    cycle_test,
+    sign_changes,
+    smoothed,
+)
 
 __all__ = ["ARMS", "GaptStudy", "PAPER", "check_study", "gapt_study", "sign_changes"]
 
@@ -67,8 +78,6 @@ TARGETS = {"mbe_ratio_at_most": 0.7, "heldout_ce_change_at_most": 0.01, "sign_ch
 REPORTED_COUNTS = (16, 64)
 #: Counts whose LOSS-attack AUC and paired suffix-NLL change the summary reports.
 MIA_COUNTS = (1, 4, 16, 64)
-#: Window of the centred rolling mean behind the smoothed sign-change count.
-SMOOTH_WINDOW = 5
 
 
 @dataclass
@@ -79,10 +88,32 @@ class GaptStudy:
     run_dir: Path
 
 
-def sign_changes(values: Sequence[float]) -> int:
-    """Sign changes along a series, zeros and NaNs skipped."""
-    signs = [math.copysign(1, v) for v in values if v == v and v != 0]
-    return sum(a != b for a, b in zip(signs, signs[1:]))
+def alignment_summary(arms: pd.DataFrame, align: pd.DataFrame) -> dict[str, Any]:
+    """The CE-only arms' alignment signal per seed: raw and smoothed sign changes, what
+    independent signs would give, the lag-1 autocorrelation, and :func:`cycle_test`."""
+    ce_align = align[align.arm == "ce"] if len(align) else align
+    per_seed = (
+        [g.sort_values("step")["cos"] for _, g in ce_align.groupby("seed")] if len(ce_align) else []
+    )
+    tests = [cycle_test(c.tolist()) for c in per_seed]
+    ce_arms = arms[arms.arm == "ce"].sort_values("seed") if len(arms) else arms
+    return {
+        "sign_changes_per_seed": [int(v) for v in ce_arms.get("sign_changes", [])],
+        "sign_changes_smoothed_per_seed": [
+            int(v) for v in ce_arms.get("sign_changes_smoothed", [])
+        ],
+        "positive_fraction": float((ce_align["cos"] > 0).mean()) if len(ce_align) else None,
+        # What noise alone gives: (n - 1) / 2 changes for independent signs; a slow cycle shows
+        # as fewer changes and a positive lag-1 autocorrelation of the cosine.
+        "expected_if_independent": [float((c.notna().sum() - 1) / 2) for c in per_seed],
+        "lag1_autocorr": [float(c.autocorr(1)) for c in per_seed],
+        "smoothing_window": SMOOTH_WINDOW,
+        "smoothed_null_mean_per_seed": [t["null_mean"] for t in tests],
+        "smoothed_null_range_per_seed": [t["null_range"] for t in tests],
+        "smoothed_p_per_seed": [t["p"] for t in tests],
+        "cycle_per_seed": [t["cycle"] for t in tests],
+        "cycle": bool(tests) and all(t["cycle"] for t in tests),
+    }
 
 
 def check_study(
@@ -252,29 +283,7 @@ def summarize(arms: pd.DataFrame, items: pd.DataFrame, align: pd.DataFrame) -> d
                         [*mem, *ctrl], [True] * len(mem) + [False] * len(ctrl), n_boot=1000
                     )
                     out["mia_loss_auc"][a][str(c)] = {"auc": auc, "ci": ci}
-    ce_align = align[align.arm == "ce"] if len(align) else align
-    out["alignment_ce"] = {
-        "sign_changes_per_seed": [
-            int(v) for v in arms[arms.arm == "ce"].sort_values("seed")["sign_changes"]
-        ],
-        "sign_changes_smoothed_per_seed": [
-            int(v) for v in arms[arms.arm == "ce"].sort_values("seed")["sign_changes_smoothed"]
-        ],
-        "positive_fraction": float((ce_align["cos"] > 0).mean()) if len(ce_align) else None,
-        # What noise alone gives: (n - 1) / 2 changes for independent signs; a slow cycle shows
-        # as fewer changes and a positive lag-1 autocorrelation of the cosine.
-        "expected_if_independent": [
-            float((g["cos"].notna().sum() - 1) / 2) for _, g in ce_align.groupby("seed")
-        ]
-        if len(ce_align)
-        else [],
-        "lag1_autocorr": [
-            float(g.sort_values("step")["cos"].autocorr(1)) for _, g in ce_align.groupby("seed")
-        ]
-        if len(ce_align)
-        else [],
-        "smoothing_window": SMOOTH_WINDOW,
-    }
+    out["alignment_ce"] = alignment_summary(arms, align)
     out["paper"] = PAPER
     out["targets"] = TARGETS
     return out
@@ -336,11 +345,10 @@ def gapt_study(
                     getattr(term, "transitions", []), columns=["step", "from", "to", "reason"]
                 ).astype({"step": "int64", "from": "int64", "to": "int64", "reason": "str"})
                 trans = trans.assign(**tag)
-                smoothed = align["cos"].rolling(SMOOTH_WINDOW, center=True, min_periods=1).mean()
                 row.update(
                     tag, compress_fraction=float((steps_log["phase"] == 2).mean()),
                     transitions=len(trans), sign_changes=sign_changes(align["cos"].tolist()),
-                    sign_changes_smoothed=sign_changes(smoothed.tolist()),
+                    sign_changes_smoothed=sign_changes(smoothed(align["cos"].tolist()).tolist()),
                     align_positive=float((align["cos"] > 0).mean()),
                     final_train_ce=float(steps_log["ce"].tail(20).mean()),
                 )  # fmt: skip
@@ -370,7 +378,19 @@ def _plots(run_dir: Path) -> None:
     from rotelab.report.gapt import figures
     from rotelab.report.plots import save_figures
 
-    save_figures(run_dir, figures(run_dir))
+    save_figures(run_dir, figures(run_dir, smooth_window=SMOOTH_WINDOW))
+
+
+def cycle_line(al: dict[str, Any]) -> str:
+    """One line: the smoothed counts against their shuffled-order null, and the verdict."""
+    nulls = al.get("smoothed_null_mean_per_seed") or []
+    ps = al.get("smoothed_p_per_seed") or []
+    return (
+        f"  smoothed changes {al.get('sign_changes_smoothed_per_seed')} vs shuffled order "
+        f"{[None if x is None else round(x, 1) for x in nulls]} "
+        f"(p {[None if x is None else round(x, 3) for x in ps]}): "
+        f"{'a cycle' if al.get('cycle') else 'no cycle beyond noise'}"
+    )
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -396,6 +416,7 @@ def format_table(summary: dict[str, Any]) -> str:
         f"independent signs would give {summary['alignment_ce']['expected_if_independent']}, "
         "lag-1 autocorrelation "
         f"{[round(x, 2) for x in summary['alignment_ce']['lag1_autocorr']]})",
+        cycle_line(summary["alignment_ce"]),
     ]
     for c, cell in summary["extraction"].items():
         lines.append(

@@ -332,7 +332,7 @@ def bounds_curves(
     scale = scale or {}
     fig, ax = plt.subplots(figsize=(6.6, 4.0))
     for key, color, label in (("lower", _COLORS[0], "lower bound (Thm 3.1)"),
-                              ("upper", _COLORS[1], "upper bound x16 (Thm 4.1-4.3)")):  # fmt: skip
+                              ("upper", _COLORS[1], "upper bound x16 (Thm 4.2)")):  # fmt: skip
         c = scale.get(key)  # NaN (no certified network to fit) is written as null
         c = 1.0 if c is None or not np.isfinite(c) else float(c)
         ax.plot(curves["rho"], c * curves[key], color=color, lw=1.4,

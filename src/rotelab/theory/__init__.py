@@ -1,7 +1,9 @@
 """Theory of memorization: robust-memorization parameter bounds (Kim, Moon and Yun 2025), the
-epsilon-separated datasets they speak of, sound verifiers (IBP, exact MILP) and the certified
-search for the smallest robust-memorizing ReLU networks."""
+epsilon-separated datasets they speak of, sound verifiers (IBP, CROWN and alpha-CROWN, branch
+and bound, exact MILP) and the certified search for the smallest robust-memorizing ReLU
+networks."""
 
+from rotelab.theory.bab import bab_certify
 from rotelab.theory.data import (
     SeparatedData,
     check_digit_labels,
@@ -49,6 +51,7 @@ __all__ = [
     "SearchConfig",
     "SeparatedData",
     "architectures",
+    "bab_certify",
     "certify",
     "check_digit_labels",
     "check_problem",

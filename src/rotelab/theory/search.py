@@ -5,8 +5,10 @@ trained (PGD in the ball of radius ``mu = rho * epsilon``, Madry et al. 2018) to
 training point, and the first one that a *sound* verifier proves robust on every training ball
 is the empirical minimal network. The verifier cascade per ball (:func:`certify`): the center's
 prediction, then IBP and CROWN (prove), then PGD (finds a counterexample, confirmed by a forward
-pass), then the exact MILP (decides). ``rho = 0`` is plain memorization (each point classified
-correctly), the paper's non-robust baseline.
+pass), then CROWN with optimized slopes (alpha-CROWN; proves, counted as ``crown``), then branch
+and bound over ReLU signs (:func:`rotelab.theory.bab.bab_certify`; proves or finds a verified
+counterexample, within a time limit), then the exact MILP (decides). ``rho = 0`` is plain
+memorization (each point classified correctly), the paper's non-robust baseline.
 
 This measures what gradient training *finds*, an upper estimate of the true minimum for this
 dataset, while the paper's bounds are worst cases over all datasets: shapes are compared, not
@@ -25,6 +27,7 @@ import torch
 from torch import nn
 
 from rotelab.errors import RotelabError
+from rotelab.theory.bab import bab_certify
 from rotelab.theory.data import SeparatedData
 from rotelab.theory.verify import Norm, crown_margins, ibp_margins, milp_certify, mlp, pgd
 
@@ -66,7 +69,10 @@ class SearchConfig:
     ``epochs`` of full-batch Adam (``lr``, cosine decay) on PGD points (``pgd_steps``) of radius
     ``train_margin * mu`` (capped at ``0.99 epsilon``: a slightly larger training ball leaves
     room for the certificate); training stops early once PGD finds no counterexample on any
-    ball. ``milp_time`` is the time limit per MILP solve.
+    ball. ``milp_time`` is the time limit per MILP solve. ``alpha_steps``: the balls plain
+    CROWN leaves open (and PGD cannot break) get CROWN with optimized slopes (alpha-CROWN) before
+    the MILP, whose big-M bounds come from it too (0: plain CROWN). ``bab_time``: seconds of
+    branch and bound per ball before the MILP (0: straight to the MILP).
     """
 
     epochs: int = 2000
@@ -76,6 +82,8 @@ class SearchConfig:
     train_margin: float = 1.1
     milp_time: float = 20.0
     norm: Norm = Norm.L2
+    alpha_steps: int = 50
+    bab_time: float = 20.0
 
 
 def train_robust(
@@ -152,6 +160,14 @@ def certify(
     with torch.no_grad():
         adv_logits = net(adv)
     adv_ok = (adv_logits.argmax(1) == y).numpy()
+    # the balls still open get alpha-CROWN (sound and never looser than CROWN), batched
+    open_ = np.flatnonzero(center_ok & (ibp <= 0) & (crown <= 0) & adv_ok)
+    if config.alpha_steps > 0 and open_.size:
+        crown = crown.copy()
+        tight = crown_margins(
+            net, data.x[open_], data.y[open_], radius, config.norm, alpha_steps=config.alpha_steps
+        )
+        crown[open_] = tight.min(dim=1).values.numpy()
     for i in range(data.n):
         if not center_ok[i]:
             row = {"status": "misclassified", "method": "center", "margin_lower": np.nan}
@@ -162,10 +178,17 @@ def certify(
         elif not adv_ok[i]:  # PGD's point is inside the ball; the forward pass confirmed it
             row = {"status": "counterexample", "method": "pgd", "margin_lower": np.nan}
         else:
-            res = milp_certify(
-                net, data.x[i], int(data.y[i]), radius, config.norm, time_limit=config.milp_time
-            )
-            row = {"status": res.status, "method": "milp", "margin_lower": res.margin_lower}
+            res = None
+            if config.bab_time > 0:
+                res = bab_certify(net, data.x[i], int(data.y[i]), radius, config.norm,
+                                  time_limit=config.bab_time)  # fmt: skip
+                row = {"status": res.status, "method": "bab", "margin_lower": res.margin_lower}
+            if res is None or res.status == "unknown":
+                res = milp_certify(
+                    net, data.x[i], int(data.y[i]), radius, config.norm,
+                    time_limit=config.milp_time, alpha_steps=config.alpha_steps,
+                )  # fmt: skip
+                row = {"status": res.status, "method": "milp", "margin_lower": res.margin_lower}
         rows.append({"point": i, **row})
         if stop_at_failure and row["status"] != "certified":
             break
@@ -197,7 +220,7 @@ def minimal_network(
         One row per architecture tried: ``rho, radius, seed, depth, width, params, certified``
         (bool), ``certified_fraction`` (over the points checked: all points for the certified
         one; up to the first failure otherwise), ``failure`` (the first failing status and
-        method), ``milp_balls``, ``proved_by_{center,ibp,crown,milp}`` (balls each proved by:
+        method), ``milp_balls``, ``proved_by_{center,ibp,crown,bab,milp}`` (balls each proved by:
         the certificate), ``train_seconds``, ``verify_seconds``. The last row is the
         minimal certified network, unless none was certified.
     """
@@ -221,7 +244,7 @@ def minimal_network(
             "milp_balls": int((checked["method"] == "milp").sum()),
             **{f"proved_by_{m}": int(((checked["method"] == m)
                                       & (checked["status"] == "certified")).sum())
-               for m in ("center", "ibp", "crown", "milp")},
+               for m in ("center", "ibp", "crown", "bab", "milp")},
             "train_seconds": t1 - t0, "verify_seconds": t2 - t1,
         })  # fmt: skip
         if on_row is not None:

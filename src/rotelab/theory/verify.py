@@ -174,11 +174,23 @@ def _backward(
     x: torch.Tensor,
     r: torch.Tensor,
     norm: Norm,
+    alphas: Sequence[torch.Tensor] | None = None,
+    splits: Sequence[torch.Tensor] | None = None,
+    betas: Sequence[torch.Tensor] | None = None,
+    record: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Lower bound of ``spec @ z_upto + const`` over each ball, CROWN's backward pass.
 
     ``spec`` (N, rows, width of layer ``upto``'s output), ``bounds[k]`` the pre-activation bounds
-    of hidden layer ``k``; returns (N, rows)."""
+    of hidden layer ``k``; returns (N, rows). ``alphas[k]`` (N, rows, width of hidden layer
+    ``k``), if given, are the lower lines' slopes of the unstable ReLUs, clamped to [0, 1]: any
+    such slope gives a sound bound (alpha-CROWN optimizes them, :func:`crown_margins`).
+    ``splits[k]`` (N, width) in {-1, 0, +1} marks ReLUs fixed inactive / free / active in a
+    branch-and-bound subdomain (their ``bounds`` already clipped to that side); ``betas[k]``
+    (N, rows, width), clamped to >= 0, are the Lagrange multipliers of those sign constraints
+    (beta-CROWN, Wang et al. 2021): any value gives a sound bound over the subdomain.
+    ``record``: filled with each hidden layer's coefficients on its ReLU outputs (deepest
+    first), for choosing what to split, then the input's coefficients."""
     w, b = layers[upto]
     lam = spec @ w  # (N, rows, width of the layer's input)
     const = const + spec @ b
@@ -190,16 +202,67 @@ def _backward(
         up_slope = torch.where(unstable, hi / span, active.to(lo.dtype))
         up_shift = torch.where(unstable, -lo * hi / span, torch.zeros_like(lo))
         # the lower line a >= alpha z: alpha = 1 where it loses less area (u > -l), else 0
-        low_slope = torch.where(unstable, (hi > -lo).to(lo.dtype), active.to(lo.dtype))
+        if alphas is None:
+            low_slope = torch.where(unstable, (hi > -lo).to(lo.dtype), active.to(lo.dtype))
+            low_slope = low_slope[:, None, :]
+        else:
+            low_slope = torch.where(
+                unstable[:, None, :], alphas[k].clamp(0.0, 1.0), active.to(lo.dtype)[:, None, :]
+            )
+        if record is not None:
+            record.append(lam)
         pos = lam.clamp(min=0)
         neg = lam.clamp(max=0)
         const = const + (neg * up_shift[:, None, :]).sum(-1)
-        lam = pos * low_slope[:, None, :] + neg * up_slope[:, None, :]
+        lam = pos * low_slope + neg * up_slope[:, None, :]
+        if splits is not None and betas is not None:  # min f - sum beta s z over the subdomain
+            lam = lam - betas[k].clamp(min=0.0) * splits[k][:, None, :]
         w, b = layers[k]
         const = const + lam @ b
         lam = lam @ w
+    if record is not None:
+        record.append(lam)  # on the input: the minimizer over the ball is x - r lam / ||lam||
     dual = torch.linalg.vector_norm(lam, ord=2 if norm == Norm.L2 else 1, dim=-1)
     return (lam @ x[:, :, None]).squeeze(-1) + const - r[:, None] * dual
+
+
+def _optimized(
+    layers: list[tuple[torch.Tensor, torch.Tensor]],
+    bounds: list[tuple[torch.Tensor, torch.Tensor]],
+    spec: torch.Tensor,
+    const: torch.Tensor,
+    upto: int,
+    x: torch.Tensor,
+    r: torch.Tensor,
+    norm: Norm,
+    steps: int,
+    lr: float = 0.1,
+) -> torch.Tensor:
+    """:func:`_backward` with the lower slopes optimized for ``steps`` (alpha-CROWN); the best
+    bound per entry over the CROWN slopes and every step's (each one sound). ``steps = 0`` or
+    no hidden layer below ``upto``: plain CROWN."""
+    with torch.no_grad():
+        best = _backward(layers, bounds, spec, const, upto, x, r, norm)
+    if steps <= 0 or upto == 0:
+        return best
+    n, rows = spec.shape[:2]
+    alphas = []
+    for lo, hi in bounds[:upto]:  # start from CROWN's choice, one slope set per output row
+        start = (hi > -lo).to(lo.dtype)[:, None, :].expand(n, rows, lo.shape[1])
+        alphas.append(start.clone().requires_grad_(True))
+    opt = torch.optim.Adam(alphas, lr=lr)
+    for _ in range(steps):
+        with torch.enable_grad():
+            value = _backward(layers, bounds, spec, const, upto, x, r, norm, alphas)
+            opt.zero_grad()
+            (-value.sum()).backward()  # entries are independent: each has its own slopes
+        opt.step()
+        with torch.no_grad():
+            for a in alphas:
+                a.clamp_(0.0, 1.0)
+            best = torch.maximum(best, _backward(layers, bounds, spec, const, upto, x, r, norm,
+                                                 alphas))  # fmt: skip
+    return best.detach()
 
 
 def crown_margins(
@@ -210,11 +273,19 @@ def crown_margins(
     norm: Norm | str = Norm.L2,
     *,
     return_bounds: bool = False,
+    alpha_steps: int = 0,
 ):
     """Lower bounds of ``z_y(x') - z_j(x')`` over each ball by linear relaxation (CROWN).
 
     Same arguments and returns as :func:`ibp_margins`; the bounds of every hidden layer come
     from the same backward pass (each no looser than IBP's: the two are intersected).
+
+    ``alpha_steps > 0``: alpha-CROWN (Xu et al. 2021). The lower line of every unstable ReLU
+    may have any slope in [0, 1] and stay sound, so the slopes (one set per bound computed:
+    per ball, per output row) are optimized by projected gradient ascent on the bound, for
+    the bounds of every hidden layer after the first (the first is exact) and for the
+    margins; each bound is the best over the plain CROWN slopes and every step's slopes, so it
+    is never looser than plain CROWN.
     """
     norm = Norm(norm)
     layers = [(torch.as_tensor(w), torch.as_tensor(b)) for w, b in layers_of(net)]
@@ -231,8 +302,8 @@ def crown_margins(
         width = layers[k][0].shape[0]
         eye = torch.eye(width, dtype=torch.float64).expand(n, width, width)
         zero = torch.zeros(n, width, dtype=torch.float64)
-        lo = _backward(layers, bounds, eye, zero, k, xt, r, norm)
-        hi = -_backward(layers, bounds, -eye, zero, k, xt, r, norm)
+        lo = _optimized(layers, bounds, eye, zero, k, xt, r, norm, alpha_steps)
+        hi = -_optimized(layers, bounds, -eye, zero, k, xt, r, norm, alpha_steps)
         ilo, ihi = ibp_bounds[k]
         bounds.append((torch.maximum(lo, ilo), torch.minimum(hi, ihi)))
     w_last, _ = layers[-1]
@@ -240,8 +311,8 @@ def crown_margins(
     spec = torch.zeros(n, classes, classes, dtype=torch.float64)
     spec[torch.arange(n), :, yt] += 1.0  # row j: e_y - e_j
     spec -= torch.eye(classes, dtype=torch.float64)
-    low = _backward(layers, bounds, spec, torch.zeros(n, classes, dtype=torch.float64),
-                    len(layers) - 1, xt, r, norm)  # fmt: skip
+    low = _optimized(layers, bounds, spec, torch.zeros(n, classes, dtype=torch.float64),
+                     len(layers) - 1, xt, r, norm, alpha_steps)  # fmt: skip
     low = low.clone()
     low[torch.arange(n), yt] = torch.inf
     return (low, bounds) if return_bounds else low
@@ -439,6 +510,7 @@ def _solve_margin(
     time_limit: float,
     relax: bool = False,
     target: float | None = None,
+    presolve: bool = True,
 ):
     """min z_y - z_j over the polytope (box, L2: the lifted ball polytope and cuts) with big-M
     ReLUs (``relax``: its LP relaxation, a cheaper and looser lower bound); returns (dual,
@@ -510,7 +582,12 @@ def _solve_margin(
         constraints=[LinearConstraint(a_mat.tocsr(), lo_c, hi_c)] if rows else None,
         integrality=np.zeros(n_var) if relax else integ,
         bounds=Bounds(lb, ub),
-        options={"time_limit": time_limit, "mip_rel_gap": 1e-9, "disp": False},
+        options={
+            "time_limit": time_limit,
+            "mip_rel_gap": 1e-9,
+            "disp": False,
+            "presolve": presolve,
+        },  # fmt: skip
     )
     dual = getattr(res, "mip_dual_bound", None)
     if target is not None:
@@ -543,6 +620,7 @@ def milp_certify(
     time_limit: float = 30.0,
     tol: float = 1e-7,
     skip_proven: bool = True,
+    alpha_steps: int = 0,
 ) -> MilpResult:
     """Exactly decide whether the ball around ``x`` (d,) keeps label ``y`` (see module doc).
 
@@ -556,13 +634,15 @@ def milp_certify(
             MILP's LP relaxation before the MILP itself (``False``: solve every class's MILP to
             optimality, so ``margin_lower`` is the exact minimum margin on a box, and on an L2
             ball within the polytope's factor ``1 + 1e-5`` of the radius).
+        alpha_steps: optimize CROWN's slopes (:func:`crown_margins`) for the big-M bounds and
+            the classes skipped: tighter bounds leave fewer unstable ReLUs (binary variables).
     """
     norm = Norm(norm)
     layers = layers_of(net)
     x = np.asarray(x, np.float64)
     # CROWN's bounds: tighter big-M constants and fewer unstable ReLUs than IBP's
     margins, hidden = crown_margins(
-        layers, x[None], np.array([y]), radius, norm, return_bounds=True
+        layers, x[None], np.array([y]), radius, norm, return_bounds=True, alpha_steps=alpha_steps
     )
     bounds = [(lo[0].numpy(), hi[0].numpy()) for lo, hi in hidden]
     result = MilpResult("certified", float(margins[0].min()))

@@ -39,6 +39,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
 
 from rotelab.errors import RotelabError
@@ -50,12 +52,60 @@ __all__ = [
     "GAPT",
     "MBETerm",
     "PhaseGate",
+    "SMOOTH_WINDOW",
     "check_patch",
+    "cycle_test",
     "gradient_alignment",
     "mean_block_mbe",
+    "sign_changes",
+    "smoothed",
 ]
 
 MEMORIZE, COMPRESS = 1, 2
+
+
+#: Window of the centred rolling mean behind the smoothed sign-change count.
+SMOOTH_WINDOW = 5
+
+
+def sign_changes(values: Sequence[float]) -> int:
+    """Sign changes along a series, zeros and NaNs skipped."""
+    signs = [math.copysign(1, v) for v in values if v == v and v != 0]
+    return sum(a != b for a, b in zip(signs, signs[1:]))
+
+
+def smoothed(values: Sequence[float], window: int = SMOOTH_WINDOW) -> np.ndarray:
+    """Centred rolling mean of a series over ``window`` points (fewer at the ends), NaNs
+    skipped: the series whose sign changes the smoothed count counts."""
+    return pd.Series(values, dtype=float).rolling(window, center=True, min_periods=1).mean().values
+
+
+def cycle_test(
+    values: Sequence[float], *, window: int = SMOOTH_WINDOW, n_perm: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """Whether a series of cosines changes sign more slowly than noise would.
+
+    The smoothed count (sign changes of :func:`smoothed`) of the series in its order is compared
+    with the same count on ``n_perm`` random orders of the same values: noise has no order to
+    lose, so a real slow cycle gives fewer smoothed changes than most shuffles. Returns
+    ``raw``, ``smoothed``, the shuffles' mean ``null_mean`` and its 2.5-97.5% range
+    ``null_range``, ``p`` (the fraction of shuffles with at most as many changes; one-sided) and
+    ``cycle``: at least two smoothed changes AND ``p < 0.05``.
+    """
+    v = np.asarray([x for x in values if x == x], dtype=float)
+    if len(v) < 3:
+        return {"raw": sign_changes(v.tolist()), "smoothed": None, "null_mean": None,
+                "null_range": None, "p": None, "cycle": False}  # fmt: skip
+    obs = sign_changes(smoothed(v, window).tolist())
+    rng = np.random.default_rng(seed)
+    null = np.array([sign_changes(smoothed(rng.permutation(v), window).tolist())
+                     for _ in range(n_perm)])  # fmt: skip
+    p = float((null <= obs).mean())
+    return {
+        "raw": sign_changes(v.tolist()), "smoothed": int(obs), "null_mean": float(null.mean()),
+        "null_range": [float(np.percentile(null, 2.5)), float(np.percentile(null, 97.5))],
+        "p": p, "cycle": bool(obs >= 2 and p < 0.05),
+    }  # fmt: skip
 
 
 def check_patch(patch: int, length: int | None = None, *, what: str = "the sequence") -> None:
