@@ -7,11 +7,19 @@ a change of load on this shared machine hits them alike:
   (:func:`rotelab.termnorm.lora_model`) on SmolLM2 against a minimal ``peft`` loop (``loss =
   model(input_ids, attention_mask, labels).loss``, AdamW, no clipping, no schedule) on the
   same batches; ``speed`` = minimal time / rotelab time (the issue's target: >= 0.9).
-- ``scoring``: :func:`rotelab.termnorm.exact_match` with ``logprob=False`` (one teacher-forced
-  pass per batch, the LM head on the ID positions only, argmax by a chunked running max) against
-  :func:`rotelab.termnorm.greedy_exact_match` (greedy decoding of the ID's length) on the same
-  queries; ``speed`` = greedy time / one-pass time (target: >= 3x), and ``agree`` = the share
-  of queries on which the two verdicts agree (must be 1).
+- ``scoring``: :func:`rotelab.termnorm.exact_match` with ``logprob=False`` against
+  :func:`rotelab.termnorm.greedy_exact_match` (greedy decoding of the ID's length with the KV
+  cache, fp32, the same batch size) on the same queries; ``speed`` = greedy time / scoring time
+  (target: >= 3x), and ``agree`` = the share of queries on which the verdicts agree (must be
+  1). Three scoring arms: ``early stop`` (the default: the prompts' pass, then teacher-forced
+  stages over the cached prompts for the rows still right), ``early stop bf16``
+  (``precision="bf16"``: the same in a bfloat16 copy, near-ties redone in fp32; the copy is
+  made inside the timed call) and ``one pass`` (``stages=None``: the whole ID teacher-forced in
+  one pass, the LM head on the ID positions only). Two query
+  sets: ``ontology`` (the synthetic ontology's IDs, which a model that never saw them gets wrong,
+  mostly at the first ID token: early stop's best case) and ``own answers`` (each ID is the
+  model's own greedy continuation of the prompt, decoded: mostly right, early stop's worst
+  case, where it must check every ID token).
 
 Run: ``python bench/termnorm.py [--queries 10000] [--smol-queries 1000] [--pairs 64]``; prints
 JSON, then a Markdown table labelled with the CPU capability.
@@ -85,28 +93,62 @@ def bench_lora(pairs: int, rounds: int) -> dict:
             "rotelab_s": rot, "minimal_s": mini, "speed": mini / rot}  # fmt: skip
 
 
-def bench_scoring(lm: LM, name: str, queries: int, rounds: int, batch: int) -> dict:
+def own_answers(lm: LM, terms: list[str], ids: list[str], template, batch: int) -> list[str]:
+    """IDs the model answers itself: its greedy continuation of each prompt, as many tokens as
+    the true ID has, decoded (a decoded answer may re-encode differently: then it is wrong)."""
+    seqs, starts = encode_pairs(lm.tokenizer, terms, ids, template)
+    prompts = [s[:k] for s, k in zip(seqs, starts)]
+    lengths = [len(s) - k for s, k in zip(seqs, starts)]
+    got = lm.generate(prompts, lengths, batch_size=batch, ragged=True)
+    prefix = template.target.split("{id}")[0]
+    texts = [lm.tokenizer.decode(g) for g in got]
+    return [t[len(prefix) :] if t.startswith(prefix) else t for t in texts]
+
+
+ARMS = {
+    "early_stop": lambda lm, t, i, tp, b: exact_match(lm, t, i, tp, batch_size=b, logprob=False),
+    "early_stop_bf16": lambda lm, t, i, tp, b: exact_match(
+        lm, t, i, tp, batch_size=b, logprob=False, precision="bf16"
+    ),
+    "one_pass": lambda lm, t, i, tp, b: exact_match(
+        lm, t, i, tp, batch_size=b, logprob=False, stages=None
+    ),
+}
+
+
+def bench_scoring(lm: LM, name: str, queries: int, rounds: int, batch: int, sets: list[str]):
     onto = synthetic_ontology(queries // 10 + 1, seed=1).head(queries)
     template = TEMPLATES["synthetic"]
     terms, ids = onto["term"].tolist(), onto["id"].tolist()
     exact_match(lm, terms[:batch], ids[:batch], template)  # warm-up
-    times = {"one_pass": [], "greedy": []}
-    verdicts = {}
-    for r in range(rounds):
-        for arm in ("one_pass", "greedy") if r % 2 == 0 else ("greedy", "one_pass"):
-            t0 = time.perf_counter()
-            if arm == "one_pass":
-                v = exact_match(lm, terms, ids, template, batch_size=batch, logprob=False)
-                v = v["correct"].to_numpy()
-            else:
-                v = greedy_exact_match(lm, terms, ids, template, batch_size=batch)
-            times[arm].append(time.perf_counter() - t0)
-            verdicts[arm] = v
-    one, greedy = float(np.median(times["one_pass"])), float(np.median(times["greedy"]))
-    return {"bench": "scoring", "model": name, "queries": queries, "one_pass_s": one,
-            "greedy_s": greedy, "speed": greedy / one,
-            "agree": float(np.mean(verdicts["one_pass"] == verdicts["greedy"])),
-            "correct": int(verdicts["one_pass"].sum())}  # fmt: skip
+    for qset in sets:
+        qids = ids if qset == "ontology" else own_answers(lm, terms, ids, template, batch)
+        times = {"greedy": [], **{arm: [] for arm in ARMS}}
+        verdicts = {}
+        rechecked = float("nan")
+        for r in range(rounds):
+            arms = list(times) if r % 2 == 0 else list(times)[::-1]
+            for arm in arms:
+                t0 = time.perf_counter()
+                if arm == "greedy":
+                    v = greedy_exact_match(lm, terms, qids, template, batch_size=batch)
+                else:
+                    frame = ARMS[arm](lm, terms, qids, template, batch)
+                    v = frame["correct"].to_numpy()
+                    if "rechecked" in frame:
+                        rechecked = float(frame["rechecked"].mean())
+                times[arm].append(time.perf_counter() - t0)
+                verdicts[arm] = v
+        greedy = float(np.median(times["greedy"]))
+        for arm in ARMS:
+            t = float(np.median(times[arm]))
+            yield {"bench": "scoring", "model": name, "queries": queries, "set": qset,
+                   "arm": arm, "one_pass_s": t, "greedy_s": greedy, "speed": greedy / t,
+                   "agree": float(np.mean(verdicts[arm] == verdicts["greedy"])),
+                   "correct": int(verdicts["greedy"].sum()), "rounds": rounds,
+                   "rechecked": rechecked if arm.endswith("bf16") else None,
+                   "round_s": [round(x, 3) for x in times[arm]],
+                   "greedy_round_s": [round(x, 3) for x in times["greedy"]]}  # fmt: skip
 
 
 def main() -> None:
@@ -117,17 +159,23 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--skip", default="", help="comma list of lora,tiny,smollm2 to skip")
+    ap.add_argument("--sets", default="ontology,own", help="query sets: ontology,own")
     args = ap.parse_args()
     skip = set(args.skip.split(","))
+    sets = [x for x in args.sets.split(",") if x]
     rows = []
     if "tiny" not in skip:
         tiny = LM.load(os.environ.get("ROTELAB_TEST_ORGANISM", "/work/tiny-org"), device="cpu",
                        dtype="float32")  # fmt: skip
-        rows.append(bench_scoring(tiny, "tiny organism", args.queries, args.rounds, args.batch))
-        print(json.dumps(rows[-1]), flush=True)
+        for row in bench_scoring(tiny, "tiny organism", args.queries, args.rounds, args.batch,
+                                 sets):  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     if "smollm2" not in skip:
-        rows.append(bench_scoring(_smol(), "smollm2", args.smol_queries, args.rounds, args.batch))
-        print(json.dumps(rows[-1]), flush=True)
+        for row in bench_scoring(_smol(), "smollm2", args.smol_queries, args.rounds, args.batch,
+                                 sets):  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     if "lora" not in skip:
         rows.append(bench_lora(args.pairs, args.rounds))
         print(json.dumps(rows[-1]), flush=True)
@@ -140,9 +188,13 @@ def main() -> None:
                   f"{r['steps']} steps | {r['rotelab_s']:.2f} | {r['minimal_s']:.2f} | "
                   f"{r['speed']:.2f}x | {cap} |")  # fmt: skip
         else:
-            print(f"| one-pass exact match vs greedy decoding | {r['model']} | {r['queries']} "
-                  f"queries (agree {r['agree']:.3f}) | {r['one_pass_s']:.2f} | {r['greedy_s']:.2f}"
-                  f" | {r['speed']:.2f}x | {cap} |")  # fmt: skip
+            arm = r["arm"].replace("_", " ")
+            if r["rechecked"] is not None:
+                arm += f" ({r['rechecked']:.1%} rechecked in fp32)"
+            print(f"| {arm} exact match vs greedy decoding | {r['model']} | {r['queries']} "
+                  f"queries, {r['set']} ({r['correct']} right, agree {r['agree']:.3f}) | "
+                  f"{r['one_pass_s']:.2f} | {r['greedy_s']:.2f} | {r['speed']:.2f}x | "
+                  f"{cap} |")  # fmt: skip
 
 
 if __name__ == "__main__":

