@@ -60,6 +60,7 @@ __all__ = [
     "HookFn",
     "LM",
     "Sampler",
+    "cache_rows",
     "check_load_options",
     "keep_freed_memory",
     "LinearLayer",
@@ -68,6 +69,7 @@ __all__ = [
     "length_buckets",
     "pad_batch",
     "progress_bar",
+    "rms_norm",
     "transformer_blocks",
     "TokenScores",
     "NAMED_MODELS",
@@ -745,7 +747,7 @@ class LM:
                 if fast is not None:
                     hidden = fast.step(tokens, parents)
                 else:
-                    past = _cache_rows(cache, parents)
+                    past = cache_rows(cache, parents)
                     step = base(input_ids=tokens[:, None], use_cache=True, **{key: past})
                     cache, hidden = getattr(step, key), step.last_hidden_state[:, 0]
                 node = child.reshape(-1)
@@ -758,7 +760,7 @@ class LM:
                 if fast is not None:
                     h = fast(rows[:, :-1], parents)
                 else:
-                    past = _cache_rows(cache, parents)
+                    past = cache_rows(cache, parents)
                     rest = base(input_ids=rows[:, :-1], use_cache=True, **{key: past})
                     h = rest.last_hidden_state
                 # h: (B, L - depth - 1, D), predicting tokens depth + 1...
@@ -1268,7 +1270,7 @@ def _cache_bytes(cache) -> int:
     return sum(t.nbytes for t in tensors if isinstance(t, torch.Tensor))
 
 
-def _cache_rows(cache, rows: torch.Tensor):
+def cache_rows(cache, rows: torch.Tensor):
     """A new cache of ``cache``'s batch rows ``rows`` (repeats allowed); ``cache`` is unchanged.
 
     The forward appends to the cache it is given, so each forward gets its own: the layers are
@@ -1294,7 +1296,7 @@ class _FastLlamaRest:
     exposure's time on the default organism and a third trie level cost more than it saved.
 
     The same operations as transformers' Llama forward, in a different order, so the results
-    agree to float rounding (not bit for bit). The generic path (:func:`_cache_rows` and the
+    agree to float rounding (not bit for bit). The generic path (:func:`cache_rows` and the
     model's own forward) is used for other architectures and whenever a hook is installed, so
     hook points always apply.
     """
@@ -1342,7 +1344,7 @@ class _FastLlamaRest:
             m for lay in base.layers for m in (lay.input_layernorm, lay.post_attention_layernorm)
         ]
         if any(type(norm).__name__ != "LlamaRMSNorm" for norm in norms):
-            return None  # :func:`_rms_norm` repeats LlamaRMSNorm's operations, nothing else's
+            return None  # :func:`rms_norm` repeats LlamaRMSNorm's operations, nothing else's
         return cls(base, cache, prefix_len)
 
     def step(self, tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
@@ -1373,7 +1375,7 @@ class _FastLlamaRest:
             att = layer.self_attn
             d, groups = att.head_dim, att.num_key_value_groups
             heads, kv_heads = att.q_proj.out_features // d, att.k_proj.out_features // d
-            qkv = nn.functional.linear(_rms_norm(layer.input_layernorm, x), self.qkv[i])
+            qkv = nn.functional.linear(rms_norm(layer.input_layernorm, x), self.qkv[i])
             # rotary on the queries and keys together, in (B, T, heads, d): Llama's
             # x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1)
             qk = qkv[..., : (heads + kv_heads) * d].view(n, t, heads + kv_heads, d)
@@ -1407,14 +1409,14 @@ class _FastLlamaRest:
             o = o + (p[..., shared:width] @ node_v).add_(p[..., width:] @ v)
             x = x + nn.functional.linear(o.transpose(1, 2).reshape(n, t, -1), att.o_proj.weight)
             gate, up = nn.functional.linear(
-                _rms_norm(layer.post_attention_layernorm, x), self.gate_up[i]
+                rms_norm(layer.post_attention_layernorm, x), self.gate_up[i]
             ).chunk(2, dim=-1)
             act = layer.mlp.act_fn(gate).mul_(up)
             x = x + nn.functional.linear(act, layer.mlp.down_proj.weight)
-        return _rms_norm(base.norm, x)
+        return rms_norm(base.norm, x)
 
 
-def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Llama's RMSNorm (``LlamaRMSNorm.forward``, the same operations) without a module call."""
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)

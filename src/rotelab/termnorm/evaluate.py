@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rotelab.lm import LM, length_buckets, pad_batch
+from rotelab.lm import LM, cache_rows, length_buckets, pad_batch, rms_norm
 from rotelab.stats import bootstrap_auc, rate_with_ci
 from rotelab.termnorm.prompts import Template, encode_pairs
 
@@ -247,7 +247,7 @@ def _staged_batch(
             # over few rows multiplies the weights less efficiently; check the rest at once
             end = width
         keep = go.nonzero(as_tuple=True)[0]
-        cache = _cache_rows(cache, keep)
+        cache = cache_rows(cache, keep)
         rows, last, mask = rows[keep], last[keep], mask[keep]
         # inputs: ID tokens done-1 .. end-2; targets: done .. end-1 (where the ID has them)
         inp = want[rows, done - 1 : end - 1]
@@ -307,22 +307,6 @@ def _hits_and_gaps(
     return best_idx == targets, target_logit - other
 
 
-def _cache_rows(cache, rows: torch.Tensor):
-    """A new cache of ``cache``'s batch rows ``rows``; ``cache`` is unchanged (the layers are
-    copied shallowly, then the cache's own row gather replaces their tensors)."""
-    picked = copy.copy(cache)
-    picked.layers = [copy.copy(layer) for layer in cache.layers]
-    picked.reorder_cache(rows)
-    return picked
-
-
-def _rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``LlamaRMSNorm.forward``'s operations without a module call."""
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
-    return norm.weight * h.to(x.dtype)
-
-
 def _pad(
     seqs: list[list[int]], pad_id: int, side: str, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -378,7 +362,7 @@ class _LlamaPromptPass:
         norms = [base.norm]
         norms += [m for x in base.layers for m in (x.input_layernorm, x.post_attention_layernorm)]
         if any(type(norm).__name__ != "LlamaRMSNorm" for norm in norms):
-            return None  # _rms_norm repeats LlamaRMSNorm's operations, nothing else's
+            return None  # rms_norm repeats LlamaRMSNorm's operations, nothing else's
         return cls(model)
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor | None, pos: torch.Tensor):
@@ -405,7 +389,7 @@ class _LlamaPromptPass:
             att = layer.self_attn
             d, groups = att.head_dim, att.num_key_value_groups
             heads, kv_heads = att.q_proj.out_features // d, att.k_proj.out_features // d
-            h = _rms_norm(layer.input_layernorm, x)
+            h = rms_norm(layer.input_layernorm, x)
             w = self.qkv[i]
             if i < last:
                 q, k, v = F.linear(h, w).split([heads * d, kv_heads * d, kv_heads * d], -1)
@@ -431,7 +415,7 @@ class _LlamaPromptPass:
                 o = F.scaled_dot_product_attention(q, k, v, attn_mask=sees, scale=att.scaling)
                 x = x[:, -1:]
             x = x + F.linear(o.transpose(1, 2).reshape(n, x.shape[1], -1), att.o_proj.weight)
-            gate_up = F.linear(_rms_norm(layer.post_attention_layernorm, x), self.gate_up[i])
+            gate_up = F.linear(rms_norm(layer.post_attention_layernorm, x), self.gate_up[i])
             gate, up = gate_up.chunk(2, dim=-1)
             act = layer.mlp.act_fn
             if isinstance(act, torch.nn.SiLU) or type(act).__name__ == "SiLUActivation":
@@ -440,7 +424,7 @@ class _LlamaPromptPass:
                 a = act(gate)
             x = x + F.linear(a.mul_(up), layer.mlp.down_proj.weight)
         cache = DynamicCache(ddp_cache_data=kv, config=self.config)
-        return _rms_norm(base.norm, x)[:, -1], cache
+        return rms_norm(base.norm, x)[:, -1], cache
 
 
 def argmax_hits(
