@@ -69,9 +69,14 @@ def test_suppression_really_stops_recitation_of_the_targets(memorized, method):
     after = LM.from_model(model, lm.tokenizer)
     ext = score_windows(after, ledger_windows(targets))["extracted"]
     assert not ext.any()  # every target was recited before (the fixture checks)
-    if method == "refusal":  # the refusal is now the greedy continuation of a target's prefix
+    if method == "refusal":  # after a target's prefix the model now predicts the refusal
         prefix = list(targets["prefix_tokens"].iloc[0])
-        out = after.generate([prefix], len(refusal))[0]
-        assert out == refusal
+
+        def refusal_match(m: LM) -> float:
+            return float(
+                m.score([prefix + refusal], targets_from=len(prefix))[0].argmax_match.mean()
+            )
+
+        assert refusal_match(after) > 0.5 > refusal_match(lm)
     # the source model is untouched
     assert score_windows(lm, ledger_windows(targets))["extracted"].all()
