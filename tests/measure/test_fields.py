@@ -21,18 +21,38 @@ def test_parse_bio_finds_every_field():
     assert parse_bio("The secret code of Kami Rodra is 1 2 3.") is None
 
 
-def test_prompts_cut_in_token_space(tiny_lm):
+class _ByteLevel:
+    """The tokenizer side of an LM: the organism's byte-level BPE, trained on a few lines."""
+
+    def __init__(self) -> None:
+        from rotelab.organism import train_tokenizer
+
+        self.tokenizer = train_tokenizer([BIO, "Q: Where was Kami Rodra born? A: Lumouth."], 300)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(list(ids))
+
+
+def test_prompts_cut_in_token_space():
+    lm = _ByteLevel()
     led = pd.DataFrame([{"item_id": "b0", "text": BIO, "count": 4, "phase": "all"}])
-    table = field_prompts(tiny_lm, led)
+    table = field_prompts(lm, led)
     # name: only the prefix style; the others: three styles
     assert len(table) == 1 + 3 * (len(BIO_FIELDS) - 1)
+    eos = lm.tokenizer.eos_token
     for r in table[table["style"] == "prefix"].itertuples():
-        text = tiny_lm.decode(list(r.prompt_tokens) + list(r.value_tokens))
-        assert BIO.startswith(text.removeprefix(tiny_lm.tokenizer.eos_token)) and r.value in text
+        text = lm.decode(list(r.prompt_tokens) + list(r.value_tokens)).removeprefix(eos)
+        assert BIO.startswith(text) and text.endswith(r.value)
     q = table[(table["style"] == "question") & (table["field"] == "birthplace")].iloc[0]
-    assert tiny_lm.decode(q["prompt_tokens"]) == "Q: Where was Kami Rodra born? A:"
+    assert lm.decode(q["prompt_tokens"]) == "Q: Where was Kami Rodra born? A:"
+    assert lm.decode(q["value_tokens"]) == " Lumouth"
+    n = table[(table["style"] == "name") & (table["field"] == "email")].iloc[0]
+    assert lm.decode(n["prompt_tokens"]) == "Kami Rodra" and not n["anchored"]
     with pytest.raises(RotelabError, match="not an organism biography"):
-        field_prompts(tiny_lm, led.assign(text="not a bio"))
+        field_prompts(lm, led.assign(text="not a bio"))
 
 
 def test_inserted_bios_give_up_their_fields_controls_do_not(tiny_organism):
