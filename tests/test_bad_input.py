@@ -52,6 +52,10 @@ TRAIN = "train -d {data} --insertions {ins} -o {out} -q"
 TERMNORM = "termnorm -m {model} --seeds 1 -o {out} -q"
 FINETUNE = "finetune -m {model} -o {out} -q"
 BARRIER = "barrier -o {out} -q"
+UNDO = "undo -m {org} --seeds 0 -o {out} -q"
+POPULARITY = "popularity -m {org} -o {out} -q"
+FIELDS = "hubble fields -m {org} -o {out} -q"
+CONTAM = "hubble contamination --seeds 0 -o {out} -q"
 
 _ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 
@@ -543,6 +547,24 @@ CASES = [
     case(f"{BARRIER} --seeds 0,x", "--seeds"),
     case(f"{BARRIER} --seeds 1,1", "--seeds must be distinct"),
     case(f"{BARRIER} --budget 0", "--budget must be > 0"),
+    # --------------------------------------------------------------- hubble, undo, popularity (17)
+    case(f"{UNDO} --target-fraction 1.5", "--target-fraction"),
+    case(f"{UNDO} --suppress forget", "not a method"),
+    case(f"{UNDO} --suppress-steps 0", "--suppress-steps"),
+    case(f"{UNDO} --lora-rank 0", "--lora-rank"),
+    case(f"{UNDO} --seeds 1,1", "repeats"),
+    case(f"{UNDO} --min-count 65", "no item of the organism"),
+    case("undo -m {model} -o {out} -q", "needs an organism"),
+    case(f"{POPULARITY} --kinds poem", "--kinds"),
+    case(f"{POPULARITY} --n-boot 10", "--n-boot"),
+    case("popularity -m {model} -o {out} -q", "needs an organism"),
+    case(f"{FIELDS} --styles riddle", "--styles"),
+    case("hubble fields -m {model} -o {out} -q", "needs an organism"),
+    case(f"{CONTAM} --counts 1,4", "must include 0"),
+    case(f"{CONTAM} --task trivia", "--task"),
+    case(f"{CONTAM} --counts 0,256 --steps 10", "do not fit"),
+    case(f"{CONTAM} --seeds 2,2", "repeats"),
+    case(f"{CONTAM} --profile huge", "--profile"),
     # --------------------------------------------------------------- probe, steer, steered models
     case(f"{PROBE} --layers x", "--layers"),
     case(f"{PROBE} --layers 9", "layer 9 does not exist", loads=True),

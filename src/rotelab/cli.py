@@ -1854,6 +1854,134 @@ def apt_recall_cmd(
     emit(result.summary, show, run_dir=result.run_dir)
 
 
+# ---------------------------------------------------------------- Hubble's kinds, undo (issue 17)
+hubble_app = typer.Typer(
+    help="Hubble's inserted kinds: biography fields, test-set contamination.",
+    no_args_is_help=True,
+)
+app.add_typer(hubble_app, name="hubble")
+
+
+@command("fields", parent=hubble_app, shared=("run", "load", "show"), without=("resume",))
+def hubble_fields_cmd(
+    model: ModelOpt = None,
+    styles: Annotated[
+        str, typer.Option(help="Prompt styles: prefix (the bio up to the field), question, name.")
+    ] = "prefix,question,name",
+    *,
+    run: RunOptions,
+    load: LoadOptions,
+    show: Show,
+) -> None:
+    """Per-field extraction of an organism's biographies (name, birth date, birthplace, job,
+    email, ID number) from each prompt style, by insertion count, with CIs."""
+    from rotelab.pipelines.kinds import format_fields, hubble_fields
+
+    result = hubble_fields(model, styles=_word_list(styles) or (), run=run, load=load)
+    if not show.as_json and not show.quiet:
+        out.print(format_fields(result.summary), highlight=False, soft_wrap=True)
+    emit(result.summary, show, run_dir=result.run_dir)
+
+
+@command("contamination", parent=hubble_app, shared=("run", "show"), without=("seed",))
+def contamination_cmd(
+    task: Annotated[
+        str, typer.Option(help="Probe task: open_book, closed_book, arithmetic, in_context.")
+    ] = "open_book",
+    counts: Annotated[
+        str, typer.Option(help="Insertion counts, 0 (never inserted) included.")
+    ] = "0,1,4,16,64",
+    seeds: Annotated[str, typer.Option(help="World and training seeds, e.g. 0,1,2.")] = "0,1,2",
+    profile: Annotated[str, typer.Option(help="World and model profile: tiny or default.")] = (
+        "tiny"
+    ),
+    steps: Annotated[
+        int | None, typer.Option(help="Training steps (default: the profile's).")
+    ] = None,
+    *,
+    run: RunOptions,
+    show: Show,
+) -> None:
+    """Insert a task's test questions with their answers at each count into a model trained from
+    scratch; accuracy on inserted vs never-inserted questions (the inflation)."""
+    from rotelab.pipelines.kinds import contamination, format_contamination
+
+    result = contamination(
+        task=task, counts=_int_list("--counts", counts) or (),
+        seeds=_int_list("--seeds", seeds) or (), profile=profile, steps=steps, run=run,
+    )  # fmt: skip
+    if not show.as_json and not show.quiet:
+        out.print(format_contamination(result.summary), highlight=False, soft_wrap=True)
+    emit(result.summary, show, run_dir=result.run_dir)
+
+
+@command("undo", shared=("run", "load", "show"), without=("seed", "dtype"))
+def undo_cmd(
+    model: ModelOpt = None,
+    seeds: Annotated[str, typer.Option(help="Experiment seeds (targets, data order).")] = "0,1,2",
+    min_count: Annotated[
+        int, typer.Option(help="Targets: passages inserted at least this often.")
+    ] = 16,
+    target_fraction: Annotated[
+        float, typer.Option(help="Share of the memorized passages suppressed, in (0, 1).")
+    ] = 0.5,
+    suppress: Annotated[
+        str, typer.Option("--suppress", help="Suppression loss: unlikelihood or refusal.")
+    ] = "unlikelihood",
+    suppress_steps: Annotated[int, typer.Option(help="Suppression fine-tune steps.")] = 30,
+    suppress_lr: Annotated[float, typer.Option(help="Suppression learning rate.")] = 3e-4,
+    lora_rank: Annotated[int, typer.Option(help="Rank of the restoring LoRA fine-tune.")] = 8,
+    restore_steps: Annotated[int, typer.Option(help="Restoring fine-tune steps.")] = 60,
+    restore_lr: Annotated[float, typer.Option(help="Restoring learning rate.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="Rows per step of both fine-tunes.")] = 16,
+    sham: Annotated[
+        bool, typer.Option("--sham/--no-sham", help="Also fine-tune on background text.")
+    ] = True,
+    *,
+    run: RunOptions,
+    load: LoadOptions,
+    show: Show,
+) -> None:
+    """Ma et al.'s undo experiment: suppress memorized passages, LoRA fine-tune on other
+    passages, measure whether they come back, and where the weights changed."""
+    from rotelab.pipelines.undo import UndoConfig, format_undo, undo
+
+    cfg = UndoConfig(
+        min_count=min_count, target_fraction=target_fraction, method=suppress,
+        suppress_steps=suppress_steps, suppress_lr=suppress_lr, lora_rank=lora_rank,
+        restore_steps=restore_steps, restore_lr=restore_lr, batch_size=batch_size, sham=sham,
+    )  # fmt: skip
+    result = undo(model, seeds=_int_list("--seeds", seeds) or (), config=cfg, run=run, load=load)
+    if not show.as_json and not show.quiet:
+        out.print(format_undo(result.summary), highlight=False, soft_wrap=True)
+    emit(result.summary, show, run_dir=result.run_dir)
+
+
+@command("popularity", shared=("run", "load", "show"), without=("resume",))
+def popularity_cmd(
+    model: ModelOpt = None,
+    kinds: Annotated[str, typer.Option(help="Ledger kinds: passage, bio, secret.")] = "passage",
+    reconstruct: Annotated[
+        bool,
+        typer.Option("--reconstruct/--no-reconstruct", help="Also reconstruction similarity."),
+    ] = True,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap replicates of the CI.")] = 2000,
+    *,
+    run: RunOptions,
+    load: LoadOptions,
+    show: Show,
+) -> None:
+    """Extraction and reconstruction similarity against insertion count (popularity):
+    Spearman's rho with a bootstrap CI (Ma et al. 2025)."""
+    from rotelab.pipelines.undo import format_popularity, popularity
+
+    result = popularity(model, kinds=_word_list(kinds) or (), reconstruct=reconstruct,
+                        n_boot=n_boot, run=run, load=load)  # fmt: skip
+    if not show.as_json and not show.quiet:
+        out.print(format_popularity(result.summary), highlight=False, soft_wrap=True)
+    emit(result.summary, show, run_dir=result.run_dir)
+
+
 def main() -> None:
     """Console-script entry point (``rotelab`` and ``python -m rotelab``)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -45,9 +45,11 @@ __all__ = [
     "breakdown",
     "breakdown_dict",
     "clopper_pearson",
+    "mean_with_ci",
     "min_nonmembers",
     "rate_with_ci",
     "roc_points",
+    "spearman_with_ci",
     "tpr_at_fpr",
     "wilson_interval",
 ]
@@ -382,3 +384,53 @@ def roc_points(scores: Sequence[float], labels: Sequence[bool]) -> pd.DataFrame:
     s, y = _labels_scores(scores, labels)
     fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
     return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thr})
+
+
+def mean_with_ci(values: Sequence[float], level: float = 0.95) -> dict[str, Any]:
+    """Mean over replicates (seeds) with a Student-t interval: ``{mean, ci, n}``; ``ci`` is
+    ``None`` with fewer than 2 replicates (one seed says nothing about seed-to-seed spread)."""
+    from scipy import stats as st
+
+    v = np.asarray([float(x) for x in values], dtype=float)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return {"mean": math.nan, "ci": None, "n": 0}
+    mean = float(v.mean())
+    if v.size < 2:
+        return {"mean": mean, "ci": None, "n": 1}
+    half = float(st.t.ppf((1 + level) / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    return {"mean": mean, "ci": [mean - half, mean + half], "n": int(v.size)}
+
+
+def spearman_with_ci(
+    x: Sequence[float],
+    y: Sequence[float],
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Spearman's rank correlation of paired values with a percentile-bootstrap CI over the pairs
+    (resampled with replacement; replicates with a constant side are dropped), and its p-value.
+
+    Returns:
+        ``{rho, ci, p_value, n, n_boot}``; ``rho`` is NaN when either side is constant.
+    """
+    from scipy import stats as st
+
+    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if xa.shape != ya.shape or xa.ndim != 1:
+        raise ValueError("x and y must be 1-d and of one length")
+    n = int(xa.size)
+    if n < 3 or np.ptp(xa) == 0 or np.ptp(ya) == 0:
+        return {"rho": math.nan, "ci": None, "p_value": math.nan, "n": n, "n_boot": 0}
+    res = st.spearmanr(xa, ya)
+    rng = np.random.default_rng(seed)
+    reps = []
+    for _ in range(n_boot):
+        i = rng.integers(0, n, n)
+        if np.ptp(xa[i]) > 0 and np.ptp(ya[i]) > 0:
+            reps.append(st.spearmanr(xa[i], ya[i]).statistic)
+    ci = _percentile_ci(np.asarray(reps), level) if reps else None
+    return {"rho": float(res.statistic), "ci": ci, "p_value": float(res.pvalue), "n": n,
+            "n_boot": len(reps)}  # fmt: skip

@@ -45,6 +45,10 @@ __all__ = [
     "PasskSummary",
     "BarrierSummary",
     "FinetuneSummary",
+    "ContaminationSummary",
+    "HubbleFieldsSummary",
+    "PopularitySummary",
+    "UndoSummary",
     "ProbeSummary",
     "SteerSummary",
     "Summary",
@@ -488,6 +492,54 @@ class TermnormSummary(Summary):
     alignment: list[dict[str, Any]]
 
 
+# --------------------------------------------------------- Hubble's kinds, undo, popularity (17)
+@_schema("hubble fields")
+class HubbleFieldsSummary(Summary):
+    """``rotelab hubble fields``: per-field extraction of the biographies by prompt style."""
+
+    model: str
+    n_bios: int
+    styles: list[str]
+    rates: dict[str, Any]
+    inserted_vs_never: dict[str, Any]
+    ranking_exact: dict[str, list[str]]
+    high_count: int
+
+
+@_schema("contamination")
+class ContaminationSummary(Summary):
+    """``rotelab hubble contamination``: accuracy on inserted vs never-inserted test questions."""
+
+    task: str
+    seeds: list[int]
+    by_count: dict[str, Any]
+    verdicts: dict[str, bool]
+    baseline: dict[str, Any] | None = None
+
+
+@_schema("undo")
+class UndoSummary(Summary):
+    """``rotelab undo``: suppression, LoRA restoration and where the weights changed."""
+
+    model: str
+    seeds: list[int]
+    stages: dict[str, Any]
+    localization: dict[str, Any]
+    verdicts: dict[str, bool]
+    paper: dict[str, Any]
+
+
+@_schema("popularity")
+class PopularitySummary(Summary):
+    """``rotelab popularity``: Spearman's rho of insertion count against memorization."""
+
+    model: str
+    n_items: int
+    spearman: dict[str, Any]
+    by_count: dict[str, Any]
+    paper: dict[str, Any]
+
+
 #: The schema of each command's summary.json (config.json's ``command``).
 SCHEMAS: dict[str, type[Summary]] = {
     "extract": ExtractionSummary,
@@ -509,6 +561,10 @@ SCHEMAS: dict[str, type[Summary]] = {
     "termnorm": TermnormSummary,
     "barrier": BarrierSummary,
     "finetune": FinetuneSummary,
+    "hubble-fields": HubbleFieldsSummary,
+    "contamination": ContaminationSummary,
+    "undo": UndoSummary,
+    "popularity": PopularitySummary,
 }
 
 

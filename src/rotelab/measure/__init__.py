@@ -14,6 +14,7 @@ from rotelab.measure.extraction import (
     score_windows,
     verify_windows,
 )
+from rotelab.measure.fields import BIO_FIELDS, PromptStyle, extract_fields, field_prompts
 from rotelab.measure.mia import (
     MIAText,
     SpanMode,
@@ -62,4 +63,8 @@ __all__ = [
     "pass_at_k",
     "pass_at_k_table",
     "sample_completions",
+    "BIO_FIELDS",
+    "PromptStyle",
+    "extract_fields",
+    "field_prompts",
 ]

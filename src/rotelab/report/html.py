@@ -835,7 +835,17 @@ _PAGES: dict[str, Callable[[Path, Any], list[Section]]] = {
     "termnorm": lambda run, s: _termnorm_sections(run, s),
     "barrier": lambda run, s: _barrier_sections(run, s),
     "finetune": lambda run, s: _finetune_sections(run, s),
+    "hubble-fields": lambda run, s: _hubble_sections("fields", run, s),
+    "contamination": lambda run, s: _hubble_sections("contamination", run, s),
+    "undo": lambda run, s: _hubble_sections("undo", run, s),
+    "popularity": lambda run, s: _hubble_sections("popularity", run, s),
 }
+
+
+def _hubble_sections(page: str, run: Path, summary: Any) -> list[Section]:
+    from rotelab.report import hubble
+
+    return getattr(hubble, f"{page}_sections")(run, summary.to_dict())
 
 
 def _sweep_sections(run: Path, summary: dict) -> list[Section]:
@@ -916,6 +926,10 @@ _TITLES = {
     "termnorm": "Term -> identifier: memorization vs generalization (Pericharla et al. 2025)",
     "barrier": "The memorization barrier and IB-FT (Wang et al. 2025)",
     "finetune": "Fine-tuning: SFT or IB-FT",
+    "hubble-fields": "Hubble's biographies: which fields are memorized, from which prompts",
+    "contamination": "Hubble's test-set contamination: inserted vs never-inserted questions",
+    "undo": "The undo experiment (Ma et al. 2025): suppression, restoration, localization",
+    "popularity": "Memorization against popularity (Ma et al. 2025)",
 }
 
 

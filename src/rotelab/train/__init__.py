@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from rotelab.train.gapt import GAPT, MBETerm, PhaseGate
 from rotelab.train.insertion import Placement, insertion_schedule, packed_batches, phase_steps
+from rotelab.train.suppress import SuppressConfig, SuppressMethod, suppress, unlikelihood
 from rotelab.train.terms import LossTerm, StepState
 from rotelab.train.trainer import TrainConfig, causal_lm_loss, cosine_lr, llama_config, train
 
@@ -23,4 +24,8 @@ __all__ = [
     "packed_batches",
     "phase_steps",
     "train",
+    "SuppressConfig",
+    "SuppressMethod",
+    "suppress",
+    "unlikelihood",
 ]
