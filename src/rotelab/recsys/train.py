@@ -74,8 +74,8 @@ def fit(
     With ``val``, the weights of the epoch with the best validation AUC are kept (early
     stopping, the same rule for every model). ``schedule="cosine"`` warms the learning rate up
     linearly over the first ``warmup`` fraction of the steps and decays it to zero by the last
-    (the same steps for every model, so a comparison stays fair). The order of users is seeded, so the same seed
-    gives the same model.
+    (the same steps for every model, so a comparison stays fair). The order of users is seeded,
+    so the same seed gives the same model.
 
     Returns:
         Per epoch: the mean training loss and, with ``val``, the validation AUC.
