@@ -627,6 +627,7 @@ CASES = [
     case(f"{RS_TRAIN} --lr nan", "--lr"),
     case(f"{RS_TRAIN} --dim 30", "multiple of 4"),
     case(f"{RS_TRAIN} --quant int4", "--quant"),
+    case(f"{RS_TRAIN} --schedule linear", "--schedule"),
     case(f"{RS_TRAIN} --seed -1", "--seed"),
     case(f"{RS_SERVE.replace('{rs_cands}', '{rs_unknown}')}", "unknown to the model"),
     case(f"{RS_SERVE.replace('{rs_cands}', '{missing}')}", "does not exist"),

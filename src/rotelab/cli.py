@@ -1041,6 +1041,9 @@ def recsys_train_cmd(
     ] = 8,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-2,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
+    schedule: Annotated[
+        str, typer.Option(help="Learning rate: cosine (5% warm-up, decay to 0) or constant.")
+    ] = "cosine",
     seeds: Annotated[int, typer.Option(help="Replicates (seed, seed+1, ...); CIs over them.")] = 1,
     dim: Annotated[int, typer.Option(help="Embedding width (a multiple of 4).")] = 32,
     tokens: Annotated[int, typer.Option(help="VISTA's summary tokens per user.")] = 16,
@@ -1057,8 +1060,8 @@ def recsys_train_cmd(
 
     result = train(
         data, users=users, length=length, eval_users=eval_users, eval_lengths=eval_lengths,
-        epochs=epochs, lr=lr, weight_decay=weight_decay, seeds=seeds, dim=dim, tokens=tokens,
-        last_n=last_n, quant=quant, targets=targets, negatives=negatives, run=run,
+        epochs=epochs, lr=lr, weight_decay=weight_decay, schedule=schedule, seeds=seeds, dim=dim,
+        tokens=tokens, last_n=last_n, quant=quant, targets=targets, negatives=negatives, run=run,
     )  # fmt: skip
     if not show.as_json and not show.quiet:
         out.print(format_train(result.summary), highlight=False, soft_wrap=True)

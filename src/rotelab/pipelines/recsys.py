@@ -54,6 +54,7 @@ from rotelab.recsys.timing import (
     stage1_seconds_per_1k,
     streaming_peak_rss,
 )
+from rotelab.recsys.train import SCHEDULES
 from rotelab.runs import Run
 
 __all__ = [
@@ -171,6 +172,7 @@ def train(
     epochs: int = 8,
     lr: float = 1e-2,
     weight_decay: float = 0.0,
+    schedule: str = "cosine",
     seeds: int = 1,
     dim: int = 32,
     tokens: int = 16,
@@ -190,6 +192,8 @@ def train(
             lengths (each bucket its own users, never trained on).
         epochs, lr, weight_decay: AdamW on the click log loss (+ VISTA's reconstruction
             loss); each model keeps its epoch of best AUC on 10% of the training users.
+        schedule: the learning rate over the steps, the same for every model: ``cosine`` (a
+            linear warm-up over the first 5% then a cosine decay to zero) or ``constant``.
         seeds: replicates (model initialisation and batch order ``run.seed + r``); the AUC's
             interval is over them.
         dim, tokens, last_n: embedding width, VISTA's summary tokens, last-N's window.
@@ -211,12 +215,14 @@ def train(
         raise RotelabError(f"--dim must be a multiple of 4 (the attention heads), got {dim}")
     if quant not in QUANTS:
         raise RotelabError(f"--quant must be one of {', '.join(QUANTS)}, got {quant!r}")
+    if schedule not in SCHEDULES:
+        raise RotelabError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     lengths = parse_lengths(eval_lengths)
     log = read_log(data) if data is not None else None
     config = {
         "data": data, "users": users, "length": length, "eval_users": eval_users,
         "eval_lengths": lengths, "epochs": epochs, "lr": lr, "weight_decay": weight_decay,
-        "seeds": seeds, "dim": dim,
+        "schedule": schedule, "seeds": seeds, "dim": dim,
         "tokens": tokens, "last_n": last_n, "quant": quant, "targets": targets,
         "negatives": negatives, "seed": run.seed,
     }  # fmt: skip
@@ -269,7 +275,7 @@ def train(
                               seeds=tokens, last_n=last_n)  # fmt: skip
             model = build_model(cfg, categories, seed)
             epoch_log = fit(model, fit_set, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                      seed=seed, val=val_set)  # fmt: skip
+                            seed=seed, val=val_set, schedule=schedule)  # fmt: skip
             if r == 0 and kind == "vista":
                 vista0 = model
             for b, (bucket, ids) in enumerate(buckets):

@@ -5,6 +5,7 @@ divided by the entropy of the base click rate; lower is better, 1 = no better th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from rotelab.recsys.model import FullAttention, LastN, Vista
 from rotelab.stats import auc_score
 
 __all__ = [
+    "SCHEDULES",
     "Folded",
     "auc",
     "fit",
@@ -38,6 +40,21 @@ def normalized_entropy(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(logloss / -(rate * np.log(rate) + (1 - rate) * np.log(1 - rate)))
 
 
+#: Learning-rate schedules of :func:`fit`.
+SCHEDULES = ("constant", "cosine")
+
+
+def _lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:
+    """The multiple of the base lr at ``step`` of ``total``: constant, or a linear warm-up over
+    the first ``warmup`` fraction of the steps then a cosine decay to zero."""
+    if schedule == "constant":
+        return 1.0
+    n_warm = max(1, int(warmup * total))
+    if step < n_warm:
+        return (step + 1) / n_warm
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - n_warm) / max(1, total - n_warm))))
+
+
 def fit(
     model: nn.Module,
     data: Batch,
@@ -48,19 +65,29 @@ def fit(
     batch_size: int = 64,
     seed: int = 0,
     val: Batch | None = None,
+    schedule: str = "constant",
+    warmup: float = 0.05,
     progress: Callable[[int, float], None] | None = None,
 ) -> list[dict[str, float]]:
     """AdamW on the click log loss (+ VISTA's reconstruction loss).
 
     With ``val``, the weights of the epoch with the best validation AUC are kept (early
-    stopping, the same rule for every model). The order of users is seeded, so the same seed
-    gives the same model.
+    stopping, the same rule for every model). ``schedule="cosine"`` warms the learning rate up
+    linearly over the first ``warmup`` fraction of the steps and decays it to zero by the last
+    (the same steps for every model, so a comparison stays fair). The order of users is seeded,
+    so the same seed gives the same model.
 
     Returns:
         Per epoch: the mean training loss and, with ``val``, the validation AUC.
     """
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    total_steps = epochs * math.ceil(len(data) / batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: _lr_factor(step, total_steps, schedule, warmup)
+    )
     hist = torch.as_tensor(data.history, dtype=torch.long)
     cand = torch.as_tensor(data.candidates, dtype=torch.long)
     labels = torch.as_tensor(data.labels, dtype=torch.float32)
@@ -77,6 +104,7 @@ def fit(
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
             total += float(loss.detach()) * len(idx)
         entry = {"epoch": epoch, "loss": total / len(data)}
         if val is not None:
