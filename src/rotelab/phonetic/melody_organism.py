@@ -36,10 +36,8 @@ resample lines within each training seed.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
@@ -60,7 +58,7 @@ from rotelab.phonetic.melody import (
 from rotelab.phonetic.recall import control_variant
 from rotelab.phonetic.search import AptSearch, content_words
 from rotelab.phonetic.verses import synthetic_lines
-from rotelab.train import TrainConfig, insertion_schedule, llama_config, packed_batches, train
+from rotelab.train.scratch import ScratchConfig, train_with_insertions
 
 __all__ = [
     "CONDITIONS",
@@ -92,22 +90,8 @@ _PHONEMES = sorted(
 _LETTERS = [*"abcdefghijklmnopqrstuvwxyz", "'"]
 
 
-@dataclass(frozen=True)
-class MelodyConfig:
+class MelodyConfig(ScratchConfig):
     """Model shape and training budget of the lyric -> melody model."""
-
-    n_layers: int = 2
-    hidden: int = 128
-    n_heads: int = 4
-    intermediate: int = 352
-    context: int = 128
-    batch_size: int = 16
-    steps: int = 480
-    lr: float = 3e-3
-    precision: str = "auto"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 #: ``tiny``: the tiny organism's shape and budget (2 layers, hidden 128, 480 steps of 16 rows;
@@ -229,9 +213,6 @@ def train_melody_model(
     Raises:
         RotelabError: a pair longer than the context, or insertions that do not fit the run.
     """
-    import torch
-    from transformers import LlamaForCausalLM
-
     tokenizer = melody_tokenizer(encoding)
     seqs = [_pair_ids(tokenizer, ln, n, encoding) for ln, n in zip(items["line"], items["notes"])]
     docs = [_pair_ids(tokenizer, ln, n, encoding)[1:] for ln, n in background]  # eos: the joiner
@@ -241,34 +222,9 @@ def train_melody_model(
             f"a lyric/melody pair is {longest} tokens, over the context of {config.context}; "
             "give shorter lines or melodies"
         )
-    row_len = config.context + 1
-    try:
-        placements = insertion_schedule(
-            [(k, int(c), "all") for k, c in enumerate(items["count"])],
-            [math.ceil((len(s) + 1) / row_len) for s in seqs],
-            steps=config.steps, batch_size=config.batch_size, seed=seed,
-            # as the organism: background in every batch
-            max_rows_per_step=config.batch_size * 5 // 8,
-        )  # fmt: skip
-    except ValueError as exc:
-        raise RotelabError(str(exc)) from None
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(
-        llama_config(
-            tokenizer,
-            hidden=config.hidden,
-            intermediate=config.intermediate,
-            layers=config.n_layers,
-            heads=config.n_heads,
-            context=config.context,
-        )  # fmt: skip
+    model, log = train_with_insertions(
+        tokenizer, docs, seqs, items["count"].tolist(), config, seed=seed, callback=callback
     )
-    batches = packed_batches(
-        docs, seqs, placements, steps=config.steps, batch_size=config.batch_size,
-        row_len=row_len, eos_id=tokenizer.eos_token_id, seed=seed,
-    )  # fmt: skip
-    cfg = TrainConfig(steps=config.steps, lr=config.lr, precision=config.precision, seed=seed)
-    log = train(model, batches, cfg, callback=callback)
     return LM.from_model(model, tokenizer, name=f"melody-{encoding}-seed{seed}"), log
 
 

@@ -10,34 +10,18 @@ pipeline passes the organism's). The organism itself is untouched: this is a sep
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 
 import pandas as pd
 
 from rotelab.termnorm.prompts import TEMPLATES, Template
-from rotelab.train import TrainConfig, insertion_schedule, llama_config, packed_batches, train
+from rotelab.train.scratch import ScratchConfig, train_with_insertions
 
 __all__ = ["PRETRAIN_PRESETS", "PretrainConfig", "pretrain_with_ontology"]
 
 
-@dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(ScratchConfig):
     """Model shape and training budget of the ontology-pretrained model."""
-
-    n_layers: int = 2
-    hidden: int = 128
-    n_heads: int = 4
-    intermediate: int = 352
-    context: int = 128
-    batch_size: int = 16
-    steps: int = 480
-    lr: float = 3e-3
-    precision: str = "auto"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 #: ``tiny``: the tiny organism's shape on a 64-token context (statements are ~30 tokens);
@@ -79,39 +63,12 @@ def pretrain_with_ontology(
     Returns:
         The trained ``LlamaForCausalLM`` (eval mode) and its training log.
     """
-    import torch
-    from transformers import LlamaForCausalLM
-
     counts = ontology["count" if "count" in ontology else "popularity"].astype(int).tolist()
     items = [
         list(tokenizer(template.statement(t, i), add_special_tokens=False)["input_ids"])
         for t, i in zip(ontology["term"], ontology["id"])
     ]
     docs = [list(tokenizer(d, add_special_tokens=False)["input_ids"]) for d in background]
-    row_len = config.context + 1
-    placements = insertion_schedule(
-        [(k, c, "all") for k, c in enumerate(counts)],
-        [math.ceil((len(t) + 1) / row_len) for t in items],
-        steps=config.steps,
-        batch_size=config.batch_size,
-        seed=seed,
-        max_rows_per_step=config.batch_size * 5 // 8,  # as the organism: background in every batch
+    return train_with_insertions(
+        tokenizer, docs, items, counts, config, seed=seed, callback=callback
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(
-        llama_config(
-            tokenizer,
-            hidden=config.hidden,
-            intermediate=config.intermediate,
-            layers=config.n_layers,
-            heads=config.n_heads,
-            context=config.context,
-        )  # fmt: skip
-    )
-    batches = packed_batches(
-        docs, items, placements, steps=config.steps, batch_size=config.batch_size,
-        row_len=row_len, eos_id=tokenizer.eos_token_id, seed=seed,
-    )  # fmt: skip
-    cfg = TrainConfig(steps=config.steps, lr=config.lr, precision=config.precision, seed=seed)
-    log = train(model, batches, cfg, callback=callback)
-    return model, log

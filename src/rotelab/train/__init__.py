@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from rotelab.train.gapt import GAPT, MBETerm, PhaseGate
 from rotelab.train.insertion import Placement, insertion_schedule, packed_batches, phase_steps
+from rotelab.train.scratch import ScratchConfig, train_with_insertions
 from rotelab.train.suppress import SuppressConfig, SuppressMethod, suppress, unlikelihood
 from rotelab.train.terms import LossTerm, StepState
 from rotelab.train.trainer import TrainConfig, causal_lm_loss, cosine_lr, llama_config, train
@@ -16,6 +17,7 @@ __all__ = [
     "PhaseGate",
     "StepState",
     "Placement",
+    "ScratchConfig",
     "TrainConfig",
     "causal_lm_loss",
     "cosine_lr",
@@ -24,6 +26,7 @@ __all__ = [
     "packed_batches",
     "phase_steps",
     "train",
+    "train_with_insertions",
     "SuppressConfig",
     "SuppressMethod",
     "suppress",
