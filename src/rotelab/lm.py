@@ -61,6 +61,8 @@ __all__ = [
     "LM",
     "Sampler",
     "cache_rows",
+    "fused_llama_weights",
+    "lean_llama",
     "check_load_options",
     "keep_freed_memory",
     "LinearLayer",
@@ -1270,6 +1272,41 @@ def _cache_bytes(cache) -> int:
     return sum(t.nbytes for t in tensors if isinstance(t, torch.Tensor))
 
 
+def lean_llama(model: nn.Module) -> bool:
+    """Whether ``model`` is a plain Llama in eval mode that the lean passes here (and
+    :mod:`rotelab.termnorm.evaluate`'s) may run by hand: no hooks (hook points must see every
+    forward), bias-free ``nn.Linear`` projections, Llama's RMSNorm (:func:`rms_norm` repeats its
+    operations, nothing else's)."""
+    try:
+        from transformers.models.llama.modeling_llama import LlamaModel
+    except ImportError:  # pragma: no cover - transformers always has Llama
+        return False
+    base = model.base_model
+    if type(base) is not LlamaModel or model.training:
+        return False
+    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+        return False
+    for layer in base.layers:
+        a, m = layer.self_attn, layer.mlp
+        linears = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)
+        if any(lin.bias is not None or type(lin) is not nn.Linear for lin in linears):
+            return False
+    norms = [base.norm]
+    norms += [m for lay in base.layers for m in (lay.input_layernorm, lay.post_attention_layernorm)]
+    return all(type(norm).__name__ == "LlamaRMSNorm" for norm in norms)
+
+
+def fused_llama_weights(base: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per block of a Llama ``base`` model: the query, key and value projections as one weight,
+    and the MLP's gate and up projections as one (one product each instead of three and two)."""
+    qkv, gate_up = [], []
+    for layer in base.layers:
+        a, m = layer.self_attn, layer.mlp
+        qkv.append(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
+        gate_up.append(torch.cat([m.gate_proj.weight, m.up_proj.weight]))
+    return qkv, gate_up
+
+
 def cache_rows(cache, rows: torch.Tensor):
     """A new cache of ``cache``'s batch rows ``rows`` (repeats allowed); ``cache`` is unchanged.
 
@@ -1310,41 +1347,20 @@ class _FastLlamaRest:
         # (nodes, kv heads, levels so far, d): the trie levels' keys and values, per node
         self.node_k = [k[None, :, :0] for k in self.pre_k]
         self.node_v = [v[None, :, :0] for v in self.pre_v]
-        self.qkv, self.gate_up = [], []
-        for layer in base.layers:
-            a, m = layer.self_attn, layer.mlp
-            self.qkv.append(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
-            self.gate_up.append(torch.cat([m.gate_proj.weight, m.up_proj.weight]))
+        self.qkv, self.gate_up = fused_llama_weights(base)
 
     @classmethod
     def of(cls, model: nn.Module, cache, prefix_len: int) -> _FastLlamaRest | None:
         """The fast path for this model and the prefix's cache, or ``None`` where it does not
         apply."""
-        try:
-            from transformers.models.llama.modeling_llama import LlamaModel
-        except ImportError:  # pragma: no cover - transformers always has Llama
+        if not lean_llama(model):
             return None
         base = model.base_model
-        if type(base) is not LlamaModel or model.training:
-            return None
-        if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
-            return None  # hook points must see every forward
         layers = getattr(cache, "layers", None)
         if layers is None or len(layers) != len(base.layers):
             return None
         if not all(isinstance(getattr(c, "keys", None), torch.Tensor) for c in layers):
             return None
-        for layer in base.layers:
-            a, m = layer.self_attn, layer.mlp
-            linears = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)
-            if any(lin.bias is not None or type(lin) is not nn.Linear for lin in linears):
-                return None
-        norms = [base.norm]
-        norms += [
-            m for lay in base.layers for m in (lay.input_layernorm, lay.post_attention_layernorm)
-        ]
-        if any(type(norm).__name__ != "LlamaRMSNorm" for norm in norms):
-            return None  # :func:`rms_norm` repeats LlamaRMSNorm's operations, nothing else's
         return cls(base, cache, prefix_len)
 
     def step(self, tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rotelab.lm import LM, cache_rows, length_buckets, pad_batch, rms_norm
+from rotelab.lm import (
+    LM,
+    cache_rows,
+    fused_llama_weights,
+    lean_llama,
+    length_buckets,
+    pad_batch,
+    rms_norm,
+)
 from rotelab.stats import bootstrap_auc, rate_with_ci
 from rotelab.termnorm.prompts import Template, encode_pairs
 
@@ -336,34 +344,13 @@ class _LlamaPromptPass:
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.config = model.config
-        self.base = base = model.base_model
-        self.qkv, self.gate_up = [], []
-        for layer in base.layers:
-            a, m = layer.self_attn, layer.mlp
-            self.qkv.append(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
-            self.gate_up.append(torch.cat([m.gate_proj.weight, m.up_proj.weight]))
+        self.base = model.base_model
+        self.qkv, self.gate_up = fused_llama_weights(self.base)
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> _LlamaPromptPass | None:
         """The pass for ``model``, or ``None`` where it does not apply."""
-        from torch import nn
-        from transformers.models.llama.modeling_llama import LlamaModel
-
-        base = model.base_model
-        if type(base) is not LlamaModel or model.training:
-            return None
-        if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
-            return None  # hook points must see every forward
-        for layer in base.layers:
-            a, m = layer.self_attn, layer.mlp
-            linears = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)
-            if any(lin.bias is not None or type(lin) is not nn.Linear for lin in linears):
-                return None
-        norms = [base.norm]
-        norms += [m for x in base.layers for m in (x.input_layernorm, x.post_attention_layernorm)]
-        if any(type(norm).__name__ != "LlamaRMSNorm" for norm in norms):
-            return None  # rms_norm repeats LlamaRMSNorm's operations, nothing else's
-        return cls(model)
+        return cls(model) if lean_llama(model) else None
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor | None, pos: torch.Tensor):
         """(B, D) final hidden state at the last position of left-padded ``ids`` (B, T) and a
