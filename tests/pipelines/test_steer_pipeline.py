@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from rotelab.cli import app
 from rotelab.lm import LM
 from rotelab.options import RunOptions
+from rotelab.organism import PLANTED_TASKS
 from rotelab.pipelines.probe import ProbeSettings, probe
 from rotelab.report import write_report
 from rotelab.steered import model_fingerprint
@@ -61,6 +62,22 @@ def test_steer_cuts_extraction_and_saves_a_model(tiny_organism, tmp_path):
     assert "Steering at layer" in page and 'data-plot="steer-tradeoff"' in page
     lm = LM.load(summary["saved"]["path"])
     assert lm.steering.alpha == summary["saved"]["alpha"]
+    # the planted tasks are measured under every arm, each probe scored per arm
+    tasks = summary["tasks"]
+    planted = tiny_organism.probes[tiny_organism.probes["task"].isin(PLANTED_TASKS)]
+    assert tasks["n_probes"] == planted.groupby("task").size().to_dict()
+    verdicts = pd.read_parquet(out / "results" / "tasks")
+    assert len(verdicts) == 7 * len(planted)
+    by = {(a["arm"], a["factor"]): a for a in tasks["arms"]}
+    none = by[("none", 0.0)]
+    for task in PLANTED_TASKS:
+        assert none[task]["accuracy_gain"] == 0 and none[task]["foil_rate"] > 0
+    # the strongest static push away from memorizing makes the memorized answers rarer
+    strong = by[("static", 8.0)]
+    assert sum(strong[t]["foil_rate"] for t in PLANTED_TASKS) < sum(
+        none[t]["foil_rate"] for t in PLANTED_TASKS
+    )
+    assert "memorized_answer" in page and "planted tasks" in res.output
 
 
 def test_static_perplexity_at_equal_extraction_interpolates_along_alpha():

@@ -275,7 +275,12 @@ def compare(
     if not heldout_text:
         raise RotelabError("the organism has no held-out text to measure perplexity on")
     probes = org.probes if task_rows is None else task_rows
-    task_names = list(TASKS) if task_rows is None else sorted(task_rows["task"].unique())
+    # An organism built before the planted tasks has none of their probes: only its own tasks.
+    task_names = (
+        [t for t in TASKS if (probes["task"] == t).any()]
+        if task_rows is None
+        else sorted(task_rows["task"].unique())
+    )
     forget_docs = list(read_corpus(forget, **forget_corpus.read_kwargs())) if forget else None
     if forget_docs is not None and retain is not None:
         _warn_overlap(forget_docs, heldout_text)
