@@ -23,8 +23,10 @@ def test_each_planted_answer_is_in_exactly_planted_count_documents(world):
     s = PROFILES[Profile.tiny]
     probes = pd.DataFrame(world.probes)
     planted = probes[probes["task"].isin(PLANTED_TASKS)]
-    assert planted.groupby("task").size().to_dict() == {t: s.planted_per_task for t in PLANTED_TASKS}
-    assert planted["foil"].str.startswith(" ").all() and (planted["foil"] != planted["answer"]).all()
+    sizes = planted.groupby("task").size().to_dict()
+    assert sizes == {t: s.planted_per_task for t in PLANTED_TASKS}
+    assert planted["foil"].str.startswith(" ").all()
+    assert (planted["foil"] != planted["answer"]).all()
     assert (probes.loc[~probes["task"].isin(PLANTED_TASKS), "foil"] == "").all()
     docs = [d["text"] for d in world.planted]
     wrong = planted[planted["task"] == "memorized_wrong"]
