@@ -73,3 +73,11 @@ def test_the_model_gives_the_memorized_wrong_answer(tiny_organism):
     # seen 64 times with a wrong result, the model gives that result more often than the right one
     assert wilson_interval(round(foil * n), n)[0] > wilson_interval(round(right * n), n)[1]
     assert json.loads((org.path / "spec.json").read_text())["settings"]["planted_per_task"] == n
+
+
+def test_rotelab_train_on_the_world_leaves_out_the_planted_probes(tmp_path):
+    # `rotelab train` inserts the ledger's items only: the planted tasks would measure nothing.
+    from rotelab.pipelines.train import _world_corpus
+
+    corpus = _world_corpus(OrganismSpec(Profile.tiny, 0), None, tmp_path)
+    assert len(corpus.probes) and not corpus.probes["task"].isin(PLANTED_TASKS).any()
