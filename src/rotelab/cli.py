@@ -1397,9 +1397,20 @@ def probe_cmd(
     emit(summary, show, run_dir=path)
 
 
-@command("steer", shared=("run", "load", "show"), without=("resume",))
+@command("steer", shared=("run", "load", "corpus", "show"), without=("resume",))
 def steer_cmd(
     model: ModelOpt = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="A model without a ledger: text it partly recites (labels from its behaviour).",
+        ),
+    ] = None,
+    retain: Annotated[
+        str | None, typer.Option(help="With --data: held-out text for perplexity.")
+    ] = None,
     alpha: Annotated[
         list[float] | None,
         typer.Option(
@@ -1424,20 +1435,26 @@ def steer_cmd(
     contrastive: Annotated[
         bool, typer.Option(help="Also the self-contrastive arm (twice the compute).")
     ] = True,
+    prefix_len: Annotated[int, typer.Option(help="Prefix tokens of --data windows.")] = 32,
+    suffix_len: Annotated[int, typer.Option(help="Suffix tokens of --data windows.")] = 32,
     *,
     run: RunOptions,
     load: LoadOptions,
+    corpus: CorpusOptions,
     show: Show,
 ) -> None:
     """Dynamic Mode Steering (Zhang 2025): none/static/dynamic/contrastive arms; saves model/."""
     from rotelab.pipelines.probe import ProbeSettings
     from rotelab.pipelines.steer import DEFAULT_FACTORS, format_table, steer
 
-    settings = ProbeSettings(min_count=min_count, seeds=seeds, batch_size=batch_size)
+    settings = ProbeSettings(
+        min_count=min_count, seeds=seeds, batch_size=batch_size, prefix_len=prefix_len,
+        suffix_len=suffix_len,
+    )  # fmt: skip
     path, summary = steer(
-        model, factors=alpha or DEFAULT_FACTORS, layer=layer, settings=settings,
-        heldout_tokens=heldout_tokens, max_ppl_rise=max_ppl_rise, save_factor=save_alpha,
-        contrastive=contrastive, run=run, load=load,
+        model, data=data, retain=retain, corpus=corpus, factors=alpha or DEFAULT_FACTORS,
+        layer=layer, settings=settings, heldout_tokens=heldout_tokens, max_ppl_rise=max_ppl_rise,
+        save_factor=save_alpha, contrastive=contrastive, run=run, load=load,
     )  # fmt: skip
     if not show.as_json and not show.quiet:
         out.print(format_table(summary), highlight=False, soft_wrap=True)

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rotelab.data.corpus import read_corpus
 from rotelab.edit.steering import steering_spec
 from rotelab.errors import RotelabError
 from rotelab.lm import LM
@@ -45,7 +46,7 @@ from rotelab.measure.extraction import ledger_windows, score_windows
 from rotelab.measure.quality import perplexity, probe_accuracy
 from rotelab.options import CorpusOptions, LoadOptions, RunOptions
 from rotelab.organism import PLANTED_TASKS
-from rotelab.pipelines.inputs import resolve_model
+from rotelab.pipelines.inputs import resolve_corpus, resolve_model
 from rotelab.pipelines.probe import ProbeSettings, check_inputs, run_probe
 from rotelab.runs import Run
 from rotelab.steered import SteeringMode, SteeringSpec, check_steering_layer, is_steering_dir
@@ -81,6 +82,9 @@ def _measure(lm: LM, spec: SteeringSpec | None, windows, all_windows, docs, toke
 def steer(
     model: LM | str | os.PathLike | None = None,
     *,
+    data: str | os.PathLike | None = None,
+    retain: str | os.PathLike | None = None,
+    corpus: CorpusOptions = CorpusOptions(),
     factors: Sequence[float] = DEFAULT_FACTORS,
     layer: int | None = None,
     settings: ProbeSettings = ProbeSettings(),
@@ -94,7 +98,14 @@ def steer(
     """Sweep alpha over the three arms on an organism and save a steered model (``rotelab steer``).
 
     Args:
-        model: an organism (``None``: the default one) or an organism directory.
+        model: an organism (``None``: the default one) or an organism directory; any other model
+            with ``data`` and ``retain``.
+        data: for a model without a ledger: text it partly recites; the labels come from its
+            behaviour (windows the one-pass audit extracts against windows it barely matches,
+            :func:`rotelab.edit.steering.behaviour_probe_data`), and "memorized" is the extracted
+            windows (no planted tasks).
+        retain: with ``data``: the held-out text perplexity is measured on.
+        corpus: how ``data`` and ``retain`` are read.
         factors: alphas as multiples of the class-mean separation at the layer.
         layer: the layer to steer; ``None``: the probe's best by held-out AUC.
         settings: the probe's labels, splits and seeds (:class:`ProbeSettings`).
@@ -118,18 +129,25 @@ def steer(
     if isinstance(model, (str, os.PathLike)) and is_steering_dir(model):
         raise RotelabError(f"{model} is already a steered model; steer its base model")
     given = resolve_model(model)
-    if not given.is_organism:
+    if not given.is_organism and data is None:
         raise RotelabError(
-            f"rotelab steer measures on an organism's ledger; {given.label} is not an organism "
-            "(probe it with rotelab probe --data)"
+            f"rotelab steer measures on an organism's ledger; {given.label} is not an organism: "
+            "pass --data (text it partly recites) and --retain (held-out text)"
         )
-    check_inputs(model, None, settings, _no_corpus())
+    if data is not None and retain is None:
+        raise RotelabError("--data needs --retain: held-out text to measure perplexity on")
+    if retain is not None and data is None:
+        raise RotelabError("--retain goes with --data (an organism uses its own held-out text)")
+    check_inputs(model, data, settings, corpus)
+    if retain is not None:
+        resolve_corpus(retain, corpus, flag="--retain")
     label = model.name if isinstance(model, LM) else (str(model) if model else "organism")
-    config = {"model": label, "factors": list(factors), "layer": layer, "seed": run.seed,
-              "heldout_tokens": heldout_tokens, "max_ppl_rise": max_ppl_rise,
-              "save_factor": save_factor, "contrastive": contrastive,
-              **settings.__dict__}  # fmt: skip
-    inputs = (given.source,)
+    config = {"model": label, "data": None if data is None else str(data),
+              "retain": None if retain is None else str(retain), "factors": list(factors),
+              "layer": layer, "seed": run.seed, "heldout_tokens": heldout_tokens,
+              "max_ppl_rise": max_ppl_rise, "save_factor": save_factor,
+              "contrastive": contrastive, **settings.__dict__}  # fmt: skip
+    inputs = (given.source,) + tuple(str(p) for p in (data, retain) if p is not None)
     if run.out is not None:
         Run.check(run.out, force=run.force, inputs=inputs)
 
@@ -137,22 +155,29 @@ def steer(
     lm = given.load(load)
     if layer is not None:  # the model decides; refused before the probing work
         check_steering_layer(layer, lm.num_layers, "--layer")
-    probed = run_probe(given, None, settings, load, _no_corpus(), lm=lm)
+    probed = run_probe(given, data, settings, load, corpus, lm=lm)
     lm = probed.lm
     chosen = probed.layers.best_layer if layer is None else layer
     check_steering_layer(chosen, lm.num_layers, "--layer")
-    org = given.organism()
-    ledger = org.ledger
-    all_mem = [
-        w for w, c in zip(ledger_windows(ledger), ledger["count"]) if c >= settings.min_count
-    ]
-    base = str(given.path())
+    base = str(given.path()) if given.path() is not None else given.label
     labels = probed.data.labels
-    # The organism's planted tasks (faithfulness, memorized wrong answers), where the mode
-    # matters: the paper's claim is that steering away from memorization helps there.
-    probes = org.probes
-    tasks = probes[probes["task"].isin(PLANTED_TASKS)] if "foil" in probes.columns else None
-    tasks = None if tasks is None or tasks.empty else tasks.reset_index(drop=True)
+    tasks = None
+    if data is None:
+        org = given.organism()
+        ledger = org.ledger
+        all_mem = [
+            w for w, c in zip(ledger_windows(ledger), ledger["count"]) if c >= settings.min_count
+        ]
+        # The organism's planted tasks (faithfulness, memorized wrong answers), where the mode
+        # matters: the paper's claim is that steering away from memorization helps there.
+        probes = org.probes
+        tasks = probes[probes["task"].isin(PLANTED_TASKS)] if "foil" in probes.columns else None
+        tasks = None if tasks is None or tasks.empty else tasks.reset_index(drop=True)
+    else:  # a model without a ledger: every window it recites; perplexity on --retain
+        all_mem = [w for w, y in zip(probed.data.windows, labels) if y]
+        probed.heldout_docs = [
+            d.text for d in read_corpus(retain, **corpus.read_kwargs()) if d.text.strip()
+        ]
     rows, task_rows = [], []
     for seed in range(settings.seeds):
         test = probed.split(seed, settings.test_size)
@@ -184,6 +209,8 @@ def steer(
     frame["ppl_change"] = frame["ppl"] / frame["seed"].map(base_ppl) - 1
     task_frame = pd.concat(task_rows, ignore_index=True) if task_rows else None
     summary = _summarize(frame, probed, chosen, factors, max_ppl_rise, label)
+    summary["labels"] = {"source": probed.data.source, "memorized": int(labels.sum()),
+                         "not_memorized": int((~labels).sum())}  # fmt: skip
     summary["tasks"] = task_summary(task_frame, run.seed) if task_frame is not None else None
     final_probe, final_vector, final_sep = probed.fit(chosen)
     budget = summary["dynamic_at_budget"]
