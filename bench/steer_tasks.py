@@ -74,7 +74,7 @@ def gamma(args) -> list[dict]:
             for g in args.gammas:
                 arms.append((f"contrastive@{f:g}", g, dyn.with_(mode="contrastive", gamma=g)))
         for arm, g, spec in arms:
-            h, every, ppl, v = _measure(
+            h, every, ppl, v, _ = _measure(
                 lm, spec, held, all_mem, probed.heldout_docs, 20_000, settings.batch_size, tasks
             )
             rows.append({"seed": seed, "arm": arm, "gamma": g, "extraction": float(h.mean()),

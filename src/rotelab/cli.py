@@ -1376,6 +1376,10 @@ def probe_cmd(
         typer.Option(help="Saved probe's steering strength. Default: 4 x class separation."),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 32,
+    min_match_rate: Annotated[
+        float | None,
+        typer.Option(help="With --data: also memorized = windows matched at least this much."),
+    ] = None,
     *,
     run: RunOptions,
     load: LoadOptions,
@@ -1388,6 +1392,7 @@ def probe_cmd(
     settings = ProbeSettings(
         min_count=min_count, layers=_layers(layers), seeds=seeds, test_size=test_size,
         prefix_len=prefix_len, suffix_len=suffix_len, batch_size=batch_size,
+        min_match_rate=min_match_rate,
     )  # fmt: skip
     path, summary = probe(
         model, data, settings=settings, alpha=alpha, run=run, load=load, corpus=corpus
@@ -1437,6 +1442,10 @@ def steer_cmd(
     ] = True,
     prefix_len: Annotated[int, typer.Option(help="Prefix tokens of --data windows.")] = 32,
     suffix_len: Annotated[int, typer.Option(help="Suffix tokens of --data windows.")] = 32,
+    min_match_rate: Annotated[
+        float | None,
+        typer.Option(help="With --data: also memorized = windows matched at least this much."),
+    ] = None,
     *,
     run: RunOptions,
     load: LoadOptions,
@@ -1449,7 +1458,7 @@ def steer_cmd(
 
     settings = ProbeSettings(
         min_count=min_count, seeds=seeds, batch_size=batch_size, prefix_len=prefix_len,
-        suffix_len=suffix_len,
+        suffix_len=suffix_len, min_match_rate=min_match_rate,
     )  # fmt: skip
     path, summary = steer(
         model, data=data, retain=retain, corpus=corpus, factors=alpha or DEFAULT_FACTORS,

@@ -73,10 +73,13 @@ def _measure(lm: LM, spec: SteeringSpec | None, windows, all_windows, docs, toke
     verdicts per probe or ``None``) under ``spec``."""
     with lm.steered(spec):
         held = score_windows(lm, windows, batch_size=batch)["extracted"].to_numpy(bool)
-        every = score_windows(lm, all_windows, batch_size=batch)["extracted"].to_numpy(bool)
+        every = score_windows(lm, all_windows, batch_size=batch)
         ppl = perplexity(lm, docs, max_tokens=tokens, batch_size=batch)
         verdicts = None if tasks is None else probe_accuracy(lm, tasks, batch_size=batch)
-    return held, every, ppl, verdicts
+    # the mean exact-match rate of all the memorized windows rides along (a model that recites
+    # only parts of windows: strict extraction is 0 there, the match rate is not)
+    every.attrs["match_rate"] = float(every["match_rate"].mean()) if len(every) else math.nan
+    return held, every["extracted"].to_numpy(bool), ppl, verdicts, every.attrs["match_rate"]
 
 
 def steer(
@@ -192,7 +195,7 @@ def steer(
                 spec = steering_spec(lm, base, chosen, probe_s, vector, f * separation, mode)
                 arms.append((mode.value, f, spec))
         for arm, f, spec in arms:
-            h, every, ppl, verdicts = _measure(
+            h, every, ppl, verdicts, match = _measure(
                 lm, spec, held, all_mem, probed.heldout_docs, heldout_tokens, settings.batch_size,
                 tasks,
             )  # fmt: skip
@@ -200,7 +203,7 @@ def steer(
                 "seed": seed, "arm": arm, "factor": f, "alpha": f * separation,
                 "extraction": float(h.mean()), "held_out_items": len(h),
                 "extraction_all": float(every.mean()), "items_all": len(every),
-                "ppl": ppl.value,
+                "match_rate_all": match, "ppl": ppl.value,
             })  # fmt: skip
             if verdicts is not None:
                 task_rows.append(verdicts.assign(seed=seed, arm=arm, factor=f))
@@ -334,6 +337,7 @@ def _summarize(frame, probed, layer, factors, max_ppl_rise, label) -> dict[str, 
             "arm": arm, "factor": f, "alpha": float(part["alpha"].mean()),
             "extraction": ext, "extraction_ci": ext_ci,
             "extraction_all": float(part["extraction_all"].mean()),
+            "match_rate_all": float(part["match_rate_all"].mean()),
             "ppl": float(part["ppl"].mean()), "ppl_change": change, "ppl_change_ci": change_ci,
         })  # fmt: skip
     none = next(a for a in arms if a["arm"] == "none")
@@ -368,6 +372,7 @@ def format_table(summary: dict[str, Any]) -> str:
         f"{summary['model']}: steering at layer {summary['layer']} (probe AUC "
         f"{summary['auc']:.3f}), {summary['seeds']} seed(s)",
         f"{'arm':<11} {'factor':>6} {'alpha':>7} {'extract':>8} {'95% CI':>16} {'all>=k':>7} "
+        f"{'match':>6} "
         f"{'ppl':>7} {'ppl chg':>8}",
     ]
     for a in summary["arms"]:
@@ -375,7 +380,8 @@ def format_table(summary: dict[str, Any]) -> str:
         ci_text = "" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
         lines.append(
             f"{a['arm']:<11} {a['factor']:>6.2f} {a['alpha']:>7.3f} {a['extraction']:>8.3f} "
-            f"{ci_text:>16} {a['extraction_all']:>7.3f} {a['ppl']:>7.3f} {a['ppl_change']:>+8.2%}"
+            f"{ci_text:>16} {a['extraction_all']:>7.3f} {a.get('match_rate_all', math.nan):>6.3f} "
+            f"{a['ppl']:>7.3f} {a['ppl_change']:>+8.2%}"
         )
     if summary.get("tasks"):
         counts = ", ".join(f"{t}: {n} probes" for t, n in summary["tasks"]["n_probes"].items())
