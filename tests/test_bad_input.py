@@ -518,6 +518,7 @@ CASES = [
     case("steer -m {model} -o {out} -q", "not an organism"),
     case("steer -m {steered} -o {out} -q", "already a steered model"),
     case("steer -m {model} -d {data} -o {out} -q", "--data needs --retain"),
+    case("probe -m {model} -d {data} --min-match-rate 0.3 -o {out} -q", "--min-match-rate"),
     case("steer -m {model} -d {missing} --retain {data} -o {out} -q", "does not exist"),
     case(f"{STEER} --layer 99", "layer 99 does not exist", loads=True),
     case("extract -m {spec_no_tensors} -d {data} -o {out} -q", "missing steering.safetensors"),
