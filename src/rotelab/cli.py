@@ -1446,6 +1446,10 @@ def steer_cmd(
         float | None,
         typer.Option(help="With --data: also memorized = windows matched at least this much."),
     ] = None,
+    probe_layers: Annotated[
+        str | None,
+        typer.Option(help="Layers the probe chooses from, e.g. 6,12,18. Default: all."),
+    ] = None,
     *,
     run: RunOptions,
     load: LoadOptions,
@@ -1458,7 +1462,7 @@ def steer_cmd(
 
     settings = ProbeSettings(
         min_count=min_count, seeds=seeds, batch_size=batch_size, prefix_len=prefix_len,
-        suffix_len=suffix_len, min_match_rate=min_match_rate,
+        suffix_len=suffix_len, min_match_rate=min_match_rate, layers=_layers(probe_layers),
     )  # fmt: skip
     path, summary = steer(
         model, data=data, retain=retain, corpus=corpus, factors=alpha or DEFAULT_FACTORS,
