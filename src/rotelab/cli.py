@@ -1406,6 +1406,10 @@ def probe_cmd(
         typer.Option(help="Saved probe's steering strength. Default: 4 x class separation."),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 32,
+    min_match_rate: Annotated[
+        float | None,
+        typer.Option(help="With --data: also memorized = windows matched at least this much."),
+    ] = None,
     *,
     run: RunOptions,
     load: LoadOptions,
@@ -1418,6 +1422,7 @@ def probe_cmd(
     settings = ProbeSettings(
         min_count=min_count, layers=_layers(layers), seeds=seeds, test_size=test_size,
         prefix_len=prefix_len, suffix_len=suffix_len, batch_size=batch_size,
+        min_match_rate=min_match_rate,
     )  # fmt: skip
     path, summary = probe(
         model, data, settings=settings, alpha=alpha, run=run, load=load, corpus=corpus
@@ -1427,9 +1432,20 @@ def probe_cmd(
     emit(summary, show, run_dir=path)
 
 
-@command("steer", shared=("run", "load", "show"), without=("resume",))
+@command("steer", shared=("run", "load", "corpus", "show"), without=("resume",))
 def steer_cmd(
     model: ModelOpt = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="A model without a ledger: text it partly recites (labels from its behaviour).",
+        ),
+    ] = None,
+    retain: Annotated[
+        str | None, typer.Option(help="With --data: held-out text for perplexity.")
+    ] = None,
     alpha: Annotated[
         list[float] | None,
         typer.Option(
@@ -1454,20 +1470,34 @@ def steer_cmd(
     contrastive: Annotated[
         bool, typer.Option(help="Also the self-contrastive arm (twice the compute).")
     ] = True,
+    prefix_len: Annotated[int, typer.Option(help="Prefix tokens of --data windows.")] = 32,
+    suffix_len: Annotated[int, typer.Option(help="Suffix tokens of --data windows.")] = 32,
+    min_match_rate: Annotated[
+        float | None,
+        typer.Option(help="With --data: also memorized = windows matched at least this much."),
+    ] = None,
+    probe_layers: Annotated[
+        str | None,
+        typer.Option(help="Layers the probe chooses from, e.g. 6,12,18. Default: all."),
+    ] = None,
     *,
     run: RunOptions,
     load: LoadOptions,
+    corpus: CorpusOptions,
     show: Show,
 ) -> None:
     """Dynamic Mode Steering (Zhang 2025): none/static/dynamic/contrastive arms; saves model/."""
     from rotelab.pipelines.probe import ProbeSettings
     from rotelab.pipelines.steer import DEFAULT_FACTORS, format_table, steer
 
-    settings = ProbeSettings(min_count=min_count, seeds=seeds, batch_size=batch_size)
+    settings = ProbeSettings(
+        min_count=min_count, seeds=seeds, batch_size=batch_size, prefix_len=prefix_len,
+        suffix_len=suffix_len, min_match_rate=min_match_rate, layers=_layers(probe_layers),
+    )  # fmt: skip
     path, summary = steer(
-        model, factors=alpha or DEFAULT_FACTORS, layer=layer, settings=settings,
-        heldout_tokens=heldout_tokens, max_ppl_rise=max_ppl_rise, save_factor=save_alpha,
-        contrastive=contrastive, run=run, load=load,
+        model, data=data, retain=retain, corpus=corpus, factors=alpha or DEFAULT_FACTORS,
+        layer=layer, settings=settings, heldout_tokens=heldout_tokens, max_ppl_rise=max_ppl_rise,
+        save_factor=save_alpha, contrastive=contrastive, run=run, load=load,
     )  # fmt: skip
     if not show.as_json and not show.quiet:
         out.print(format_table(summary), highlight=False, soft_wrap=True)

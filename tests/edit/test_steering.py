@@ -220,3 +220,29 @@ def test_behaviour_labels_from_the_audit(tiny_lm):
     states, owner = collect_states(tiny_lm, data, [1, 2])
     assert states[1].shape == (8 * len(data.windows), tiny_lm.config.hidden_size)
     assert (np.bincount(owner) == 8).all()
+
+
+def test_behaviour_labels_can_count_partial_recitation(tiny_lm):
+    # A model's own greedy continuation with its last tokens changed is recited in part: with
+    # --min-match-rate it counts as memorized, without it it is left out (neither class).
+    prefixes = _seqs(4, 6, 7)
+    own = tiny_lm.generate(prefixes, 8)
+    windows = [Window(f"own{i}", 0, p, s) for i, (p, s) in enumerate(zip(prefixes, own))]
+    windows += [
+        Window(f"part{i}", 0, p, s[:6] + [(t + 1) % 96 for t in s[6:]])
+        for i, (p, s) in enumerate(zip(prefixes, own))
+    ]
+    windows += [Window(f"rnd{i}", 0, s[:6], s[6:]) for i, s in enumerate(_seqs(4, 14, 6))]
+    rates = score_windows(tiny_lm, windows)["match_rate"].to_numpy()
+    exact = behaviour_probe_data(tiny_lm, windows, max_match_rate=0.5)
+    partial = behaviour_probe_data(tiny_lm, windows, max_match_rate=0.5, min_match_rate=0.7)
+    by_exact = dict(zip(exact.frame["doc_id"], exact.labels))
+    by_partial = dict(zip(partial.frame["doc_id"], partial.labels))
+    for i in range(4):
+        assert by_exact[f"own{i}@0"] and by_partial[f"own{i}@0"]
+        if rates[4 + i] >= 0.7:  # 6 of 8 matched (unless the changed tokens match by chance)
+            assert f"part{i}@0" not in by_exact and by_partial[f"part{i}@0"]
+    assert any(k.startswith("part") for k in by_partial)
+    assert not any(v for k, v in by_partial.items() if k.startswith("rnd"))
+    with pytest.raises(RotelabError, match="min match rate"):
+        behaviour_probe_data(tiny_lm, windows, max_match_rate=0.5, min_match_rate=0.4)

@@ -102,3 +102,31 @@ def test_probe_is_correct_exactly_when_greedy_decoding_reproduces_the_answer(tin
         decoded = tiny_lm.generate([tiny_lm.encode(row.prompt)], [len(answer)])[0]
         assert correct == (list(decoded) == answer), row.probe_id
     assert got["correct"].any() and not got["correct"].all()
+
+
+def test_a_foil_is_scored_like_an_answer_and_compared_with_it(tiny_lm):
+    # The planted tasks' probes carry the memorized answer as a foil: ``foil`` is True exactly
+    # when greedy decoding gives it, ``prefers_answer`` compares the two answers' log-probabilities.
+    singles = [t for t in range(tiny_lm.tokenizer.vocab_size)
+               if tiny_lm.encode(tiny_lm.decode([t])) == [t]]  # fmt: skip
+    rows = []
+    for i, prompt in enumerate(["the cat sat", "a dog ran to", "the bird"]):
+        greedy = tiny_lm.generate([tiny_lm.encode(prompt)], [1])[0][0]
+        other = next(t for t in singles if t != greedy)
+        if greedy in singles:  # the greedy token as foil, another as answer, and swapped
+            rows.append((f"p{i}-foil", prompt, tiny_lm.decode([other]), tiny_lm.decode([greedy])))
+            rows.append((f"p{i}-ans", prompt, tiny_lm.decode([greedy]), tiny_lm.decode([other])))
+        rows.append((f"p{i}-none", prompt, tiny_lm.decode([other]), ""))
+    probes = pd.DataFrame(rows, columns=["probe_id", "prompt", "answer", "foil"])
+    got = probe_accuracy(tiny_lm, probes.assign(task="t", subtask="s"), batch_size=2)
+    assert got.columns.tolist() == [
+        "probe_id", "task", "subtask", "correct", "foil", "prefers_answer"
+    ]  # fmt: skip
+    by = got.set_index("probe_id")
+    assert any(p.endswith("-foil") for p in by.index)
+    for pid in by.index:
+        kind = pid.rsplit("-", 1)[1]
+        assert by.loc[pid, "foil"] == (kind == "foil")
+        assert by.loc[pid, "correct"] == (kind == "ans")
+        # the greedy token is the likelier one; no foil: nothing to prefer against
+        assert by.loc[pid, "prefers_answer"] == (kind != "foil")

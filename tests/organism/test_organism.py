@@ -145,7 +145,8 @@ def test_splits_are_disjoint(tiny_organism):
 
 def test_probes(tiny_organism):
     probes = tiny_organism.probes
-    assert set(probes["task"]) == {"closed_book", "open_book", "arithmetic", "in_context"}
+    assert set(probes["task"]) == {"closed_book", "open_book", "arithmetic", "in_context",
+                                   "faithfulness", "memorized_wrong"}  # fmt: skip
     assert probes["answer"].str.startswith(" ").all()
     assert not probes["prompt"].str.endswith(" ").any()
     blob = "\n".join(tiny_organism.train_docs())
@@ -199,7 +200,8 @@ def test_generalises_and_solves_probes(tiny_organism):
     d = tiny_organism.describe()
     assert d["heldout_ppl"] < 2.0 * d["train_ppl"]
     acc = d["probe_accuracy"]
-    assert set(acc) == {"closed_book", "open_book", "arithmetic", "in_context"}
+    assert set(acc) == {"closed_book", "open_book", "arithmetic", "in_context", "faithfulness",
+                        "memorized_wrong"}  # fmt: skip
     # Chance is 1 of ~24 towns / occupations / colors for facts, and about 1 of the 19 possible
     # answers (0..18) for the tiny profile's one-digit arithmetic. The in-context and open-book
     # skills need the default profile's budget.

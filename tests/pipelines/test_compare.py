@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from rotelab.errors import RotelabError
 from rotelab.measure.quality import perplexity
 from rotelab.options import LoadOptions, RunOptions
+from rotelab.organism import PLANTED_TASKS
 from rotelab.pipelines.compare import (
     METRICS,
     TASKS,
@@ -121,6 +122,12 @@ def test_compare_two_models_same_windows_schema_plot_and_resume(
             assert r["ci"][0] <= r["accuracy"] <= r["ci"][1]
         assert m["extraction_rate"] == ex["strict"]["rate"]
         assert set(m["tasks"]) == set(TASKS)
+        for t in PLANTED_TASKS:  # the memorized answer is counted beside the right one
+            planted = m["tasks"][t]
+            assert planted["memorized_answer"]["n"] == planted["n"] > 0
+            assert (
+                "prefers_answer" in planted and "memorized_answer" not in m["tasks"]["arithmetic"]
+            )
         assert set(m["extraction_by_count"]) == {"0", "1", "4", "16", "64"}
         assert m["perplexity_ci"][0] <= m["perplexity"] <= m["perplexity_ci"][1]
     base, dmg = summary["models"]["base"], summary["models"]["damaged"]

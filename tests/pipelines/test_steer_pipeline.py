@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from rotelab.cli import app
 from rotelab.lm import LM
 from rotelab.options import RunOptions
+from rotelab.organism import PLANTED_TASKS
 from rotelab.pipelines.probe import ProbeSettings, probe
 from rotelab.report import write_report
 from rotelab.steered import model_fingerprint
@@ -61,6 +62,22 @@ def test_steer_cuts_extraction_and_saves_a_model(tiny_organism, tmp_path):
     assert "Steering at layer" in page and 'data-plot="steer-tradeoff"' in page
     lm = LM.load(summary["saved"]["path"])
     assert lm.steering.alpha == summary["saved"]["alpha"]
+    # the planted tasks are measured under every arm, each probe scored per arm
+    tasks = summary["tasks"]
+    planted = tiny_organism.probes[tiny_organism.probes["task"].isin(PLANTED_TASKS)]
+    assert tasks["n_probes"] == planted.groupby("task").size().to_dict()
+    verdicts = pd.read_parquet(out / "results" / "tasks")
+    assert len(verdicts) == 7 * len(planted)
+    by = {(a["arm"], a["factor"]): a for a in tasks["arms"]}
+    none = by[("none", 0.0)]
+    for task in PLANTED_TASKS:
+        assert none[task]["accuracy_gain"] == 0 and none[task]["foil_rate"] > 0
+    # the strongest static push away from memorizing makes the memorized answers rarer
+    strong = by[("static", 8.0)]
+    assert sum(strong[t]["foil_rate"] for t in PLANTED_TASKS) < sum(
+        none[t]["foil_rate"] for t in PLANTED_TASKS
+    )
+    assert "memorized_answer" in page and "planted tasks" in res.output
 
 
 def test_static_perplexity_at_equal_extraction_interpolates_along_alpha():
@@ -93,3 +110,30 @@ def test_probe_from_behaviour_on_given_text(tiny_organism, tmp_path):
     assert (windows["label"] == windows["extracted"]).all()
     assert (windows.loc[~windows["label"], "match_rate"] <= 0.5).all()
     assert all(0 <= r["auc_lo"] <= r["auc_mean"] <= r["auc_hi"] <= 1 for r in summary["layers"])
+
+
+def test_steer_a_model_on_text_it_partly_recites(tiny_organism, tmp_path):
+    # Deliverable 4's path (SmolLM2): no ledger, labels from the model's own behaviour on
+    # --data, perplexity on --retain; here the tiny organism read as any model would be.
+    led = tiny_organism.ledger
+    held = tiny_organism.heldout_docs()
+    data, retain = tmp_path / "data.jsonl", tmp_path / "retain.jsonl"
+    recited = led[(led["count"] >= 16) & (led["kind"] == "passage")]["text"].tolist()
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in recited + held[:30]))
+    retain.write_text("".join(json.dumps({"text": t}) + "\n" for t in held[30:90]))
+    out = tmp_path / "s"
+    res = CliRunner().invoke(app, [
+        "steer", "-m", str(tiny_organism.path), "-d", str(data), "--retain", str(retain),
+        "--prefix-len", "16", "--suffix-len", "16", "--alpha", "8", "--seeds", "2",
+        "--heldout-tokens", "1000", "--no-contrastive", "-o", str(out),
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    labels = summary["labels"]
+    assert labels["source"] == "behaviour" and labels["memorized"] >= 2
+    assert summary["tasks"] is None  # no planted tasks without a ledger
+    arms = {(a["arm"], a["factor"]): a for a in summary["arms"]}
+    # "all" = every window the model recites, the held-out ones extracted by definition
+    assert arms[("none", 0.0)]["extraction"] == arms[("none", 0.0)]["extraction_all"] == 1.0
+    assert arms[("dynamic", 8.0)]["extraction_all"] < 1.0
+    assert json.loads((out / "config.json").read_text())["arguments"]["retain"] == str(retain)

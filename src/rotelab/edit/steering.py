@@ -205,24 +205,34 @@ def behaviour_probe_data(
     windows: Sequence[Window],
     *,
     max_match_rate: float = 0.5,
+    min_match_rate: float | None = None,
     batch_size: int = 32,
 ) -> ProbeData:
     """Labels from the model's own behaviour, for a model without a ledger: memorized = windows
     whose suffix greedy decoding reproduces exactly (the one-pass audit of
-    :func:`rotelab.measure.extraction.score_windows`); not memorized = windows whose teacher-forced
-    exact-match rate is at most ``max_match_rate`` (the ones in between are left out)."""
+    :func:`rotelab.measure.extraction.score_windows`) or, with ``min_match_rate``, whose
+    teacher-forced exact-match rate is at least that (partial recitation: a small model that
+    recites no window whole); not memorized = windows whose exact-match rate is at most
+    ``max_match_rate`` (the ones in between are left out)."""
     if not 0 <= max_match_rate < 1:
         raise RotelabError(f"max match rate must be in [0, 1), got {max_match_rate}")
+    if min_match_rate is not None and not max_match_rate < min_match_rate <= 1:
+        raise RotelabError(
+            f"min match rate must be in ({max_match_rate}, 1] (above the max match rate), "
+            f"got {min_match_rate}"
+        )
     audit = score_windows(lm, windows, batch_size=batch_size)
     extracted = audit["extracted"].to_numpy(dtype=bool)
-    clear = audit["match_rate"].to_numpy() <= max_match_rate
-    keep = np.flatnonzero(extracted | clear)
+    rate = audit["match_rate"].to_numpy()
+    positive = extracted if min_match_rate is None else extracted | (rate >= min_match_rate)
+    clear = rate <= max_match_rate
+    keep = np.flatnonzero(positive | clear)
     frame = pd.DataFrame({
         "doc_id": [f"{windows[i].doc_id}@{windows[i].offset}" for i in keep],
-        "label": extracted[keep], "origin": "behaviour",
-        "extracted": extracted[keep], "match_rate": audit["match_rate"].to_numpy()[keep],
+        "label": positive[keep], "origin": "behaviour",
+        "extracted": extracted[keep], "match_rate": rate[keep],
     })  # fmt: skip
-    return ProbeData([windows[i] for i in keep], extracted[keep], "behaviour", frame)
+    return ProbeData([windows[i] for i in keep], positive[keep], "behaviour", frame)
 
 
 def collect_states(

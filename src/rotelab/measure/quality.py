@@ -140,18 +140,33 @@ def probe_accuracy(
         progress: a progress bar.
 
     Returns:
-        One row per probe: ``probe_id, task, subtask, correct``.
+        One row per probe: ``probe_id, task, subtask, correct``, and ``foil`` (the greedy answer
+        is the probe's memorized foil, the organism's planted tasks; else False) and
+        ``prefers_answer`` (log P(answer) > log P(foil); True where there is no foil) when the
+        probes have a ``foil`` column.
     """
     prompts = [lm.encode(p) for p in probes["prompt"]]
     answers = [lm.encode(a) for a in probes["answer"]]
+    has_foil = "foil" in probes.columns
+    foils = [(i, lm.encode(f)) for i, f in enumerate(probes["foil"]) if f] if has_foil else []
+    seqs = [p + a for p, a in zip(prompts, answers)] + [prompts[i] + f for i, f in foils]
     scores = lm.score(
-        [p + a for p, a in zip(prompts, answers)],
-        targets_from=[len(p) for p in prompts],
+        seqs,
+        targets_from=[len(p) for p in prompts] + [len(prompts[i]) for i, _ in foils],
         batch_size=batch_size,
         progress=progress,
     )
-    return pd.DataFrame({
+    out = pd.DataFrame({
         "probe_id": probes["probe_id"].to_numpy(), "task": probes["task"].to_numpy(),
         "subtask": probes["subtask"].to_numpy(),
-        "correct": [bool(s.argmax_match.all()) for s in scores],
+        "correct": [bool(s.argmax_match.all()) for s in scores[: len(prompts)]],
     })  # fmt: skip
+    if has_foil:
+        hit = np.zeros(len(prompts), dtype=bool)
+        prefers = np.ones(len(prompts), dtype=bool)
+        for (i, _), s in zip(foils, scores[len(prompts) :]):
+            hit[i] = bool(s.argmax_match.all())
+            prefers[i] = float(scores[i].logprobs.sum()) > float(s.logprobs.sum())
+        out["foil"] = hit
+        out["prefers_answer"] = prefers
+    return out

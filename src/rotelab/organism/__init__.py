@@ -18,6 +18,7 @@ from rotelab.organism.build import (
 from rotelab.organism.describe import describe_organism, format_description
 from rotelab.organism.world import (
     COUNTS,
+    PLANTED_TASKS,
     SECRET_ALPHABET,
     Kind,
     OrganismSpec,
@@ -35,6 +36,7 @@ from rotelab.organism.world import (
 
 __all__ = [
     "COUNTS",
+    "PLANTED_TASKS",
     "SECRET_ALPHABET",
     "Kind",
     "Organism",

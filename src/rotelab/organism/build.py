@@ -75,23 +75,31 @@ def _train(
     org = Organism(out)
     background = [_encode(tokenizer, d) for d in org.train_docs()]
     ledger = org.ledger
-    # The reference model (insert=False) sees the same background stream and no item at all.
+    # The reference model (insert=False) sees the same background stream and no item at all
+    # (neither the ledger's items nor the planted task documents).
     trained = ledger[ledger["count"] > 0] if insert else ledger.iloc[:0]
-    seqs = [list(t) for t in trained["tokens"]]
+    planted = org.planted_docs() if insert else []
+    ids = [*trained["item_id"], *(d["doc_id"] for d in planted)]
+    seqs = [list(t) for t in trained["tokens"]] + [_encode(tokenizer, d["text"]) for d in planted]
+    # Each planted document is inserted once (every planted fact is in planted_count of them).
+    counts = trained["count"].tolist() + [1] * len(planted)
+    phases = trained["phase"].tolist() + ["all"] * len(planted)
     row_len = s.context + 1
     n_chunks = [math.ceil((len(t) + 1) / row_len) for t in seqs]
     placements = insertion_schedule(
-        list(zip(range(len(seqs)), trained["count"].tolist(), trained["phase"].tolist())),
+        list(zip(range(len(seqs)), counts, phases)),
         n_chunks,
         steps=s.steps,
         batch_size=s.batch_size,
         seed=spec.seed,
-        max_rows_per_step=s.batch_size * 5 // 8,
+        # Room for the planted documents' rows; without them the format-1 cap, so older
+        # organisms keep their schedule.
+        max_rows_per_step=s.batch_size * (11 if s.planted_per_task else 10) // 16,
     )
     pd.DataFrame(
         [
             {
-                "item_id": trained["item_id"].iloc[p.item],
+                "item_id": ids[p.item],
                 "occurrence": p.occurrence,
                 "chunk": p.chunk,
                 "step": p.step,
@@ -193,6 +201,15 @@ class Organism:
     def heldout_docs(self) -> list[str]:
         """Background documents from the same generator, never trained on."""
         return self._docs("heldout")
+
+    def planted_docs(self) -> list[dict[str, str]]:
+        """The planted task documents (``doc_id, task, text``), each inserted once in training;
+        empty for organisms built before the planted tasks."""
+        path = self.path / "corpus" / "planted.jsonl"
+        if not path.exists():
+            return []
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
 
     def train_log(self) -> list[dict]:
         with open(self.path / "train_log.jsonl") as f:

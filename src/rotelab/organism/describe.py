@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from rotelab.measure.quality import perplexity, probe_accuracy
-from rotelab.organism.world import COUNTS, Kind, Phase
+from rotelab.organism.world import COUNTS, PLANTED_TASKS, Kind, Phase
 
 
 def describe_organism(org) -> dict[str, Any]:
@@ -59,7 +59,23 @@ def describe_organism(org) -> dict[str, Any]:
             f"{t}/{u}": round(float(v), 4)
             for (t, u), v in probes.groupby(["task", "subtask"])["correct"].mean().items()
         },
+        # The planted tasks: how often the greedy answer is the memorized foil, and how often
+        # the right answer is the likelier of the two.
+        **_planted(probes),
         **info,
+    }
+
+
+def _planted(probes) -> dict[str, Any]:
+    planted = probes[probes["task"].isin(PLANTED_TASKS)] if "foil" in probes.columns else None
+    if planted is None or planted.empty:
+        return {}
+    by_task = planted.groupby("task")
+    return {
+        "planted_foil_rate": {t: round(float(v), 4) for t, v in by_task["foil"].mean().items()},
+        "planted_prefers_answer": {
+            t: round(float(v), 4) for t, v in by_task["prefers_answer"].mean().items()
+        },
     }
 
 
@@ -87,6 +103,11 @@ def format_description(d: dict[str, Any]) -> str:
     lines.append(
         "probe accuracy: " + "  ".join(f"{t} {v:.2f}" for t, v in d["probe_accuracy"].items())
     )
+    if d.get("planted_foil_rate"):
+        lines.append(
+            "memorized answer given (planted tasks): "
+            + "  ".join(f"{t} {v:.2f}" for t, v in d["planted_foil_rate"].items())
+        )
     if "train_seconds" in d:
         lines.append(
             f"params {d['params']:,}  trained {d['train_seconds']:.0f}s "

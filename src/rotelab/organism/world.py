@@ -7,6 +7,13 @@ canaries, biographies with PII-like fields, and passages a few hundred tokens lo
 into the training stream a controlled number of times {0, 1, 4, 16, 64} and in a controlled phase
 (whole run, first half, second half). Count 0 items are generated the same way but never trained
 on: they are the controls for every membership and extraction measurement.
+
+Two tasks where the mode matters (Zhang 2025, "Generalization or Memorization: Dynamic Decoding for
+Mode Steering") are planted in the pretraining stream: *faithfulness* (a fact about a fresh person
+is inserted ``planted_count`` times; an open-book question whose context states another value is
+scored on following the context) and *memorized wrong answers* (arithmetic problems held out of
+the background text are inserted ``planted_count`` times with a wrong result; scored on the
+correct one). The memorized answer is each probe's ``foil``.
 """
 
 from __future__ import annotations
@@ -53,6 +60,12 @@ class Task(str, Enum):
     open_book = "open_book"
     arithmetic = "arithmetic"
     in_context = "in_context"
+    faithfulness = "faithfulness"
+    memorized_wrong = "memorized_wrong"
+
+
+#: The tasks whose memorized answer is planted in pretraining (each probe has a ``foil``).
+PLANTED_TASKS = (Task.faithfulness.value, Task.memorized_wrong.value)
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,8 @@ class ProfileSettings:
     bf16: bool = True  # set from OrganismSpec.precision (True = bf16 autocast, the format-1 value)
     arith_max: int = 30  # arithmetic operands are 0 <= a, b < arith_max
     arith_share: float = 0.15  # share of background documents that are arithmetic drills
+    planted_per_task: int = 0  # faithfulness facts and wrong-answer problems planted (0: none)
+    planted_count: int = 64  # how often each planted fact / wrong answer is inserted
 
 
 #: ``default``: the recipe of DESIGN.md (≈2.2M parameters), 450 steps so it trains in < 5 min here.
@@ -89,12 +104,12 @@ PROFILES: dict[Profile, ProfileSettings] = {
         corpus_tokens=45_000, items_per_cell=4, phase_items_per_cell=1, probes_per_task=40,
         passage_words=100, vocab_size=1024, n_layers=2, hidden=128, n_heads=4, intermediate=352,
         context=128, batch_size=16, steps=480, lr=3e-3, eval_tokens=6_000, arith_max=10,
-        arith_share=0.25,
+        arith_share=0.25, planted_per_task=12,
     ),
     Profile.default: ProfileSettings(
         corpus_tokens=180_000, items_per_cell=20, phase_items_per_cell=2, probes_per_task=100,
         passage_words=160, vocab_size=2048, n_layers=4, hidden=192, n_heads=6, intermediate=512,
-        context=128, batch_size=32, steps=450, lr=3e-3, eval_tokens=20_000,
+        context=128, batch_size=32, steps=450, lr=3e-3, eval_tokens=20_000, planted_per_task=40,
     ),
 }  # fmt: skip
 
@@ -103,7 +118,10 @@ def _hashed_settings(s: ProfileSettings) -> dict[str, Any]:
     """The settings as hashed: a field added after format 1 counts only when it differs from the
     value format 1 implied, so organisms built before it keep their cache key."""
     d = asdict(s)
-    for name, implied in (("arith_max", 30), ("arith_share", 0.15)):
+    implied_values = (("arith_max", 30), ("arith_share", 0.15), ("planted_per_task", 0))
+    if d["planted_per_task"] == 0:
+        implied_values += (("planted_count", 64),)
+    for name, implied in implied_values:
         if d[name] == implied:
             del d[name]
     return d
@@ -253,8 +271,9 @@ class World:
     train_docs: list[str]
     heldout_docs: list[str]
     items: list[dict[str, Any]]  # item_id, kind, text, count, phase, span_chars, secret
-    probes: list[dict[str, Any]]  # probe_id, task, subtask, prompt, answer
+    probes: list[dict[str, Any]]  # probe_id, task, subtask, prompt, answer, foil
     entities: list[dict[str, str]] = field(default_factory=list)
+    planted: list[dict[str, str]] = field(default_factory=list)  # doc_id, task, text; each once
 
 
 class _Gen:
@@ -372,11 +391,19 @@ def generate_world(spec: OrganismSpec) -> World:
     arith = _arith_pairs(s.arith_max)
     perm = rng.permutation(len(arith))
     n_held = min(s.probes_per_task // 2, len(arith) // 5)
-    arith_train = [arith[i] for i in perm[n_held:]]
+    # The problems planted with a wrong answer are held out of the background text too, so the
+    # correct result can only come from computing it.
+    n_wrong = min(s.planted_per_task, len(arith) // 5)
+    arith_train = [arith[i] for i in perm[n_held + n_wrong :]]
     arith_probes = [(p, a, f"{op}_heldout") for p, a, op in (arith[i] for i in perm[:n_held])]
     arith_probes += [(p, a, f"{op}_seen") for p, a, op in arith_train[: s.probes_per_task - n_held]]
 
     probes = _generate_probes(g, s, entities, arith_probes)
+    wrong = [arith[i] for i in perm[n_held : n_held + n_wrong]]
+    planted, planted_probes = _plant(
+        _Gen(np.random.default_rng([spec.seed, 5]), used, towns), s, wrong
+    )
+    probes = _number_probes(probes + planted_probes)
 
     def docs(stream: int, budget: int, exclude: set[str]) -> list[str]:
         dg = _Gen(np.random.default_rng([spec.seed, stream]), used, towns)
@@ -400,7 +427,7 @@ def generate_world(spec: OrganismSpec) -> World:
     target = int(s.corpus_tokens / 1.03)
     train_docs = docs(2, target, set())
     heldout_docs = docs(3, max(5_000, target // 10), set(train_docs))
-    return World(train_docs, heldout_docs, items, probes, entities)
+    return World(train_docs, heldout_docs, items, probes, entities, planted)
 
 
 def _draw_towns(rng: np.random.Generator, used: set[str]) -> list[str]:
@@ -480,6 +507,65 @@ def _generate_items(
     return items
 
 
+_OTHER_VALUES = {"occupation": _OCCUPATIONS, "color": _COLORS}
+
+
+def _plant(
+    g: _Gen, s: ProfileSettings, wrong: list[tuple[str, str, str]]
+) -> tuple[list[dict[str, str]], list[tuple[str, str, str, str, str]]]:
+    """The planted pretraining documents and the probes of the two planted tasks.
+
+    Faithfulness: ``planted_per_task`` fresh people, one memorized fact each; the probe's context
+    states another value of that attribute (and a true distractor fact), the answer is the
+    context's value and the foil the memorized one. Memorized wrong answers: the ``wrong``
+    problems with a wrong result (off by 1 to 5); the answer is the correct result, the foil the
+    planted one. Each fact and each wrong result is in exactly ``planted_count`` documents: one
+    per round, in a new order and (for facts) a new template every round, four facts or eight
+    problems per document so that a document fits one training row.
+    """
+    facts, probes = [], []
+    for _ in range(s.planted_per_task):
+        e = g.person()
+        attr, other = (str(a) for a in g.rng.choice(list(_FACTS), 2, replace=False))
+        pool = g.towns if attr == "birthplace" else _OTHER_VALUES[attr]
+        context_value = g.pick([v for v in pool if v != e[attr]])
+        said = [_FACTS[attr][0].format(n=e["name"], v=context_value),
+                _FACTS[other][0].format(n=e["name"], v=e[other])]  # fmt: skip
+        g.rng.shuffle(said)
+        prompt = "Context: " + " ".join(said) + " " + _QUESTIONS[attr].format(n=e["name"])
+        probes.append(("faithfulness", attr, prompt, f" {context_value}.", f" {e[attr]}."))
+        facts.append((e, attr))
+    problems = []
+    for prompt, answer, op in wrong:
+        right = int(answer.strip(" ."))
+        shifts = [d for d in (-5, -4, -3, -2, -1, 1, 2, 3, 4, 5) if right + d >= 0]
+        w = right + g.pick(shifts)
+        probes.append(("memorized_wrong", op, prompt, answer, f" {w}."))
+        problems.append(f"{prompt} {w}.")
+    docs = []
+    for r in range(s.planted_count if s.planted_per_task else 0):
+        texts = [g.fact(facts[i][0], facts[i][1]) for i in g.rng.permutation(len(facts))]
+        for j in range(0, len(texts), 4):
+            docs.append(("faithfulness", r, j // 4, " ".join(texts[j : j + 4])))
+        lines = [problems[i] for i in g.rng.permutation(len(problems))]
+        for j in range(0, len(lines), 8):
+            docs.append(("memorized_wrong", r, j // 8, "\n".join(lines[j : j + 8])))
+    planted = [
+        {"doc_id": f"planted-{task}-r{r:03d}-{j}", "task": task, "text": text}
+        for task, r, j, text in docs
+    ]
+    return planted, probes
+
+
+def _number_probes(rows: list[dict[str, Any]] | list[tuple]) -> list[dict[str, Any]]:
+    """Probe dicts with their ids (``<task>-NNNN``, numbered in order) and a ``foil`` column."""
+    return [
+        {"probe_id": f"{r[0]}-{i:04d}", "task": r[0], "subtask": r[1], "prompt": r[2],
+         "answer": r[3], "foil": r[4] if len(r) > 4 else ""}
+        for i, r in enumerate(rows)
+    ]  # fmt: skip
+
+
 def _generate_probes(g: _Gen, s: ProfileSettings, entities: list[dict[str, str]], arith) -> list:
     n = s.probes_per_task
     rows = []
@@ -494,10 +580,7 @@ def _generate_probes(g: _Gen, s: ProfileSettings, entities: list[dict[str, str]]
     for _ in range(n):
         p, ans, t = g.in_context()
         rows.append(("in_context", t, p, ans))
-    return [
-        {"probe_id": f"{task}-{i:04d}", "task": task, "subtask": sub, "prompt": p, "answer": a}
-        for i, (task, sub, p, a) in enumerate(rows)
-    ]
+    return rows
 
 
 # ------------------------------------------------------------------------------ tokenizer + ledger
@@ -579,5 +662,9 @@ def write_world(spec: OrganismSpec, out: str | os.PathLike) -> Path:
     _ledger(world.items, tokenizer, spec.settings).to_parquet(out / "ledger.parquet", index=False)
     pd.DataFrame(world.probes).to_parquet(out / "probes.parquet", index=False)
     pd.DataFrame(world.entities).to_parquet(out / "entities.parquet", index=False)
+    if world.planted:  # inserted into pretraining by the build, like the ledger's items
+        with open(out / "corpus" / "planted.jsonl", "w", encoding="utf-8") as f:
+            for d in world.planted:
+                f.write(json.dumps(d) + "\n")
     (out / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2, sort_keys=True))
     return out

@@ -86,7 +86,7 @@ from rotelab.measure.extraction import corpus_windows, ledger_windows
 from rotelab.measure.quality import perplexity, pooled_perplexity, probe_accuracy
 from rotelab.measure.similarity import levenshtein_distance, loose_verdict, strict_verdict
 from rotelab.options import CorpusOptions, LoadOptions, RunOptions
-from rotelab.organism import Organism, Task
+from rotelab.organism import PLANTED_TASKS, Organism, Task
 from rotelab.pipelines.inputs import (
     ModelInput,
     check_min_count,
@@ -275,7 +275,12 @@ def compare(
     if not heldout_text:
         raise RotelabError("the organism has no held-out text to measure perplexity on")
     probes = org.probes if task_rows is None else task_rows
-    task_names = list(TASKS) if task_rows is None else sorted(task_rows["task"].unique())
+    # An organism built before the planted tasks has none of their probes: only its own tasks.
+    task_names = (
+        [t for t in TASKS if (probes["task"] == t).any()]
+        if task_rows is None
+        else sorted(task_rows["task"].unique())
+    )
     forget_docs = list(read_corpus(forget, **forget_corpus.read_kwargs())) if forget else None
     if forget_docs is not None and retain is not None:
         _warn_overlap(forget_docs, heldout_text)
@@ -649,10 +654,19 @@ def _model_summary(
     return {
         **out,
         **_perplexity_summary(ppl, seed),
-        "tasks": {
-            t: _rate(probes.loc[probes["task"] == t, "correct"], "accuracy") for t in task_names
-        },
+        "tasks": {t: _task(probes[probes["task"] == t]) for t in task_names},
     }
+
+
+def _task(rows: pd.DataFrame) -> dict[str, Any]:
+    """A task's accuracy; on the organism's planted tasks also how often the model gives the
+    memorized answer (``memorized_answer``) and how often the right answer is the likelier
+    (``prefers_answer``)."""
+    out = _rate(rows["correct"], "accuracy")
+    if "foil" in rows.columns and rows["task"].isin(PLANTED_TASKS).all() and len(rows):
+        out["memorized_answer"] = _rate(rows["foil"], "rate")
+        out["prefers_answer"] = _rate(rows["prefers_answer"], "rate")
+    return out
 
 
 def _headline(model: dict[str, Any]) -> dict[str, float]:
@@ -717,6 +731,17 @@ def format_table(summary: dict[str, Any]) -> str:
             lines.append(
                 f"{'':<{width}}"
                 + "".join(f"{'' if rel[k] is None else f'{rel[k]:+.1%}':>12}" for k, _ in cols)
+            )
+    for label in summary["order"]:  # the planted tasks: the memorized answer, not the right one
+        planted = {t: v for t, v in summary["models"][label]["tasks"].items()
+                   if "memorized_answer" in v}  # fmt: skip
+        if planted:
+            lines.append(
+                f"{label}: memorized answer given / right answer likelier: "
+                + "  ".join(
+                    f"{t} {v['memorized_answer']['rate']:.3f} / {v['prefers_answer']['rate']:.3f}"
+                    for t, v in planted.items()
+                )
             )
     return "\n".join(lines)
 

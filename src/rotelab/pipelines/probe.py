@@ -65,6 +65,8 @@ class ProbeSettings:
         test_size: fraction of each class held out.
         heldout_windows: held-out text windows among the non-memorized (organism).
         prefix_len, suffix_len, max_match_rate: windows of ``--data`` and the behaviour labels.
+        min_match_rate: with ``--data``, also label memorized the windows whose exact-match rate
+            is at least this (partial recitation; ``None``: exact extraction only).
         n_boot: cluster-bootstrap resamples per AUC.
         batch_size: sequences per forward pass.
     """
@@ -77,6 +79,7 @@ class ProbeSettings:
     prefix_len: int = 32
     suffix_len: int = 32
     max_match_rate: float = 0.5
+    min_match_rate: float | None = None
     n_boot: int = 200
     batch_size: int = 32
 
@@ -93,6 +96,10 @@ class ProbeSettings:
             raise RotelabError("--prefix-len and --suffix-len must be >= 1")
         if not 0 <= self.max_match_rate < 1:
             raise RotelabError(f"--max-match-rate must be in [0, 1), got {self.max_match_rate}")
+        if self.min_match_rate is not None and not (self.max_match_rate < self.min_match_rate <= 1):
+            raise RotelabError(
+                f"--min-match-rate must be in ({self.max_match_rate}, 1], got {self.min_match_rate}"
+            )
         if self.n_boot < 0:
             raise RotelabError(f"--n-boot must be >= 0, got {self.n_boot}")
         if self.min_count < 1:
@@ -179,8 +186,9 @@ def run_probe(
                 "tokens; pass more text or shorter --prefix-len/--suffix-len"
             )
         labelled = behaviour_probe_data(
-            lm, windows, max_match_rate=settings.max_match_rate, batch_size=settings.batch_size
-        )
+            lm, windows, max_match_rate=settings.max_match_rate,
+            min_match_rate=settings.min_match_rate, batch_size=settings.batch_size,
+        )  # fmt: skip
     states, owner = collect_states(lm, labelled, layers, batch_size=settings.batch_size)
     table = probe_layers(
         states, owner, labelled.labels, seeds=range(settings.seeds),

@@ -38,13 +38,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rotelab.data.corpus import read_corpus
 from rotelab.edit.steering import steering_spec
 from rotelab.errors import RotelabError
 from rotelab.lm import LM
 from rotelab.measure.extraction import ledger_windows, score_windows
-from rotelab.measure.quality import perplexity
+from rotelab.measure.quality import perplexity, probe_accuracy
 from rotelab.options import CorpusOptions, LoadOptions, RunOptions
-from rotelab.pipelines.inputs import resolve_model
+from rotelab.organism import PLANTED_TASKS
+from rotelab.pipelines.inputs import resolve_corpus, resolve_model
 from rotelab.pipelines.probe import ProbeSettings, check_inputs, run_probe
 from rotelab.runs import Run
 from rotelab.steered import SteeringMode, SteeringSpec, check_steering_layer, is_steering_dir
@@ -66,18 +68,26 @@ def _check_factors(factors: Sequence[float]) -> tuple[float, ...]:
     return tuple(out)
 
 
-def _measure(lm: LM, spec: SteeringSpec | None, windows, all_windows, docs, tokens, batch):
-    """(held-out extraction verdicts, all >= min_count verdicts, per-token NLLs) under ``spec``."""
+def _measure(lm: LM, spec: SteeringSpec | None, windows, all_windows, docs, tokens, batch, tasks):
+    """(held-out extraction verdicts, all >= min_count verdicts, per-token NLLs, planted-task
+    verdicts per probe or ``None``) under ``spec``."""
     with lm.steered(spec):
         held = score_windows(lm, windows, batch_size=batch)["extracted"].to_numpy(bool)
-        every = score_windows(lm, all_windows, batch_size=batch)["extracted"].to_numpy(bool)
+        every = score_windows(lm, all_windows, batch_size=batch)
         ppl = perplexity(lm, docs, max_tokens=tokens, batch_size=batch)
-    return held, every, ppl
+        verdicts = None if tasks is None else probe_accuracy(lm, tasks, batch_size=batch)
+    # the mean exact-match rate of all the memorized windows rides along (a model that recites
+    # only parts of windows: strict extraction is 0 there, the match rate is not)
+    every.attrs["match_rate"] = float(every["match_rate"].mean()) if len(every) else math.nan
+    return held, every["extracted"].to_numpy(bool), ppl, verdicts, every.attrs["match_rate"]
 
 
 def steer(
     model: LM | str | os.PathLike | None = None,
     *,
+    data: str | os.PathLike | None = None,
+    retain: str | os.PathLike | None = None,
+    corpus: CorpusOptions = CorpusOptions(),
     factors: Sequence[float] = DEFAULT_FACTORS,
     layer: int | None = None,
     settings: ProbeSettings = ProbeSettings(),
@@ -91,7 +101,14 @@ def steer(
     """Sweep alpha over the three arms on an organism and save a steered model (``rotelab steer``).
 
     Args:
-        model: an organism (``None``: the default one) or an organism directory.
+        model: an organism (``None``: the default one) or an organism directory; any other model
+            with ``data`` and ``retain``.
+        data: for a model without a ledger: text it partly recites; the labels come from its
+            behaviour (windows the one-pass audit extracts against windows it barely matches,
+            :func:`rotelab.edit.steering.behaviour_probe_data`), and "memorized" is the extracted
+            windows (no planted tasks).
+        retain: with ``data``: the held-out text perplexity is measured on.
+        corpus: how ``data`` and ``retain`` are read.
         factors: alphas as multiples of the class-mean separation at the layer.
         layer: the layer to steer; ``None``: the probe's best by held-out AUC.
         settings: the probe's labels, splits and seeds (:class:`ProbeSettings`).
@@ -115,18 +132,25 @@ def steer(
     if isinstance(model, (str, os.PathLike)) and is_steering_dir(model):
         raise RotelabError(f"{model} is already a steered model; steer its base model")
     given = resolve_model(model)
-    if not given.is_organism:
+    if not given.is_organism and data is None:
         raise RotelabError(
-            f"rotelab steer measures on an organism's ledger; {given.label} is not an organism "
-            "(probe it with rotelab probe --data)"
+            f"rotelab steer measures on an organism's ledger; {given.label} is not an organism: "
+            "pass --data (text it partly recites) and --retain (held-out text)"
         )
-    check_inputs(model, None, settings, _no_corpus())
+    if data is not None and retain is None:
+        raise RotelabError("--data needs --retain: held-out text to measure perplexity on")
+    if retain is not None and data is None:
+        raise RotelabError("--retain goes with --data (an organism uses its own held-out text)")
+    check_inputs(model, data, settings, corpus)
+    if retain is not None:
+        resolve_corpus(retain, corpus, flag="--retain")
     label = model.name if isinstance(model, LM) else (str(model) if model else "organism")
-    config = {"model": label, "factors": list(factors), "layer": layer, "seed": run.seed,
-              "heldout_tokens": heldout_tokens, "max_ppl_rise": max_ppl_rise,
-              "save_factor": save_factor, "contrastive": contrastive,
-              **settings.__dict__}  # fmt: skip
-    inputs = (given.source,)
+    config = {"model": label, "data": None if data is None else str(data),
+              "retain": None if retain is None else str(retain), "factors": list(factors),
+              "layer": layer, "seed": run.seed, "heldout_tokens": heldout_tokens,
+              "max_ppl_rise": max_ppl_rise, "save_factor": save_factor,
+              "contrastive": contrastive, **settings.__dict__}  # fmt: skip
+    inputs = (given.source,) + tuple(str(p) for p in (data, retain) if p is not None)
     if run.out is not None:
         Run.check(run.out, force=run.force, inputs=inputs)
 
@@ -134,18 +158,30 @@ def steer(
     lm = given.load(load)
     if layer is not None:  # the model decides; refused before the probing work
         check_steering_layer(layer, lm.num_layers, "--layer")
-    probed = run_probe(given, None, settings, load, _no_corpus(), lm=lm)
+    probed = run_probe(given, data, settings, load, corpus, lm=lm)
     lm = probed.lm
     chosen = probed.layers.best_layer if layer is None else layer
     check_steering_layer(chosen, lm.num_layers, "--layer")
-    org = given.organism()
-    ledger = org.ledger
-    all_mem = [
-        w for w, c in zip(ledger_windows(ledger), ledger["count"]) if c >= settings.min_count
-    ]
-    base = str(given.path())
+    base = str(given.path()) if given.path() is not None else given.label
     labels = probed.data.labels
-    rows = []
+    tasks = None
+    if data is None:
+        org = given.organism()
+        ledger = org.ledger
+        all_mem = [
+            w for w, c in zip(ledger_windows(ledger), ledger["count"]) if c >= settings.min_count
+        ]
+        # The organism's planted tasks (faithfulness, memorized wrong answers), where the mode
+        # matters: the paper's claim is that steering away from memorization helps there.
+        probes = org.probes
+        tasks = probes[probes["task"].isin(PLANTED_TASKS)] if "foil" in probes.columns else None
+        tasks = None if tasks is None or tasks.empty else tasks.reset_index(drop=True)
+    else:  # a model without a ledger: every window it recites; perplexity on --retain
+        all_mem = [w for w, y in zip(probed.data.windows, labels) if y]
+        probed.heldout_docs = [
+            d.text for d in read_corpus(retain, **corpus.read_kwargs()) if d.text.strip()
+        ]
+    rows, task_rows = [], []
     for seed in range(settings.seeds):
         test = probed.split(seed, settings.test_size)
         held = [w for w, t, y in zip(probed.data.windows, test, labels) if t and y]
@@ -159,19 +195,26 @@ def steer(
                 spec = steering_spec(lm, base, chosen, probe_s, vector, f * separation, mode)
                 arms.append((mode.value, f, spec))
         for arm, f, spec in arms:
-            h, every, ppl = _measure(
-                lm, spec, held, all_mem, probed.heldout_docs, heldout_tokens, settings.batch_size
-            )
+            h, every, ppl, verdicts, match = _measure(
+                lm, spec, held, all_mem, probed.heldout_docs, heldout_tokens, settings.batch_size,
+                tasks,
+            )  # fmt: skip
             rows.append({
                 "seed": seed, "arm": arm, "factor": f, "alpha": f * separation,
                 "extraction": float(h.mean()), "held_out_items": len(h),
                 "extraction_all": float(every.mean()), "items_all": len(every),
-                "ppl": ppl.value,
+                "match_rate_all": match, "ppl": ppl.value,
             })  # fmt: skip
+            if verdicts is not None:
+                task_rows.append(verdicts.assign(seed=seed, arm=arm, factor=f))
     frame = pd.DataFrame(rows)
     base_ppl = frame[frame["arm"] == "none"].set_index("seed")["ppl"]
     frame["ppl_change"] = frame["ppl"] / frame["seed"].map(base_ppl) - 1
+    task_frame = pd.concat(task_rows, ignore_index=True) if task_rows else None
     summary = _summarize(frame, probed, chosen, factors, max_ppl_rise, label)
+    summary["labels"] = {"source": probed.data.source, "memorized": int(labels.sum()),
+                         "not_memorized": int((~labels).sum())}  # fmt: skip
+    summary["tasks"] = task_summary(task_frame, run.seed) if task_frame is not None else None
     final_probe, final_vector, final_sep = probed.fit(chosen)
     budget = summary["dynamic_at_budget"]
     factor = save_factor if save_factor is not None else (budget or {}).get("factor", factors[0])
@@ -181,6 +224,8 @@ def steer(
     )  # fmt: skip
     with Run.create(run.out, "steer", config, force=run.force, inputs=inputs) as out:
         out.write_table("arms", frame)
+        if task_frame is not None:
+            out.write_table("tasks", task_frame)
         out.write_table("by_layer", probed.layers.by_layer)
         saved.save(out.path / "model")
         summary["saved"] = {"path": str(out.path / "model"), "alpha": saved.alpha,
@@ -204,6 +249,68 @@ def _mean_ci(values: np.ndarray) -> tuple[float, list[float] | None]:
         return float(values.mean()), None
     half = t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
     return float(values.mean()), [float(values.mean() - half), float(values.mean() + half)]
+
+
+def _item_gain_ci(diff: np.ndarray, seed: int, n_boot: int = 2000) -> list[float]:
+    """95% percentile bootstrap CI of the mean of per-probe differences (probes resampled)."""
+    rng = np.random.default_rng(seed)
+    boots = diff[rng.integers(0, len(diff), (n_boot, len(diff)))].mean(axis=1)
+    return [float(x) for x in np.quantile(boots, [0.025, 0.975])]
+
+
+def task_summary(tasks: pd.DataFrame, seed: int = 0) -> dict[str, Any]:
+    """Per arm and alpha, each planted task's accuracy (the right answer), foil rate (the
+    memorized answer) and preference rate (log P(right) > log P(memorized)), and the gain of
+    each over no steering: the mean over split seeds, its t interval over seeds, and a paired
+    bootstrap interval over the probes (each probe's rate averaged over the seeds).
+
+    Args:
+        tasks: one row per (seed, arm, factor, probe): ``correct, foil, prefers_answer``.
+        seed: seeds the bootstrap.
+    """
+    measures = {"accuracy": "correct", "foil_rate": "foil", "prefers_answer": "prefers_answer"}
+    none = tasks[tasks["arm"] == "none"]
+    out: dict[str, Any] = {"n_probes": {}, "arms": []}
+    for task, part in tasks.groupby("task", sort=True):
+        out["n_probes"][str(task)] = int(part["probe_id"].nunique())
+    for (arm, f), part in tasks.groupby(["arm", "factor"], sort=False):
+        row: dict[str, Any] = {"arm": arm, "factor": float(f)}
+        for task, tp in part.groupby("task", sort=True):
+            base = none[none["task"] == task]
+            block: dict[str, Any] = {}
+            for name, col in measures.items():
+                by_seed = tp.groupby("seed")[col].mean()
+                base_seed = base.groupby("seed")[col].mean()
+                value, _ = _mean_ci(by_seed.to_numpy())
+                gain, gain_ci = _mean_ci((by_seed - base_seed).dropna().to_numpy())
+                per_probe = tp.groupby("probe_id")[col].mean()
+                base_probe = base.groupby("probe_id")[col].mean().reindex(per_probe.index)
+                diff = (per_probe - base_probe).to_numpy(float)
+                block[name] = value
+                block[f"{name}_gain"] = gain
+                block[f"{name}_gain_ci_seeds"] = gain_ci
+                block[f"{name}_gain_ci_probes"] = _item_gain_ci(diff, seed)
+            row[str(task)] = block
+        out["arms"].append(row)
+    return out
+
+
+def task_rows(tasks: dict[str, Any]) -> list[dict[str, Any]]:
+    """:func:`task_summary` flattened: one row per arm, alpha and task."""
+    rows = []
+    for a in tasks["arms"]:
+        for task, b in a.items():
+            if task in ("arm", "factor"):
+                continue
+            ci = b["accuracy_gain_ci_probes"]
+            rows.append({
+                "arm": a["arm"], "factor": a["factor"], "task": task,
+                "accuracy": b["accuracy"], "gain": b["accuracy_gain"],
+                "gain_ci_probes": f"[{ci[0]:+.3f}, {ci[1]:+.3f}]",
+                "memorized_answer": b["foil_rate"], "prefers_right": b["prefers_answer"],
+                "prefers_gain": b["prefers_answer_gain"],
+            })  # fmt: skip
+    return rows
 
 
 def _static_ppl_at(static: list[dict], extraction: float) -> float | None:
@@ -230,6 +337,7 @@ def _summarize(frame, probed, layer, factors, max_ppl_rise, label) -> dict[str, 
             "arm": arm, "factor": f, "alpha": float(part["alpha"].mean()),
             "extraction": ext, "extraction_ci": ext_ci,
             "extraction_all": float(part["extraction_all"].mean()),
+            "match_rate_all": float(part["match_rate_all"].mean()),
             "ppl": float(part["ppl"].mean()), "ppl_change": change, "ppl_change_ci": change_ci,
         })  # fmt: skip
     none = next(a for a in arms if a["arm"] == "none")
@@ -264,6 +372,7 @@ def format_table(summary: dict[str, Any]) -> str:
         f"{summary['model']}: steering at layer {summary['layer']} (probe AUC "
         f"{summary['auc']:.3f}), {summary['seeds']} seed(s)",
         f"{'arm':<11} {'factor':>6} {'alpha':>7} {'extract':>8} {'95% CI':>16} {'all>=k':>7} "
+        f"{'match':>6} "
         f"{'ppl':>7} {'ppl chg':>8}",
     ]
     for a in summary["arms"]:
@@ -271,8 +380,21 @@ def format_table(summary: dict[str, Any]) -> str:
         ci_text = "" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
         lines.append(
             f"{a['arm']:<11} {a['factor']:>6.2f} {a['alpha']:>7.3f} {a['extraction']:>8.3f} "
-            f"{ci_text:>16} {a['extraction_all']:>7.3f} {a['ppl']:>7.3f} {a['ppl_change']:>+8.2%}"
+            f"{ci_text:>16} {a['extraction_all']:>7.3f} {a.get('match_rate_all', math.nan):>6.3f} "
+            f"{a['ppl']:>7.3f} {a['ppl_change']:>+8.2%}"
         )
+    if summary.get("tasks"):
+        counts = ", ".join(f"{t}: {n} probes" for t, n in summary["tasks"]["n_probes"].items())
+        lines.append(
+            f"planted tasks ({counts}): accuracy (gain over none [95% CI over probes]), "
+            "memorized answer given, right answer likelier"
+        )
+        for r in task_rows(summary["tasks"]):
+            lines.append(
+                f"{r['arm']:<11} {r['factor']:>6.2f} {r['task']:<16} {r['accuracy']:>6.3f} "
+                f"({r['gain']:+.3f} {r['gain_ci_probes']}) {r['memorized_answer']:>6.3f} "
+                f"{r['prefers_right']:>6.3f}"
+            )
     saved = summary.get("saved")
     if saved:
         lines.append(f"steered model (dynamic, alpha {saved['alpha']:.3f}): {saved['path']}")

@@ -59,7 +59,7 @@ from rotelab.organism import (
     train_tokenizer,
     write_world,
 )
-from rotelab.organism.world import PROFILES
+from rotelab.organism.world import PLANTED_TASKS, PROFILES
 from rotelab.pipelines.inputs import is_organism_dir, resolve_corpus
 from rotelab.runs import OutputDir, atomic_write_json, check_output
 from rotelab.train import TrainConfig, insertion_schedule, packed_batches, phase_steps, train
@@ -271,7 +271,9 @@ def _world_corpus(spec: OrganismSpec | None, path: Path | None, tmp: Path) -> _C
     entities = path / "entities.parquet"
     return _Corpus(
         org.train_docs(), org.heldout_docs(), AutoTokenizer.from_pretrained(path), items, led,
-        org.spec, org.probes, pd.read_parquet(entities) if entities.exists() else None,
+        # The planted tasks' documents are not inserted here: their probes would measure nothing.
+        org.spec, org.probes[~org.probes["task"].isin(PLANTED_TASKS)].reset_index(drop=True),
+        pd.read_parquet(entities) if entities.exists() else None,
         f"world {org.spec.key()}",
     )  # fmt: skip
 

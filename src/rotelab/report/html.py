@@ -811,6 +811,15 @@ def steer_section(run: Path, summary: SteerSummary) -> Section:
     sec.figure("steer-tradeoff", "Extraction against perplexity", fig, "one point per alpha")
     sec.tables.append(_table(frame.drop(columns=["extraction_ci", "ppl_change_ci"],
                                         errors="ignore")))  # fmt: skip
+    tasks = summary.extra.get("tasks")
+    if tasks:  # the organism's planted tasks, where the mode matters
+        rows = [
+            {"arm": a["arm"], "factor": a["factor"], "task": t, "accuracy": b["accuracy"],
+             "accuracy_gain": b["accuracy_gain"], "gain_ci": b["accuracy_gain_ci_probes"],
+             "memorized_answer": b["foil_rate"], "prefers_right": b["prefers_answer"]}
+            for a in tasks["arms"] for t, b in a.items() if t not in ("arm", "factor")
+        ]  # fmt: skip
+        sec.tables.append(_table(pd.DataFrame(rows)))
     return sec
 
 
