@@ -25,14 +25,15 @@ def _ema(values: pd.Series) -> pd.Series:
     return values.ewm(alpha=1 - _EMA, adjust=False).mean()
 
 
-def alignment_plot(align: pd.DataFrame, window: int) -> Figure:
+def alignment_plot(align: pd.DataFrame, window: int | None) -> Figure:
     """cos(∇CE, ∇MBE) per arm and seed; the CE-only arms also as the centred rolling mean of
-    ``window`` points whose sign changes the study counts."""
+    ``window`` points whose sign changes the study counts (``None``: a run from before the
+    smoothed count, no mean drawn)."""
     fig, ax = plt.subplots(figsize=(8, 3.2))
     for (arm, seed), g in align.groupby(["arm", "seed"]):
         ax.plot(g["step"], g["cos"], color=_COLORS.get(arm, "gray"), lw=0.7,
                 ls="-" if arm == "ce" else "--", alpha=0.45, label=f"{arm} s{seed}")  # fmt: skip
-        if arm == "ce":  # what the smoothed sign-change count counts
+        if arm == "ce" and window:  # what the smoothed sign-change count counts
             mean = g["cos"].rolling(window, center=True, min_periods=1).mean()
             ax.plot(g["step"], mean, color="black", lw=1.4, alpha=0.8,
                     label=f"ce s{seed}, mean of {window}")  # fmt: skip
@@ -95,7 +96,7 @@ def extraction_plot(items: pd.DataFrame) -> Figure:
     return fig
 
 
-def figures(run_dir: str | Path, *, smooth_window: int) -> dict[str, Figure]:
+def figures(run_dir: str | Path, *, smooth_window: int | None) -> dict[str, Figure]:
     """The study's figures by name (the caller closes them); ``smooth_window``: the study's
     smoothing window for the alignment plot."""
     run = Path(run_dir)
@@ -156,7 +157,8 @@ def gapt_sections(run: Path, summary: dict[str, Any]) -> list:
             )
     else:
         sec.headlines += _organism_headlines(summary, mean)
-    for name, fig in figures(run).items():
+    window = (summary.get("alignment_ce") or {}).get("smoothing_window")
+    for name, fig in figures(run, smooth_window=window).items():
         sec.figures.append((name, name.replace("_", " "), to_data_uri(fig), _CAPTIONS[name]))
     arms = read_table(run, "arms")
     if len(arms):
