@@ -222,3 +222,34 @@ def test_one_pass_loss_is_the_mia_loss_attack(tiny_lm, injected):
     # The window is the item: prefix = the prompt, suffix = the scored span.
     assert (audit.items["prefix_len"] == [it.span[0] for it in items]).all()
     assert (audit.items["suffix_len"] == [it.span[1] - it.span[0] for it in items]).all()
+
+
+def test_the_callback_audits_a_trl_sft_run(tmp_path, tiny_tokenizer, injected):
+    """The same callback in TRL's ``SFTTrainer`` (a ``Trainer`` subclass that tokenizes a
+    ``datasets.Dataset`` of texts itself): audited at the chosen steps, memorization rises."""
+    pytest.importorskip("trl")
+    datasets = pytest.importorskip("datasets")
+    from tiny_models import make_tiny_model
+    from trl import SFTConfig, SFTTrainer
+
+    data, ledger = injected
+    cb = AuditCallback(ledger, tmp_path / "audit", steps=[0, 120], tokenizer=tiny_tokenizer)
+    args = SFTConfig(
+        output_dir=str(tmp_path / "trl"), max_steps=120, per_device_train_batch_size=16,
+        learning_rate=1e-2, lr_scheduler_type="constant", logging_steps=10, save_strategy="no",
+        report_to=[], use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0,
+        dataset_text_field="text", max_length=48, packing=False,
+    )  # fmt: skip
+    trainer = SFTTrainer(
+        model=make_tiny_model("llama", seed=0), args=args, processing_class=tiny_tokenizer,
+        train_dataset=datasets.Dataset.from_list([{"text": r["text"]} for r in data]),
+        callbacks=[cb],
+    )  # fmt: skip
+    trainer.train()
+
+    assert sorted(cb.runs) == [0, 120]
+    trajectory = read_table(cb.runs[120], "trajectory")
+    assert trajectory["step"].tolist() == [0, 120]
+    assert trajectory["loss_auc"].iloc[-1] > max(0.9, trajectory["loss_auc"].iloc[0])
+    gap = (trajectory["control_nll"] - trajectory["member_nll"]).to_numpy()
+    assert gap[-1] > gap[0]
