@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rotelab.errors import RotelabError
-from rotelab.lm import GREEDY, LM, Sampler, block_index, pad_batch, progress_bar
+from rotelab.lm import GREEDY, LM, Sampler, block_index, encode_texts, pad_batch, progress_bar
 
 
 def _reference(model, seq, start):
@@ -284,6 +284,24 @@ def test_keep_freed_memory_is_in_effect_on_glibc(monkeypatch):
     monkeypatch.setattr(lm_mod, "_ALLOCATOR_TUNED", False)
     monkeypatch.delenv("ROTELAB_KEEP_FREED_MEMORY", raising=False)
     assert lm_mod.keep_freed_memory() is True  # the real mallopt accepted both settings
+
+
+def test_encode_texts_equals_the_tokenizers_own_call(tiny_tokenizer):
+    """The Rust backend's batch encoding gives the ids of ``tokenizer(texts,
+    add_special_tokens=False)``, special tokens and unknown bytes included; a backend with
+    truncation set is not read directly (the tokenizer's own call would not truncate)."""
+    import copy
+
+    texts = ["the cat sat", "", " a dog<|endoftext|>ran  to\nthe park", "zq \u00e9\u6771"]
+    texts.append("the " * 40)
+    want = [list(x) for x in tiny_tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    assert any(len(w) > 4 for w in want)
+    assert encode_texts(tiny_tokenizer, texts) == want
+    assert encode_texts(tiny_tokenizer, iter(texts)) == want  # any iterable
+    cut = copy.deepcopy(tiny_tokenizer)
+    cut._tokenizer.enable_truncation(4)
+    assert cut._tokenizer.encode_batch_fast(texts[-1:], add_special_tokens=False)[0].ids != want[-1]
+    assert encode_texts(cut, texts) == want
 
 
 def test_scoring_one_token_sequences_gives_no_targets(tiny_lm):

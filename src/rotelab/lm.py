@@ -68,6 +68,7 @@ __all__ = [
     "LinearLayer",
     "LOGIT_BLOCK",
     "default_vocab_chunk",
+    "encode_texts",
     "length_buckets",
     "pad_batch",
     "progress_bar",
@@ -419,6 +420,7 @@ class LM:
         self.name = name
         self.steering: SteeringSpec | None = None  # set when loaded from a steering spec
         self._attached: list = []
+        self._cache_arg: tuple[nn.Module, str] | None = None
         if getattr(tokenizer, "pad_token_id", None) is None and tokenizer is not None:
             tokenizer.pad_token = tokenizer.eos_token
         first = next(model.parameters())
@@ -550,8 +552,12 @@ class LM:
 
         transformers renamed ``past_key_values`` to ``cache``; this accepts either.
         """
-        params = inspect.signature(self.model.forward).parameters
-        return "cache" if "cache" in params else "past_key_values"
+        known = self._cache_arg
+        if known is None or known[0] is not self.model:  # inspected once per model
+            params = inspect.signature(self.model.forward).parameters
+            name = "cache" if "cache" in params else "past_key_values"
+            known = self._cache_arg = (self.model, name)
+        return known[1]
 
     def num_parameters(self, *, non_embedding: bool = False) -> int:
         """Parameter count; ``non_embedding`` drops input embeddings and an untied output head."""
@@ -1270,6 +1276,28 @@ def _cache_bytes(cache) -> int:
     """Bytes of the keys and values a KV cache holds."""
     tensors = [getattr(layer, name, None) for layer in cache.layers for name in ("keys", "values")]
     return sum(t.nbytes for t in tensors if isinstance(t, torch.Tensor))
+
+
+def encode_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text, no special tokens added: ``tokenizer(texts,
+    add_special_tokens=False)["input_ids"]``, but for a fast tokenizer without truncation or
+    padding set, straight from its Rust backend's ``encode_batch_fast`` (no offsets, no
+    per-text conversion to dicts: on 20,000 short texts 0.14 s instead of 0.45 s, a fifth of a
+    10,000-query term -> ID evaluation on the tiny organism). Any other tokenizer, or one with
+    truncation or padding configured, goes through its own call."""
+    texts = list(texts)
+    backend = getattr(tokenizer, "_tokenizer", None)
+    fast = getattr(backend, "encode_batch_fast", None)
+    split = bool(getattr(tokenizer, "split_special_tokens", False))
+    if (
+        fast is None
+        or not getattr(tokenizer, "is_fast", False)
+        or backend.truncation is not None
+        or backend.padding is not None
+        or bool(backend.encode_special_tokens) != split
+    ):
+        return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return [e.ids for e in fast(texts, add_special_tokens=False)]
 
 
 def lean_llama(model: nn.Module) -> bool:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rotelab.errors import RotelabError
-from rotelab.lm import LM
+from rotelab.lm import LM, encode_texts
 from rotelab.termnorm import (
     TEMPLATES,
     FinetuneConfig,
@@ -269,6 +269,44 @@ def test_early_stop_through_the_model_forward_equals_greedy(tok, onto, tuned_sta
     for stages, batch in [((4,), 64), ((2, 3), 3)]:
         got = exact_match(lm, terms, ids, SYN, logprob=False, batch_size=batch, stages=stages)
         np.testing.assert_array_equal(got["correct"].to_numpy(), greedy)
+
+
+def test_early_stop_with_grouped_query_attention_equals_greedy(tok, onto, monkeypatch):
+    """The hand-run Llama passes on a model whose key-value heads each serve several query heads
+    (as SmolLM2's: 3 for 9) and whose prompts differ in length within a batch: the verdicts of
+    greedy decoding and of the model's own forward, for IDs that are the model's own greedy
+    continuation (right) and the same changed at the 1st, 3rd or 6th token (wrong there)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rotelab.termnorm import evaluate
+
+    torch.manual_seed(1)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+        num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64,
+        bos_token_id=0, eos_token_id=0, pad_token_id=0, initializer_range=0.3,
+    )  # fmt: skip
+    lm = LM.from_model(LlamaForCausalLM(cfg).eval(), tok)
+    assert evaluate._LlamaPromptPass.of(lm.model) is not None
+    prompts = encode_texts(tok, [SYN.prompt.format(term=t) for t in onto["term"]])
+    assert len({len(p) for p in prompts}) > 1
+    seqs, starts = [], []
+    for p, own in zip(prompts, lm.generate(prompts, 8, ragged=True)):
+        for at in (None, 0, 2, 5):
+            want = list(own)
+            if at is not None:
+                want[at] = (want[at] + 1) % len(tok)
+            seqs.append(p + want)
+            starts.append(len(p))
+    greedy = lm.generate([s[:k] for s, k in zip(seqs, starts)], 8, ragged=True)
+    right = np.array([g == s[k:] for g, s, k in zip(greedy, seqs, starts)])
+    assert right.sum() == len(prompts)  # the unchanged continuations, and only they
+    for stages, batch in [((4,), 64), ((2, 3, 5), 5), ((), 7)]:
+        got = evaluate._staged_verdicts(lm, seqs, starts, batch, 8192, list(stages))
+        np.testing.assert_array_equal(got, right, err_msg=f"{stages} {batch}")
+    monkeypatch.setattr(evaluate._LlamaPromptPass, "of", classmethod(lambda cls, model: None))
+    got = evaluate._staged_verdicts(lm, seqs, starts, 5, 8192, [2, 3, 5])
+    np.testing.assert_array_equal(got, right)
 
 
 def test_bf16_screen_with_fp32_recheck_equals_greedy(tok, onto, tuned_state):

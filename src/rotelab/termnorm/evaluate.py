@@ -48,6 +48,7 @@ import torch
 from rotelab.lm import (
     LM,
     cache_rows,
+    encode_texts,
     fused_llama_weights,
     lean_llama,
     length_buckets,
@@ -223,6 +224,7 @@ def _staged_batch(
     padded = bool((mask == 0).any())
     pos = (mask.cumsum(1) - 1).clamp(min=0)  # 0 at each row's first real token
     key = lm.cache_arg
+    keys_real = mask.bool() if padded else None  # the lean stages' key mask (None: all real)
     if prompt_pass is not None:
         h_last, cache = prompt_pass(ids, mask if padded else None, pos)
     else:
@@ -255,26 +257,35 @@ def _staged_batch(
             # over few rows multiplies the weights less efficiently; check the rest at once
             end = width
         keep = go.nonzero(as_tuple=True)[0]
-        cache = cache_rows(cache, keep)
-        rows, last, mask = rows[keep], last[keep], mask[keep]
+        every = len(keep) == len(rows)  # every row goes on: nothing to gather
+        rows, last = rows[keep], last[keep]
         # inputs: ID tokens done-1 .. end-2; targets: done .. end-1 (where the ID has them)
         inp = want[rows, done - 1 : end - 1]
         tgt = want[rows, done:end]
         valid = torch.arange(done, end, device=dev)[None, :] < k[rows, None]  # (R, L)
         # a row whose ID ends inside this stage is decided by it: its padding is never read
-        mask = torch.cat([mask, valid.long()], dim=1)
         steps = torch.arange(1, end - done + 1, device=dev)[None, :]
-        out = base(
-            input_ids=inp,
-            attention_mask=mask,
-            position_ids=last[:, None] + steps,
-            use_cache=True,
-            **{key: cache},
-        )
-        cache = getattr(out, key)
+        if prompt_pass is not None:
+            if not every:
+                cache = [(kk.index_select(0, keep), vv.index_select(0, keep)) for kk, vv in cache]
+                keys_real = None if keys_real is None else keys_real[keep]
+            hidden, cache = prompt_pass.stage(inp, cache, keys_real, last[:, None] + steps)
+            if keys_real is not None:
+                keys_real = torch.cat([keys_real, valid], dim=1)
+        else:
+            cache = cache_rows(cache, keep)  # the forward appends to the cache it is given
+            mask = torch.cat([mask[keep], valid.long()], dim=1)
+            out = base(
+                input_ids=inp,
+                attention_mask=mask,
+                position_ids=last[:, None] + steps,
+                use_cache=True,
+                **{key: cache},
+            )
+            cache, hidden = getattr(out, key), out.last_hidden_state
         last = last + (end - done)
         r, c = valid.nonzero(as_tuple=True)
-        hits, gap = _hits_and_gaps(lm, out.last_hidden_state[r, c], tgt[r, c], vocab_chunk, near)
+        hits, gap = _hits_and_gaps(lm, hidden[r, c], tgt[r, c], vocab_chunk, near)
         misses = torch.zeros(len(rows), dtype=torch.long, device=dev).index_add_(
             0, r, (~hits).long()
         )
@@ -330,12 +341,16 @@ def _pad(
 
 
 class _LlamaPromptPass:
-    """The prompts' pass of :func:`_staged_batch` for Llama models: every block's keys and
-    values at every prompt position (what the later stages attend to), but the last block's
-    queries, attention output and MLP, and the final norm, at the last position only (the one
-    that predicts the first ID token): the rest of the last block is never read. On the tiny
-    organism (2 blocks) that is about 40% of the pass's products. Query, key and value
-    projections run as one product, as do the MLP's gate and up projections.
+    """The Llama passes of :func:`_staged_batch`, run by hand on plain tensors (no cache object,
+    no mask object, no module calls).
+
+    The prompts' pass (``__call__``) makes every block's keys and values at every prompt
+    position (what the later stages attend to), but runs the last block's query, attention
+    output and MLP, and the final norm, at the last position only (the one that predicts the
+    first ID token): the rest of the last block is never read. On the tiny organism (2 blocks)
+    that is about 40% of the pass's products. A stage (:meth:`stage`) runs ID tokens over the
+    cached keys and values of the rows still right. Query, key and value projections run as one
+    product, as do the MLP's gate and up projections.
 
     The same operations as transformers' Llama forward, so the verdicts agree with greedy
     decoding to float rounding (as the model's own padded pass does); tested against it. Any
@@ -343,7 +358,6 @@ class _LlamaPromptPass:
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.config = model.config
         self.base = model.base_model
         self.qkv, self.gate_up = fused_llama_weights(self.base)
 
@@ -353,23 +367,54 @@ class _LlamaPromptPass:
         return cls(model) if lean_llama(model) else None
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor | None, pos: torch.Tensor):
-        """(B, D) final hidden state at the last position of left-padded ``ids`` (B, T) and a
-        ``DynamicCache`` of every position's keys and values; ``mask`` (B, T) marks real
-        tokens (``None``: no padding), ``pos`` their positions."""
-        from torch.nn import functional as F  # noqa: N812
-        from transformers import DynamicCache
-
-        base = self.base
-        n, t = ids.shape
-        x = base.embed_tokens(ids)
-        cos, sin = base.rotary_emb(x, pos)  # (B, T, d)
-        cos, sin = cos[:, None], sin[:, None]  # over (B, heads, T, d)
+        """(B, D) final hidden state at the last position of left-padded ``ids`` (B, T) and per
+        block the keys and values of every position, ``(k, v)`` of (B, kv heads, T, d);
+        ``mask`` (B, T) marks real tokens (``None``: no padding), ``pos`` their positions."""
+        t = ids.shape[1]
         allowed = None
         if mask is not None:
             # causal, padding keys masked; a padding query sees itself (never a row of -inf)
             eye = torch.eye(t, dtype=torch.bool, device=ids.device)
             causal = torch.ones(t, t, dtype=torch.bool, device=ids.device).tril_()
             allowed = causal & (mask.bool()[:, None, None, :] | eye)  # (B, 1, T, T)
+        x, kv = self._blocks(ids, pos, allowed, None, last_only=True)
+        return rms_norm(self.base.norm, x)[:, -1], kv
+
+    def stage(
+        self,
+        ids: torch.Tensor,
+        past: list[tuple[torch.Tensor, torch.Tensor]],
+        past_real: torch.Tensor | None,
+        pos: torch.Tensor,
+    ):
+        """(R, L, D) final hidden states of tokens ``ids`` (R, L) at positions ``pos`` (R, L)
+        continuing the cached keys and values ``past`` (per block, (R, kv heads, S, d)), whose
+        real positions ``past_real`` (R, S) marks (``None``: all); and the keys and values with
+        the new positions appended."""
+        n, t = ids.shape
+        s = past[0][0].shape[2]
+        dev = ids.device
+        causal = torch.ones(t, t, dtype=torch.bool, device=dev).tril_()
+        if past_real is None:
+            allowed = torch.cat([torch.ones(t, s, dtype=torch.bool, device=dev), causal], dim=1)
+        else:
+            allowed = torch.cat(
+                [past_real[:, None, None, :].expand(n, 1, t, s), causal.expand(n, 1, t, t)], -1
+            )
+        x, kv = self._blocks(ids, pos, allowed, past, last_only=False)
+        return rms_norm(self.base.norm, x), kv
+
+    def _blocks(self, ids, pos, allowed, past, last_only: bool):
+        """Every block over ``ids`` (B, T); ``allowed`` (bool, broadcast over (B, heads, T,
+        keys)) says which keys each query sees (``None``: causal, no past); ``last_only`` runs
+        the last block's query, attention output and MLP at the last position only."""
+        from torch.nn import functional as F  # noqa: N812
+
+        base = self.base
+        n, t = ids.shape
+        x = base.embed_tokens(ids)
+        cos, sin = base.rotary_emb(x, pos)  # (B, T, d)
+        cos, sin = cos[:, None], sin[:, None]  # over (B, heads, T, d)
         kv = []
         last = len(base.layers) - 1
         for i, layer in enumerate(base.layers):
@@ -378,29 +423,32 @@ class _LlamaPromptPass:
             heads, kv_heads = att.q_proj.out_features // d, att.k_proj.out_features // d
             h = rms_norm(layer.input_layernorm, x)
             w = self.qkv[i]
-            if i < last:
+            one = last_only and i == last  # only the last position's query is ever read
+            if not one:
                 q, k, v = F.linear(h, w).split([heads * d, kv_heads * d, kv_heads * d], -1)
-            else:  # only the last position's query is ever read
+            else:
                 q = F.linear(h[:, -1:], w[: heads * d])
                 k, v = F.linear(h, w[heads * d :]).split([kv_heads * d, kv_heads * d], -1)
             q = q.view(n, -1, heads, d).transpose(1, 2)
             k = k.view(n, t, kv_heads, d).transpose(1, 2)
             v = v.view(n, t, kv_heads, d).transpose(1, 2)
             half = d // 2
-            qc, qs = (cos, sin) if i < last else (cos[:, :, -1:], sin[:, :, -1:])
+            qc, qs = (cos[:, :, -1:], sin[:, :, -1:]) if one else (cos, sin)
             q = q * qc + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * qs
             k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
+            if past is not None:
+                k, v = torch.cat([past[i][0], k], dim=2), torch.cat([past[i][1], v], dim=2)
             kv.append((k, v))
             if groups > 1:
                 k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-            if i < last:
-                o = F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=allowed, is_causal=allowed is None, scale=att.scaling
-                )
-            else:
-                sees = None if allowed is None else allowed[:, :, -1:]
-                o = F.scaled_dot_product_attention(q, k, v, attn_mask=sees, scale=att.scaling)
+            sees = allowed
+            if one:
+                sees = None if allowed is None else allowed[..., -1:, :]
                 x = x[:, -1:]
+            o = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=sees, is_causal=allowed is None and not one,
+                scale=att.scaling,
+            )  # fmt: skip
             x = x + F.linear(o.transpose(1, 2).reshape(n, x.shape[1], -1), att.o_proj.weight)
             gate_up = F.linear(rms_norm(layer.post_attention_layernorm, x), self.gate_up[i])
             gate, up = gate_up.chunk(2, dim=-1)
@@ -410,8 +458,7 @@ class _LlamaPromptPass:
             else:
                 a = act(gate)
             x = x + F.linear(a.mul_(up), layer.mlp.down_proj.weight)
-        cache = DynamicCache(ddp_cache_data=kv, config=self.config)
-        return rms_norm(base.norm, x)[:, -1], cache
+        return x, kv
 
 
 def argmax_hits(
@@ -539,8 +586,7 @@ def alignment(
     """
     layer = lm.num_layers // 2 if layer is None else layer
     enc = lm.tokenizer
-    t = [list(enc(x, add_special_tokens=False)["input_ids"]) for x in terms]
-    i = [list(enc(x, add_special_tokens=False)["input_ids"]) for x in ids]
+    t, i = encode_texts(enc, terms), encode_texts(enc, ids)
     if skip_first:
         first = getattr(enc, "bos_token_id", None)
         first = getattr(enc, "eos_token_id", None) if first is None else first

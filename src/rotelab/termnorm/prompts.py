@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rotelab.lm import encode_texts
+
 __all__ = ["TEMPLATES", "Template", "encode_pairs"]
 
 
@@ -47,8 +49,8 @@ def encode_pairs(
     if not terms:
         return [], []
     # one batched call per side: a fast tokenizer encodes a list far faster than string by string
-    prompts = tokenizer([template.prompt.format(term=t) for t in terms], add_special_tokens=False)
-    targets = tokenizer([template.target.format(id=i) for i in ids], add_special_tokens=False)
-    seqs = [list(p) + list(t) for p, t in zip(prompts["input_ids"], targets["input_ids"])]
-    starts = [len(p) for p in prompts["input_ids"]]
+    prompts = encode_texts(tokenizer, [template.prompt.format(term=t) for t in terms])
+    targets = encode_texts(tokenizer, [template.target.format(id=i) for i in ids])
+    seqs = [p + t for p, t in zip(prompts, targets)]
+    starts = [len(p) for p in prompts]
     return seqs, starts
