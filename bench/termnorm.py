@@ -162,11 +162,14 @@ def query_set(lm: LM, qset: str, queries: int, batch: int):
     return terms, ids, template
 
 
-def bench_scoring(lm: LM, name: str, queries: int, rounds: int, batch: int, sets: list[str]):
+def bench_scoring(
+    lm: LM, name: str, queries: int, rounds: int, batch: int, sets: list[str], arms: list[str]
+):
+    nan = float("nan")
     for qset in sets:
         terms, qids, template = query_set(lm, qset, queries, batch)
         exact_match(lm, terms[:batch], qids[:batch], template)  # warm-up
-        times = {"greedy": [], "hf_generate": [], **{arm: [] for arm in ARMS}}
+        times = {"greedy": [], **{arm: [] for arm in ["hf_generate", *ARMS] if arm in arms}}
         verdicts = {}
         rechecked = float("nan")
         for r in range(rounds):
@@ -185,19 +188,20 @@ def bench_scoring(lm: LM, name: str, queries: int, rounds: int, batch: int, sets
                 times[arm].append(time.perf_counter() - t0)
                 verdicts[arm] = v
         greedy = float(np.median(times["greedy"]))
-        hf = float(np.median(times["hf_generate"]))
-        for arm in ARMS:
+        has_hf = "hf_generate" in times
+        hf = float(np.median(times["hf_generate"])) if has_hf else nan
+        hf_agree = float(np.mean(verdicts["hf_generate"] == verdicts["greedy"])) if has_hf else nan
+        for arm in [a for a in ARMS if a in times]:
             t = float(np.median(times[arm]))
             yield {"bench": "scoring", "model": name, "queries": queries, "set": qset,
                    "arm": arm, "one_pass_s": t, "greedy_s": greedy, "speed": greedy / t,
-                   "hf_generate_s": hf, "speed_vs_hf": hf / t,
-                   "hf_agree": float(np.mean(verdicts["hf_generate"] == verdicts["greedy"])),
+                   "hf_generate_s": hf, "speed_vs_hf": hf / t, "hf_agree": hf_agree,
                    "agree": float(np.mean(verdicts[arm] == verdicts["greedy"])),
                    "batch": batch,
                    "correct": int(verdicts["greedy"].sum()), "rounds": rounds,
                    "rechecked": rechecked if arm.endswith("bf16") else None,
                    "round_s": [round(x, 3) for x in times[arm]],
-                   "hf_round_s": [round(x, 3) for x in times["hf_generate"]],
+                   "hf_round_s": [round(x, 3) for x in times.get("hf_generate", [])],
                    "greedy_round_s": [round(x, 3) for x in times["greedy"]]}  # fmt: skip
 
 
@@ -210,20 +214,26 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--skip", default="", help="comma list of lora,tiny,smollm2 to skip")
     ap.add_argument("--sets", default="ontology,own,hpo", help="query sets: ontology,own,hpo")
+    ap.add_argument("--arms", default=",".join(["hf_generate", *ARMS]),
+                    help="arms besides greedy decoding (always run: the reference)")  # fmt: skip
     args = ap.parse_args()
     skip = set(args.skip.split(","))
     sets = [x for x in args.sets.split(",") if x]
+    arms = [x for x in args.arms.split(",") if x]
+    unknown = set(arms) - {"hf_generate", *ARMS}
+    if unknown:
+        ap.error(f"unknown arms {sorted(unknown)}; choose from hf_generate, {', '.join(ARMS)}")
     rows = []
     if "tiny" not in skip:
         tiny = LM.load(os.environ.get("ROTELAB_TEST_ORGANISM", "/work/tiny-org"), device="cpu",
                        dtype="float32")  # fmt: skip
         for row in bench_scoring(tiny, "tiny organism", args.queries, args.rounds, args.batch,
-                                 sets):  # fmt: skip
+                                 sets, arms):  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
     if "smollm2" not in skip:
         for row in bench_scoring(_smol(), "smollm2", args.smol_queries, args.rounds, args.batch,
-                                 sets):  # fmt: skip
+                                 sets, arms):  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
     if "lora" not in skip:
