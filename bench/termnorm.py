@@ -28,8 +28,9 @@ A second baseline, ``hf generate``, is what a user's script calls: transformers'
 many tokens as the batch's longest ID; its ``speed`` column is its time over the scoring arm's,
 so the table shows that rotelab's own decoder (the first baseline) is not a straw man.
 
-Run: ``python bench/termnorm.py [--queries 10000] [--smol-queries 1000] [--pairs 64]``; prints
-JSON, then a Markdown table labelled with the CPU capability.
+Run: ``python bench/termnorm.py [--queries 10000] [--smol-queries 1000] [--pairs 64]
+[--sets ontology,own,hpo] [--arms hf_generate,early_stop,...]`` (greedy decoding, the reference,
+always runs); prints JSON, then a Markdown table labelled with the CPU capability.
 """
 
 from __future__ import annotations
@@ -250,12 +251,15 @@ def main() -> None:
                   f"{r['speed']:.2f}x | {cap} |")  # fmt: skip
         else:
             arm = r["arm"].replace("_", " ")
+            hf = "- | -"  # transformers' generate not run (--arms)
+            if not np.isnan(r["hf_generate_s"]):
+                hf = f"{r['hf_generate_s']:.2f} | {r['speed_vs_hf']:.2f}x"
             if r["rechecked"] is not None:
                 arm += f" ({r['rechecked']:.1%} rechecked in fp32)"
             print(f"| {arm} exact match vs greedy decoding | {r['model']} | {r['queries']} "
                   f"queries, {r['set']} ({r['correct']} right, agree {r['agree']:.3f}) | "
                   f"{r['one_pass_s']:.2f} | {r['greedy_s']:.2f} | {r['speed']:.2f}x | "
-                  f"{r['hf_generate_s']:.2f} | {r['speed_vs_hf']:.2f}x | {cap} |")  # fmt: skip
+                  f"{hf} | {cap} |")  # fmt: skip
 
 
 if __name__ == "__main__":
