@@ -304,6 +304,32 @@ def test_encode_texts_equals_the_tokenizers_own_call(tiny_tokenizer):
     assert encode_texts(cut, texts) == want
 
 
+def test_block_outputs_captures_each_block_and_restores_the_model():
+    """One (B, T, D) tensor per block per forward, equal to the model's own hidden states after
+    each block (the last one transformers reports is after the final norm, so it is left out);
+    afterwards the model is back in training mode and its hooks are gone (transformers' own
+    output recorder may add hooks of its own)."""
+    from tiny_models import make_tiny_model
+
+    from rotelab.lm import block_outputs, transformer_blocks
+
+    model = make_tiny_model("llama").train()
+    ids = torch.tensor([[3, 5, 7, 9], [2, 4, 6, 8]])
+    blocks = transformer_blocks(model)
+    before = [set(b._forward_hooks) for b in blocks]
+    with block_outputs(model) as captured:
+        assert not model.training
+        ours = [set(b._forward_hooks) - was for b, was in zip(blocks, before)]
+        assert all(len(x) == 1 for x in ours)
+        with torch.no_grad():
+            ref = model(input_ids=ids, output_hidden_states=True).hidden_states
+    assert len(captured) == len(blocks) == len(ref) - 1
+    for got, want in zip(captured[:-1], ref[1:-1]):  # the last entry is after the final norm
+        torch.testing.assert_close(got, want)
+    assert model.training
+    assert not any(x & set(b._forward_hooks) for x, b in zip(ours, blocks))  # ours removed
+
+
 def test_scoring_one_token_sequences_gives_no_targets(tiny_lm):
     out = tiny_lm.score([[5], [5, 6]], targets_from=1)
     assert len(out[0].logprobs) == 0 and len(out[1].logprobs) == 1

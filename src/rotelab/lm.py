@@ -57,6 +57,7 @@ from rotelab.steered import SteeringSpec, is_steering_dir
 
 __all__ = [
     "GREEDY",
+    "block_outputs",
     "HookFn",
     "LM",
     "Sampler",
@@ -327,6 +328,27 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     finds them): for training-time hooks on a bare model, which an :class:`LM` would put in
     eval mode. Empty when there is no stack of blocks."""
     return list(_transformer_blocks(model) or [])
+
+
+@contextlib.contextmanager
+def block_outputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """While open, ``model`` is in eval mode and each forward appends every transformer block's
+    output hidden states (B, T, D), in block order, to the list it yields; on exit the hooks are
+    removed and the model's training mode is restored."""
+    captured: list[torch.Tensor] = []
+
+    def keep(module, args, out) -> None:
+        captured.append(out[0] if isinstance(out, tuple) else out)
+
+    handles = [b.register_forward_hook(keep) for b in transformer_blocks(model)]
+    was_training = model.training
+    model.eval()
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
 
 
 def _block_parts(block: nn.Module) -> tuple[nn.Module | None, nn.Module | None]:

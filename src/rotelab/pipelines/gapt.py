@@ -339,19 +339,8 @@ def gapt_study(
                 org = train_variant(spec, out.path / "organisms" / key, [term], run.progress)
                 row, blocks, items = _measure_arm(org, patch, run.seed)
                 tag = {"arm": arm, "seed": seed}
-                steps_log = pd.DataFrame(term.steps).assign(**tag)
-                align = pd.DataFrame(term.alignment).assign(**tag)
-                trans = pd.DataFrame(  # typed, also when empty (a CE arm has none)
-                    getattr(term, "transitions", []), columns=["step", "from", "to", "reason"]
-                ).astype({"step": "int64", "from": "int64", "to": "int64", "reason": "str"})
-                trans = trans.assign(**tag)
-                row.update(
-                    tag, compress_fraction=float((steps_log["phase"] == 2).mean()),
-                    transitions=len(trans), sign_changes=sign_changes(align["cos"].tolist()),
-                    sign_changes_smoothed=sign_changes(smoothed(align["cos"].tolist()).tolist()),
-                    align_positive=float((align["cos"] > 0).mean()),
-                    final_train_ce=float(steps_log["ce"].tail(20).mean()),
-                )  # fmt: skip
+                steps_log, align, trans, stats = arm_logs(term, tag)
+                row.update(tag, **stats, align_positive=float((align["cos"] > 0).mean()))
                 out.write_part("steps", key, steps_log)
                 out.write_part("alignment", key, align)
                 out.write_part("transitions", key, trans)
@@ -371,6 +360,36 @@ def gapt_study(
 
     write_report(out.path)
     return GaptStudy(summary, out.path)
+
+
+def arm_logs(term, tag: dict[str, Any]):
+    """A trained arm's step log, alignment and phase transitions as tables tagged with ``tag``
+    (the transitions typed, also when empty: a CE arm has none), and the arm's phase
+    statistics: the share of steps in compression, the transitions, the alignment's sign
+    changes (raw and smoothed) and the final training CE."""
+    steps_log = pd.DataFrame(term.steps).assign(**tag)
+    align = pd.DataFrame(term.alignment).assign(**tag)
+    trans = pd.DataFrame(
+        getattr(term, "transitions", []), columns=["step", "from", "to", "reason"]
+    ).astype({"step": "int64", "from": "int64", "to": "int64", "reason": "str"})
+    cos = align["cos"].tolist()
+    stats = {
+        "compress_fraction": float((steps_log["phase"] == 2).mean()),
+        "transitions": len(trans),
+        "sign_changes": sign_changes(cos),
+        "sign_changes_smoothed": sign_changes(smoothed(cos).tolist()),
+        "final_train_ce": float(steps_log["ce"].tail(20).mean()),
+    }
+    return steps_log, align, trans.assign(**tag), stats
+
+
+def fmt_ci(d: dict | None, pct: bool = False) -> str:
+    """A ``{"mean", "ci"}`` cell as ``mean [lo, hi]`` (``pct``: signed percentages); ``n/a``
+    when there is no mean."""
+    if not d or d.get("mean") is None:
+        return "n/a"
+    f = (lambda x: f"{100 * x:+.1f}%") if pct else (lambda x: f"{x:.3f}")
+    return f(d["mean"]) + (f" [{f(d['ci'][0])}, {f(d['ci'][1])}]" if d.get("ci") else "")
 
 
 def _plots(run_dir: Path) -> None:
@@ -395,13 +414,7 @@ def cycle_line(al: dict[str, Any]) -> str:
 
 def format_table(summary: dict[str, Any]) -> str:
     """The headline numbers beside the paper's (what ``rotelab gapt-study`` prints)."""
-
-    def ci(d: dict | None, pct: bool = False) -> str:
-        if not d or d.get("mean") is None:
-            return "n/a"
-        f = (lambda x: f"{100 * x:+.1f}%") if pct else (lambda x: f"{x:.3f}")
-        return f(d["mean"]) + (f" [{f(d['ci'][0])}, {f(d['ci'][1])}]" if d.get("ci") else "")
-
+    ci = fmt_ci
     lines = [
         f"GAPT study, {summary['profile']} organism, seeds {summary['seeds']} "
         f"(λ={summary['weight']}, p_m={summary['p_m']}, p_a={summary['p_a']})",

@@ -45,7 +45,7 @@ import pandas as pd
 import torch
 
 from rotelab.errors import RotelabError
-from rotelab.lm import transformer_blocks
+from rotelab.lm import block_outputs
 from rotelab.measure.entropy import PATCH, patch_entropy
 from rotelab.options import RunOptions
 from rotelab.pipelines.gapt import (
@@ -54,9 +54,9 @@ from rotelab.pipelines.gapt import (
     _mean_ci,
     _terms,
     alignment_summary,
+    arm_logs,
     cycle_line,
-    sign_changes,
-    smoothed,
+    fmt_ci,
 )
 from rotelab.runs import Run
 from rotelab.tasks import arith
@@ -121,22 +121,8 @@ def check_task_study(task: str, seeds: Sequence[int], opts: dict[str, Any], s: T
 def heldout_mbe(model: torch.nn.Module, rows: torch.Tensor, patch: int) -> list[float]:
     """MBE per block (mean over patches) of the model's block outputs on ``rows`` (inputs are
     ``rows[:, :-1]``, as in training)."""
-    captured: list[torch.Tensor] = []
-    blocks = transformer_blocks(model)
-    handles = [
-        b.register_forward_hook(
-            lambda m, a, out: captured.append(out[0] if isinstance(out, tuple) else out)
-        )
-        for b in blocks
-    ]
-    was_training = model.training
-    model.eval()
-    try:
+    with block_outputs(model) as captured:
         model(input_ids=rows[:, :-1])
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
     return [float(patch_entropy(h.float(), patch).mean()) for h in captured]
 
 
@@ -328,20 +314,11 @@ def gapt_task_study(
                     continue
                 row, term, sep = _train_arm(task, arm, seed, opts, settings, run.progress)
                 tag = {"arm": arm, "seed": seed}
-                steps_log = pd.DataFrame(term.steps).assign(**tag)
-                align = pd.DataFrame(term.alignment).assign(**tag)
-                trans = pd.DataFrame(
-                    getattr(term, "transitions", []), columns=["step", "from", "to", "reason"]
-                ).astype({"step": "int64", "from": "int64", "to": "int64", "reason": "str"})
-                row.update(
-                    compress_fraction=float((steps_log["phase"] == 2).mean()),
-                    transitions=len(trans), sign_changes=sign_changes(align["cos"].tolist()),
-                    sign_changes_smoothed=sign_changes(smoothed(align["cos"].tolist()).tolist()),
-                    final_train_ce=float(steps_log["ce"].tail(20).mean()),
-                )  # fmt: skip
+                steps_log, align, trans, stats = arm_logs(term, tag)
+                row.update(stats)
                 out.write_part("steps", key, steps_log)
                 out.write_part("alignment", key, align)
-                out.write_part("transitions", key, trans.assign(**tag))
+                out.write_part("transitions", key, trans)
                 if len(sep):
                     out.write_part("separation", key, sep.assign(**tag))
                 out.write_part("arms", key, pd.DataFrame([row]))  # last: marks the arm done
@@ -363,13 +340,7 @@ def gapt_task_study(
 
 def format_task_table(summary: dict[str, Any]) -> str:
     """The headline numbers beside the paper's (what ``rotelab gapt-study --task`` prints)."""
-
-    def ci(d: dict | None, pct: bool = False) -> str:
-        if not d or d.get("mean") is None:
-            return "n/a"
-        f = (lambda x: f"{100 * x:+.1f}%") if pct else (lambda x: f"{x:.3f}")
-        return f(d["mean"]) + (f" [{f(d['ci'][0])}, {f(d['ci'][1])}]" if d.get("ci") else "")
-
+    ci = fmt_ci
     arms = summary["arms"]
     lines = [
         f"GAPT study, task {summary['task']}, seeds {summary['seeds']} "

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from rotelab.errors import RotelabError
-from rotelab.lm import transformer_blocks
+from rotelab.lm import block_outputs
 
 __all__ = [
     "END",
@@ -176,18 +176,8 @@ def prompt_states(
     model: torch.nn.Module, pairs: Sequence[tuple[int, int]], op: str, *, batch: int = 256
 ) -> np.ndarray:
     """Each block's output at the ``=`` of each prompt ``;a<op>b=``: ``(blocks, n, hidden)``."""
-    blocks = transformer_blocks(model)
-    captured: list[torch.Tensor] = []
-    handles = [
-        b.register_forward_hook(
-            lambda m, a, out: captured.append(out[0] if isinstance(out, tuple) else out)
-        )
-        for b in blocks
-    ]
-    was_training = model.training
-    model.eval()
     out = []
-    try:
+    with block_outputs(model) as captured:
         for s in range(0, len(pairs), batch):
             chunk = [q[: q.index(_ID["="]) + 1] for q in _prompts(pairs[s : s + batch], op)]
             width = max(map(len, chunk))
@@ -200,10 +190,6 @@ def prompt_states(
             model(input_ids=ids)
             rows = torch.arange(len(chunk))
             out.append(torch.stack([h[rows, last].float() for h in captured]))  # (blocks, B, D)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
     return torch.cat(out, 1).numpy()
 
 
